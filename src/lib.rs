@@ -7,3 +7,6 @@
 pub mod connector;
 pub mod filter;
 pub mod template;
+pub mod config;
+pub mod outcome;
+pub mod request;

@@ -1,0 +1,187 @@
+//! Pure delivery decisions: how one attempt's outcome is classified, what JetStream is told,
+//! and how long to wait before the next attempt.
+//!
+//! The whole policy is [`decide`]: one outcome + the attempt number -> exactly one [`Action`].
+
+use std::time::Duration;
+
+use crate::connector::Retry;
+
+/// What one attempt produced.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// The target answered with this status.
+    Status {
+        code: u16,
+        retry_after: Option<Duration>,
+    },
+    /// No answer within the connector's timeout.
+    Timeout,
+    /// No connection (refused, DNS, TLS, reset before an answer).
+    Connect(String),
+    /// The event cannot be sent at all: not JSON, missing URL/header variable, bad template,
+    /// unset secret. Never retried.
+    Invalid(String),
+}
+
+/// The class of an outcome.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Class {
+    Success,
+    Transient,
+    Permanent,
+}
+
+/// Classifies an outcome: 2xx success; 408, 429, 5xx, timeouts and connection errors transient;
+/// other statuses permanent; invalid events permanent.
+pub fn classify(outcome: &Outcome) -> Class {
+    match outcome {
+        Outcome::Status { code, .. } => match code {
+            200..=299 => Class::Success,
+            408 | 429 | 500..=599 => Class::Transient,
+            _ => Class::Permanent,
+        },
+        Outcome::Timeout | Outcome::Connect(_) => Class::Transient,
+        Outcome::Invalid(_) => Class::Permanent,
+    }
+}
+
+/// What to do with the JetStream message after an attempt.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    /// Delivered: ack.
+    Ack,
+    /// Try again: NAK with this delay (JetStream redelivers; the delivery count is the attempt).
+    Retry(Duration),
+    /// Give up: store as a parked job, then ack.
+    Park,
+}
+
+/// The one decision table. `attempt` is 1-based (JetStream's delivery count). `jitter` is a
+/// number in [-1, 1] that spreads the delay within ±20 %.
+pub fn decide(outcome: &Outcome, attempt: u32, retry: &Retry, jitter: f64) -> Action {
+    match classify(outcome) {
+        Class::Success => Action::Ack,
+        Class::Permanent => Action::Park,
+        Class::Transient if attempt >= retry.max => Action::Park,
+        Class::Transient => {
+            let retry_after = match outcome {
+                Outcome::Status { retry_after, .. } => *retry_after,
+                _ => None,
+            };
+            Action::Retry(match retry_after {
+                Some(d) => d.min(retry.max_backoff),
+                None => backoff(attempt, retry, jitter),
+            })
+        }
+    }
+}
+
+/// Delay after attempt `n`: `backoff * 2^(n-1)`, times (1 + 0.2 * jitter), capped.
+pub fn backoff(attempt: u32, retry: &Retry, jitter: f64) -> Duration {
+    let exp = attempt.saturating_sub(1).min(30);
+    let base = retry.backoff.as_secs_f64() * f64::from(1u32 << exp);
+    let jittered = base * (1.0 + 0.2 * jitter.clamp(-1.0, 1.0));
+    Duration::from_secs_f64(jittered.max(0.0)).min(retry.max_backoff)
+}
+
+/// Parses a `Retry-After` header: delay-seconds or an HTTP date (relative to `now`).
+pub fn parse_retry_after(value: &str, now: std::time::SystemTime) -> Option<Duration> {
+    let v = value.trim();
+    if let Ok(secs) = v.parse::<u64>() {
+        return Some(Duration::from_secs(secs));
+    }
+    let when = httpdate::parse_http_date(v).ok()?;
+    Some(when.duration_since(now).unwrap_or(Duration::ZERO))
+}
+
+/// Label for `sync_fail_total{reason}`.
+pub fn fail_reason(outcome: &Outcome) -> &'static str {
+    match outcome {
+        Outcome::Status { code, .. } if (400..500).contains(code) => "http_4xx",
+        Outcome::Status { code, .. } if *code >= 500 => "http_5xx",
+        Outcome::Status { .. } => "http_other",
+        Outcome::Timeout => "timeout",
+        Outcome::Connect(_) => "connect",
+        Outcome::Invalid(_) => "invalid_event",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn status(code: u16) -> Outcome {
+        Outcome::Status {
+            code,
+            retry_after: None,
+        }
+    }
+
+    #[test]
+    fn decision_table() {
+        let retry = Retry {
+            max: 3,
+            backoff: Duration::from_millis(100),
+            max_backoff: Duration::from_secs(10),
+        };
+        let ms = |n| Action::Retry(Duration::from_millis(n));
+        let cases = [
+            (status(200), 1, Action::Ack),
+            (status(204), 3, Action::Ack),
+            (status(500), 1, ms(100)),
+            (status(503), 2, ms(200)),
+            (status(503), 3, Action::Park),
+            (status(408), 1, ms(100)),
+            (status(429), 1, ms(100)),
+            (status(400), 1, Action::Park),
+            (status(404), 1, Action::Park),
+            (status(409), 1, Action::Park),
+            (status(301), 1, Action::Park),
+            (Outcome::Timeout, 1, ms(100)),
+            (Outcome::Connect("refused".into()), 2, ms(200)),
+            (Outcome::Connect("refused".into()), 3, Action::Park),
+            (Outcome::Invalid("not JSON".into()), 1, Action::Park),
+            (
+                Outcome::Status { code: 429, retry_after: Some(Duration::from_secs(1)) },
+                1,
+                Action::Retry(Duration::from_secs(1)),
+            ),
+            (
+                Outcome::Status { code: 503, retry_after: Some(Duration::from_secs(3600)) },
+                1,
+                Action::Retry(Duration::from_secs(10)),
+            ),
+        ];
+        for (outcome, attempt, want) in cases {
+            assert_eq!(decide(&outcome, attempt, &retry, 0.0), want, "{outcome:?} attempt {attempt}");
+        }
+    }
+
+    #[test]
+    fn backoff_doubles_within_jitter_and_is_capped() {
+        let retry = Retry {
+            max: 10,
+            backoff: Duration::from_millis(3000),
+            max_backoff: Duration::from_secs(60),
+        };
+        assert_eq!(backoff(1, &retry, 0.0), Duration::from_millis(3000));
+        assert_eq!(backoff(2, &retry, 0.0), Duration::from_millis(6000));
+        assert_eq!(backoff(3, &retry, 1.0), Duration::from_millis(14400));
+        assert_eq!(backoff(3, &retry, -1.0), Duration::from_millis(9600));
+        assert_eq!(backoff(9, &retry, 0.0), Duration::from_secs(60));
+        assert_eq!(backoff(1000, &retry, 5.0), Duration::from_secs(60));
+    }
+
+    #[test]
+    fn retry_after_forms() {
+        let now = std::time::UNIX_EPOCH + Duration::from_secs(1_000_000_000);
+        assert_eq!(parse_retry_after("1", now), Some(Duration::from_secs(1)));
+        assert_eq!(parse_retry_after(" 120 ", now), Some(Duration::from_secs(120)));
+        let date = httpdate::fmt_http_date(now + Duration::from_secs(30));
+        assert_eq!(parse_retry_after(&date, now), Some(Duration::from_secs(30)));
+        let past = httpdate::fmt_http_date(now - Duration::from_secs(30));
+        assert_eq!(parse_retry_after(&past, now), Some(Duration::ZERO));
+        assert_eq!(parse_retry_after("soon", now), None);
+    }
+}

@@ -1,0 +1,167 @@
+//! Pure request building: one connector + one event -> the HTTP request to send.
+
+use reqwest::header::{HeaderName, HeaderValue, CONTENT_TYPE};
+use serde_json::Value as Json;
+
+use crate::connector::{Connector, Encoding};
+use crate::template::{RenderError, Secrets};
+
+/// Header carrying the idempotency key.
+pub const IDEMPOTENCY_HEADER: &str = "Idempotency-Key";
+
+/// A rendered request, ready for the HTTP client (or for printing, when built with masked secrets).
+#[derive(Debug, Clone)]
+pub struct Request {
+    pub method: reqwest::Method,
+    pub url: String,
+    pub headers: Vec<(HeaderName, HeaderValue)>,
+    pub body: Option<Vec<u8>>,
+}
+
+/// Builds the request for one event. With [`Secrets::Masked`] every `${VAR}` shows as `***`.
+pub fn build(
+    c: &Connector,
+    event: &Json,
+    idempotency_key: Option<&str>,
+    secrets: Secrets,
+) -> Result<Request, RenderError> {
+    let t = &c.target;
+    let url = t.url.render_text(event, secrets)?;
+    let mut headers = Vec::with_capacity(t.headers.len() + 2);
+    for (name, tpl) in &t.headers {
+        let value = tpl.render_text(event, secrets)?;
+        headers.push((name.clone(), header_value(name, &value)?));
+    }
+    let body = match &t.body {
+        None => None,
+        Some(b) => {
+            let rendered = b.render(event, secrets)?;
+            Some(encode(&rendered, t.encoding)?)
+        }
+    };
+    if body.is_some() && !headers.iter().any(|(n, _)| *n == CONTENT_TYPE) {
+        headers.push((CONTENT_TYPE, HeaderValue::from_static(t.encoding.content_type())));
+    }
+    if let Some(key) = idempotency_key {
+        let name = HeaderName::from_static("idempotency-key");
+        if !headers.iter().any(|(n, _)| *n == name) {
+            headers.push((name.clone(), header_value(&name, key)?));
+        }
+    }
+    Ok(Request {
+        method: t.method.clone(),
+        url,
+        headers,
+        body,
+    })
+}
+
+fn header_value(name: &HeaderName, value: &str) -> Result<HeaderValue, RenderError> {
+    if value.contains(['\r', '\n']) {
+        return Err(RenderError::Invalid {
+            path: format!("header {name}"),
+            reason: "value contains CR or LF".into(),
+        });
+    }
+    HeaderValue::from_str(value).map_err(|_| RenderError::Invalid {
+        path: format!("header {name}"),
+        reason: "value contains a character not allowed in a header".into(),
+    })
+}
+
+fn encode(body: &Json, encoding: Encoding) -> Result<Vec<u8>, RenderError> {
+    match encoding {
+        Encoding::Json => serde_json::to_vec(body).map_err(|e| RenderError::Invalid {
+            path: "body".into(),
+            reason: e.to_string(),
+        }),
+        Encoding::Form => serde_qs::to_string(body)
+            .map(String::into_bytes)
+            .map_err(|e| RenderError::Invalid {
+                path: "body".into(),
+                reason: format!("cannot form-encode: {e}"),
+            }),
+    }
+}
+
+impl Request {
+    /// The request as text: request line, headers, blank line, body (as sent).
+    pub fn to_text(&self) -> String {
+        let mut out = format!("{} {}\n", self.method, self.url);
+        for (n, v) in &self.headers {
+            out.push_str(&format!("{}: {}\n", title_case(n.as_str()), v.to_str().unwrap_or("<binary>")));
+        }
+        out.push('\n');
+        if let Some(b) = &self.body {
+            out.push_str(&String::from_utf8_lossy(b));
+            out.push('\n');
+        }
+        out
+    }
+}
+
+/// `idempotency-key` -> `Idempotency-Key` (display only; HTTP header names are case-insensitive).
+fn title_case(name: &str) -> String {
+    name.split('-')
+        .map(|w| {
+            let mut c = w.chars();
+            c.next()
+                .map(|f| f.to_uppercase().collect::<String>() + c.as_str())
+                .unwrap_or_default()
+        })
+        .collect::<Vec<_>>()
+        .join("-")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::connector::{parse, AnyConnector};
+    use serde_json::json;
+
+    fn seed() -> Connector {
+        match parse("seed", include_str!("../connectors/gis-ddot.yaml")).unwrap() {
+            AnyConnector::Outbound(c) => c,
+            AnyConnector::Inbound(_) => unreachable!(),
+        }
+    }
+
+    #[test]
+    fn the_seed_request() {
+        let ev = json!({"permitId":"RW-481","agency":"DDOT","startDate":"2024-05-10","status":"APPROVED"});
+        let r = build(&seed(), &ev, Some("k1"), Secrets::Masked).unwrap();
+        assert_eq!(
+            r.to_text(),
+            "PATCH https://services.arcgis.com/item/roadwork/RW-481\n\
+             Authorization: Bearer ***\n\
+             Content-Type: application/json\n\
+             Idempotency-Key: k1\n\
+             \n\
+             {\"start_date\":\"2024-05-10\",\"status\":\"APPROVED\"}\n"
+        );
+    }
+
+    #[test]
+    fn crlf_in_a_header_is_refused() {
+        let yaml = include_str!("../connectors/gis-ddot.yaml")
+            .replace("Bearer ${ARC_TOKEN}", "Bearer {{ token }}");
+        let AnyConnector::Outbound(c) = parse("x", &yaml).unwrap() else { unreachable!() };
+        let ev = json!({"permitId": "1", "token": "abc\r\nX-Evil: 1"});
+        let err = build(&c, &ev, None, Secrets::Masked).unwrap_err();
+        assert!(matches!(err, RenderError::Invalid { .. }), "{err:?}");
+        let ev = json!({"permitId": "1"});
+        assert_eq!(
+            build(&c, &ev, None, Secrets::Masked).unwrap_err(),
+            RenderError::Missing("token".into())
+        );
+    }
+
+    #[test]
+    fn form_encoding_nests_with_brackets() {
+        let yaml = "id: s\ntype: outbound\ntrigger: { topic: fee.created }\nmap:\n  to:\n    url: https://api.stripe.com/v1/invoiceitems\n    method: POST\n    encoding: form\n    body:\n      amount: \"{{ amount }}\"\n      metadata: { feeId: \"{{ id }}\" }\n";
+        let AnyConnector::Outbound(c) = parse("x", yaml).unwrap() else { unreachable!() };
+        let r = build(&c, &json!({"amount": 500, "id": "F 1&x"}), None, Secrets::Masked).unwrap();
+        let body = String::from_utf8(r.body.unwrap()).unwrap();
+        assert_eq!(body, "amount=500&metadata[feeId]=F+1%26x");
+    }
+}
