@@ -189,7 +189,11 @@ mod tests {
     fn paths_are_relative_to_the_config_folder() {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("hms-sync.yaml");
-        std::fs::write(&file, "nats:\n  url: nats://127.0.0.1:1\nconnectors:\n  dir: ../conn\n").unwrap();
+        std::fs::write(
+            &file,
+            "nats:\n  url: nats://127.0.0.1:1\nconnectors:\n  dir: ../conn\n",
+        )
+        .unwrap();
         let cfg = RuntimeConfig::load(&file, true).unwrap();
         assert_eq!(cfg.nats.url, "nats://127.0.0.1:1");
         assert_eq!(cfg.connectors.dir, dir.path().join("../conn"));
@@ -202,6 +206,9 @@ mod tests {
         let file = dir.path().join("c.yaml");
         std::fs::write(&file, "http:\n  listn: 1\n").unwrap();
         let err = RuntimeConfig::load(&file, true).unwrap_err().to_string();
-        assert!(err.contains("c.yaml:2:3: http: unknown field `listn`"), "{err}");
+        assert!(
+            err.contains("c.yaml:2:3: http: unknown field `listn`"),
+            "{err}"
+        );
     }
 }

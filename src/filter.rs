@@ -49,7 +49,14 @@ impl Filter {
         let program = parsed.map_err(|e| {
             e.errors
                 .iter()
-                .map(|e| format!("CEL {}:{}: {}", e.pos.0.max(0) + 1, e.pos.1.max(0) + 1, e.msg))
+                .map(|e| {
+                    format!(
+                        "CEL {}:{}: {}",
+                        e.pos.0.max(0) + 1,
+                        e.pos.1.max(0) + 1,
+                        e.msg
+                    )
+                })
                 .collect::<Vec<_>>()
                 .join("; ")
         })?;
@@ -122,9 +129,9 @@ fn quiet_parser_panics() {
     ONCE.call_once(|| {
         let previous = std::panic::take_hook();
         std::panic::set_hook(Box::new(move |info| {
-            let in_parser = info
-                .location()
-                .is_some_and(|l| l.file().contains("antlr4rust") || l.file().contains("cel-parser"));
+            let in_parser = info.location().is_some_and(|l| {
+                l.file().contains("antlr4rust") || l.file().contains("cel-parser")
+            });
             if !in_parser {
                 previous(info);
             }
@@ -149,32 +156,62 @@ mod tests {
     #[test]
     fn verdicts() {
         let cases = [
-            (r#"object.agency == "DDOT""#, json!({"agency": "DDOT"}), Verdict::Pass),
-            (r#"object.agency == "DDOT""#, json!({"agency": "NYC"}), Verdict::Excluded),
-            (r#"event.topic == "permit.updated" && event.sequence > 40"#, json!({}), Verdict::Pass),
+            (
+                r#"object.agency == "DDOT""#,
+                json!({"agency": "DDOT"}),
+                Verdict::Pass,
+            ),
+            (
+                r#"object.agency == "DDOT""#,
+                json!({"agency": "NYC"}),
+                Verdict::Excluded,
+            ),
+            (
+                r#"event.topic == "permit.updated" && event.sequence > 40"#,
+                json!({}),
+                Verdict::Pass,
+            ),
             (r#"event.id.startsWith("evt-")"#, json!({}), Verdict::Pass),
-            (r#"has(object.agency) && object.agency == "DDOT""#, json!({}), Verdict::Excluded),
-            (r#"object.amount >= 10.5"#, json!({"amount": 12}), Verdict::Pass),
+            (
+                r#"has(object.agency) && object.agency == "DDOT""#,
+                json!({}),
+                Verdict::Excluded,
+            ),
+            (
+                r#"object.amount >= 10.5"#,
+                json!({"amount": 12}),
+                Verdict::Pass,
+            ),
         ];
         for (src, obj, want) in cases {
             let f = Filter::compile(src).unwrap();
             assert_eq!(f.evaluate(&obj, &meta()), want, "{src}");
         }
         let f = Filter::compile(r#"object.agency == "DDOT""#).unwrap();
-        assert!(matches!(f.evaluate(&json!({}), &meta()), Verdict::NotEvaluable(_)));
+        assert!(matches!(
+            f.evaluate(&json!({}), &meta()),
+            Verdict::NotEvaluable(_)
+        ));
         let f = Filter::compile("object.agency").unwrap();
-        assert!(matches!(f.evaluate(&json!({"agency": "x"}), &meta()), Verdict::NotEvaluable(_)));
+        assert!(matches!(
+            f.evaluate(&json!({"agency": "x"}), &meta()),
+            Verdict::NotEvaluable(_)
+        ));
     }
 
     #[test]
     fn compile_errors() {
         assert!(Filter::compile("object.agency ==").is_err());
-        assert!(Filter::compile("obj.agency == 1").unwrap_err().contains("unknown variable"));
+        assert!(Filter::compile("obj.agency == 1")
+            .unwrap_err()
+            .contains("unknown variable"));
     }
 
     #[test]
     fn object_fields() {
-        let f = Filter::compile(r#"object.agency == "DDOT" && object.amount > 1 && event.topic != """#).unwrap();
+        let f =
+            Filter::compile(r#"object.agency == "DDOT" && object.amount > 1 && event.topic != """#)
+                .unwrap();
         assert_eq!(f.object_fields(), ["agency", "amount"]);
     }
 }

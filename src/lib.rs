@@ -4,9 +4,20 @@
 //! [`request`], [`outcome`]) does no I/O; actors in [`actors`] orchestrate; [`bus`] is the
 //! only module that talks to NATS and [`http_client`] the only one that sends HTTP.
 
-pub mod connector;
-pub mod filter;
-pub mod template;
+pub mod actors;
+pub mod bus;
 pub mod config;
+pub mod connector;
+pub mod delivery;
+pub mod filter;
+pub mod http_client;
+pub mod metrics;
+pub mod nats_server;
 pub mod outcome;
 pub mod request;
+pub mod runtime;
+pub mod server;
+pub mod template;
+
+pub use runtime::{run, Runtime};
+pub mod cli;

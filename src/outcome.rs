@@ -143,18 +143,28 @@ mod tests {
             (Outcome::Connect("refused".into()), 3, Action::Park),
             (Outcome::Invalid("not JSON".into()), 1, Action::Park),
             (
-                Outcome::Status { code: 429, retry_after: Some(Duration::from_secs(1)) },
+                Outcome::Status {
+                    code: 429,
+                    retry_after: Some(Duration::from_secs(1)),
+                },
                 1,
                 Action::Retry(Duration::from_secs(1)),
             ),
             (
-                Outcome::Status { code: 503, retry_after: Some(Duration::from_secs(3600)) },
+                Outcome::Status {
+                    code: 503,
+                    retry_after: Some(Duration::from_secs(3600)),
+                },
                 1,
                 Action::Retry(Duration::from_secs(10)),
             ),
         ];
         for (outcome, attempt, want) in cases {
-            assert_eq!(decide(&outcome, attempt, &retry, 0.0), want, "{outcome:?} attempt {attempt}");
+            assert_eq!(
+                decide(&outcome, attempt, &retry, 0.0),
+                want,
+                "{outcome:?} attempt {attempt}"
+            );
         }
     }
 
@@ -177,7 +187,10 @@ mod tests {
     fn retry_after_forms() {
         let now = std::time::UNIX_EPOCH + Duration::from_secs(1_000_000_000);
         assert_eq!(parse_retry_after("1", now), Some(Duration::from_secs(1)));
-        assert_eq!(parse_retry_after(" 120 ", now), Some(Duration::from_secs(120)));
+        assert_eq!(
+            parse_retry_after(" 120 ", now),
+            Some(Duration::from_secs(120))
+        );
         let date = httpdate::fmt_http_date(now + Duration::from_secs(30));
         assert_eq!(parse_retry_after(&date, now), Some(Duration::from_secs(30)));
         let past = httpdate::fmt_http_date(now - Duration::from_secs(30));

@@ -40,7 +40,10 @@ pub fn build(
         }
     };
     if body.is_some() && !headers.iter().any(|(n, _)| *n == CONTENT_TYPE) {
-        headers.push((CONTENT_TYPE, HeaderValue::from_static(t.encoding.content_type())));
+        headers.push((
+            CONTENT_TYPE,
+            HeaderValue::from_static(t.encoding.content_type()),
+        ));
     }
     if let Some(key) = idempotency_key {
         let name = HeaderName::from_static("idempotency-key");
@@ -89,7 +92,11 @@ impl Request {
     pub fn to_text(&self) -> String {
         let mut out = format!("{} {}\n", self.method, self.url);
         for (n, v) in &self.headers {
-            out.push_str(&format!("{}: {}\n", title_case(n.as_str()), v.to_str().unwrap_or("<binary>")));
+            out.push_str(&format!(
+                "{}: {}\n",
+                title_case(n.as_str()),
+                v.to_str().unwrap_or("<binary>")
+            ));
         }
         out.push('\n');
         if let Some(b) = &self.body {
@@ -145,7 +152,9 @@ mod tests {
     fn crlf_in_a_header_is_refused() {
         let yaml = include_str!("../connectors/gis-ddot.yaml")
             .replace("Bearer ${ARC_TOKEN}", "Bearer {{ token }}");
-        let AnyConnector::Outbound(c) = parse("x", &yaml).unwrap() else { unreachable!() };
+        let AnyConnector::Outbound(c) = parse("x", &yaml).unwrap() else {
+            unreachable!()
+        };
         let ev = json!({"permitId": "1", "token": "abc\r\nX-Evil: 1"});
         let err = build(&c, &ev, None, Secrets::Masked).unwrap_err();
         assert!(matches!(err, RenderError::Invalid { .. }), "{err:?}");
@@ -159,8 +168,16 @@ mod tests {
     #[test]
     fn form_encoding_nests_with_brackets() {
         let yaml = "id: s\ntype: outbound\ntrigger: { topic: fee.created }\nmap:\n  to:\n    url: https://api.stripe.com/v1/invoiceitems\n    method: POST\n    encoding: form\n    body:\n      amount: \"{{ amount }}\"\n      metadata: { feeId: \"{{ id }}\" }\n";
-        let AnyConnector::Outbound(c) = parse("x", yaml).unwrap() else { unreachable!() };
-        let r = build(&c, &json!({"amount": 500, "id": "F 1&x"}), None, Secrets::Masked).unwrap();
+        let AnyConnector::Outbound(c) = parse("x", yaml).unwrap() else {
+            unreachable!()
+        };
+        let r = build(
+            &c,
+            &json!({"amount": 500, "id": "F 1&x"}),
+            None,
+            Secrets::Masked,
+        )
+        .unwrap();
         let body = String::from_utf8(r.body.unwrap()).unwrap();
         assert_eq!(body, "amount=500&metadata[feeId]=F+1%26x");
     }

@@ -112,7 +112,9 @@ fn to_upon(v: &Json) -> upon::Value {
         },
         Json::String(s) => upon::Value::String(s.clone()),
         Json::Array(a) => upon::Value::List(a.iter().map(to_upon).collect()),
-        Json::Object(o) => upon::Value::Map(o.iter().map(|(k, v)| (k.clone(), to_upon(v))).collect()),
+        Json::Object(o) => {
+            upon::Value::Map(o.iter().map(|(k, v)| (k.clone(), to_upon(v))).collect())
+        }
     }
 }
 
@@ -185,10 +187,7 @@ impl StringTemplate {
                     .find('}')
                     .ok_or_else(|| CompileError("unclosed `${`".into()))?;
                 let name = &after[..end];
-                if name.is_empty()
-                    || !name
-                        .bytes()
-                        .all(|b| b.is_ascii_alphanumeric() || b == b'_')
+                if name.is_empty() || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
                 {
                     return Err(CompileError(format!(
                         "`${{{name}}}`: an environment variable name has only letters, digits and `_`"
@@ -416,7 +415,11 @@ impl BodyTemplate {
             Json::Object(o) => BodyTemplate::Object(
                 o.iter()
                     .map(|(k, v)| {
-                        let p = if path.is_empty() { k.clone() } else { format!("{path}.{k}") };
+                        let p = if path.is_empty() {
+                            k.clone()
+                        } else {
+                            format!("{path}.{k}")
+                        };
                         (k.clone(), Self::compile_at(v, &p, errors))
                     })
                     .collect(),
@@ -508,16 +511,29 @@ mod tests {
         let cases = [
             ("RW-481", "https://gis.example/item/roadwork/RW-481"),
             ("../admin", "https://gis.example/item/roadwork/..%2Fadmin"),
-            ("?a=b#frag", "https://gis.example/item/roadwork/%3Fa%3Db%23frag"),
+            (
+                "?a=b#frag",
+                "https://gis.example/item/roadwork/%3Fa%3Db%23frag",
+            ),
             ("a b/c", "https://gis.example/item/roadwork/a%20b%2Fc"),
-            ("\r\nX: y", "https://gis.example/item/roadwork/%0D%0AX%3A%20y"),
+            (
+                "\r\nX: y",
+                "https://gis.example/item/roadwork/%0D%0AX%3A%20y",
+            ),
             ("ünï", "https://gis.example/item/roadwork/%C3%BCn%C3%AF"),
             ("%2F", "https://gis.example/item/roadwork/%252F"),
         ];
         for (value, want) in cases {
-            assert_eq!(url(base, &json!({ "permitId": value })).unwrap(), want, "{value:?}");
+            assert_eq!(
+                url(base, &json!({ "permitId": value })).unwrap(),
+                want,
+                "{value:?}"
+            );
         }
-        assert_eq!(url(base, &json!({ "permitId": 481 })).unwrap(), "https://gis.example/item/roadwork/481");
+        assert_eq!(
+            url(base, &json!({ "permitId": 481 })).unwrap(),
+            "https://gis.example/item/roadwork/481"
+        );
         assert_eq!(
             url("https://x/{{ a.b }}/z", &json!({"a": {"b": "p/q"}})).unwrap(),
             "https://x/p%2Fq/z"
@@ -539,9 +555,15 @@ mod tests {
     #[test]
     fn secrets_are_masked_or_read_from_the_environment_never_from_the_event() {
         let t = StringTemplate::compile("Bearer ${HMS_TEST_TOKEN_A}", Flavor::Text).unwrap();
-        assert_eq!(t.render_text(&json!({}), Secrets::Masked).unwrap(), "Bearer ***");
+        assert_eq!(
+            t.render_text(&json!({}), Secrets::Masked).unwrap(),
+            "Bearer ***"
+        );
         std::env::set_var("HMS_TEST_TOKEN_A", "s3cret");
-        assert_eq!(t.render_text(&json!({}), Secrets::Env).unwrap(), "Bearer s3cret");
+        assert_eq!(
+            t.render_text(&json!({}), Secrets::Env).unwrap(),
+            "Bearer s3cret"
+        );
         let missing = StringTemplate::compile("${HMS_TEST_NOT_SET_X}", Flavor::Text).unwrap();
         assert_eq!(
             missing.render_text(&json!({}), Secrets::Env),
@@ -562,7 +584,10 @@ mod tests {
         }))
         .unwrap();
         let out = body
-            .render(&json!({"amount": 12.5, "ok": true, "nested": {"a": [1]}}), Secrets::Masked)
+            .render(
+                &json!({"amount": 12.5, "ok": true, "nested": {"a": [1]}}),
+                Secrets::Masked,
+            )
             .unwrap();
         assert_eq!(
             out,
@@ -572,7 +597,9 @@ mod tests {
 
     #[test]
     fn hostile_values_stay_literal_data_in_the_body() {
-        let body = BodyTemplate::compile(&json!({"status": "{{ status }}", "note": "say: {{ status }}"})).unwrap();
+        let body =
+            BodyTemplate::compile(&json!({"status": "{{ status }}", "note": "say: {{ status }}"}))
+                .unwrap();
         let hostile = [
             r#"APPROVED", "x": {""#,
             r#""}, "x": {""#,

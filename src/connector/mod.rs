@@ -28,7 +28,11 @@ pub struct Problem {
 
 impl fmt::Display for Problem {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}:{}:{}: {}", self.file, self.pos.line, self.pos.col, self.message)
+        write!(
+            f,
+            "{}:{}:{}: {}",
+            self.file, self.pos.line, self.pos.col, self.message
+        )
     }
 }
 
@@ -171,7 +175,13 @@ impl AnyConnector {
 /// `[A-Za-z0-9_-]` replaced by `_` (`ddot.gis.outbound.v1` -> `ddot_gis_outbound_v1`).
 pub fn consumer_name(id: &str) -> String {
     id.chars()
-        .map(|c| if c.is_ascii_alphanumeric() || c == '_' || c == '-' { c } else { '_' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '_' || c == '-' {
+                c
+            } else {
+                '_'
+            }
+        })
         .collect()
 }
 
@@ -179,14 +189,38 @@ const METHODS: [&str; 5] = ["GET", "POST", "PUT", "PATCH", "DELETE"];
 
 /// Keys allowed in each structural mapping (headers and body are free-form).
 const KNOWN_KEYS: &[(&str, &[&str])] = &[
-    ("", &["id", "type", "description", "trigger", "map", "retry", "rateLimit", "timeoutMs", "source", "publish"]),
+    (
+        "",
+        &[
+            "id",
+            "type",
+            "description",
+            "trigger",
+            "map",
+            "retry",
+            "rateLimit",
+            "timeoutMs",
+            "source",
+            "publish",
+        ],
+    ),
     ("trigger", &["topic", "filter", "orderingKey"]),
     ("map", &["from", "to"]),
     ("map.to", &["url", "method", "headers", "body", "encoding"]),
     ("retry", &["max", "backoffMs", "maxBackoffMs"]),
     ("rateLimit", &["perSecond", "burst"]),
     ("source", &["webhookUrl", "signature"]),
-    ("source.signature", &["scheme", "secret", "secrets", "toleranceSec", "header", "encoding"]),
+    (
+        "source.signature",
+        &[
+            "scheme",
+            "secret",
+            "secrets",
+            "toleranceSec",
+            "header",
+            "encoding",
+        ],
+    ),
     ("publish", &["topic", "idFrom", "body"]),
 ];
 
@@ -208,7 +242,11 @@ pub fn parse(file: &str, text: &str) -> Result<AnyConnector, Problems> {
                 let hint = strsim_hint(key, known)
                     .map(|h| format!(" (did you mean `{h}`?)"))
                     .unwrap_or_default();
-                let place = if path.is_empty() { String::new() } else { format!(" in `{path}`") };
+                let place = if path.is_empty() {
+                    String::new()
+                } else {
+                    format!(" in `{path}`")
+                };
                 problems.push(at(*pos, format!("unknown key `{key}`{place}{hint}")));
             }
         }
@@ -218,7 +256,10 @@ pub fn parse(file: &str, text: &str) -> Result<AnyConnector, Problems> {
         Err(e) => {
             let pos = e
                 .location()
-                .map(|l| Pos { line: l.line(), col: l.column() })
+                .map(|l| Pos {
+                    line: l.line(),
+                    col: l.column(),
+                })
                 .unwrap_or_default();
             let msg = e.to_string();
             // serde_yaml appends " at line L column C"; the prefix already says where.
@@ -243,7 +284,12 @@ pub fn parse(file: &str, text: &str) -> Result<AnyConnector, Problems> {
 fn strsim_hint<'a>(key: &str, known: &[&'a str]) -> Option<&'a str> {
     known
         .iter()
-        .map(|k| (strsim::damerau_levenshtein(&key.to_lowercase(), &k.to_lowercase()), *k))
+        .map(|k| {
+            (
+                strsim::damerau_levenshtein(&key.to_lowercase(), &k.to_lowercase()),
+                *k,
+            )
+        })
         .filter(|(d, k)| *d <= 2.max(k.len() / 3))
         .min_by_key(|(d, _)| *d)
         .map(|(_, k)| k)
@@ -270,11 +316,16 @@ pub fn load_files(files: &[PathBuf]) -> Result<Vec<AnyConnector>, Problems> {
         match parse(&file, &text) {
             Ok(c) => {
                 if let Some(first) = seen.get(c.id()) {
-                    let pos = Positions::scan(&text).map(|p| p.value("id")).unwrap_or_default();
+                    let pos = Positions::scan(&text)
+                        .map(|p| p.value("id"))
+                        .unwrap_or_default();
                     problems.push(Problem {
                         file: file.clone(),
                         pos,
-                        message: format!("duplicate connector id `{}` (also defined in {first})", c.id()),
+                        message: format!(
+                            "duplicate connector id `{}` (also defined in {first})",
+                            c.id()
+                        ),
                     });
                 } else {
                     seen.insert(c.id().to_string(), file.clone());
@@ -297,7 +348,10 @@ pub fn files_in(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
         .filter_map(|e| e.ok().map(|e| e.path()))
         .filter(|p| {
             p.is_file()
-                && matches!(p.extension().and_then(|e| e.to_str()), Some("yaml") | Some("yml"))
+                && matches!(
+                    p.extension().and_then(|e| e.to_str()),
+                    Some("yaml") | Some("yml")
+                )
         })
         .collect();
     files.sort();

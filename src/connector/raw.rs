@@ -116,7 +116,10 @@ impl RawConnector {
         {
             r.at(
                 pos.value("id"),
-                format!("id `{}`: use letters, digits, '.', '_' and '-' only", self.id),
+                format!(
+                    "id `{}`: use letters, digits, '.', '_' and '-' only",
+                    self.id
+                ),
             );
         }
         let kind = match self.kind.as_str() {
@@ -132,13 +135,19 @@ impl RawConnector {
         };
         if kind == Kind::Inbound {
             let Some(source) = &self.source else {
-                r.at(pos.key(""), "an inbound connector needs `source.webhookUrl`");
+                r.at(
+                    pos.key(""),
+                    "an inbound connector needs `source.webhookUrl`",
+                );
                 return None;
             };
             if !source.webhook_url.starts_with('/') {
                 r.at(
                     pos.value("source.webhookUrl"),
-                    format!("webhookUrl `{}` must be a path starting with '/'", source.webhook_url),
+                    format!(
+                        "webhookUrl `{}` must be a path starting with '/'",
+                        source.webhook_url
+                    ),
                 );
             }
             if self.publish.is_none() {
@@ -159,22 +168,35 @@ impl RawConnector {
             return None;
         };
         let Some(map) = &self.map else {
-            r.at(pos.key(""), "an outbound connector needs `map.to` (url, method, body)");
+            r.at(
+                pos.key(""),
+                "an outbound connector needs `map.to` (url, method, body)",
+            );
             return None;
         };
         if let Some(msg) = subject_problem(&trigger.topic) {
-            r.at(pos.value("trigger.topic"), format!("topic `{}`: {msg}", trigger.topic));
+            r.at(
+                pos.value("trigger.topic"),
+                format!("topic `{}`: {msg}", trigger.topic),
+            );
         }
-        let filter = trigger.filter.as_deref().and_then(|f| match Filter::compile(f) {
-            Ok(f) => Some(f),
-            Err(e) => {
-                r.at(pos.value("trigger.filter"), format!("filter does not compile: {e}"));
-                None
-            }
-        });
-        let ordering_key = trigger.ordering_key.as_deref().and_then(|k| {
-            r.template(k, Flavor::Text, pos.value("trigger.orderingKey"))
-        });
+        let filter = trigger
+            .filter
+            .as_deref()
+            .and_then(|f| match Filter::compile(f) {
+                Ok(f) => Some(f),
+                Err(e) => {
+                    r.at(
+                        pos.value("trigger.filter"),
+                        format!("filter does not compile: {e}"),
+                    );
+                    None
+                }
+            });
+        let ordering_key = trigger
+            .ordering_key
+            .as_deref()
+            .and_then(|k| r.template(k, Flavor::Text, pos.value("trigger.orderingKey")));
 
         let to = &map.to;
         let method_upper = to.method.to_ascii_uppercase();
@@ -188,7 +210,11 @@ impl RawConnector {
                 .unwrap_or_default();
             r.at(
                 pos.value("map.to.method"),
-                format!("method `{}`: expected one of {}{hint}", to.method, METHODS.join(", ")),
+                format!(
+                    "method `{}`: expected one of {}{hint}",
+                    to.method,
+                    METHODS.join(", ")
+                ),
             );
             None
         };
@@ -204,14 +230,18 @@ impl RawConnector {
             match reqwest::header::HeaderName::from_bytes(name.as_bytes()) {
                 Ok(h) => {
                     if value.contains(['\r', '\n']) {
-                        r.at(pos.value(&path), format!("header `{name}`: value contains CR or LF"));
-                    } else if let Some(t) =
-                        r.template(value, Flavor::Text, pos.value(&path))
-                    {
+                        r.at(
+                            pos.value(&path),
+                            format!("header `{name}`: value contains CR or LF"),
+                        );
+                    } else if let Some(t) = r.template(value, Flavor::Text, pos.value(&path)) {
                         headers.push((h, t));
                     }
                 }
-                Err(_) => r.at(pos.key(&path), format!("header name `{name}` is not a valid HTTP header name")),
+                Err(_) => r.at(
+                    pos.key(&path),
+                    format!("header name `{name}` is not a valid HTTP header name"),
+                ),
             }
         }
         let body = match &to.body {
@@ -220,7 +250,10 @@ impl RawConnector {
                 Ok(t) => Some(t),
                 Err(errs) => {
                     for (p, e) in errs {
-                        r.at(pos.value(&format!("map.to.body.{p}")), format!("body `{p}`: {}", e.0));
+                        r.at(
+                            pos.value(&format!("map.to.body.{p}")),
+                            format!("body `{p}`: {}", e.0),
+                        );
                     }
                     None
                 }
@@ -249,7 +282,10 @@ impl RawConnector {
         if let Some(rr) = &self.retry {
             if let Some(max) = rr.max {
                 if max == 0 {
-                    r.at(pos.value("retry.max"), "retry.max counts attempts in total: at least 1");
+                    r.at(
+                        pos.value("retry.max"),
+                        "retry.max counts attempts in total: at least 1",
+                    );
                 }
                 retry.max = max.max(1);
             }
@@ -274,12 +310,18 @@ impl RawConnector {
         let rate_limit = match &self.rate_limit {
             None => None,
             Some(rl) if !(rl.per_second.is_finite() && rl.per_second > 0.0) => {
-                r.at(pos.value("rateLimit.perSecond"), "rateLimit.perSecond must be above 0");
+                r.at(
+                    pos.value("rateLimit.perSecond"),
+                    "rateLimit.perSecond must be above 0",
+                );
                 None
             }
             Some(rl) => Some(RateLimit {
                 per_second: rl.per_second,
-                burst: rl.burst.unwrap_or_else(|| rl.per_second.ceil().max(1.0) as u32).max(1),
+                burst: rl
+                    .burst
+                    .unwrap_or_else(|| rl.per_second.ceil().max(1.0) as u32)
+                    .max(1),
             }),
         };
         let timeout = Duration::from_millis(self.timeout_ms.unwrap_or(10_000));

@@ -51,9 +51,18 @@ retry:
     for w in want {
         assert!(got.iter().any(|g| g == w), "missing {w:?} in {got:#?}");
     }
-    assert!(got.iter().any(|g| g == "c.yaml:10:33: unclosed `{{`"), "{got:#?}");
-    assert!(got.iter().any(|g| g.starts_with("c.yaml:12:10: body `a`")), "{got:#?}");
-    assert!(got.iter().any(|g| g.starts_with("c.yaml:14:8: retry.max")), "{got:#?}");
+    assert!(
+        got.iter().any(|g| g == "c.yaml:10:33: unclosed `{{`"),
+        "{got:#?}"
+    );
+    assert!(
+        got.iter().any(|g| g.starts_with("c.yaml:12:10: body `a`")),
+        "{got:#?}"
+    );
+    assert!(
+        got.iter().any(|g| g.starts_with("c.yaml:14:8: retry.max")),
+        "{got:#?}"
+    );
 }
 
 #[test]
@@ -61,7 +70,10 @@ fn filter_that_does_not_compile() {
     let text = SEED.replace("object.agency == \"DDOT\"", "object.agency ==");
     let got = problems(&text);
     assert_eq!(got.len(), 1, "{got:?}");
-    assert!(got[0].starts_with("c.yaml:6:11: filter does not compile"), "{got:?}");
+    assert!(
+        got[0].starts_with("c.yaml:6:11: filter does not compile"),
+        "{got:?}"
+    );
 }
 
 #[test]
@@ -87,7 +99,13 @@ fn duplicate_ids_across_files() {
     let err = load_files(&[a.clone(), b.clone()]).unwrap_err();
     assert_eq!(err.0.len(), 1);
     let msg = err.0[0].to_string();
-    assert!(msg.starts_with(&format!("{}:2:5: duplicate connector id `ddot.gis.outbound.v1`", b.display())), "{msg}");
+    assert!(
+        msg.starts_with(&format!(
+            "{}:2:5: duplicate connector id `ddot.gis.outbound.v1`",
+            b.display()
+        )),
+        "{msg}"
+    );
 }
 
 #[test]

@@ -168,14 +168,19 @@ mod tests {
 
     #[test]
     fn positions_of_nested_keys_and_values() {
-        let src = "id: a\nmap:\n  to:\n    url: \"x\"\n    headers: { A: b }\nlist:\n  - 1\n  - k: v\n";
+        let src =
+            "id: a\nmap:\n  to:\n    url: \"x\"\n    headers: { A: b }\nlist:\n  - 1\n  - k: v\n";
         let p = Positions::scan(src).unwrap();
         assert_eq!(p.key("id"), Pos { line: 1, col: 1 });
         assert_eq!(p.key("map.to.url"), Pos { line: 4, col: 5 });
         assert_eq!(p.value("map.to.url"), Pos { line: 4, col: 10 });
         assert_eq!(p.key("map.to.headers.A"), Pos { line: 5, col: 16 });
         assert_eq!(p.key("list[1].k"), Pos { line: 8, col: 5 });
-        let keys: Vec<&str> = p.children("map.to").iter().map(|(k, _)| k.as_str()).collect();
+        let keys: Vec<&str> = p
+            .children("map.to")
+            .iter()
+            .map(|(k, _)| k.as_str())
+            .collect();
         assert_eq!(keys, ["url", "headers"]);
         // Unknown path falls back to the closest ancestor.
         assert_eq!(p.key("map.to.nothing"), Pos { line: 3, col: 3 });

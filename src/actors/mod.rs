@@ -1,0 +1,5 @@
+//! Actors (ractor): they orchestrate; the work they order is in the pure core and in
+//! [`crate::delivery`].
+
+pub mod connector;
+pub mod supervisor;

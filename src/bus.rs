@@ -1,0 +1,496 @@
+//! The only module that talks to NATS: connection, streams, durable consumers, acks, parking,
+//! review alerts and plain publishing.
+//!
+//! **Architecture invariant:** no other module names an `async_nats` type. Actors receive
+//! [`Delivery`] values and tell them how to end (ack, retry later, park).
+
+use std::collections::{BTreeSet, HashMap};
+use std::time::Duration;
+
+use async_nats::jetstream::{self, consumer, stream, AckKind};
+use async_nats::HeaderMap;
+use bytes::Bytes;
+use futures::StreamExt;
+
+use crate::config::{DeliveryConfig, StreamsConfig};
+
+pub const EVENTS_STREAM: &str = "HMS_EVENTS";
+pub const PARKED_STREAM: &str = "HMS_SYNC_PARKED";
+pub const REVIEW_SUBJECT: &str = "hitl.review.requested";
+
+/// A NATS failure, with what we were doing.
+#[derive(Debug, thiserror::Error)]
+#[error("NATS: {context}: {message}")]
+pub struct BusError {
+    pub context: String,
+    pub message: String,
+}
+
+fn err(context: impl Into<String>) -> impl FnOnce(String) -> BusError {
+    let context = context.into();
+    move |message| BusError { context, message }
+}
+
+/// A connection to NATS and its JetStream context.
+#[derive(Clone)]
+pub struct Bus {
+    client: async_nats::Client,
+    js: jetstream::Context,
+}
+
+/// What a connector needs to own its durable consumer.
+#[derive(Debug, Clone)]
+pub struct ConsumerSpec {
+    pub name: String,
+    /// Where a consumer created now starts: events published at or after this time.
+    pub start_from: time::OffsetDateTime,
+    pub description: String,
+    pub topic: String,
+    pub metadata: HashMap<String, String>,
+}
+
+impl Bus {
+    /// Connects (retrying in the background after the first success).
+    pub async fn connect(url: &str) -> Result<Bus, BusError> {
+        let client = async_nats::ConnectOptions::new()
+            .name("hms-sync")
+            .retry_on_initial_connect()
+            .connection_timeout(Duration::from_secs(2))
+            .connect(url)
+            .await
+            .map_err(|e| err(format!("connect {url}"))(e.to_string()))?;
+        // retry_on_initial_connect returns at once: wait for the first connection.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while client.connection_state() != async_nats::connection::State::Connected {
+            if tokio::time::Instant::now() > deadline {
+                return Err(err(format!("connect {url}"))("no answer within 5 s".into()));
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let js = jetstream::new(client.clone());
+        Ok(Bus { client, js })
+    }
+
+    /// Whether something answers at `url` right now (one quick try, no retries).
+    pub async fn reachable(url: &str) -> bool {
+        let addr = url
+            .split("://")
+            .last()
+            .unwrap_or(url)
+            .split(',')
+            .next()
+            .unwrap_or_default()
+            .rsplit('@')
+            .next()
+            .unwrap_or_default()
+            .to_string();
+        matches!(
+            tokio::time::timeout(
+                Duration::from_millis(500),
+                tokio::net::TcpStream::connect(addr)
+            )
+            .await,
+            Ok(Ok(_))
+        )
+    }
+
+    pub fn is_connected(&self) -> bool {
+        self.client.connection_state() == async_nats::connection::State::Connected
+    }
+
+    /// Makes sure `HMS_EVENTS` captures every topic in `topics` (keeping subjects it already has)
+    /// and that `HMS_SYNC_PARKED` exists.
+    pub async fn ensure_streams(
+        &self,
+        topics: &[String],
+        cfg: &StreamsConfig,
+    ) -> Result<(), BusError> {
+        let wanted: BTreeSet<String> = topics.iter().cloned().collect();
+        match self.js.get_stream(EVENTS_STREAM).await {
+            Ok(mut s) => {
+                let info = s
+                    .info()
+                    .await
+                    .map_err(|e| err("stream info HMS_EVENTS")(e.to_string()))?;
+                let mut config = info.config.clone();
+                let mut all: BTreeSet<String> = config.subjects.iter().cloned().collect();
+                all.extend(wanted);
+                let subjects = minimal_cover(&all);
+                if subjects != config.subjects {
+                    config.subjects = subjects;
+                    self.js
+                        .update_stream(config)
+                        .await
+                        .map_err(|e| err("update stream HMS_EVENTS subjects")(e.to_string()))?;
+                }
+            }
+            Err(_) => {
+                let subjects = if wanted.is_empty() {
+                    vec!["hms.events.unused".to_string()]
+                } else {
+                    minimal_cover(&wanted)
+                };
+                self.js
+                    .get_or_create_stream(stream::Config {
+                        name: EVENTS_STREAM.into(),
+                        description: Some(
+                            "hms-sync: events that outbound connectors deliver".into(),
+                        ),
+                        subjects,
+                        storage: stream::StorageType::File,
+                        retention: stream::RetentionPolicy::Limits,
+                        max_age: Duration::from_secs(cfg.events_max_age_hours * 3600),
+                        duplicate_window: Duration::from_secs(cfg.duplicate_window_sec),
+                        ..Default::default()
+                    })
+                    .await
+                    .map_err(|e| err("create stream HMS_EVENTS")(e.to_string()))?;
+            }
+        }
+        self.js
+            .get_or_create_stream(stream::Config {
+                name: PARKED_STREAM.into(),
+                description: Some("hms-sync: parked jobs waiting for human review".into()),
+                subjects: vec!["sync.parked.>".into()],
+                storage: stream::StorageType::File,
+                retention: stream::RetentionPolicy::Limits,
+                duplicate_window: Duration::from_secs(cfg.duplicate_window_sec),
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| err("create stream HMS_SYNC_PARKED")(e.to_string()))?;
+        Ok(())
+    }
+
+    /// Creates the connector's durable consumer, or updates it in place (its position is kept).
+    pub async fn open_consumer(
+        &self,
+        spec: &ConsumerSpec,
+        delivery: &DeliveryConfig,
+    ) -> Result<EventSource, BusError> {
+        let e = |m: String| err(format!("consumer {}", spec.name))(m);
+        let stream = self
+            .js
+            .get_stream(EVENTS_STREAM)
+            .await
+            .map_err(|x| e(x.to_string()))?;
+        // An existing consumer keeps its deliver policy (and so its position); a new one starts
+        // at `start_from` (when the runtime started), so nothing published during start-up is
+        // missed.
+        let deliver_policy = match stream.consumer_info(&spec.name).await {
+            Ok(info) => info.config.deliver_policy,
+            Err(_) => consumer::DeliverPolicy::ByStartTime {
+                start_time: spec.start_from,
+            },
+        };
+        let config = consumer::pull::Config {
+            durable_name: Some(spec.name.clone()),
+            description: Some(spec.description.clone()),
+            deliver_policy,
+            filter_subject: spec.topic.clone(),
+            ack_policy: consumer::AckPolicy::Explicit,
+            ack_wait: delivery.ack_wait(),
+            max_deliver: -1,
+            max_ack_pending: delivery.max_ack_pending,
+            metadata: spec.metadata.clone(),
+            ..Default::default()
+        };
+        let consumer: consumer::PullConsumer = stream
+            .create_consumer(config)
+            .await
+            .map_err(|x| e(x.to_string()))?;
+        let messages = consumer
+            .stream()
+            .max_messages_per_batch(delivery.pull_batch.max(1))
+            .heartbeat(Duration::from_secs(5))
+            .expires(Duration::from_secs(30))
+            .messages()
+            .await
+            .map_err(|x| e(x.to_string()))?;
+        Ok(EventSource { messages })
+    }
+
+    /// Numbers for `status`: (pending, ack pending, redelivered).
+    pub async fn consumer_stats(&self, name: &str) -> Result<ConsumerStats, BusError> {
+        let stream = self
+            .js
+            .get_stream(EVENTS_STREAM)
+            .await
+            .map_err(|e| err("stream HMS_EVENTS")(e.to_string()))?;
+        let info = stream
+            .consumer_info(name)
+            .await
+            .map_err(|e| err(format!("consumer {name}"))(e.to_string()))?;
+        Ok(ConsumerStats {
+            pending: info.num_pending,
+            ack_pending: info.num_ack_pending as u64,
+            redelivered: info.num_redelivered as u64,
+            description: info.config.description.clone().unwrap_or_default(),
+        })
+    }
+
+    /// Whether the consumer exists.
+    pub async fn consumer_exists(&self, name: &str) -> bool {
+        match self.js.get_stream(EVENTS_STREAM).await {
+            Ok(s) => s.consumer_info(name).await.is_ok(),
+            Err(_) => false,
+        }
+    }
+
+    /// Stores a parked job durably (JetStream ack awaited). Returns its stream sequence.
+    pub async fn park(&self, consumer: &str, dedup_id: &str, job: &[u8]) -> Result<u64, BusError> {
+        let mut headers = HeaderMap::new();
+        headers.insert("Nats-Msg-Id", dedup_id);
+        let ack = self
+            .js
+            .publish_with_headers(
+                format!("sync.parked.{consumer}"),
+                headers,
+                Bytes::copy_from_slice(job),
+            )
+            .await
+            .map_err(|e| err("park")(e.to_string()))?
+            .await
+            .map_err(|e| err("park")(e.to_string()))?;
+        Ok(ack.sequence)
+    }
+
+    /// Publishes a review alert on `hitl.review.requested` (plain NATS, flushed).
+    pub async fn review(&self, body: &[u8]) -> Result<(), BusError> {
+        self.client
+            .publish(REVIEW_SUBJECT, Bytes::copy_from_slice(body))
+            .await
+            .map_err(|e| err("review alert")(e.to_string()))?;
+        self.client
+            .flush()
+            .await
+            .map_err(|e| err("review alert")(e.to_string()))
+    }
+
+    /// Publishes an event. When a stream captures the subject the JetStream ack is awaited and
+    /// its sequence returned; otherwise it is a plain publish (like `nats pub`) and `None`.
+    pub async fn publish(
+        &self,
+        subject: &str,
+        headers: &[(String, String)],
+        data: Vec<u8>,
+    ) -> Result<Option<(String, u64, bool)>, BusError> {
+        let mut map = HeaderMap::new();
+        for (k, v) in headers {
+            map.insert(k.as_str(), v.as_str());
+        }
+        match self
+            .js
+            .publish_with_headers(subject.to_string(), map.clone(), data.clone().into())
+            .await
+        {
+            Ok(fut) => match fut.await {
+                Ok(ack) => Ok(Some((ack.stream, ack.sequence, ack.duplicate))),
+                Err(e) if e.kind() == jetstream::context::PublishErrorKind::StreamNotFound => {
+                    self.plain_publish(subject, map, data).await
+                }
+                Err(e) => Err(err(format!("publish {subject}"))(e.to_string())),
+            },
+            Err(e) => Err(err(format!("publish {subject}"))(e.to_string())),
+        }
+    }
+
+    async fn plain_publish(
+        &self,
+        subject: &str,
+        headers: HeaderMap,
+        data: Vec<u8>,
+    ) -> Result<Option<(String, u64, bool)>, BusError> {
+        self.client
+            .publish_with_headers(subject.to_string(), headers, data.into())
+            .await
+            .map_err(|e| err(format!("publish {subject}"))(e.to_string()))?;
+        self.client
+            .flush()
+            .await
+            .map_err(|e| err("flush")(e.to_string()))?;
+        Ok(None)
+    }
+
+    /// Subscribes to a plain subject (used by tools and tests that watch review alerts).
+    pub async fn subscribe(
+        &self,
+        subject: &str,
+    ) -> Result<impl futures::Stream<Item = Bytes>, BusError> {
+        let sub = self
+            .client
+            .subscribe(subject.to_string())
+            .await
+            .map_err(|e| err(format!("subscribe {subject}"))(e.to_string()))?;
+        Ok(sub.map(|m| m.payload))
+    }
+
+    /// Drains the connection (flushes pending acks) before shutdown.
+    pub async fn close(&self) {
+        let _ = self.client.flush().await;
+    }
+}
+
+/// Consumer numbers shown by `status`.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct ConsumerStats {
+    pub pending: u64,
+    pub ack_pending: u64,
+    pub redelivered: u64,
+    pub description: String,
+}
+
+/// Subjects with every subject covered by a wildcard of another removed.
+pub fn minimal_cover(subjects: &BTreeSet<String>) -> Vec<String> {
+    subjects
+        .iter()
+        .filter(|s| !subjects.iter().any(|o| o != *s && covers(o, s)))
+        .cloned()
+        .collect()
+}
+
+/// Whether NATS subject pattern `pattern` matches every subject `sub` matches.
+pub fn covers(pattern: &str, sub: &str) -> bool {
+    let p: Vec<&str> = pattern.split('.').collect();
+    let s: Vec<&str> = sub.split('.').collect();
+    for (i, pt) in p.iter().enumerate() {
+        if *pt == ">" {
+            return s.len() > i;
+        }
+        match s.get(i) {
+            None => return false,
+            Some(st) if *pt == "*" && *st != ">" => {}
+            Some(st) if pt == st => {}
+            _ => return false,
+        }
+    }
+    p.len() == s.len()
+}
+
+/// A pull subscription on a connector's durable consumer.
+pub struct EventSource {
+    messages: consumer::pull::Stream,
+}
+
+impl EventSource {
+    /// The next delivery; `None` when the subscription ended. Errors are worth logging; the
+    /// stream keeps going after transient ones (missed heartbeats).
+    pub async fn next(&mut self) -> Option<Result<Delivery, BusError>> {
+        let item = self.messages.next().await?;
+        Some(
+            item.map_err(|e| err("pull")(e.to_string()))
+                .and_then(Delivery::new),
+        )
+    }
+}
+
+/// One delivery of one event to one connector.
+pub struct Delivery {
+    msg: jetstream::Message,
+    pub subject: String,
+    pub stream_sequence: u64,
+    /// JetStream's delivery count: 1 on the first attempt.
+    pub delivered: u32,
+    pub published: time::OffsetDateTime,
+    /// `Nats-Msg-Id`, when the publisher set one.
+    pub msg_id: Option<String>,
+}
+
+impl Delivery {
+    fn new(msg: jetstream::Message) -> Result<Delivery, BusError> {
+        let info = msg.info().map_err(|e| err("message info")(e.to_string()))?;
+        let stream_sequence = info.stream_sequence;
+        let delivered = u32::try_from(info.delivered.max(1)).unwrap_or(u32::MAX);
+        let published = info.published;
+        let msg_id = msg
+            .headers
+            .as_ref()
+            .and_then(|h| h.get("Nats-Msg-Id"))
+            .map(|v| v.as_str().to_string());
+        Ok(Delivery {
+            subject: msg.subject.to_string(),
+            stream_sequence,
+            delivered,
+            published,
+            msg_id,
+            msg,
+        })
+    }
+
+    pub fn payload(&self) -> &[u8] {
+        &self.msg.payload
+    }
+
+    /// Every header of the original event (name, value), for parked jobs.
+    pub fn headers(&self) -> Vec<(String, String)> {
+        self.msg
+            .headers
+            .as_ref()
+            .map(|h| {
+                h.iter()
+                    .flat_map(|(k, vs)| {
+                        vs.iter()
+                            .map(move |v| (k.to_string(), v.as_str().to_string()))
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// A header of the original event.
+    pub fn header(&self, name: &str) -> Option<String> {
+        self.msg
+            .headers
+            .as_ref()
+            .and_then(|h| h.get(name))
+            .map(|v| v.as_str().to_string())
+    }
+
+    /// Done: delivered, filtered out, or durably parked.
+    pub async fn ack(&self) -> Result<(), BusError> {
+        self.msg.ack().await.map_err(|e| err("ack")(e.to_string()))
+    }
+
+    /// Try again after `delay` (JetStream holds the message; survives our crash).
+    pub async fn retry_after(&self, delay: Duration) -> Result<(), BusError> {
+        self.msg
+            .ack_with(AckKind::Nak(Some(delay)))
+            .await
+            .map_err(|e| err("nak")(e.to_string()))
+    }
+
+    /// Still working on it: resets JetStream's ack timer.
+    pub async fn in_progress(&self) -> Result<(), BusError> {
+        self.msg
+            .ack_with(AckKind::Progress)
+            .await
+            .map_err(|e| err("progress")(e.to_string()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn subject_cover() {
+        let cases = [
+            ("permit.*", "permit.updated", true),
+            ("permit.>", "permit.updated.x", true),
+            ("permit.>", "permit", false),
+            ("permit.*", "permit.a.b", false),
+            (">", "a", true),
+            ("a.b", "a.b", true),
+            ("a.*", "a.>", false),
+            ("a.>", "a.*", true),
+        ];
+        for (p, s, want) in cases {
+            assert_eq!(covers(p, s), want, "{p} {s}");
+        }
+        let set: BTreeSet<String> = ["permit.updated", "permit.*", "fee.created", "fee.created"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        assert_eq!(minimal_cover(&set), ["fee.created", "permit.*"]);
+    }
+}

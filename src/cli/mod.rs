@@ -1,0 +1,116 @@
+//! The `hms-sync` command line: one file per subcommand, each delegating to the library.
+
+mod publish;
+mod test;
+mod up;
+mod validate;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use crate::config::RuntimeConfig;
+
+/// hms-sync keeps third-party tools (GIS maps, calendars, payment rails) in lock-step with the
+/// events on your NATS bus. Each integration is a small YAML connector: a trigger (NATS subject +
+/// CEL filter), a mapping (URL, method, headers, body templates) and retry rules.
+///
+/// Start with `hms-sync test connectors/gis-ddot.yaml < connectors/sample_event.json` to see the
+/// request a connector would send, then `hms-sync up` to run them all.
+#[derive(Debug, Parser)]
+#[command(name = "hms-sync", version, about, long_about)]
+pub struct Cli {
+    /// Runtime configuration file.
+    #[arg(
+        long,
+        global = true,
+        default_value = "config/hms-sync.yaml",
+        value_name = "FILE"
+    )]
+    pub config: PathBuf,
+    /// NATS server URL (overrides nats.url of the config).
+    #[arg(long, global = true, env = "NATS_URL", value_name = "URL")]
+    pub nats_url: Option<String>,
+    /// Log format on stderr: `text` (seed-style console lines) or `json`.
+    #[arg(long, global = true, default_value = "text", value_name = "FORMAT")]
+    pub log_format: String,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the runtime: every connector of the connectors folder, the HTTP server
+    /// (status page, /metrics, /healthz, /readyz, /api/connectors). Starts a local nats-server
+    /// from nats-server.conf when nothing answers and nats.embedded is on.
+    Up(up::Args),
+    /// Offline: print the HTTP request a connector would send for an event (file or stdin).
+    /// Sends nothing. Exit 0 printed, 1 filtered out, 2 invalid input.
+    Test(test::Args),
+    /// Check connector files; errors as file:line:col: message. Exit 0 valid, 2 invalid.
+    Validate(validate::Args),
+    /// Publish an event on a subject, like `nats pub`.
+    Publish(publish::Args),
+}
+
+impl Cli {
+    /// The runtime config with command-line overrides applied.
+    pub fn runtime_config(&self) -> anyhow::Result<RuntimeConfig> {
+        let explicit = std::env::args().any(|a| a == "--config" || a.starts_with("--config="));
+        let mut cfg = RuntimeConfig::load(&self.config, explicit)?;
+        if let Some(url) = &self.nats_url {
+            cfg.nats.url = url.clone();
+        }
+        Ok(cfg)
+    }
+}
+
+fn init_logging(format: &str) {
+    use std::io::IsTerminal;
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_env("HMS_SYNC_LOG")
+        .unwrap_or_else(|_| EnvFilter::new("info,ractor=warn,async_nats=warn"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_target(false);
+    if format == "json" {
+        let _ = builder.json().try_init();
+    } else {
+        let _ = builder.without_time().try_init();
+    }
+}
+
+/// Entry point of the binary.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(&cli.log_format);
+    match &cli.command {
+        Command::Test(a) => test::exec(a),
+        Command::Validate(a) => validate::exec(a),
+        Command::Up(a) => block_on(up::exec(&cli, a)),
+        Command::Publish(a) => block_on(publish::exec(&cli, a)),
+    }
+}
+
+fn block_on(f: impl std::future::Future<Output = anyhow::Result<ExitCode>>) -> ExitCode {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(f) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

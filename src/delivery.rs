@@ -1,0 +1,406 @@
+//! The life of one delivery: parse -> filter -> render -> send -> decide -> ack / retry / park.
+//!
+//! Runs inside tasks owned by a connector actor; the decisions themselves are the pure
+//! functions of [`crate::outcome`] and [`crate::request`].
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use serde_json::Value as Json;
+use sha2::{Digest, Sha256};
+
+use crate::bus::{Bus, Delivery};
+use crate::connector::Connector;
+use crate::filter::{EventMeta, Verdict};
+use crate::http_client::{Answer, HttpClient};
+use crate::metrics::ConnectorMetrics;
+use crate::outcome::{decide, fail_reason, Action, Outcome};
+use crate::request;
+use crate::template::Secrets;
+
+/// Header that carries an idempotency key set earlier (parked replay); wins over derivation.
+pub const REPLAY_KEY_HEADER: &str = "Hms-Idempotency-Key";
+
+/// Counters and the last error of one connector; outlives actor restarts.
+#[derive(Default)]
+pub struct ConnectorStats {
+    pub delivered: AtomicU64,
+    pub failed: AtomicU64,
+    pub parked: AtomicU64,
+    pub filtered: AtomicU64,
+    pub last_error: Mutex<Option<String>>,
+}
+
+impl ConnectorStats {
+    fn error(&self, text: String) {
+        if let Ok(mut e) = self.last_error.lock() {
+            *e = Some(text);
+        }
+    }
+}
+
+/// One attempt, as recorded in a parked job.
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
+pub struct Attempt {
+    pub attempt: u32,
+    pub at: String,
+    pub status: Option<u16>,
+    pub error: String,
+    /// Start of the response body (truncated).
+    #[serde(default)]
+    pub body: String,
+}
+
+/// Everything a delivery needs; shared by all deliveries of one connector.
+pub struct Pipeline {
+    pub connector: Arc<Connector>,
+    pub bus: Bus,
+    pub http: HttpClient,
+    pub metrics: ConnectorMetrics,
+    pub stats: Arc<ConnectorStats>,
+    /// Attempts seen by this process, by stream sequence (for the parked record).
+    attempts: Mutex<HashMap<u64, Vec<Attempt>>>,
+}
+
+const MAX_TRACKED: usize = 100_000;
+
+impl Pipeline {
+    pub fn new(
+        connector: Arc<Connector>,
+        bus: Bus,
+        http: HttpClient,
+        stats: Arc<ConnectorStats>,
+    ) -> Self {
+        let metrics = ConnectorMetrics::new(&connector.id);
+        Pipeline {
+            connector,
+            bus,
+            http,
+            metrics,
+            stats,
+            attempts: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn record(&self, seq: u64, a: Attempt) -> Vec<Attempt> {
+        let Ok(mut map) = self.attempts.lock() else {
+            return vec![a];
+        };
+        if map.len() >= MAX_TRACKED && !map.contains_key(&seq) {
+            map.clear(); // history is a courtesy; the events themselves are on JetStream
+        }
+        let list = map.entry(seq).or_default();
+        list.push(a);
+        list.clone()
+    }
+
+    fn forget(&self, seq: u64) -> Vec<Attempt> {
+        self.attempts
+            .lock()
+            .ok()
+            .and_then(|mut m| m.remove(&seq))
+            .unwrap_or_default()
+    }
+
+    /// Handles one delivery to the end (acked, scheduled again, or parked).
+    pub async fn handle(&self, d: Delivery) {
+        let c = &*self.connector;
+        let key = idempotency_key(&c.id, &d);
+        let event: Json = match serde_json::from_slice(d.payload()) {
+            Ok(v) => v,
+            Err(e) => {
+                let outcome = Outcome::Invalid(format!("payload is not JSON: {e}"));
+                return self
+                    .finish(
+                        &d,
+                        &key,
+                        outcome,
+                        String::new(),
+                        String::new(),
+                        Instant::now(),
+                    )
+                    .await;
+            }
+        };
+        if let Some(filter) = &c.trigger.filter {
+            let meta = EventMeta {
+                topic: d.subject.clone(),
+                sequence: d.stream_sequence,
+                published: d
+                    .published
+                    .format(&time::format_description::well_known::Rfc3339)
+                    .unwrap_or_default(),
+                id: d.msg_id.clone().unwrap_or_default(),
+            };
+            match filter.evaluate(&event, &meta) {
+                Verdict::Pass => {}
+                verdict => {
+                    if let Verdict::NotEvaluable(why) = verdict {
+                        tracing::debug!(connector = %c.id, seq = d.stream_sequence, "filtered out: {why}");
+                    }
+                    self.metrics.filtered.increment(1);
+                    self.stats.filtered.fetch_add(1, Ordering::Relaxed);
+                    if let Err(e) = d.ack().await {
+                        tracing::warn!(connector = %c.id, "{e}");
+                    }
+                    return;
+                }
+            }
+        }
+        let started = Instant::now();
+        let req = match request::build(c, &event, Some(&key), Secrets::Env) {
+            Ok(r) => r,
+            Err(e) => {
+                let url = c
+                    .target
+                    .url
+                    .render_text(&event, Secrets::Masked)
+                    .unwrap_or_else(|_| c.target.url.source().to_string());
+                return self
+                    .finish(
+                        &d,
+                        &key,
+                        Outcome::Invalid(e.to_string()),
+                        url,
+                        String::new(),
+                        started,
+                    )
+                    .await;
+            }
+        };
+        let shown_url = if c.target.url.secrets().next().is_some() {
+            c.target
+                .url
+                .render_text(&event, Secrets::Masked)
+                .unwrap_or_default()
+        } else {
+            req.url.clone()
+        };
+        self.metrics.in_flight.increment(1.0);
+        let Answer {
+            outcome,
+            reason,
+            body,
+        } = self.http.send(req, c.timeout).await;
+        self.metrics.in_flight.decrement(1.0);
+        let line = match &outcome {
+            Outcome::Status { code, .. } => format!("{code} {reason}"),
+            _ => reason.clone(),
+        };
+        tracing::info!("[{}] {} {} {}", c.id, c.target.method, shown_url, line);
+        self.finish(&d, &key, outcome, shown_url, body, started)
+            .await;
+    }
+
+    async fn finish(
+        &self,
+        d: &Delivery,
+        key: &str,
+        outcome: Outcome,
+        url: String,
+        body: String,
+        started: Instant,
+    ) {
+        let c = &*self.connector;
+        let jitter = rand::random::<f64>() * 2.0 - 1.0;
+        let action = decide(&outcome, d.delivered, &c.retry, jitter);
+        match action {
+            Action::Ack => {
+                self.forget(d.stream_sequence);
+                let since_publish =
+                    (time::OffsetDateTime::now_utc() - d.published).as_seconds_f64() * 1000.0;
+                self.metrics
+                    .latency
+                    .record(since_publish.max(started.elapsed().as_secs_f64() * 1000.0));
+                self.metrics.ok.increment(1);
+                self.stats.delivered.fetch_add(1, Ordering::Relaxed);
+                if let Err(e) = d.ack().await {
+                    tracing::warn!(connector = %c.id, "{e}");
+                }
+            }
+            Action::Retry(delay) => {
+                let error = describe(&outcome);
+                self.record(
+                    d.stream_sequence,
+                    attempt(d.delivered, &outcome, &error, &body),
+                );
+                self.metrics.fail(fail_reason(&outcome));
+                self.metrics.retry.increment(1);
+                self.stats.failed.fetch_add(1, Ordering::Relaxed);
+                self.stats.error(format!("{url}: {error}"));
+                tracing::warn!(
+                    "[{}] attempt {}/{} failed ({error}); next in {} ms",
+                    c.id,
+                    d.delivered,
+                    c.retry.max,
+                    delay.as_millis()
+                );
+                if let Err(e) = d.retry_after(delay).await {
+                    tracing::warn!(connector = %c.id, "{e}");
+                }
+            }
+            Action::Park => {
+                let error = describe(&outcome);
+                self.metrics.fail(fail_reason(&outcome));
+                self.stats.failed.fetch_add(1, Ordering::Relaxed);
+                self.stats.error(format!("{url}: {error}"));
+                let mut attempts = self.forget(d.stream_sequence);
+                if !matches!(outcome, Outcome::Invalid(_)) || attempts.is_empty() {
+                    attempts.push(attempt(d.delivered, &outcome, &error, &body));
+                }
+                if let Err(e) = self.park(d, key, &error, &url, attempts.clone()).await {
+                    // Not parked: not acked either. JetStream will offer it again.
+                    tracing::error!(
+                        "[{}] could not park event seq {}: {e}; retrying later",
+                        c.id,
+                        d.stream_sequence
+                    );
+                    self.attempts
+                        .lock()
+                        .ok()
+                        .map(|mut m| m.insert(d.stream_sequence, attempts));
+                    let _ = d.retry_after(Duration::from_secs(5)).await;
+                    return;
+                }
+                self.metrics.parked.increment(1);
+                self.stats.parked.fetch_add(1, Ordering::Relaxed);
+                if let Err(e) = d.ack().await {
+                    tracing::warn!(connector = %c.id, "{e}");
+                }
+            }
+        }
+    }
+
+    async fn park(
+        &self,
+        d: &Delivery,
+        key: &str,
+        error: &str,
+        url: &str,
+        attempts: Vec<Attempt>,
+    ) -> Result<u64, crate::bus::BusError> {
+        let c = &*self.connector;
+        let payload = d.payload();
+        let job = ParkedJob {
+            connector: c.id.clone(),
+            consumer: c.consumer.clone(),
+            parked_at: now_rfc3339(),
+            error: error.to_string(),
+            method: c.target.method.to_string(),
+            url: url.to_string(),
+            idempotency_key: key.to_string(),
+            attempts,
+            event: ParkedEvent {
+                subject: d.subject.clone(),
+                stream_sequence: d.stream_sequence,
+                published: d
+                    .published
+                    .format(&time::format_description::well_known::Rfc3339)
+                    .unwrap_or_default(),
+                msg_id: d.msg_id.clone(),
+                headers: d.headers(),
+                payload: String::from_utf8_lossy(payload).into_owned(),
+            },
+        };
+        let bytes = serde_json::to_vec(&job).unwrap_or_default();
+        let dedup = format!("{}:{}:{}", c.consumer, d.stream_sequence, d.delivered);
+        let seq = self.bus.park(&c.consumer, &dedup, &bytes).await?;
+        tracing::warn!(
+            "[{}] parked event seq {} as parked job {seq}: {error}",
+            c.id,
+            d.stream_sequence
+        );
+        let review = serde_json::json!({
+            "kind": "sync.parked",
+            "connector": c.id,
+            "parkedId": seq,
+            "summary": format!("{} {} failed: {error}", c.target.method, url),
+            "idempotencyKey": key,
+            "at": job.parked_at,
+        });
+        if let Err(e) = self.bus.review(review.to_string().as_bytes()).await {
+            tracing::warn!("[{}] review alert not sent: {e}", c.id);
+        }
+        Ok(seq)
+    }
+}
+
+/// A parked job as stored on `HMS_SYNC_PARKED` (JSON).
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ParkedJob {
+    pub connector: String,
+    pub consumer: String,
+    pub parked_at: String,
+    pub error: String,
+    pub method: String,
+    pub url: String,
+    pub idempotency_key: String,
+    pub attempts: Vec<Attempt>,
+    pub event: ParkedEvent,
+}
+
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ParkedEvent {
+    pub subject: String,
+    pub stream_sequence: u64,
+    pub published: String,
+    pub msg_id: Option<String>,
+    pub headers: Vec<(String, String)>,
+    pub payload: String,
+}
+
+fn attempt(n: u32, outcome: &Outcome, error: &str, body: &str) -> Attempt {
+    Attempt {
+        attempt: n,
+        at: now_rfc3339(),
+        status: match outcome {
+            Outcome::Status { code, .. } => Some(*code),
+            _ => None,
+        },
+        error: error.to_string(),
+        body: body.to_string(),
+    }
+}
+
+fn describe(outcome: &Outcome) -> String {
+    match outcome {
+        Outcome::Status { code, .. } => format!("HTTP {code}"),
+        Outcome::Timeout => "timeout".into(),
+        Outcome::Connect(e) => format!("connection failed: {e}"),
+        Outcome::Invalid(e) => format!("invalid event: {e}"),
+    }
+}
+
+pub fn now_rfc3339() -> String {
+    time::OffsetDateTime::now_utc()
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default()
+}
+
+/// The idempotency key of one event for one connector: the same across retries, redeliveries,
+/// restarts and replay. Derived from the event's `Nats-Msg-Id` when it has one, else from its
+/// stream sequence; a replayed event carries its original key in `Hms-Idempotency-Key`.
+pub fn idempotency_key(connector_id: &str, d: &Delivery) -> String {
+    if let Some(k) = d.header(REPLAY_KEY_HEADER) {
+        return k;
+    }
+    let identity = match &d.msg_id {
+        Some(id) => format!("msgid:{id}"),
+        None => format!("seq:{}", d.stream_sequence),
+    };
+    derive_key(connector_id, &identity)
+}
+
+/// `hex(sha256(connector id, identity))[..32]`.
+pub fn derive_key(connector_id: &str, identity: &str) -> String {
+    let mut h = Sha256::new();
+    h.update(connector_id.as_bytes());
+    h.update([0]);
+    h.update(identity.as_bytes());
+    hex::encode(&h.finalize()[..16])
+}

@@ -1,0 +1,202 @@
+//! Start-up and shutdown of `hms-sync up`: config -> connectors -> NATS (embedded if needed) ->
+//! streams -> supervisor -> HTTP server; and the reverse on shutdown.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use ractor::{Actor, ActorRef};
+
+use crate::actors::connector::ConnectorMsg;
+use crate::actors::supervisor::{
+    ConnectorView, Deps, RunState, Supervisor, SupervisorArgs, SupervisorMsg,
+};
+use crate::bus::Bus;
+use crate::config::RuntimeConfig;
+use crate::connector::{self, AnyConnector};
+use crate::http_client::HttpClient;
+use crate::nats_server::{find_binary, EmbeddedServer};
+
+/// A running hms-sync.
+pub struct Runtime {
+    supervisor: ActorRef<SupervisorMsg>,
+    supervisor_done: tokio::task::JoinHandle<()>,
+    server: tokio::task::JoinHandle<()>,
+    addr: SocketAddr,
+    bus: Bus,
+    embedded: Option<EmbeddedServer>,
+}
+
+/// Loads every connector of the configured folder (all problems at once).
+pub fn load_connectors(cfg: &RuntimeConfig) -> anyhow::Result<Vec<AnyConnector>> {
+    let dir = &cfg.connectors.dir;
+    let files = match connector::files_in(dir) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            tracing::warn!(
+                "{}: connectors folder not found; starting with none",
+                dir.display()
+            );
+            vec![]
+        }
+        Err(e) => return Err(e).with_context(|| format!("{}: cannot list", dir.display())),
+    };
+    connector::load_files(&files).map_err(|p| anyhow::anyhow!("invalid connectors:\n{p}"))
+}
+
+impl Runtime {
+    /// Starts everything; returns once connectors are spawned and the HTTP server listens.
+    pub async fn start(cfg: RuntimeConfig) -> anyhow::Result<Runtime> {
+        let started_at = time::OffsetDateTime::now_utc() - std::time::Duration::from_secs(1);
+        let prom = crate::metrics::install();
+        let all = load_connectors(&cfg)?;
+        let mut outbound = Vec::new();
+        for c in all {
+            match c {
+                AnyConnector::Outbound(c) => {
+                    for s in connector::secrets_used(&c) {
+                        if std::env::var_os(&s).is_none() {
+                            tracing::warn!(
+                                "[{}] uses ${{{s}}}, which is not set: its events will be parked",
+                                c.id
+                            );
+                        }
+                    }
+                    outbound.push(Arc::new(c));
+                }
+                AnyConnector::Inbound(c) => tracing::warn!(
+                    "[{}] inbound webhooks are not served by this version yet; {} is ignored",
+                    c.id,
+                    c.origin
+                ),
+            }
+        }
+        let url = cfg.nats.url.clone();
+        let mut embedded = None;
+        if !Bus::reachable(&url).await {
+            if cfg.nats.embedded {
+                let bin = find_binary(cfg.nats.server_bin.as_deref(), &cfg.nats.server_config);
+                tracing::info!(
+                    "nothing answers at {url}: starting {} -c {}",
+                    bin.display(),
+                    cfg.nats.server_config.display()
+                );
+                embedded = Some(
+                    EmbeddedServer::start(&bin, &cfg.nats.server_config, &url)
+                        .await
+                        .map_err(|e| anyhow::anyhow!(e))?,
+                );
+            } else {
+                anyhow::bail!("nothing answers at {url} and nats.embedded is off");
+            }
+        }
+        let bus = Bus::connect(&url).await?;
+        let topics: Vec<String> = outbound.iter().map(|c| c.trigger.topic.clone()).collect();
+        bus.ensure_streams(&topics, &cfg.streams).await?;
+        let http = HttpClient::new().map_err(|e| anyhow::anyhow!(e))?;
+        let deps = Deps {
+            bus: bus.clone(),
+            http,
+            delivery: cfg.delivery.clone(),
+            started_at,
+        };
+        let (supervisor, handle) = Actor::spawn(
+            None,
+            Supervisor,
+            SupervisorArgs {
+                deps,
+                connectors: outbound,
+            },
+        )
+        .await
+        .context("start the supervisor")?;
+        // Wait (bounded) until every connector has its consumer and runs.
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            let views =
+                ractor::call_t!(supervisor, SupervisorMsg::Status, 5_000).unwrap_or_default();
+            let starting = views
+                .iter()
+                .filter(|v| v.state != RunState::Running && v.state != RunState::Failed)
+                .count();
+            if starting == 0 || tokio::time::Instant::now() > deadline {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        let listener = tokio::net::TcpListener::bind(cfg.http.listen)
+            .await
+            .with_context(|| format!("listen on {}", cfg.http.listen))?;
+        let addr = listener.local_addr()?;
+        let app = crate::server::router(crate::server::AppState {
+            prom,
+            supervisor: supervisor.clone(),
+            bus: bus.clone(),
+        });
+        let server = tokio::spawn(async move {
+            if let Err(e) = axum::serve(listener, app).await {
+                tracing::error!("HTTP server: {e}");
+            }
+        });
+        tracing::info!("hms-sync up: http://{addr} (NATS {url})");
+        Ok(Runtime {
+            supervisor,
+            supervisor_done: handle,
+            server,
+            addr,
+            bus,
+            embedded,
+        })
+    }
+
+    /// Where the HTTP server listens.
+    pub fn http_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// PID of the embedded nats-server, when this runtime started one.
+    pub fn embedded_pid(&self) -> Option<u32> {
+        self.embedded.as_ref().and_then(EmbeddedServer::pid)
+    }
+
+    /// The actor running a connector now (None while it restarts).
+    pub async fn connector_actor(&self, id: &str) -> Option<ActorRef<ConnectorMsg>> {
+        ractor::call_t!(
+            self.supervisor,
+            SupervisorMsg::Lookup,
+            5_000,
+            id.to_string()
+        )
+        .ok()
+        .flatten()
+    }
+
+    /// Every connector's state.
+    pub async fn status(&self) -> Vec<ConnectorView> {
+        ractor::call_t!(self.supervisor, SupervisorMsg::Status, 5_000).unwrap_or_default()
+    }
+
+    /// Drains in-flight deliveries, stops the actors and the HTTP server, then the embedded
+    /// nats-server if one was started.
+    pub async fn shutdown(self) {
+        tracing::info!("shutting down: draining in-flight deliveries");
+        let _ = ractor::call_t!(self.supervisor, SupervisorMsg::DrainAll, 60_000);
+        self.supervisor.stop(None);
+        let _ = self.supervisor_done.await;
+        self.server.abort();
+        self.bus.close().await;
+        if let Some(s) = self.embedded {
+            s.stop().await;
+        }
+        tracing::info!("stopped");
+    }
+}
+
+/// Runs until `shutdown` completes, then shuts down cleanly.
+pub async fn run(cfg: RuntimeConfig, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+    let rt = Runtime::start(cfg).await?;
+    shutdown.await;
+    rt.shutdown().await;
+    Ok(())
+}

@@ -1,0 +1,156 @@
+//! The `hms-sync` binary: test, validate and publish outputs and exit codes.
+
+use std::io::Write;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use serde_json::json;
+
+use crate::harness::*;
+
+fn bin() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_hms-sync"));
+    c.current_dir(env!("CARGO_MANIFEST_DIR"));
+    c
+}
+
+fn run(cmd: &mut Command, stdin: &str) -> (i32, String, String) {
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(stdin.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn test_prints_the_seed_patch_and_sends_nothing() {
+    let sample = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/connectors/sample_event.json"
+    ))
+    .unwrap();
+    let (code, out, _) = run(
+        bin()
+            .args(["test", "connectors/gis-ddot.yaml"])
+            .env("ARC_TOKEN", "do-not-print"),
+        &sample,
+    );
+    assert_eq!(code, 0);
+    let mut lines = out.lines();
+    assert_eq!(
+        lines.next(),
+        Some("PATCH https://services.arcgis.com/item/roadwork/RW-481")
+    );
+    assert!(out.contains("\nAuthorization: Bearer ***\n"), "{out}");
+    assert!(
+        out.contains("\n\n{\"start_date\":\"2024-05-10\",\"status\":\"APPROVED\"}\n"),
+        "{out}"
+    );
+    assert!(!out.contains("do-not-print"));
+}
+
+#[test]
+fn test_exit_codes() {
+    let (code, out, err) = run(
+        bin().args(["test", "connectors/gis-ddot.yaml"]),
+        r#"{"agency":"NYC","permitId":"1"}"#,
+    );
+    assert_eq!((code, out.as_str()), (1, ""));
+    assert!(err.contains("filtered out"), "{err}");
+    let (code, _, err) = run(
+        bin().args(["test", "connectors/gis-ddot.yaml"]),
+        "{not json",
+    );
+    assert_eq!(code, 2);
+    assert!(err.contains("stdin:1:2: event is not valid JSON"), "{err}");
+    let (code, _, err) = run(
+        bin().args(["test", "connectors/gis-ddot.yaml"]),
+        r#"{"agency":"DDOT"}"#,
+    );
+    assert_eq!(code, 2);
+    assert!(err.contains("missing variable `permitId`"), "{err}");
+}
+
+#[test]
+fn validate_reports_every_problem_with_file_line_col() {
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("bad.yaml");
+    std::fs::write(
+        &bad,
+        "id: x.v1\ntype: outbound\ntrigger:\n  topik: a.b\nmap:\n  to:\n    url: \"nope\"\n    method: FETCH\n",
+    )
+    .unwrap();
+    let dup = dir.path().join("dup.yaml");
+    std::fs::write(&dup, include_str!("../../connectors/gis-ddot.yaml")).unwrap();
+    let (code, out, _) = run(
+        bin()
+            .arg("validate")
+            .arg(&bad)
+            .arg("connectors/gis-ddot.yaml")
+            .arg(&dup),
+        "",
+    );
+    assert_eq!(code, 2, "{out}");
+    let b = bad.display().to_string();
+    assert!(
+        out.contains(&format!(
+            "{b}:4:3: unknown key `topik` in `trigger` (did you mean `topic`?)"
+        )),
+        "{out}"
+    );
+    assert!(
+        out.contains(&format!(
+            "{}:2:5: duplicate connector id `ddot.gis.outbound.v1`",
+            dup.display()
+        )),
+        "{out}"
+    );
+    let (code, out, _) = run(bin().args(["validate", "connectors/gis-ddot.yaml"]), "");
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("ok (ddot.gis.outbound.v1)"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publish_reaches_a_running_connector() {
+    init_logs();
+    let nats = Nats::start().await;
+    let target = Target::start().await;
+    let setup = Setup::new(
+        &nats,
+        &[("c.yaml", simple_connector("pub.v1", "pub.in", &target, ""))],
+        "",
+    );
+    let rt = setup.start().await;
+    let (code, out, err) = run(
+        bin().args([
+            "publish",
+            "pub.in",
+            "--data",
+            r#"{"id":"p1","n":1}"#,
+            "--nats-url",
+            &nats.url(),
+        ]),
+        "",
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("stream HMS_EVENTS seq 1"), "{out}");
+    eventually(Duration::from_secs(20), "delivered", || async {
+        target.count() == 1
+    })
+    .await;
+    assert_eq!(target.requests()[0].json(), json!({"id": "p1", "n": 1}));
+    rt.shutdown().await;
+}
