@@ -7,7 +7,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 /// The whole runtime configuration, with every path made absolute.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase", default)]
 pub struct RuntimeConfig {
     pub nats: NatsConfig,
@@ -65,18 +65,6 @@ pub struct StreamsConfig {
     pub events_max_age_hours: u64,
     /// Window in which a repeated `Nats-Msg-Id` is stored once (seconds).
     pub duplicate_window_sec: u64,
-}
-
-impl Default for RuntimeConfig {
-    fn default() -> Self {
-        RuntimeConfig {
-            nats: NatsConfig::default(),
-            http: HttpConfig::default(),
-            connectors: ConnectorsConfig::default(),
-            delivery: DeliveryConfig::default(),
-            streams: StreamsConfig::default(),
-        }
-    }
 }
 
 impl Default for NatsConfig {

@@ -128,7 +128,7 @@ mod tests {
 
     fn seed() -> Connector {
         match parse("seed", include_str!("../connectors/gis-ddot.yaml")).unwrap() {
-            AnyConnector::Outbound(c) => c,
+            AnyConnector::Outbound(c) => *c,
             AnyConnector::Inbound(_) => unreachable!(),
         }
     }

@@ -63,7 +63,7 @@ impl Runtime {
                             );
                         }
                     }
-                    outbound.push(Arc::new(c));
+                    outbound.push(Arc::<crate::connector::Connector>::from(c));
                 }
                 AnyConnector::Inbound(c) => tracing::warn!(
                     "[{}] inbound webhooks are not served by this version yet; {} is ignored",

@@ -27,7 +27,7 @@ pub fn exec(args: &Args) -> ExitCode {
     };
     let c = match connector::load_files(std::slice::from_ref(&args.connector)) {
         Ok(mut v) => match v.pop() {
-            Some(AnyConnector::Outbound(c)) => c,
+            Some(AnyConnector::Outbound(c)) => *c,
             Some(AnyConnector::Inbound(c)) => {
                 return invalid(format!(
                     "{}: `{}` is an inbound connector; test takes outbound ones",

@@ -151,7 +151,7 @@ pub struct InboundConnector {
 /// Any connector file's content.
 #[derive(Debug)]
 pub enum AnyConnector {
-    Outbound(Connector),
+    Outbound(Box<Connector>),
     Inbound(InboundConnector),
 }
 

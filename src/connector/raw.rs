@@ -334,7 +334,7 @@ impl RawConnector {
         let (Some(method), Some(url)) = (method, url) else {
             return None;
         };
-        Some(AnyConnector::Outbound(Connector {
+        Some(AnyConnector::Outbound(Box::new(Connector {
             consumer: consumer_name(&self.id),
             id: self.id,
             kind,
@@ -354,7 +354,7 @@ impl RawConnector {
             rate_limit,
             timeout,
             origin: file.to_string(),
-        }))
+        })))
     }
 }
 
