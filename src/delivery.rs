@@ -127,7 +127,7 @@ impl Pipeline {
         };
         if let Some(filter) = &c.trigger.filter {
             let meta = EventMeta {
-                topic: d.subject.clone(),
+                topic: d.original_subject(),
                 sequence: d.stream_sequence,
                 published: d
                     .published
@@ -151,6 +151,13 @@ impl Pipeline {
             }
         }
         let started = Instant::now();
+        if let Err(e) = c.schema.check(&event) {
+            let outcome = Outcome::Invalid(format!("schema check failed: {e}"));
+            let url = c.target.url.source().to_string();
+            return self
+                .finish(&d, &key, outcome, url, String::new(), started)
+                .await;
+        }
         let req = match request::build(c, &event, Some(&key), Secrets::Env) {
             Ok(r) => r,
             Err(e) => {
@@ -294,7 +301,7 @@ impl Pipeline {
             idempotency_key: key.to_string(),
             attempts,
             event: ParkedEvent {
-                subject: d.subject.clone(),
+                subject: d.original_subject(),
                 stream_sequence: d.stream_sequence,
                 published: d
                     .published

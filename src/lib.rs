@@ -21,3 +21,4 @@ pub mod template;
 
 pub use runtime::{run, Runtime};
 pub mod cli;
+pub mod schema;

@@ -32,15 +32,75 @@ pub enum Class {
     Permanent,
 }
 
-/// Classifies an outcome: 2xx success; 408, 429, 5xx, timeouts and connection errors transient;
-/// other statuses permanent; invalid events permanent.
-pub fn classify(outcome: &Outcome) -> Class {
+/// A status code, or a whole class such as `4xx`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StatusPattern {
+    Exact(u16),
+    /// The first digit: `4` for `4xx`.
+    Class(u16),
+}
+
+impl StatusPattern {
+    /// Parses `404` or `4xx`.
+    pub fn parse(s: &str) -> Option<StatusPattern> {
+        let s = s.trim();
+        if let Some(d) = s.strip_suffix("xx").or_else(|| s.strip_suffix("XX")) {
+            return d
+                .parse()
+                .ok()
+                .filter(|d| (1..=5).contains(d))
+                .map(StatusPattern::Class);
+        }
+        s.parse()
+            .ok()
+            .filter(|c| (100..=599).contains(c))
+            .map(StatusPattern::Exact)
+    }
+
+    fn matches(self, code: u16) -> Option<u8> {
+        match self {
+            StatusPattern::Exact(c) if c == code => Some(2),
+            StatusPattern::Class(d) if code / 100 == d => Some(1),
+            _ => None,
+        }
+    }
+}
+
+/// A connector's overrides of the default classification (`retry.statuses`). An exact code
+/// wins over a class (`4xx`); codes in no list keep the default.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StatusRules {
+    pub success: Vec<StatusPattern>,
+    pub transient: Vec<StatusPattern>,
+    pub permanent: Vec<StatusPattern>,
+}
+
+impl StatusRules {
+    fn lookup(&self, code: u16) -> Option<Class> {
+        [
+            (&self.success, Class::Success),
+            (&self.transient, Class::Transient),
+            (&self.permanent, Class::Permanent),
+        ]
+        .iter()
+        .flat_map(|(list, class)| {
+            list.iter()
+                .filter_map(move |p| p.matches(code).map(|score| (score, *class)))
+        })
+        .max_by_key(|(score, _)| *score)
+        .map(|(_, class)| class)
+    }
+}
+
+/// Classifies an outcome: the connector's overrides first; then 2xx success; 408, 429, 5xx,
+/// timeouts and connection errors transient; other statuses permanent; invalid events permanent.
+pub fn classify(outcome: &Outcome, rules: &StatusRules) -> Class {
     match outcome {
-        Outcome::Status { code, .. } => match code {
+        Outcome::Status { code, .. } => rules.lookup(*code).unwrap_or(match code {
             200..=299 => Class::Success,
             408 | 429 | 500..=599 => Class::Transient,
             _ => Class::Permanent,
-        },
+        }),
         Outcome::Timeout | Outcome::Connect(_) => Class::Transient,
         Outcome::Invalid(_) => Class::Permanent,
     }
@@ -60,7 +120,7 @@ pub enum Action {
 /// The one decision table. `attempt` is 1-based (JetStream's delivery count). `jitter` is a
 /// number in [-1, 1] that spreads the delay within ±20 %.
 pub fn decide(outcome: &Outcome, attempt: u32, retry: &Retry, jitter: f64) -> Action {
-    match classify(outcome) {
+    match classify(outcome, &retry.statuses) {
         Class::Success => Action::Ack,
         Class::Permanent => Action::Park,
         Class::Transient if attempt >= retry.max => Action::Park,
@@ -124,6 +184,7 @@ mod tests {
             max: 3,
             backoff: Duration::from_millis(100),
             max_backoff: Duration::from_secs(10),
+            ..Retry::default()
         };
         let ms = |n| Action::Retry(Duration::from_millis(n));
         let cases = [
@@ -169,11 +230,38 @@ mod tests {
     }
 
     #[test]
+    fn overrides_change_the_class_of_a_status() {
+        let p = |s: &str| StatusPattern::parse(s).unwrap();
+        let rules = StatusRules {
+            success: vec![p("409")],
+            transient: vec![p("423"), p("4xx")],
+            permanent: vec![p("503"), p("404")],
+        };
+        let cases = [
+            (409, Class::Success),
+            (423, Class::Transient),
+            (400, Class::Transient),
+            (404, Class::Permanent),
+            (503, Class::Permanent),
+            (500, Class::Transient),
+            (200, Class::Success),
+            (301, Class::Permanent),
+        ];
+        for (code, want) in cases {
+            assert_eq!(classify(&status(code), &rules), want, "{code}");
+        }
+        assert_eq!(StatusPattern::parse("5xx"), Some(StatusPattern::Class(5)));
+        assert_eq!(StatusPattern::parse("9xx"), None);
+        assert_eq!(StatusPattern::parse("42"), None);
+    }
+
+    #[test]
     fn backoff_doubles_within_jitter_and_is_capped() {
         let retry = Retry {
             max: 10,
             backoff: Duration::from_millis(3000),
             max_backoff: Duration::from_secs(60),
+            ..Retry::default()
         };
         assert_eq!(backoff(1, &retry, 0.0), Duration::from_millis(3000));
         assert_eq!(backoff(2, &retry, 0.0), Duration::from_millis(6000));

@@ -6,9 +6,6 @@ use serde_json::Value as Json;
 use crate::connector::{Connector, Encoding};
 use crate::template::{RenderError, Secrets};
 
-/// Header carrying the idempotency key.
-pub const IDEMPOTENCY_HEADER: &str = "Idempotency-Key";
-
 /// A rendered request, ready for the HTTP client (or for printing, when built with masked secrets).
 #[derive(Debug, Clone)]
 pub struct Request {
@@ -45,10 +42,9 @@ pub fn build(
             HeaderValue::from_static(t.encoding.content_type()),
         ));
     }
-    if let Some(key) = idempotency_key {
-        let name = HeaderName::from_static("idempotency-key");
-        if !headers.iter().any(|(n, _)| *n == name) {
-            headers.push((name.clone(), header_value(&name, key)?));
+    if let (Some(key), Some(name)) = (idempotency_key, &c.idempotency_header) {
+        if !headers.iter().any(|(n, _)| n == name) {
+            headers.push((name.clone(), header_value(name, key)?));
         }
     }
     Ok(Request {

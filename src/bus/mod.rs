@@ -14,6 +14,9 @@ use futures::StreamExt;
 
 use crate::config::{DeliveryConfig, StreamsConfig};
 
+pub mod parked;
+pub use parked::{StoredJob, ORIGINAL_SUBJECT_HEADER, REPLAY_OF_HEADER, REPLAY_PREFIX};
+
 pub const EVENTS_STREAM: &str = "HMS_EVENTS";
 pub const PARKED_STREAM: &str = "HMS_SYNC_PARKED";
 pub const REVIEW_SUBJECT: &str = "hitl.review.requested";
@@ -26,7 +29,7 @@ pub struct BusError {
     pub message: String,
 }
 
-fn err(context: impl Into<String>) -> impl FnOnce(String) -> BusError {
+pub(crate) fn err(context: impl Into<String>) -> impl FnOnce(String) -> BusError {
     let context = context.into();
     move |message| BusError { context, message }
 }
@@ -34,8 +37,8 @@ fn err(context: impl Into<String>) -> impl FnOnce(String) -> BusError {
 /// A connection to NATS and its JetStream context.
 #[derive(Clone)]
 pub struct Bus {
-    client: async_nats::Client,
-    js: jetstream::Context,
+    pub(crate) client: async_nats::Client,
+    pub(crate) js: jetstream::Context,
 }
 
 /// What a connector needs to own its durable consumer.
@@ -105,7 +108,8 @@ impl Bus {
         topics: &[String],
         cfg: &StreamsConfig,
     ) -> Result<(), BusError> {
-        let wanted: BTreeSet<String> = topics.iter().cloned().collect();
+        let mut wanted: BTreeSet<String> = topics.iter().cloned().collect();
+        wanted.insert(format!("{REPLAY_PREFIX}>"));
         match self.js.get_stream(EVENTS_STREAM).await {
             Ok(mut s) => {
                 let info = s
@@ -125,11 +129,7 @@ impl Bus {
                 }
             }
             Err(_) => {
-                let subjects = if wanted.is_empty() {
-                    vec!["hms.events.unused".to_string()]
-                } else {
-                    minimal_cover(&wanted)
-                };
+                let subjects = minimal_cover(&wanted);
                 self.js
                     .get_or_create_stream(stream::Config {
                         name: EVENTS_STREAM.into(),
@@ -147,11 +147,13 @@ impl Bus {
                     .map_err(|e| err("create stream HMS_EVENTS")(e.to_string()))?;
             }
         }
-        self.js
+        let parked_subjects = vec!["sync.parked.>".to_string(), "sync.resolved.>".to_string()];
+        let mut parked = self
+            .js
             .get_or_create_stream(stream::Config {
                 name: PARKED_STREAM.into(),
                 description: Some("hms-sync: parked jobs waiting for human review".into()),
-                subjects: vec!["sync.parked.>".into()],
+                subjects: parked_subjects.clone(),
                 storage: stream::StorageType::File,
                 retention: stream::RetentionPolicy::Limits,
                 duplicate_window: Duration::from_secs(cfg.duplicate_window_sec),
@@ -159,6 +161,18 @@ impl Bus {
             })
             .await
             .map_err(|e| err("create stream HMS_SYNC_PARKED")(e.to_string()))?;
+        let info = parked
+            .info()
+            .await
+            .map_err(|e| err("stream info HMS_SYNC_PARKED")(e.to_string()))?;
+        if info.config.subjects != parked_subjects {
+            let mut config = info.config.clone();
+            config.subjects = parked_subjects;
+            self.js
+                .update_stream(config)
+                .await
+                .map_err(|e| err("update stream HMS_SYNC_PARKED")(e.to_string()))?;
+        }
         Ok(())
     }
 
@@ -187,7 +201,16 @@ impl Bus {
             durable_name: Some(spec.name.clone()),
             description: Some(spec.description.clone()),
             deliver_policy,
-            filter_subject: spec.topic.clone(),
+            // Its trigger topic, plus the replays of its parked jobs (unless the topic covers them).
+            filter_subject: String::new(),
+            filter_subjects: {
+                let replay = format!("{REPLAY_PREFIX}{}", spec.name);
+                if covers(&spec.topic, &replay) {
+                    vec![spec.topic.clone()]
+                } else {
+                    vec![spec.topic.clone(), replay]
+                }
+            },
             ack_policy: consumer::AckPolicy::Explicit,
             ack_wait: delivery.ack_wait(),
             max_deliver: -1,
@@ -435,6 +458,16 @@ impl Delivery {
                     .collect()
             })
             .unwrap_or_default()
+    }
+
+    /// The subject the event was first published on (a replayed event carries it in a header).
+    pub fn original_subject(&self) -> String {
+        if self.subject.starts_with(REPLAY_PREFIX) {
+            if let Some(s) = self.header(ORIGINAL_SUBJECT_HEADER) {
+                return s;
+            }
+        }
+        self.subject.clone()
     }
 
     /// A header of the original event.

@@ -1,6 +1,8 @@
 //! The `hms-sync` command line: one file per subcommand, each delegating to the library.
 
+mod parked;
 mod publish;
+mod schema;
 mod test;
 mod up;
 mod validate;
@@ -52,6 +54,11 @@ pub enum Command {
     Validate(validate::Args),
     /// Publish an event on a subject, like `nats pub`.
     Publish(publish::Args),
+    /// Print a connector's input JSON Schema (generated from its mapping, or `map.schema`).
+    Schema(schema::Args),
+    /// The human-review queue: parked jobs (list, show, replay, discard).
+    #[command(subcommand)]
+    Parked(parked::Cmd),
 }
 
 impl Cli {
@@ -92,6 +99,8 @@ pub fn main() -> ExitCode {
         Command::Validate(a) => validate::exec(a),
         Command::Up(a) => block_on(up::exec(&cli, a)),
         Command::Publish(a) => block_on(publish::exec(&cli, a)),
+        Command::Schema(a) => schema::exec(a),
+        Command::Parked(c) => block_on(parked::exec(&cli, c)),
     }
 }
 

@@ -87,6 +87,12 @@ pub fn exec(args: &Args) -> ExitCode {
             }
         }
     }
+    if let Err(e) = c.schema.check(&event) {
+        return invalid(format!(
+            "{name}: schema check failed for `{}`: {e} (such an event would be parked)",
+            c.id
+        ));
+    }
     let key = "<derived per event at delivery: from Nats-Msg-Id, else stream sequence>";
     match request::build(&c, &event, Some(key), Secrets::Masked) {
         Ok(r) => {

@@ -95,13 +95,15 @@ pub struct Target {
 }
 
 /// Retry rules (`retry:`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Retry {
     /// Attempts in total; after the last failure the job is parked.
     pub max: u32,
     /// Delay after attempt n is `backoff * 2^(n-1)`, within ±20 %, capped by `max_backoff`.
     pub backoff: Duration,
     pub max_backoff: Duration,
+    /// Overrides of which statuses count as success, transient or permanent.
+    pub statuses: crate::outcome::StatusRules,
 }
 
 /// Default cap of one backoff delay (and of a `Retry-After`): 10 minutes.
@@ -113,6 +115,7 @@ impl Default for Retry {
             max: 5,
             backoff: Duration::from_millis(3000),
             max_backoff: DEFAULT_MAX_BACKOFF,
+            statuses: Default::default(),
         }
     }
 }
@@ -136,6 +139,10 @@ pub struct Connector {
     pub retry: Retry,
     pub rate_limit: Option<RateLimit>,
     pub timeout: Duration,
+    /// Header carrying the idempotency key (`None`: turned off with `idempotencyHeader: none`).
+    pub idempotency_header: Option<reqwest::header::HeaderName>,
+    /// Input schema checked before a request is built (generated or `map.schema`).
+    pub schema: crate::schema::InputSchema,
     /// Where it was loaded from (a file path, or `kv:<key>` later).
     pub origin: String,
 }
@@ -200,14 +207,16 @@ const KNOWN_KEYS: &[(&str, &[&str])] = &[
             "retry",
             "rateLimit",
             "timeoutMs",
+            "idempotencyHeader",
             "source",
             "publish",
         ],
     ),
     ("trigger", &["topic", "filter", "orderingKey"]),
-    ("map", &["from", "to"]),
+    ("map", &["from", "to", "schema"]),
     ("map.to", &["url", "method", "headers", "body", "encoding"]),
-    ("retry", &["max", "backoffMs", "maxBackoffMs"]),
+    ("retry", &["max", "backoffMs", "maxBackoffMs", "statuses"]),
+    ("retry.statuses", &["success", "transient", "permanent"]),
     ("rateLimit", &["perSecond", "burst"]),
     ("source", &["webhookUrl", "signature"]),
     (

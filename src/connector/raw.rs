@@ -36,6 +36,9 @@ pub struct RawConnector {
     /// Per-request timeout in milliseconds (default 10000).
     #[serde(default)]
     pub timeout_ms: Option<u64>,
+    /// Header for the idempotency key (default `Idempotency-Key`; `none` turns it off).
+    #[serde(default)]
+    pub idempotency_header: Option<String>,
     #[serde(default)]
     pub source: Option<RawSource>,
     #[serde(default)]
@@ -59,6 +62,10 @@ pub struct RawTrigger {
 pub struct RawMap {
     #[serde(default)]
     pub from: Option<String>,
+    /// Input JSON Schema: a file path (relative to the connector file) or an inline schema.
+    /// Default: generated from what the URL, headers, body and filter read.
+    #[serde(default)]
+    pub schema: Option<serde_json::Value>,
     pub to: RawTo,
 }
 
@@ -85,6 +92,9 @@ pub struct RawRetry {
     pub max: Option<u32>,
     pub backoff_ms: Option<u64>,
     pub max_backoff_ms: Option<u64>,
+    /// Overrides: `{ success: [409], transient: [423, "4xx"], permanent: [503] }`.
+    #[serde(default)]
+    pub statuses: BTreeMap<String, Vec<serde_yaml::Value>>,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -296,6 +306,36 @@ impl RawConnector {
                 .max_backoff_ms
                 .map(Duration::from_millis)
                 .unwrap_or(DEFAULT_MAX_BACKOFF);
+            let mut seen = std::collections::HashMap::new();
+            for (class, list) in &rr.statuses {
+                for (i, v) in list.iter().enumerate() {
+                    let path = format!("retry.statuses.{class}[{i}]");
+                    let text = match v {
+                        serde_yaml::Value::Number(n) => n.to_string(),
+                        serde_yaml::Value::String(s) => s.clone(),
+                        _ => String::new(),
+                    };
+                    let Some(p) = crate::outcome::StatusPattern::parse(&text) else {
+                        r.at(
+                            pos.value(&path),
+                            format!("`{text}`: expected a status code (404) or a class (4xx)"),
+                        );
+                        continue;
+                    };
+                    if let Some(other) = seen.insert(text.clone(), class.clone()) {
+                        r.at(
+                            pos.value(&path),
+                            format!("`{text}` is listed under both `{other}` and `{class}`"),
+                        );
+                    }
+                    match class.as_str() {
+                        "success" => retry.statuses.success.push(p),
+                        "transient" => retry.statuses.transient.push(p),
+                        "permanent" => retry.statuses.permanent.push(p),
+                        _ => {}
+                    }
+                }
+            }
             if retry.backoff > retry.max_backoff {
                 r.at(
                     pos.value("retry.backoffMs"),
@@ -328,11 +368,68 @@ impl RawConnector {
         if self.timeout_ms == Some(0) {
             r.at(pos.value("timeoutMs"), "timeoutMs must be above 0");
         }
+        let idempotency_header = match self.idempotency_header.as_deref() {
+            None => Some(reqwest::header::HeaderName::from_static("idempotency-key")),
+            Some("none") | Some("") => None,
+            Some(h) => match reqwest::header::HeaderName::from_bytes(h.as_bytes()) {
+                Ok(h) => Some(h),
+                Err(_) => {
+                    r.at(
+                        pos.value("idempotencyHeader"),
+                        format!("`{h}` is not a valid header name (or `none`)"),
+                    );
+                    None
+                }
+            },
+        };
         if r.count() != before {
             return None;
         }
         let (Some(method), Some(url)) = (method, url) else {
             return None;
+        };
+        let schema_json = match &map.schema {
+            None => {
+                let mut required: Vec<String> = url.fields();
+                headers
+                    .iter()
+                    .for_each(|(_, t)| required.extend(t.fields()));
+                let mut optional: Vec<String> = body
+                    .as_ref()
+                    .map(|b| b.leaves().iter().flat_map(|t| t.fields()).collect())
+                    .unwrap_or_default();
+                if let Some(f) = &filter {
+                    optional.extend(f.object_fields());
+                }
+                crate::schema::generate(&self.id, &required, &optional)
+            }
+            Some(serde_json::Value::String(path)) => {
+                let base = std::path::Path::new(file)
+                    .parent()
+                    .unwrap_or(std::path::Path::new("."));
+                let full = base.join(path);
+                match std::fs::read_to_string(&full)
+                    .map_err(|e| e.to_string())
+                    .and_then(|t| serde_json::from_str(&t).map_err(|e| e.to_string()))
+                {
+                    Ok(v) => v,
+                    Err(e) => {
+                        r.at(
+                            pos.value("map.schema"),
+                            format!("schema {}: {e}", full.display()),
+                        );
+                        return None;
+                    }
+                }
+            }
+            Some(inline) => inline.clone(),
+        };
+        let schema = match crate::schema::InputSchema::compile(schema_json) {
+            Ok(s) => s,
+            Err(e) => {
+                r.at(pos.value("map.schema"), e);
+                return None;
+            }
         };
         Some(AnyConnector::Outbound(Box::new(Connector {
             consumer: consumer_name(&self.id),
@@ -353,6 +450,8 @@ impl RawConnector {
             retry,
             rate_limit,
             timeout,
+            idempotency_header,
+            schema,
             origin: file.to_string(),
         })))
     }

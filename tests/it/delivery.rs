@@ -152,3 +152,300 @@ async fn exhausted_retries_and_permanent_errors_are_parked_with_a_review_alert()
     assert_eq!((info.num_pending, info.num_ack_pending), (0, 0));
     rt.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn random_503s_on_2000_events_all_delivered_none_parked() {
+    init_logs();
+    let nats = Nats::start().await;
+    let target = Target::start().await;
+    target.respond(|_, _| {
+        if rand::random::<f64>() < 0.3 {
+            (503, vec![])
+        } else {
+            (200, vec![])
+        }
+    });
+    let setup = Setup::new(
+        &nats,
+        &[(
+            "c.yaml",
+            simple_connector(
+                "flaky.v1",
+                "flaky.in",
+                &target,
+                "retry:\n  max: 12\n  backoffMs: 10\n  maxBackoffMs: 200\n",
+            ),
+        )],
+        "",
+    );
+    let rt = setup.start().await;
+    let js = async_nats::jetstream::new(nats.client().await);
+    let mut acks = Vec::new();
+    for i in 0..2000 {
+        acks.push(
+            js.publish(
+                "flaky.in",
+                json!({"id": format!("e{i}"), "n": i}).to_string().into(),
+            )
+            .await
+            .unwrap(),
+        );
+    }
+    for a in acks {
+        a.await.unwrap();
+    }
+    let delivered = || {
+        target
+            .requests()
+            .iter()
+            .filter(|r| r.status == 200)
+            .map(|r| r.json()["id"].as_str().unwrap_or_default().to_string())
+            .collect::<std::collections::HashSet<_>>()
+    };
+    eventually(
+        Duration::from_secs(60),
+        "2000 distinct events delivered",
+        || async { delivered().len() == 2000 },
+    )
+    .await;
+    let stream = js.get_stream("HMS_EVENTS").await.unwrap();
+    eventually(T, "all acked", || {
+        let stream = stream.clone();
+        async move {
+            let i = stream.consumer_info("flaky_v1").await.unwrap();
+            i.num_pending == 0 && i.num_ack_pending == 0
+        }
+    })
+    .await;
+    assert!(stream_messages(&js, "HMS_SYNC_PARKED").await.is_empty());
+    assert!(
+        target.requests().iter().any(|r| r.status == 503),
+        "the target did fail sometimes"
+    );
+    rt.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retry_after_is_honoured() {
+    init_logs();
+    let nats = Nats::start().await;
+    let target = Target::start().await;
+    target.respond(|_, n| {
+        if n == 0 {
+            (429, vec![("Retry-After".into(), "1".into())])
+        } else {
+            (200, vec![])
+        }
+    });
+    let setup = Setup::new(
+        &nats,
+        &[(
+            "c.yaml",
+            simple_connector(
+                "ra.v1",
+                "ra.in",
+                &target,
+                "retry:\n  max: 3\n  backoffMs: 10\n",
+            ),
+        )],
+        "",
+    );
+    let rt = setup.start().await;
+    let js = async_nats::jetstream::new(nats.client().await);
+    publish(&js, "ra.in", json!({"id": "r1", "n": 1})).await;
+    eventually(T, "second attempt", || async { target.count() == 2 }).await;
+    let reqs = target.requests();
+    assert_eq!(reqs[0].status, 429);
+    let gap = reqs[1].at - reqs[0].at;
+    assert!(
+        gap >= Duration::from_millis(1000),
+        "next attempt after {gap:?}, Retry-After said 1 s"
+    );
+    rt.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_overrides_and_schema_check() {
+    init_logs();
+    let nats = Nats::start().await;
+    let target = Target::start().await;
+    target.respond(|r, _| {
+        if r.path.ends_with("exists") {
+            (409, vec![])
+        } else if r.path.ends_with("down") {
+            (503, vec![])
+        } else {
+            (200, vec![])
+        }
+    });
+    let retry = "retry:\n  max: 5\n  backoffMs: 10\n  statuses:\n    success: [409]\n    permanent: [503]\n";
+    let setup = Setup::new(
+        &nats,
+        &[(
+            "c.yaml",
+            simple_connector("over.v1", "over.in", &target, retry),
+        )],
+        "",
+    );
+    let rt = setup.start().await;
+    let js = async_nats::jetstream::new(nats.client().await);
+    publish(&js, "over.in", json!({"id": "exists", "n": 1})).await;
+    publish(&js, "over.in", json!({"id": "down", "n": 2})).await;
+    // `id` is a URL field: the generated schema requires a scalar.
+    publish(&js, "over.in", json!({"id": {"nested": true}, "n": 3})).await;
+    eventually(T, "two parked", || async {
+        stream_messages(&js, "HMS_SYNC_PARKED").await.len() == 2
+    })
+    .await;
+    let parked = stream_messages(&js, "HMS_SYNC_PARKED").await;
+    let down = parked
+        .iter()
+        .find(|p| p["event"]["payload"].as_str().unwrap().contains("down"))
+        .unwrap();
+    assert_eq!(
+        down["attempts"].as_array().unwrap().len(),
+        1,
+        "503 overridden as permanent"
+    );
+    let schema = parked
+        .iter()
+        .find(|p| p["event"]["payload"].as_str().unwrap().contains("nested"))
+        .unwrap();
+    assert!(
+        schema["error"]
+            .as_str()
+            .unwrap()
+            .contains("schema check failed"),
+        "{schema:#}"
+    );
+    assert!(schema["attempts"][0]["status"].is_null());
+    assert_eq!(
+        target
+            .requests()
+            .iter()
+            .filter(|r| r.path.contains("nested"))
+            .count(),
+        0,
+        "no call for an invalid event"
+    );
+    assert_eq!(
+        target
+            .requests()
+            .iter()
+            .filter(|r| r.path.ends_with("exists"))
+            .count(),
+        1,
+        "409 counted as delivered"
+    );
+    let ok = rt
+        .status()
+        .await
+        .into_iter()
+        .find(|v| v.id == "over.v1")
+        .unwrap();
+    assert_eq!(ok.delivered, 1);
+    rt.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replayed_parked_job_is_delivered_once_with_its_original_key() {
+    init_logs();
+    let nats = Nats::start().await;
+    let target = Target::start().await;
+    target.respond(|_, _| (500, vec![]));
+    let setup = Setup::new(
+        &nats,
+        &[
+            (
+                "c.yaml",
+                simple_connector(
+                    "replay.v1",
+                    "replay.in",
+                    &target,
+                    "retry:\n  max: 2\n  backoffMs: 10\n",
+                ),
+            ),
+            (
+                "d.yaml",
+                simple_connector("bystander.v1", "replay.in", &target, "retry:\n  max: 1\n"),
+            ),
+        ],
+        "",
+    );
+    let rt = setup.start().await;
+    let js = async_nats::jetstream::new(nats.client().await);
+    publish(&js, "replay.in", json!({"id": "p1", "n": 1})).await;
+    eventually(T, "parked by both", || async {
+        stream_messages(&js, "HMS_SYNC_PARKED").await.len() == 2
+    })
+    .await;
+    let original_key = target.requests()[0].header("idempotency-key");
+    // Fix the target, then replay only replay.v1's job through the CLI.
+    target.respond(|_, _| (200, vec![]));
+    let before = target.count();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_hms-sync"))
+        .args([
+            "parked",
+            "list",
+            "--json",
+            "--connector",
+            "replay.v1",
+            "--nats-url",
+            &nats.url(),
+        ])
+        .output()
+        .unwrap();
+    let list: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(list.as_array().unwrap().len(), 1, "{list:#}");
+    let id = list[0]["id"].as_u64().unwrap();
+    let key = list[0]["idempotencyKey"].as_str().unwrap().to_string();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_hms-sync"))
+        .args([
+            "parked",
+            "replay",
+            &id.to_string(),
+            "--nats-url",
+            &nats.url(),
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    eventually(T, "replayed delivery", || async {
+        target.count() == before + 1
+    })
+    .await;
+    let last = target.requests().pop().unwrap();
+    assert_eq!(last.status, 200);
+    assert_eq!(
+        last.header("idempotency-key").as_deref(),
+        Some(key.as_str())
+    );
+    assert!(original_key.is_some());
+    // Replayed once, through replay.v1 only; its job is gone, the bystander's stays.
+    let stream = js.get_stream("HMS_EVENTS").await.unwrap();
+    eventually(T, "replay acked", || {
+        let stream = stream.clone();
+        async move {
+            stream
+                .consumer_info("replay_v1")
+                .await
+                .unwrap()
+                .num_ack_pending
+                == 0
+        }
+    })
+    .await;
+    assert_eq!(target.count(), before + 1);
+    let left = stream_messages(&js, "HMS_SYNC_PARKED").await;
+    let parked_left: Vec<_> = left.iter().filter(|p| p.get("event").is_some()).collect();
+    assert_eq!(parked_left.len(), 1);
+    assert_eq!(parked_left[0]["connector"], "bystander.v1");
+    assert!(left
+        .iter()
+        .any(|p| p["action"] == "replayed" && p["parkedId"] == id));
+    rt.shutdown().await;
+}

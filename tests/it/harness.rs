@@ -113,6 +113,8 @@ pub struct Recorded {
     pub headers: HeaderMap,
     pub body: Bytes,
     pub at: Instant,
+    /// What the target answered.
+    pub status: u16,
 }
 
 impl Recorded {
@@ -151,12 +153,13 @@ impl Target {
             move |method: Method, uri: Uri, headers: HeaderMap, body: Bytes| {
                 let (l, r) = (l.clone(), r.clone());
                 async move {
-                    let rec = Recorded {
+                    let mut rec = Recorded {
                         method: method.to_string(),
                         path: uri.to_string(),
                         headers,
                         body,
                         at: Instant::now(),
+                        status: 0,
                     };
                     let responder = r.lock().unwrap().clone();
                     let n = l
@@ -166,6 +169,7 @@ impl Target {
                         .filter(|x| x.body == rec.body && x.path == rec.path)
                         .count();
                     let (status, extra) = responder(&rec, n);
+                    rec.status = status;
                     l.lock().unwrap().push(rec);
                     let mut resp = (StatusCode::from_u16(status).unwrap_or(StatusCode::OK), "{}")
                         .into_response();

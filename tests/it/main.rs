@@ -3,6 +3,7 @@
 mod harness;
 
 mod cli;
+mod crash;
 mod delivery;
 mod embedded;
 mod walkthrough;
