@@ -21,6 +21,18 @@ use crate::outcome::{decide, fail_reason, Action, Outcome};
 use crate::request;
 use crate::template::Secrets;
 
+/// How a delivery ended, as far as its connector's pump is concerned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Finished {
+    /// Acked: delivered, filtered out, or durably parked.
+    Done,
+    /// NAKed: JetStream offers it again after this delay.
+    Retry(Duration),
+}
+
+/// Wait before offering an event again when parking it failed (NATS trouble).
+const PARK_RETRY: Duration = Duration::from_secs(5);
+
 /// Header that carries an idempotency key set earlier (parked replay); wins over derivation.
 pub const REPLAY_KEY_HEADER: &str = "Hms-Idempotency-Key";
 
@@ -105,8 +117,9 @@ impl Pipeline {
             .unwrap_or_default()
     }
 
-    /// Handles one delivery to the end (acked, scheduled again, or parked).
-    pub async fn handle(&self, d: Delivery) {
+    /// Handles one delivery to the end: acked (delivered, filtered out or parked) or
+    /// scheduled again.
+    pub async fn handle(&self, d: Delivery) -> Finished {
         let c = &*self.connector;
         let key = idempotency_key(&c.id, &d);
         let event: Json = match serde_json::from_slice(d.payload()) {
@@ -146,7 +159,7 @@ impl Pipeline {
                     if let Err(e) = d.ack().await {
                         tracing::warn!(connector = %c.id, "{e}");
                     }
-                    return;
+                    return Finished::Done;
                 }
             }
         }
@@ -199,7 +212,7 @@ impl Pipeline {
         };
         tracing::info!("[{}] {} {} {}", c.id, c.target.method, shown_url, line);
         self.finish(&d, &key, outcome, shown_url, body, started)
-            .await;
+            .await
     }
 
     async fn finish(
@@ -210,7 +223,7 @@ impl Pipeline {
         url: String,
         body: String,
         started: Instant,
-    ) {
+    ) -> Finished {
         let c = &*self.connector;
         let jitter = rand::random::<f64>() * 2.0 - 1.0;
         let action = decide(&outcome, d.delivered, &c.retry, jitter);
@@ -227,6 +240,7 @@ impl Pipeline {
                 if let Err(e) = d.ack().await {
                     tracing::warn!(connector = %c.id, "{e}");
                 }
+                Finished::Done
             }
             Action::Retry(delay) => {
                 let error = describe(&outcome);
@@ -248,6 +262,7 @@ impl Pipeline {
                 if let Err(e) = d.retry_after(delay).await {
                     tracing::warn!(connector = %c.id, "{e}");
                 }
+                Finished::Retry(delay)
             }
             Action::Park => {
                 let error = describe(&outcome);
@@ -269,14 +284,15 @@ impl Pipeline {
                         .lock()
                         .ok()
                         .map(|mut m| m.insert(d.stream_sequence, attempts));
-                    let _ = d.retry_after(Duration::from_secs(5)).await;
-                    return;
+                    let _ = d.retry_after(PARK_RETRY).await;
+                    return Finished::Retry(PARK_RETRY);
                 }
                 self.metrics.parked.increment(1);
                 self.stats.parked.fetch_add(1, Ordering::Relaxed);
                 if let Err(e) = d.ack().await {
                     tracing::warn!(connector = %c.id, "{e}");
                 }
+                Finished::Done
             }
         }
     }

@@ -21,4 +21,5 @@ pub mod template;
 
 pub use runtime::{run, Runtime};
 pub mod cli;
+pub mod ordering;
 pub mod schema;

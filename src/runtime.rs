@@ -63,9 +63,6 @@ impl Runtime {
                             );
                         }
                     }
-                    if c.trigger.ordering_key.is_some() {
-                        tracing::warn!("[{}] trigger.orderingKey is not enforced by this version: events are delivered concurrently", c.id);
-                    }
                     if c.rate_limit.is_some() {
                         tracing::warn!("[{}] rateLimit is not enforced by this version", c.id);
                     }

@@ -2,14 +2,17 @@
 //! events and runs up to `maxInFlight` deliveries at once.
 
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
-use tokio::sync::{watch, Semaphore};
+use tokio::sync::{mpsc, watch, Semaphore};
 use tokio::task::JoinSet;
 
-use crate::bus::{ConsumerSpec, EventSource};
+use crate::bus::{ConsumerSpec, Delivery, EventSource};
 use crate::config::DeliveryConfig;
-use crate::delivery::Pipeline;
+use crate::delivery::{Finished, Pipeline};
+use crate::ordering::{Arrival, Lanes};
+use crate::template::Secrets;
 
 /// Messages to a connector actor.
 pub enum ConnectorMsg {
@@ -72,13 +75,19 @@ impl Actor for ConnectorActor {
             .open_consumer(&spec, &args.delivery)
             .await?;
         let (stop, stop_rx) = watch::channel(false);
-        let pump = tokio::spawn(pump(
-            source,
-            args.pipeline.clone(),
-            args.delivery.max_in_flight.max(1),
-            stop_rx,
-            myself,
-        ));
+        let limit = args.delivery.max_in_flight.max(1);
+        let pump = if c.trigger.ordering_key.is_some() {
+            tokio::spawn(pump_keyed(
+                source,
+                args.pipeline.clone(),
+                limit,
+                args.delivery.ack_wait(),
+                stop_rx,
+                myself,
+            ))
+        } else {
+            tokio::spawn(pump(source, args.pipeline.clone(), limit, stop_rx, myself))
+        };
         tracing::info!("[{}] consuming {} as {}", c.id, c.trigger.topic, c.consumer);
         Ok(ConnectorState {
             stop,
@@ -164,6 +173,106 @@ async fn pump(
     if let Some(why) = ended {
         break_with(&actor, why);
     }
+}
+
+/// Like [`pump`], but events with the same `trigger.orderingKey` take turns in stream order
+/// (see [`Lanes`]).
+async fn pump_keyed(
+    mut source: EventSource,
+    pipeline: Arc<Pipeline>,
+    limit: usize,
+    ack_wait: Duration,
+    mut stop: watch::Receiver<bool>,
+    actor: ActorRef<ConnectorMsg>,
+) {
+    let permits = Arc::new(Semaphore::new(limit));
+    let mut tasks = JoinSet::new();
+    let (done_tx, mut done_rx) = mpsc::unbounded_channel::<(Option<String>, Finished)>();
+    let mut lanes: Lanes<Delivery> = Lanes::new(ack_wait);
+    let mut heartbeat = tokio::time::interval((ack_wait / 3).max(Duration::from_millis(100)));
+    let mut errors_in_a_row = 0u32;
+    let spawn = |tasks: &mut JoinSet<()>, key: Option<String>, d: Delivery| {
+        let (p, permits, done) = (pipeline.clone(), permits.clone(), done_tx.clone());
+        tasks.spawn(async move {
+            let Ok(_permit) = permits.acquire_owned().await else {
+                return;
+            };
+            let finished = p.handle(d).await;
+            let _ = done.send((key, finished));
+        });
+    };
+    let ended = loop {
+        while let Some(done) = tasks.try_join_next() {
+            if let Err(e) = done {
+                if e.is_panic() {
+                    break_with(&actor, format!("a delivery panicked: {e}"));
+                }
+            }
+        }
+        tokio::select! {
+            _ = stop.changed() => break None,
+            Some((key, finished)) = done_rx.recv() => {
+                if let Some(key) = key {
+                    let retry = match finished { Finished::Retry(d) => Some(d), Finished::Done => None };
+                    if let Some(next) = lanes.finished(&key, retry, Instant::now()) {
+                        spawn(&mut tasks, Some(key), next);
+                    }
+                }
+            }
+            _ = heartbeat.tick() => {
+                for d in lanes.held() {
+                    if let Err(e) = d.in_progress().await {
+                        tracing::warn!("[{}] {e}", pipeline.connector.id);
+                    }
+                }
+                for d in lanes.expire(Instant::now()) {
+                    let key = ordering_key(&pipeline, &d);
+                    spawn(&mut tasks, key, d);
+                }
+            }
+            next = source.next() => match next {
+                None => break Some("the consumer's subscription ended".to_string()),
+                Some(Err(e)) => {
+                    errors_in_a_row += 1;
+                    tracing::warn!("[{}] {e}", pipeline.connector.id);
+                    if errors_in_a_row >= 10 {
+                        break Some(format!("10 pull errors in a row, last: {e}"));
+                    }
+                }
+                Some(Ok(d)) => {
+                    errors_in_a_row = 0;
+                    match ordering_key(&pipeline, &d) {
+                        None => spawn(&mut tasks, None, d),
+                        Some(key) => {
+                            let seq = d.stream_sequence;
+                            if let Arrival::Run(d) = lanes.arrive(&key, seq, d, Instant::now()) {
+                                spawn(&mut tasks, Some(key), d);
+                            }
+                        }
+                    }
+                }
+            },
+        }
+    };
+    while let Some(done) = tasks.join_next().await {
+        if let Err(e) = done {
+            if e.is_panic() {
+                tracing::error!("[{}] a delivery panicked: {e}", pipeline.connector.id);
+            }
+        }
+    }
+    // Held events were never attempted: JetStream offers them again after ackWaitMs.
+    if let Some(why) = ended {
+        break_with(&actor, why);
+    }
+}
+
+/// The event's ordering key; `None` (no ordering) when it cannot be rendered (such an event
+/// is parked by its delivery anyway).
+fn ordering_key(pipeline: &Pipeline, d: &Delivery) -> Option<String> {
+    let template = pipeline.connector.trigger.ordering_key.as_ref()?;
+    let event: serde_json::Value = serde_json::from_slice(d.payload()).ok()?;
+    template.render_text(&event, Secrets::Masked).ok()
 }
 
 fn break_with(actor: &ActorRef<ConnectorMsg>, why: String) {

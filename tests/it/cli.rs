@@ -81,7 +81,10 @@ fn test_exit_codes() {
         r#"{"agency":"DDOT"}"#,
     );
     assert_eq!(code, 2);
-    assert!(err.contains("missing variable `permitId`"), "{err}");
+    assert!(
+        err.contains("schema check failed") && err.contains("\"permitId\" is a required property"),
+        "{err}"
+    );
 }
 
 #[test]

@@ -133,6 +133,20 @@ async fn exhausted_retries_and_permanent_errors_are_parked_with_a_review_alert()
             .count()
     };
     assert_eq!(attempts("down"), 3);
+    let times: Vec<_> = target
+        .requests()
+        .iter()
+        .filter(|r| r.path.ends_with("down"))
+        .map(|r| r.at)
+        .collect();
+    assert!(
+        times[1] - times[0] >= Duration::from_millis(40),
+        "backoff 50 ms (-20 %)"
+    );
+    assert!(
+        times[2] - times[1] >= Duration::from_millis(80),
+        "backoff 100 ms (-20 %)"
+    );
     assert_eq!(attempts("bad"), 1);
     assert_eq!(target.count(), 4);
     // One review alert each, naming the parked id.
@@ -447,5 +461,81 @@ async fn replayed_parked_job_is_delivered_once_with_its_original_key() {
     assert!(left
         .iter()
         .any(|p| p["action"] == "replayed" && p["parkedId"] == id));
+    rt.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn per_key_ordering_survives_random_503s() {
+    init_logs();
+    let nats = Nats::start().await;
+    let target = Target::start().await;
+    target.respond(|_, _| {
+        if rand::random::<f64>() < 0.3 {
+            (503, vec![])
+        } else {
+            (200, vec![])
+        }
+    });
+    let yaml = format!(
+        "id: ordered.v1\ntype: outbound\ntrigger:\n  topic: ordered.in\n  orderingKey: \"{{{{ key }}}}\"\nmap:\n  to:\n    url: \"{}/items/{{key}}\"\n    method: PUT\n    body:\n      key: \"{{{{ key }}}}\"\n      n: \"{{{{ n }}}}\"\nretry:\n  max: 20\n  backoffMs: 5\n  maxBackoffMs: 50\n",
+        target.url()
+    );
+    let setup = Setup::new(&nats, &[("c.yaml", yaml)], "delivery:\n  ackWaitMs: 3000\n");
+    let rt = setup.start().await;
+    let js = async_nats::jetstream::new(nats.client().await);
+    let mut acks = Vec::new();
+    for n in 0..50 {
+        for k in 0..10 {
+            acks.push(
+                js.publish(
+                    "ordered.in",
+                    json!({"key": format!("k{k}"), "n": n}).to_string().into(),
+                )
+                .await
+                .unwrap(),
+            );
+        }
+    }
+    for a in acks {
+        a.await.unwrap();
+    }
+    let ok_per_key = || {
+        let mut m: std::collections::BTreeMap<String, Vec<i64>> = Default::default();
+        for r in target.requests().iter().filter(|r| r.status == 200) {
+            let j = r.json();
+            m.entry(j["key"].as_str().unwrap().to_string())
+                .or_default()
+                .push(j["n"].as_i64().unwrap());
+        }
+        m
+    };
+    eventually(
+        Duration::from_secs(60),
+        "every update of every key delivered",
+        || async {
+            let m = ok_per_key();
+            m.len() == 10 && m.values().all(|v| v.len() >= 50)
+        },
+    )
+    .await;
+    for (key, ns) in ok_per_key() {
+        assert_eq!(
+            ns,
+            (0..50).collect::<Vec<i64>>(),
+            "{key}: successful deliveries out of order"
+        );
+    }
+    // Attempts of one key (failed ones included) never go back in publish order.
+    let mut last: std::collections::HashMap<String, i64> = Default::default();
+    for r in target.requests() {
+        let j = r.json();
+        let (k, n) = (
+            j["key"].as_str().unwrap().to_string(),
+            j["n"].as_i64().unwrap(),
+        );
+        let prev = last.insert(k.clone(), n).unwrap_or(-1);
+        assert!(n >= prev, "{k}: attempt of n={n} after n={prev}");
+    }
+    assert!(target.requests().iter().any(|r| r.status == 503));
     rt.shutdown().await;
 }

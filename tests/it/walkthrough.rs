@@ -79,7 +79,10 @@ async fn seed_walkthrough_patches_ddot_events_and_skips_others() {
         info.config.description.as_deref(),
         Some("ddot.gis.outbound.v1")
     );
-    assert_eq!(info.config.filter_subject, "permit.updated");
+    assert_eq!(
+        info.config.filter_subjects,
+        ["permit.updated", "hms.replay.ddot_gis_outbound_v1"]
+    );
 
     // HTTP surface.
     let base = format!("http://{}", rt.http_addr());
