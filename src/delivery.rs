@@ -36,7 +36,7 @@ const PARK_RETRY: Duration = Duration::from_secs(5);
 /// Header that carries an idempotency key set earlier (parked replay); wins over derivation.
 pub const REPLAY_KEY_HEADER: &str = "Hms-Idempotency-Key";
 
-/// Counters and the last error of one connector; outlives actor restarts.
+/// Counters, latencies and recent errors of one connector; outlives actor restarts.
 #[derive(Default)]
 pub struct ConnectorStats {
     pub delivered: AtomicU64,
@@ -44,12 +44,64 @@ pub struct ConnectorStats {
     pub parked: AtomicU64,
     pub filtered: AtomicU64,
     pub last_error: Mutex<Option<String>>,
+    /// Publish-to-2xx latency in microseconds (this process's deliveries).
+    latency_us: Mutex<Option<hdrhistogram::Histogram<u64>>>,
+    /// The most recent failures, newest last (at most [`RECENT_FAILURES`]).
+    pub recent_failures: Mutex<std::collections::VecDeque<FailureNote>>,
+}
+
+/// How many recent failures a connector remembers for status pages.
+pub const RECENT_FAILURES: usize = 20;
+
+/// One failure as status pages show it.
+#[derive(Debug, Clone, Serialize)]
+pub struct FailureNote {
+    pub at: String,
+    pub error: String,
+    pub url: String,
 }
 
 impl ConnectorStats {
-    fn error(&self, text: String) {
+    /// Records one publish-to-2xx latency.
+    pub fn observe_latency(&self, ms: f64) {
+        let Ok(mut slot) = self.latency_us.lock() else {
+            return;
+        };
+        if slot.is_none() {
+            // 1 µs .. 1 h, 2 significant digits: a few kB per connector.
+            *slot = hdrhistogram::Histogram::new_with_bounds(1, 3_600_000_000, 2).ok();
+        }
+        if let Some(h) = slot.as_mut() {
+            h.saturating_record(((ms * 1000.0) as u64).max(1));
+        }
+    }
+
+    /// (p50, p99) latency in milliseconds, when anything was delivered.
+    pub fn latency_p50_p99(&self) -> Option<(f64, f64)> {
+        let h = self.latency_us.lock().ok()?;
+        let h = h.as_ref()?;
+        if h.is_empty() {
+            return None;
+        }
+        Some((
+            h.value_at_quantile(0.5) as f64 / 1000.0,
+            h.value_at_quantile(0.99) as f64 / 1000.0,
+        ))
+    }
+
+    fn error(&self, url: &str, error: &str) {
         if let Ok(mut e) = self.last_error.lock() {
-            *e = Some(text);
+            *e = Some(format!("{url}: {error}"));
+        }
+        if let Ok(mut r) = self.recent_failures.lock() {
+            if r.len() >= RECENT_FAILURES {
+                r.pop_front();
+            }
+            r.push_back(FailureNote {
+                at: now_rfc3339(),
+                error: error.to_string(),
+                url: url.to_string(),
+            });
         }
     }
 }
@@ -232,9 +284,9 @@ impl Pipeline {
                 self.forget(d.stream_sequence);
                 let since_publish =
                     (time::OffsetDateTime::now_utc() - d.published).as_seconds_f64() * 1000.0;
-                self.metrics
-                    .latency
-                    .record(since_publish.max(started.elapsed().as_secs_f64() * 1000.0));
+                let latency_ms = since_publish.max(started.elapsed().as_secs_f64() * 1000.0);
+                self.metrics.latency.record(latency_ms);
+                self.stats.observe_latency(latency_ms);
                 self.metrics.ok.increment(1);
                 self.stats.delivered.fetch_add(1, Ordering::Relaxed);
                 if let Err(e) = d.ack().await {
@@ -251,7 +303,7 @@ impl Pipeline {
                 self.metrics.fail(fail_reason(&outcome));
                 self.metrics.retry.increment(1);
                 self.stats.failed.fetch_add(1, Ordering::Relaxed);
-                self.stats.error(format!("{url}: {error}"));
+                self.stats.error(&url, &error);
                 tracing::warn!(
                     "[{}] attempt {}/{} failed ({error}); next in {} ms",
                     c.id,
@@ -268,7 +320,7 @@ impl Pipeline {
                 let error = describe(&outcome);
                 self.metrics.fail(fail_reason(&outcome));
                 self.stats.failed.fetch_add(1, Ordering::Relaxed);
-                self.stats.error(format!("{url}: {error}"));
+                self.stats.error(&url, &error);
                 let mut attempts = self.forget(d.stream_sequence);
                 if !matches!(outcome, Outcome::Invalid(_)) || attempts.is_empty() {
                     attempts.push(attempt(d.delivered, &outcome, &error, &body));

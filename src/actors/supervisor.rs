@@ -57,6 +57,11 @@ pub struct ConnectorView {
     pub parked: u64,
     pub filtered: u64,
     pub last_error: Option<String>,
+    /// Publish-to-2xx latency seen by this process, milliseconds.
+    pub latency_p50_ms: Option<f64>,
+    pub latency_p99_ms: Option<f64>,
+    /// Most recent failures, newest last.
+    pub recent_failures: Vec<crate::delivery::FailureNote>,
 }
 
 /// What the supervisor shares with every connector it starts.
@@ -275,5 +280,12 @@ fn view(id: &str, s: &Slot) -> ConnectorView {
         parked: st.parked.load(Relaxed),
         filtered: st.filtered.load(Relaxed),
         last_error: st.last_error.lock().ok().and_then(|e| e.clone()),
+        latency_p50_ms: st.latency_p50_p99().map(|l| l.0),
+        latency_p99_ms: st.latency_p50_p99().map(|l| l.1),
+        recent_failures: st
+            .recent_failures
+            .lock()
+            .map(|r| r.iter().cloned().collect())
+            .unwrap_or_default(),
     }
 }
