@@ -15,6 +15,48 @@ pub struct RuntimeConfig {
     pub connectors: ConnectorsConfig,
     pub delivery: DeliveryConfig,
     pub streams: StreamsConfig,
+    /// Per-endpoint protection (`scheme://host:port` keys, plus `defaults`).
+    pub endpoints: std::collections::BTreeMap<String, EndpointConfig>,
+}
+
+/// Protection of one endpoint (or `defaults` for all).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct EndpointConfig {
+    /// Requests per second (at most this many in any 1-second window) and burst. Wins over the
+    /// connectors' own `rateLimit`.
+    pub rate_limit: Option<EndpointRate>,
+    /// Requests in flight to this endpoint, across connectors (default 64).
+    pub max_in_flight: Option<usize>,
+    /// Circuit breaker.
+    pub breaker: Option<BreakerConfig>,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct EndpointRate {
+    pub per_second: f64,
+    pub burst: Option<u32>,
+}
+
+/// Circuit breaker settings.
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase", default)]
+pub struct BreakerConfig {
+    /// Consecutive transient failures (5xx, timeouts, connection errors) that pause the endpoint;
+    /// 0 turns the breaker off.
+    pub failures: u32,
+    /// While paused, one waiting request is let through as a probe this often.
+    pub probe_interval_ms: u64,
+}
+
+impl Default for BreakerConfig {
+    fn default() -> Self {
+        BreakerConfig {
+            failures: 20,
+            probe_interval_ms: 5000,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -12,6 +12,11 @@ use serde::Serialize;
 use serde_json::Value as Json;
 use sha2::{Digest, Sha256};
 
+use ractor::ActorRef;
+
+use crate::actors::audit::AuditMsg;
+use crate::actors::endpoint::{endpoint_of, signal_of, EndpointRegistry, Permit};
+use crate::actors::supervisor::Deps;
 use crate::bus::{Bus, Delivery};
 use crate::connector::Connector;
 use crate::filter::{EventMeta, Verdict};
@@ -123,6 +128,12 @@ pub struct Pipeline {
     pub connector: Arc<Connector>,
     pub bus: Bus,
     pub http: HttpClient,
+    endpoints: Arc<EndpointRegistry>,
+    audit: Option<ActorRef<AuditMsg>>,
+    /// The endpoint when the URL's scheme/host/port is fixed (the usual case).
+    fixed_endpoint: Option<String>,
+    /// How often a delivery waiting for a permit tells JetStream it is still being worked on.
+    heartbeat: Duration,
     pub metrics: ConnectorMetrics,
     pub stats: Arc<ConnectorStats>,
     /// Attempts seen by this process, by stream sequence (for the parked record).
@@ -132,17 +143,25 @@ pub struct Pipeline {
 const MAX_TRACKED: usize = 100_000;
 
 impl Pipeline {
-    pub fn new(
-        connector: Arc<Connector>,
-        bus: Bus,
-        http: HttpClient,
-        stats: Arc<ConnectorStats>,
-    ) -> Self {
+    pub fn new(connector: Arc<Connector>, deps: &Deps, stats: Arc<ConnectorStats>) -> Self {
         let metrics = ConnectorMetrics::new(&connector.id);
+        let source = connector.target.url.source();
+        let authority_end = source
+            .find("://")
+            .map(|i| i + 3)
+            .and_then(|start| source[start..].find('/').map(|j| start + j))
+            .unwrap_or(source.len());
+        let authority = &source[..authority_end];
+        let fixed_endpoint =
+            (!authority.contains('{') && !authority.contains('$')).then(|| endpoint_of(authority));
         Pipeline {
             connector,
-            bus,
-            http,
+            bus: deps.bus.clone(),
+            http: deps.http.clone(),
+            endpoints: deps.endpoints.clone(),
+            audit: deps.audit.clone(),
+            fixed_endpoint,
+            heartbeat: (deps.delivery.ack_wait() / 3).max(Duration::from_millis(200)),
             metrics,
             stats,
             attempts: Mutex::new(HashMap::new()),
@@ -159,6 +178,74 @@ impl Pipeline {
         let list = map.entry(seq).or_default();
         list.push(a);
         list.clone()
+    }
+
+    /// Waits for the endpoint's permit, telling JetStream the event is still being worked on
+    /// meanwhile (so waiting never causes a redelivery or burns an attempt).
+    async fn permit(&self, endpoint: &str, d: &Delivery) -> Option<Permit> {
+        let acquire = self.endpoints.acquire(endpoint, self.connector.rate_limit);
+        tokio::pin!(acquire);
+        let mut beat = tokio::time::interval(self.heartbeat);
+        beat.tick().await;
+        let mut waiting = false;
+        let permit = loop {
+            tokio::select! {
+                p = &mut acquire => break p,
+                _ = beat.tick() => {
+                    if !waiting {
+                        waiting = true;
+                        self.metrics.waiting.increment(1.0);
+                    }
+                    if let Err(e) = d.in_progress().await {
+                        tracing::warn!(connector = %self.connector.id, "{e}");
+                    }
+                }
+            }
+        };
+        if waiting {
+            self.metrics.waiting.decrement(1.0);
+        }
+        permit
+    }
+
+    /// Sends one attempt's record to the audit actor (never waits for it).
+    fn audit(
+        &self,
+        d: &Delivery,
+        key: &str,
+        outcome: &Outcome,
+        url: &str,
+        traceparent: &str,
+        latency: Option<Duration>,
+    ) {
+        let Some(audit) = &self.audit else { return };
+        let c = &*self.connector;
+        let (status, error) = match outcome {
+            Outcome::Status { code, .. } => (Some(*code), None),
+            other => (None, Some(describe(other))),
+        };
+        let record = serde_json::json!({
+            "kind": "attempt",
+            "at": now_rfc3339(),
+            "connector": c.id,
+            "event": {
+                "subject": d.original_subject(),
+                "streamSequence": d.stream_sequence,
+                "msgId": d.msg_id,
+            },
+            "attempt": d.delivered,
+            "method": c.target.method.as_str(),
+            "url": url,
+            "status": status,
+            "error": error,
+            "latencyMs": latency.map(|l| l.as_secs_f64() * 1000.0),
+            "idempotencyKey": key,
+            "traceparent": traceparent,
+        });
+        let _ = audit.send_message(AuditMsg::Record {
+            consumer: c.consumer.clone(),
+            record,
+        });
     }
 
     fn forget(&self, seq: u64) -> Vec<Attempt> {
@@ -178,6 +265,7 @@ impl Pipeline {
             Ok(v) => v,
             Err(e) => {
                 let outcome = Outcome::Invalid(format!("payload is not JSON: {e}"));
+                self.audit(&d, &key, &outcome, c.target.url.source(), "", None);
                 return self
                     .finish(
                         &d,
@@ -219,6 +307,7 @@ impl Pipeline {
         if let Err(e) = c.schema.check(&event) {
             let outcome = Outcome::Invalid(format!("schema check failed: {e}"));
             let url = c.target.url.source().to_string();
+            self.audit(&d, &key, &outcome, &url, "", None);
             return self
                 .finish(&d, &key, outcome, url, String::new(), started)
                 .await;
@@ -231,15 +320,10 @@ impl Pipeline {
                     .url
                     .render_text(&event, Secrets::Masked)
                     .unwrap_or_else(|_| c.target.url.source().to_string());
+                let outcome = Outcome::Invalid(e.to_string());
+                self.audit(&d, &key, &outcome, &url, "", None);
                 return self
-                    .finish(
-                        &d,
-                        &key,
-                        Outcome::Invalid(e.to_string()),
-                        url,
-                        String::new(),
-                        started,
-                    )
+                    .finish(&d, &key, outcome, url, String::new(), started)
                     .await;
             }
         };
@@ -251,13 +335,38 @@ impl Pipeline {
         } else {
             req.url.clone()
         };
+        let mut req = req;
+        let traceparent = child_traceparent(d.header("traceparent").as_deref());
+        if let Ok(v) = reqwest::header::HeaderValue::from_str(&traceparent) {
+            req.headers
+                .push((reqwest::header::HeaderName::from_static("traceparent"), v));
+        }
+        let endpoint = match &self.fixed_endpoint {
+            Some(e) => e.clone(),
+            None => endpoint_of(&req.url),
+        };
+        let mut permit = self.permit(&endpoint, &d).await;
         self.metrics.in_flight.increment(1.0);
+        let sent_at = Instant::now();
         let Answer {
             outcome,
             reason,
             body,
         } = self.http.send(req, c.timeout).await;
         self.metrics.in_flight.decrement(1.0);
+        let fallback = crate::outcome::backoff(1, &c.retry, 0.0);
+        if let Some(p) = permit.as_mut() {
+            p.report(signal_of(&outcome, fallback));
+        }
+        drop(permit);
+        self.audit(
+            &d,
+            &key,
+            &outcome,
+            &shown_url,
+            &traceparent,
+            Some(sent_at.elapsed()),
+        );
         let line = match &outcome {
             Outcome::Status { code, .. } => format!("{code} {reason}"),
             _ => reason.clone(),
@@ -478,4 +587,22 @@ pub fn derive_key(connector_id: &str, identity: &str) -> String {
     h.update([0]);
     h.update(identity.as_bytes());
     hex::encode(&h.finalize()[..16])
+}
+
+/// The W3C `traceparent` for our request: same trace as the event's (when it carries a valid
+/// one), new span id; a new trace when absent.
+pub fn child_traceparent(parent: Option<&str>) -> String {
+    let trace_id = parent
+        .and_then(|p| {
+            let parts: Vec<&str> = p.trim().split('-').collect();
+            (parts.len() >= 4
+                && parts[0].len() == 2
+                && parts[1].len() == 32
+                && parts[1].bytes().all(|b| b.is_ascii_hexdigit())
+                && parts[1].bytes().any(|b| b != b'0'))
+            .then(|| parts[1].to_ascii_lowercase())
+        })
+        .unwrap_or_else(|| hex::encode(rand::random::<[u8; 16]>()));
+    let span_id = hex::encode(rand::random::<[u8; 8]>());
+    format!("00-{trace_id}-{span_id}-01")
 }

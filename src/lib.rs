@@ -20,6 +20,7 @@ pub mod server;
 pub mod template;
 
 pub use runtime::{run, Runtime};
+pub mod audit;
 pub mod cli;
 pub mod ordering;
 pub mod schema;

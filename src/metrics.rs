@@ -13,6 +13,14 @@ pub const SYNC_PARKED_TOTAL: &str = "sync_parked_total";
 pub const SYNC_FILTERED_TOTAL: &str = "sync_filtered_total";
 pub const SYNC_IN_FLIGHT: &str = "sync_in_flight";
 pub const CONNECTOR_RESTARTS_TOTAL: &str = "sync_connector_restarts_total";
+pub const ENDPOINT_WAITING: &str = "sync_endpoint_waiting";
+pub const ENDPOINT_IN_FLIGHT: &str = "sync_endpoint_in_flight";
+pub const ENDPOINT_PAUSED: &str = "sync_endpoint_paused";
+pub const ENDPOINT_PAUSES_TOTAL: &str = "sync_endpoint_pauses_total";
+pub const RATE_LIMIT_WAITING: &str = "sync_rate_limit_waiting";
+pub const AUDIT_PENDING: &str = "sync_audit_pending";
+pub const AUDIT_WRITTEN_TOTAL: &str = "sync_audit_written_total";
+pub const AUDIT_DROPPED_TOTAL: &str = "sync_audit_dropped_total";
 pub const WEBHOOK_RECEIVED_TOTAL: &str = "webhook_received_total";
 pub const WEBHOOK_REJECTED_TOTAL: &str = "webhook_rejected_total";
 
@@ -76,6 +84,8 @@ pub struct ConnectorMetrics {
     pub filtered: Counter,
     pub latency: Histogram,
     pub in_flight: Gauge,
+    /// Deliveries waiting for an endpoint permit.
+    pub waiting: Gauge,
 }
 
 impl ConnectorMetrics {
@@ -89,6 +99,7 @@ impl ConnectorMetrics {
             filtered: metrics::counter!(SYNC_FILTERED_TOTAL, &l),
             latency: metrics::histogram!(SYNC_LATENCY_MS, &l),
             in_flight: metrics::gauge!(SYNC_IN_FLIGHT, &l),
+            waiting: metrics::gauge!(RATE_LIMIT_WAITING, &l),
         }
     }
 

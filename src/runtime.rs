@@ -8,7 +8,9 @@ use std::sync::Arc;
 use anyhow::Context as _;
 use ractor::{Actor, ActorRef};
 
+use crate::actors::audit::{AuditActor, AuditArgs, AuditMsg};
 use crate::actors::connector::ConnectorMsg;
+use crate::actors::endpoint::EndpointRegistry;
 use crate::actors::supervisor::{
     ConnectorView, Deps, RunState, Supervisor, SupervisorArgs, SupervisorMsg,
 };
@@ -26,6 +28,9 @@ pub struct Runtime {
     addr: SocketAddr,
     bus: Bus,
     embedded: Option<EmbeddedServer>,
+    audit: ActorRef<AuditMsg>,
+    audit_done: tokio::task::JoinHandle<()>,
+    endpoints: Arc<EndpointRegistry>,
 }
 
 /// Loads every connector of the configured folder (all problems at once).
@@ -98,11 +103,35 @@ impl Runtime {
         let topics: Vec<String> = outbound.iter().map(|c| c.trigger.topic.clone()).collect();
         bus.ensure_streams(&topics, &cfg.streams).await?;
         let http = HttpClient::new().map_err(|e| anyhow::anyhow!(e))?;
+        bus.ensure_audit_stream(std::time::Duration::from_secs(
+            cfg.streams.duplicate_window_sec,
+        ))
+        .await?;
+        let (audit, audit_done) = Actor::spawn(
+            None,
+            AuditActor,
+            AuditArgs {
+                bus: bus.clone(),
+                run_id: crate::delivery::derive_key(
+                    "run",
+                    &format!("{}:{}", std::process::id(), time::OffsetDateTime::now_utc()),
+                )[..8]
+                    .to_string(),
+            },
+        )
+        .await
+        .context("start the audit actor")?;
+        let endpoints = Arc::new(EndpointRegistry::new(
+            cfg.endpoints.clone(),
+            Some(bus.clone()),
+        ));
         let deps = Deps {
             bus: bus.clone(),
             http,
             delivery: cfg.delivery.clone(),
             started_at,
+            endpoints: endpoints.clone(),
+            audit: Some(audit.clone()),
         };
         let (supervisor, handle) = Actor::spawn(
             None,
@@ -150,6 +179,9 @@ impl Runtime {
             addr,
             bus,
             embedded,
+            audit,
+            audit_done,
+            endpoints,
         })
     }
 
@@ -187,6 +219,10 @@ impl Runtime {
         let _ = ractor::call_t!(self.supervisor, SupervisorMsg::DrainAll, 60_000);
         self.supervisor.stop(None);
         let _ = self.supervisor_done.await;
+        // The audit actor stores what it still holds as it stops.
+        self.audit.stop(None);
+        let _ = self.audit_done.await;
+        self.endpoints.stop_all().await;
         self.server.abort();
         self.bus.close().await;
         if let Some(s) = self.embedded {

@@ -72,6 +72,10 @@ pub struct Deps {
     pub delivery: DeliveryConfig,
     /// When the runtime started: new consumers deliver events published from then on.
     pub started_at: time::OffsetDateTime,
+    /// Endpoint actors (rate limits, concurrency, circuit breakers), shared by all connectors.
+    pub endpoints: Arc<crate::actors::endpoint::EndpointRegistry>,
+    /// The audit actor (`None`: auditing off).
+    pub audit: Option<ActorRef<crate::actors::audit::AuditMsg>>,
 }
 
 pub struct SupervisorArgs {
@@ -110,12 +114,7 @@ impl Actor for Supervisor {
         for c in args.connectors {
             let id = c.id.clone();
             let stats = Arc::new(ConnectorStats::default());
-            let pipeline = Arc::new(Pipeline::new(
-                c,
-                args.deps.bus.clone(),
-                args.deps.http.clone(),
-                stats,
-            ));
+            let pipeline = Arc::new(Pipeline::new(c, &args.deps, stats));
             slots.insert(
                 id.clone(),
                 Slot {

@@ -14,6 +14,7 @@ use futures::StreamExt;
 
 use crate::config::{DeliveryConfig, StreamsConfig};
 
+pub mod audit;
 pub mod parked;
 pub use parked::{StoredJob, ORIGINAL_SUBJECT_HEADER, REPLAY_OF_HEADER, REPLAY_PREFIX};
 

@@ -1,5 +1,6 @@
 //! The `hms-sync` command line: one file per subcommand, each delegating to the library.
 
+mod audit;
 mod parked;
 mod publish;
 mod schema;
@@ -56,6 +57,9 @@ pub enum Command {
     Publish(publish::Args),
     /// Print a connector's input JSON Schema (generated from its mapping, or `map.schema`).
     Schema(schema::Args),
+    /// The audit trail on HMS_AUDIT.
+    #[command(subcommand)]
+    Audit(audit::Cmd),
     /// The human-review queue: parked jobs (list, show, replay, discard).
     #[command(subcommand)]
     Parked(parked::Cmd),
@@ -101,6 +105,7 @@ pub fn main() -> ExitCode {
         Command::Publish(a) => block_on(publish::exec(&cli, a)),
         Command::Schema(a) => schema::exec(a),
         Command::Parked(c) => block_on(parked::exec(&cli, c)),
+        Command::Audit(c) => block_on(audit::exec(&cli, c)),
     }
 }
 

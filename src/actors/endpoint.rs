@@ -1,0 +1,432 @@
+//! Endpoint actor: one per endpoint (`scheme://host:port`), shared by every connector calling
+//! it. It hands out permits to send: at most `perSecond` in any 1-second window with a GCRA
+//! burst (governor), at most `maxInFlight` at once, none while a 429 asked to slow down, and
+//! only one probe at a time while its circuit breaker is open.
+
+use std::collections::VecDeque;
+use std::time::{Duration, Instant};
+
+use governor::clock::{Clock, DefaultClock};
+use governor::{Quota, RateLimiter};
+use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+
+use crate::connector::RateLimit;
+
+type Limiter = RateLimiter<governor::state::NotKeyed, governor::state::InMemoryState, DefaultClock>;
+
+/// Messages to an endpoint actor.
+pub enum EndpointMsg {
+    /// Wait for a permit to send one request. The connector's own `rateLimit` is a hint: the
+    /// strictest one seen applies unless the endpoint is configured.
+    Acquire(Option<RateLimit>, RpcReplyPort<Permit>),
+    /// A permit ended (sent by [`Permit`]'s drop).
+    Done(Signal),
+    /// Internal wake-up to serve waiters.
+    Tick,
+}
+
+/// What a request sent under a permit told us about the endpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Signal {
+    Success,
+    /// 5xx, timeout, connection error.
+    Failure,
+    /// 429 (or 503 with Retry-After): slow the whole endpoint down for this long.
+    SlowDown(Duration),
+    /// Ended without a report (the delivery was aborted, or its result says nothing about the
+    /// endpoint, e.g. a 4xx).
+    Neutral,
+}
+
+/// Permission to send one request; report what happened with [`Permit::report`].
+pub struct Permit {
+    actor: ActorRef<EndpointMsg>,
+    signal: Signal,
+}
+
+impl Permit {
+    pub fn report(&mut self, signal: Signal) {
+        self.signal = signal;
+    }
+}
+
+impl Drop for Permit {
+    fn drop(&mut self) {
+        let _ = self.actor.send_message(EndpointMsg::Done(self.signal));
+    }
+}
+
+/// Settings an endpoint actor starts with.
+#[derive(Clone)]
+pub struct EndpointArgs {
+    pub endpoint: String,
+    /// Configured for the endpoint (wins over connectors' hints).
+    pub configured_rate: Option<RateLimit>,
+    pub max_in_flight: usize,
+    pub breaker_failures: u32,
+    pub probe_interval: Duration,
+    /// Where pause/resume alerts go (`hitl.review.requested`).
+    pub alerts: Option<crate::bus::Bus>,
+}
+
+enum Breaker {
+    Closed { failures: u32 },
+    Open { probe_at: Instant, probing: bool },
+}
+
+pub struct EndpointState {
+    args: EndpointArgs,
+    rate: Option<RateLimit>,
+    limiter: Option<Limiter>,
+    /// Send times within the last second (for the per-second window).
+    window: VecDeque<Instant>,
+    waiters: VecDeque<RpcReplyPort<Permit>>,
+    in_flight: usize,
+    slow_until: Option<Instant>,
+    breaker: Breaker,
+    next_tick: Option<Instant>,
+    waiting_gauge: metrics::Gauge,
+    in_flight_gauge: metrics::Gauge,
+    open_gauge: metrics::Gauge,
+}
+
+pub struct EndpointActor;
+
+fn limiter_for(rate: &RateLimit) -> Option<Limiter> {
+    let period = Duration::from_secs_f64(1.0 / rate.per_second);
+    let burst = std::num::NonZeroU32::new(rate.burst.max(1))?;
+    Quota::with_period(period).map(|q| RateLimiter::direct(q.allow_burst(burst)))
+}
+
+impl Actor for EndpointActor {
+    type Msg = EndpointMsg;
+    type State = EndpointState;
+    type Arguments = EndpointArgs;
+
+    async fn pre_start(
+        &self,
+        _me: ActorRef<Self::Msg>,
+        args: EndpointArgs,
+    ) -> Result<EndpointState, ActorProcessingErr> {
+        let l = [("endpoint", args.endpoint.clone())];
+        let rate = args.configured_rate;
+        Ok(EndpointState {
+            limiter: rate.as_ref().and_then(limiter_for),
+            rate,
+            window: VecDeque::new(),
+            waiters: VecDeque::new(),
+            in_flight: 0,
+            slow_until: None,
+            breaker: Breaker::Closed { failures: 0 },
+            next_tick: None,
+            waiting_gauge: metrics::gauge!(crate::metrics::ENDPOINT_WAITING, &l),
+            in_flight_gauge: metrics::gauge!(crate::metrics::ENDPOINT_IN_FLIGHT, &l),
+            open_gauge: metrics::gauge!(crate::metrics::ENDPOINT_PAUSED, &l),
+            args,
+        })
+    }
+
+    async fn handle(
+        &self,
+        me: ActorRef<Self::Msg>,
+        msg: Self::Msg,
+        st: &mut EndpointState,
+    ) -> Result<(), ActorProcessingErr> {
+        let now = Instant::now();
+        match msg {
+            EndpointMsg::Acquire(hint, reply) => {
+                if st.args.configured_rate.is_none() {
+                    if let Some(h) = hint {
+                        if st.rate.is_none_or(|r| h.per_second < r.per_second) {
+                            st.limiter = limiter_for(&h);
+                            st.rate = Some(h);
+                        }
+                    }
+                }
+                st.waiters.push_back(reply);
+            }
+            EndpointMsg::Done(signal) => {
+                st.in_flight = st.in_flight.saturating_sub(1);
+                on_signal(st, signal, now);
+            }
+            EndpointMsg::Tick => st.next_tick = None,
+        }
+        serve(&me, st, now);
+        st.waiting_gauge.set(st.waiters.len() as f64);
+        st.in_flight_gauge.set(st.in_flight as f64);
+        Ok(())
+    }
+}
+
+fn on_signal(st: &mut EndpointState, signal: Signal, now: Instant) {
+    let threshold = st.args.breaker_failures;
+    match signal {
+        Signal::SlowDown(d) => {
+            let until = now + d;
+            st.slow_until = Some(st.slow_until.map_or(until, |u| u.max(until)));
+            tracing::warn!(
+                "endpoint {} asked to slow down: pausing it for {} ms",
+                st.args.endpoint,
+                d.as_millis()
+            );
+            if let Breaker::Open { probing, probe_at } = &mut st.breaker {
+                *probing = false;
+                *probe_at = now + st.args.probe_interval;
+            }
+        }
+        Signal::Success => {
+            if let Breaker::Open { .. } = st.breaker {
+                tracing::info!("endpoint {} resumed: a probe succeeded", st.args.endpoint);
+                st.open_gauge.set(0.0);
+                alert(&st.args, false, "a probe request succeeded");
+            }
+            st.breaker = Breaker::Closed { failures: 0 };
+        }
+        Signal::Failure => match &mut st.breaker {
+            Breaker::Closed { failures } => {
+                *failures += 1;
+                if threshold > 0 && *failures >= threshold {
+                    let why = format!("{failures} consecutive failures");
+                    tracing::warn!(
+                        "endpoint {} paused: {why}; probing every {} ms",
+                        st.args.endpoint,
+                        st.args.probe_interval.as_millis()
+                    );
+                    metrics::counter!(crate::metrics::ENDPOINT_PAUSES_TOTAL, "endpoint" => st.args.endpoint.clone()).increment(1);
+                    st.open_gauge.set(1.0);
+                    alert(&st.args, true, &why);
+                    st.breaker = Breaker::Open {
+                        probe_at: now + st.args.probe_interval,
+                        probing: false,
+                    };
+                }
+            }
+            Breaker::Open { probe_at, probing } => {
+                *probing = false;
+                *probe_at = now + st.args.probe_interval;
+            }
+        },
+        Signal::Neutral => {
+            if let Breaker::Open { probing, .. } = &mut st.breaker {
+                *probing = false;
+            }
+        }
+    }
+}
+
+/// Publishes a breaker pause/resume on `hitl.review.requested` (in the background).
+fn alert(args: &EndpointArgs, paused: bool, why: &str) {
+    let Some(bus) = args.alerts.clone() else {
+        return;
+    };
+    let body = serde_json::json!({
+        "kind": if paused { "endpoint.paused" } else { "endpoint.resumed" },
+        "endpoint": args.endpoint,
+        "summary": format!("{} {}: {why}", args.endpoint, if paused { "paused" } else { "resumed" }),
+        "at": crate::delivery::now_rfc3339(),
+    });
+    tokio::spawn(async move {
+        if let Err(e) = bus.review(body.to_string().as_bytes()).await {
+            tracing::warn!("breaker alert not sent: {e}");
+        }
+    });
+}
+
+/// Grants permits to waiters, in order, while every limit allows; schedules a wake-up otherwise.
+fn serve(me: &ActorRef<EndpointMsg>, st: &mut EndpointState, now: Instant) {
+    while let Some(front) = st.waiters.front() {
+        if front.is_closed() {
+            st.waiters.pop_front();
+            continue;
+        }
+        if let Some(until) = st.slow_until {
+            if now < until {
+                return wake_at(me, st, until);
+            }
+            st.slow_until = None;
+        }
+        let mut probe = false;
+        if let Breaker::Open { probe_at, probing } = st.breaker {
+            if probing {
+                return; // the probe's Done wakes us
+            }
+            if now < probe_at {
+                return wake_at(me, st, probe_at);
+            }
+            probe = true;
+        }
+        if st.in_flight >= st.args.max_in_flight.max(1) {
+            return; // a Done wakes us
+        }
+        if let Some(rate) = st.rate {
+            while st
+                .window
+                .front()
+                .is_some_and(|t| now.duration_since(*t) >= Duration::from_secs(1))
+            {
+                st.window.pop_front();
+            }
+            let cap = rate.per_second.floor().max(1.0) as usize;
+            if st.window.len() >= cap {
+                if let Some(oldest) = st.window.front() {
+                    let at = *oldest + Duration::from_secs(1);
+                    return wake_at(me, st, at);
+                }
+            }
+            if let Some(l) = &st.limiter {
+                if let Err(not_until) = l.check() {
+                    let wait = not_until.wait_time_from(DefaultClock::default().now());
+                    return wake_at(me, st, now + wait);
+                }
+            }
+            st.window.push_back(now);
+        }
+        let Some(reply) = st.waiters.pop_front() else {
+            return;
+        };
+        st.in_flight += 1;
+        if probe {
+            if let Breaker::Open { probing, .. } = &mut st.breaker {
+                *probing = true;
+            }
+        }
+        let permit = Permit {
+            actor: me.clone(),
+            signal: Signal::Neutral,
+        };
+        if let Err(e) = reply.send(permit) {
+            // The waiter is gone; its permit (inside the error) drops and reports Neutral.
+            drop(e);
+        }
+    }
+}
+
+fn wake_at(me: &ActorRef<EndpointMsg>, st: &mut EndpointState, at: Instant) {
+    if st.next_tick.is_some_and(|t| t <= at) {
+        return;
+    }
+    st.next_tick = Some(at);
+    let delay = at.saturating_duration_since(Instant::now());
+    me.send_after(delay, || EndpointMsg::Tick);
+}
+
+/// Finds or starts the endpoint actor of each endpoint (shared by all connectors).
+pub struct EndpointRegistry {
+    actors: tokio::sync::Mutex<std::collections::HashMap<String, ActorRef<EndpointMsg>>>,
+    config: std::collections::BTreeMap<String, crate::config::EndpointConfig>,
+    alerts: Option<crate::bus::Bus>,
+}
+
+impl EndpointRegistry {
+    pub fn new(
+        config: std::collections::BTreeMap<String, crate::config::EndpointConfig>,
+        alerts: Option<crate::bus::Bus>,
+    ) -> Self {
+        EndpointRegistry {
+            actors: Default::default(),
+            config,
+            alerts,
+        }
+    }
+
+    fn args(&self, endpoint: &str) -> EndpointArgs {
+        let defaults = self.config.get("defaults");
+        let own = self.config.get(endpoint);
+        let pick = |f: &dyn Fn(&crate::config::EndpointConfig) -> Option<usize>| {
+            own.and_then(f).or_else(|| defaults.and_then(f))
+        };
+        let breaker = own
+            .and_then(|c| c.breaker)
+            .or_else(|| defaults.and_then(|c| c.breaker))
+            .unwrap_or_default();
+        EndpointArgs {
+            endpoint: endpoint.to_string(),
+            configured_rate: own.and_then(|c| c.rate_limit).map(|r| RateLimit {
+                per_second: r.per_second,
+                burst: r
+                    .burst
+                    .unwrap_or_else(|| r.per_second.ceil().max(1.0) as u32)
+                    .max(1),
+            }),
+            max_in_flight: pick(&|c| c.max_in_flight).unwrap_or(64),
+            breaker_failures: breaker.failures,
+            probe_interval: Duration::from_millis(breaker.probe_interval_ms.max(10)),
+            alerts: self.alerts.clone(),
+        }
+    }
+
+    /// The endpoint's actor, started on first use.
+    pub async fn actor(&self, endpoint: &str) -> Option<ActorRef<EndpointMsg>> {
+        let mut map = self.actors.lock().await;
+        if let Some(a) = map.get(endpoint) {
+            if a.get_status() == ractor::ActorStatus::Running {
+                return Some(a.clone());
+            }
+        }
+        match Actor::spawn(None, EndpointActor, self.args(endpoint)).await {
+            Ok((a, _)) => {
+                map.insert(endpoint.to_string(), a.clone());
+                Some(a)
+            }
+            Err(e) => {
+                tracing::error!("endpoint {endpoint}: cannot start its actor: {e}");
+                None
+            }
+        }
+    }
+
+    /// Waits for a permit to call `endpoint`. `None` when the endpoint actor is unavailable
+    /// (the request then goes out unprotected rather than never).
+    pub async fn acquire(&self, endpoint: &str, hint: Option<RateLimit>) -> Option<Permit> {
+        let actor = self.actor(endpoint).await?;
+        actor
+            .call(|reply| EndpointMsg::Acquire(hint, reply), None)
+            .await
+            .ok()
+            .and_then(|r| r.success_or(()).ok())
+    }
+
+    /// Stops every endpoint actor.
+    pub async fn stop_all(&self) {
+        for a in self.actors.lock().await.values() {
+            a.stop(None);
+        }
+    }
+}
+
+/// `scheme://host:port` of a URL (the key of endpoint actors).
+pub fn endpoint_of(url: &str) -> String {
+    match reqwest::Url::parse(url) {
+        Ok(u) => format!(
+            "{}://{}:{}",
+            u.scheme(),
+            u.host_str().unwrap_or_default(),
+            u.port_or_known_default().unwrap_or_default()
+        ),
+        Err(_) => url.to_string(),
+    }
+}
+
+/// What an attempt's outcome says about its endpoint.
+pub fn signal_of(outcome: &crate::outcome::Outcome, fallback_slowdown: Duration) -> Signal {
+    use crate::outcome::Outcome;
+    match outcome {
+        Outcome::Status {
+            code: 200..=299, ..
+        } => Signal::Success,
+        Outcome::Status {
+            code: 429,
+            retry_after,
+        } => Signal::SlowDown(retry_after.unwrap_or(fallback_slowdown)),
+        Outcome::Status {
+            code: 503,
+            retry_after: Some(d),
+        } => Signal::SlowDown(*d),
+        Outcome::Status {
+            code: 500..=599, ..
+        }
+        | Outcome::Timeout
+        | Outcome::Connect(_) => Signal::Failure,
+        _ => Signal::Neutral,
+    }
+}
