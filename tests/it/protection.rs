@@ -1,0 +1,416 @@
+//! Endpoint protection (rate limits, 429 slow-down, circuit breaker) and the audit trail.
+
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use serde_json::json;
+
+use crate::harness::*;
+
+const T: Duration = Duration::from_secs(20);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rate_limit_holds_in_every_one_second_window() {
+    init_logs();
+    let nats = Nats::start().await;
+    let target = Target::start().await;
+    let limited = simple_connector(
+        "limited.v1",
+        "limited.in",
+        &target,
+        "rateLimit: { perSecond: 20, burst: 5 }\n",
+    );
+    let setup = Setup::new(&nats, &[("c.yaml", limited)], "");
+    let rt = setup.start().await;
+    let js = async_nats::jetstream::new(nats.client().await);
+    let mut acks = Vec::new();
+    for i in 0..300 {
+        acks.push(
+            js.publish(
+                "limited.in",
+                json!({"id": format!("e{i}"), "n": i}).to_string().into(),
+            )
+            .await
+            .unwrap(),
+        );
+    }
+    for a in acks {
+        a.await.unwrap();
+    }
+    eventually(Duration::from_secs(40), "all 300 delivered", || async {
+        target.count() == 300
+    })
+    .await;
+    let times: Vec<Instant> = target.requests().iter().map(|r| r.at).collect();
+    // Every window of one second starting at any arrival holds at most 20 (+1 for timer jitter).
+    let mut worst = 0;
+    for (i, start) in times.iter().enumerate() {
+        let n = times[i..]
+            .iter()
+            .take_while(|t| t.duration_since(*start) < Duration::from_secs(1))
+            .count();
+        worst = worst.max(n);
+    }
+    assert!(worst <= 21, "{worst} requests within one second");
+    let span = times[299].duration_since(times[0]);
+    assert!(
+        span >= Duration::from_secs(13),
+        "300 at 20/s take at least ~14 s, took {span:?}"
+    );
+    rt.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_429_slows_the_whole_endpoint() {
+    init_logs();
+    let nats = Nats::start().await;
+    let target = Target::start().await;
+    let first = Arc::new(AtomicBool::new(true));
+    let f = first.clone();
+    target.respond(move |_, _| {
+        if f.swap(false, Ordering::SeqCst) {
+            (429, vec![("Retry-After".into(), "1".into())])
+        } else {
+            (200, vec![])
+        }
+    });
+    let cfg = format!(
+        "endpoints:\n  \"http://{}\":\n    maxInFlight: 1\n",
+        target.addr
+    );
+    let setup = Setup::new(
+        &nats,
+        &[(
+            "c.yaml",
+            simple_connector(
+                "slow.v1",
+                "slow.in",
+                &target,
+                "retry:\n  max: 3\n  backoffMs: 10\n",
+            ),
+        )],
+        &cfg,
+    );
+    let rt = setup.start().await;
+    let js = async_nats::jetstream::new(nats.client().await);
+    for i in 0..5 {
+        publish(&js, "slow.in", json!({"id": format!("e{i}"), "n": i})).await;
+    }
+    eventually(T, "all five delivered", || async {
+        target.requests().iter().filter(|r| r.status == 200).count() == 5
+    })
+    .await;
+    let reqs = target.requests();
+    assert_eq!(reqs[0].status, 429);
+    let gap = reqs[1].at - reqs[0].at;
+    assert!(
+        gap >= Duration::from_millis(950),
+        "the endpoint was called again {gap:?} after a 429 with Retry-After: 1"
+    );
+    rt.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_circuit_breaker_pauses_probes_and_resumes() {
+    init_logs();
+    let nats = Nats::start().await;
+    let target = Target::start().await;
+    let down = Arc::new(AtomicBool::new(true));
+    let d = down.clone();
+    target.respond(move |_, _| {
+        if d.load(Ordering::SeqCst) {
+            (500, vec![])
+        } else {
+            (200, vec![])
+        }
+    });
+    let cfg = format!(
+        "endpoints:\n  \"http://{}\":\n    maxInFlight: 4\n    breaker: {{ failures: 3, probeIntervalMs: 300 }}\n",
+        target.addr
+    );
+    let setup = Setup::new(
+        &nats,
+        &[(
+            "c.yaml",
+            simple_connector(
+                "breaker.v1",
+                "breaker.in",
+                &target,
+                "retry:\n  max: 5\n  backoffMs: 10\n  maxBackoffMs: 20\n",
+            ),
+        )],
+        &cfg,
+    );
+    let rt = setup.start().await;
+    let client = nats.client().await;
+    let mut alerts = client.subscribe("hitl.review.requested").await.unwrap();
+    let js = async_nats::jetstream::new(client.clone());
+    for i in 0..20 {
+        publish(&js, "breaker.in", json!({"id": format!("e{i}"), "n": i})).await;
+    }
+    let paused = tokio::time::timeout(T, alerts.next())
+        .await
+        .expect("pause alert")
+        .unwrap();
+    let paused: serde_json::Value = serde_json::from_slice(&paused.payload).unwrap();
+    assert_eq!(paused["kind"], "endpoint.paused", "{paused}");
+    // While paused: at most one probe per interval, so few calls for 20 waiting events.
+    let at_pause = target.count();
+    tokio::time::sleep(Duration::from_millis(1000)).await; // observation window, not synchronisation
+    let during = target.count() - at_pause;
+    assert!(
+        during <= 5,
+        "{during} calls in 1 s while paused (probe every 300 ms)"
+    );
+    down.store(false, Ordering::SeqCst);
+    let resumed = tokio::time::timeout(T, alerts.next())
+        .await
+        .expect("resume alert")
+        .unwrap();
+    let resumed: serde_json::Value = serde_json::from_slice(&resumed.payload).unwrap();
+    assert_eq!(resumed["kind"], "endpoint.resumed", "{resumed}");
+    eventually(T, "all 20 delivered", || async {
+        let ok: std::collections::HashSet<_> = target
+            .requests()
+            .iter()
+            .filter(|r| r.status == 200)
+            .map(|r| r.path.clone())
+            .collect();
+        ok.len() == 20
+    })
+    .await;
+    assert!(
+        stream_messages(&js, "HMS_SYNC_PARKED").await.is_empty(),
+        "waiting did not burn the retries"
+    );
+    rt.shutdown().await;
+}
+
+fn verify(nats: &Nats) -> (i32, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_hms-sync"))
+        .args(["audit", "verify", "--nats-url", &nats.url()])
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_attempt_is_audited_and_tampering_is_detected() {
+    init_logs();
+    let nats = Nats::start().await;
+    let target = Target::start().await;
+    target.respond(|_, n| if n == 0 { (503, vec![]) } else { (200, vec![]) });
+    let setup = Setup::new(
+        &nats,
+        &[(
+            "c.yaml",
+            simple_connector(
+                "audited.v1",
+                "audited.in",
+                &target,
+                "retry:\n  max: 3\n  backoffMs: 10\n",
+            ),
+        )],
+        "",
+    );
+    let rt = setup.start().await;
+    let client = nats.client().await;
+    let js = async_nats::jetstream::new(client.clone());
+    let mut headers = async_nats::HeaderMap::new();
+    headers.insert(
+        "traceparent",
+        "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+    );
+    js.publish_with_headers(
+        "audited.in",
+        headers,
+        json!({"id": "t1", "n": 0}).to_string().into(),
+    )
+    .await
+    .unwrap()
+    .await
+    .unwrap();
+    for i in 1..6 {
+        publish(&js, "audited.in", json!({"id": format!("e{i}"), "n": i})).await;
+    }
+    // 6 events, each failing once then delivered: 12 attempts.
+    eventually(T, "12 audit records", || async {
+        stream_messages(&js, "HMS_AUDIT").await.len() == 12
+    })
+    .await;
+    let records = stream_messages(&js, "HMS_AUDIT").await;
+    let first = &records[0];
+    for field in [
+        "connector",
+        "event",
+        "method",
+        "url",
+        "status",
+        "latencyMs",
+        "attempt",
+        "idempotencyKey",
+        "traceparent",
+        "hash",
+        "prev",
+        "chain",
+    ] {
+        assert!(
+            first.get(field).is_some(),
+            "audit record lacks {field}: {first:#}"
+        );
+    }
+    let traced: Vec<_> = records
+        .iter()
+        .filter(|r| {
+            r["traceparent"]
+                .as_str()
+                .unwrap()
+                .contains("4bf92f3577b34da6a3ce929d0e0e4736")
+        })
+        .collect();
+    assert_eq!(
+        traced.len(),
+        2,
+        "both attempts of the traced event carry its trace id"
+    );
+    let sent = target
+        .requests()
+        .into_iter()
+        .find(|r| r.json()["id"] == "t1")
+        .unwrap();
+    assert!(sent
+        .header("traceparent")
+        .unwrap()
+        .starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-"));
+    rt.shutdown().await;
+
+    let (code, out) = verify(&nats);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("intact: 12 records"), "{out}");
+
+    // Rewrite: delete record 5 and store a changed copy of it at the end.
+    let stream = js.get_stream("HMS_AUDIT").await.unwrap();
+    let original = stream.get_raw_message(5).await.unwrap();
+    let mut changed: serde_json::Value = serde_json::from_slice(&original.payload).unwrap();
+    changed["status"] = json!(200);
+    stream.delete_message(5).await.unwrap();
+    js.publish(original.subject.to_string(), changed.to_string().into())
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    let (code, out) = verify(&nats);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("BROKEN at HMS_AUDIT record"), "{out}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deleted_audit_record_is_detected() {
+    init_logs();
+    let nats = Nats::start().await;
+    let target = Target::start().await;
+    let setup = Setup::new(
+        &nats,
+        &[("c.yaml", simple_connector("del.v1", "del.in", &target, ""))],
+        "",
+    );
+    let rt = setup.start().await;
+    let js = async_nats::jetstream::new(nats.client().await);
+    for i in 0..5 {
+        publish(&js, "del.in", json!({"id": format!("e{i}"), "n": i})).await;
+    }
+    eventually(T, "5 audit records", || async {
+        stream_messages(&js, "HMS_AUDIT").await.len() == 5
+    })
+    .await;
+    rt.shutdown().await;
+    assert_eq!(verify(&nats).0, 0);
+    js.get_stream("HMS_AUDIT")
+        .await
+        .unwrap()
+        .delete_message(3)
+        .await
+        .unwrap();
+    let (code, out) = verify(&nats);
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains("record 4"),
+        "the first broken record is the one after the deleted one: {out}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deliveries_go_on_while_the_audit_stream_is_unavailable() {
+    init_logs();
+    let nats = Nats::start().await;
+    let target = Target::start().await;
+    let setup = Setup::new(
+        &nats,
+        &[(
+            "c.yaml",
+            simple_connector("noaudit.v1", "noaudit.in", &target, ""),
+        )],
+        "",
+    );
+    let rt = setup.start().await;
+    let js = async_nats::jetstream::new(nats.client().await);
+    js.delete_stream("HMS_AUDIT").await.unwrap();
+    for i in 0..20 {
+        publish(&js, "noaudit.in", json!({"id": format!("e{i}"), "n": i})).await;
+    }
+    eventually(T, "all delivered without an audit stream", || async {
+        target.count() == 20
+    })
+    .await;
+    let stream = js.get_stream("HMS_EVENTS").await.unwrap();
+    eventually(T, "all acked", || {
+        let stream = stream.clone();
+        async move {
+            stream
+                .consumer_info("noaudit_v1")
+                .await
+                .unwrap()
+                .num_ack_pending
+                == 0
+        }
+    })
+    .await;
+    let metrics_url = format!("http://{}/metrics", rt.http_addr());
+    let pending = || async {
+        let text = reqwest::get(&metrics_url)
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        text.lines()
+            .find(|l| l.starts_with("sync_audit_pending"))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    eventually(T, "records wait in memory", || async {
+        pending().await >= 20.0
+    })
+    .await;
+    // The stream comes back: the backlog is stored, and the chain verifies.
+    js.create_stream(async_nats::jetstream::stream::Config {
+        name: "HMS_AUDIT".into(),
+        subjects: vec!["external.sync.>".into()],
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    eventually(Duration::from_secs(30), "backlog stored", || async {
+        stream_messages(&js, "HMS_AUDIT").await.len() == 20
+    })
+    .await;
+    rt.shutdown().await;
+    assert_eq!(verify(&nats).0, 0);
+}
