@@ -12,6 +12,11 @@ use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 
 use crate::connector::RateLimit;
 
+/// The window in which at most `perSecond` permits are granted: one second plus a 10 % margin,
+/// so that requests still fall within the quota where they arrive despite scheduling and
+/// network jitter.
+pub const RATE_WINDOW: Duration = Duration::from_millis(1100);
+
 type Limiter = RateLimiter<governor::state::NotKeyed, governor::state::InMemoryState, DefaultClock>;
 
 /// Messages to an endpoint actor.
@@ -269,7 +274,7 @@ fn serve(me: &ActorRef<EndpointMsg>, st: &mut EndpointState, now: Instant) {
             let cap = rate.per_second.floor().max(1.0) as usize;
             if st.window.len() >= cap {
                 if let Some(oldest) = st.window.front() {
-                    let at = *oldest + Duration::from_secs(1);
+                    let at = *oldest + RATE_WINDOW;
                     return wake_at(me, st, at);
                 }
             }
