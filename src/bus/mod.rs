@@ -15,6 +15,7 @@ use futures::StreamExt;
 use crate::config::{DeliveryConfig, StreamsConfig};
 
 pub mod parked;
+pub mod status;
 pub use parked::{StoredJob, ORIGINAL_SUBJECT_HEADER, REPLAY_OF_HEADER, REPLAY_PREFIX};
 
 pub const EVENTS_STREAM: &str = "HMS_EVENTS";

@@ -3,6 +3,7 @@
 mod parked;
 mod publish;
 mod schema;
+mod status;
 mod test;
 mod up;
 mod validate;
@@ -59,6 +60,9 @@ pub enum Command {
     /// The human-review queue: parked jobs (list, show, replay, discard).
     #[command(subcommand)]
     Parked(parked::Cmd),
+    /// Per connector: state, pending, ack pending, redelivered, parked jobs, last error,
+    /// p50/p99 latency. Asks the running instance; without one, what NATS knows.
+    Status(status::Args),
 }
 
 impl Cli {
@@ -101,6 +105,7 @@ pub fn main() -> ExitCode {
         Command::Publish(a) => block_on(publish::exec(&cli, a)),
         Command::Schema(a) => schema::exec(a),
         Command::Parked(c) => block_on(parked::exec(&cli, c)),
+        Command::Status(a) => block_on(status::exec(&cli, a)),
     }
 }
 

@@ -6,4 +6,7 @@ mod cli;
 mod crash;
 mod delivery;
 mod embedded;
+mod operator;
+mod status;
+mod status_page;
 mod walkthrough;
