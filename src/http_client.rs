@@ -109,3 +109,28 @@ fn error_chain(e: &dyn std::error::Error) -> String {
 pub fn install_crypto() {
     let _ = rustls::crypto::ring::default_provider().install_default();
 }
+
+/// Tools asking a running `hms-sync up` over its HTTP server (`status`).
+impl HttpClient {
+    /// GETs `url` and parses the answer as JSON; any failure (no answer, not 2xx, not JSON)
+    /// is an error text.
+    pub async fn get_json(
+        &self,
+        url: &str,
+        timeout: Duration,
+    ) -> Result<serde_json::Value, String> {
+        let resp = self
+            .client
+            .get(url)
+            .timeout(timeout)
+            .send()
+            .await
+            .map_err(|e| error_chain(&e))?;
+        let status = resp.status();
+        if !status.is_success() {
+            return Err(format!("answered {status}"));
+        }
+        let bytes = resp.bytes().await.map_err(|e| error_chain(&e))?;
+        serde_json::from_slice(&bytes).map_err(|e| format!("answer is not JSON: {e}"))
+    }
+}

@@ -72,6 +72,29 @@ fn describe() {
         CONNECTOR_RESTARTS_TOTAL,
         "Connector actor restarts by the supervisor"
     );
+    describe_gauge!(
+        ENDPOINT_WAITING,
+        "Requests waiting for a permit, per endpoint"
+    );
+    describe_gauge!(ENDPOINT_IN_FLIGHT, "Requests in flight, per endpoint");
+    describe_gauge!(
+        ENDPOINT_PAUSED,
+        "1 while the endpoint's circuit breaker is open"
+    );
+    describe_counter!(
+        ENDPOINT_PAUSES_TOTAL,
+        "Times the endpoint's circuit breaker opened"
+    );
+    describe_gauge!(
+        RATE_LIMIT_WAITING,
+        "Deliveries waiting for an endpoint permit, per connector"
+    );
+    describe_gauge!(AUDIT_PENDING, "Audit records not yet stored on HMS_AUDIT");
+    describe_counter!(AUDIT_WRITTEN_TOTAL, "Audit records stored on HMS_AUDIT");
+    describe_counter!(
+        AUDIT_DROPPED_TOTAL,
+        "Audit records dropped because HMS_AUDIT was unavailable too long"
+    );
 }
 
 /// Handles of one connector's metrics (labels resolved once, not per event).

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use axum::extract::State;
 use axum::http::{header, StatusCode};
-use axum::response::{Html, IntoResponse, Response};
+use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use metrics_exporter_prometheus::PrometheusHandle;
@@ -28,6 +28,7 @@ pub fn router(state: AppState) -> Router {
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .route("/api/connectors", get(connectors))
+        .route("/api/overview", get(overview))
         .with_state(state)
 }
 
@@ -36,7 +37,11 @@ pub fn router(state: AppState) -> Router {
 pub struct ConnectorStatus {
     #[serde(flatten)]
     pub view: ConnectorView,
+    /// JetStream's numbers for its consumer (`None`: NATS did not answer).
     pub consumer_stats: Option<ConsumerStats>,
+    /// Parked jobs waiting for review on `sync.parked.<consumer>` (`None`: NATS did not answer).
+    /// `parked` counts what this process parked since it started.
+    pub parked_jobs: Option<u64>,
 }
 
 async fn views(state: &AppState) -> Vec<ConnectorView> {
@@ -44,15 +49,62 @@ async fn views(state: &AppState) -> Vec<ConnectorView> {
 }
 
 async fn connectors(State(state): State<AppState>) -> Json<Vec<ConnectorStatus>> {
-    let mut out = Vec::new();
-    for v in views(&state).await {
-        let consumer_stats = state.bus.consumer_stats(&v.consumer).await.ok();
-        out.push(ConnectorStatus {
+    let views = views(&state).await;
+    let parked = bounded(state.bus.parked_counts()).await;
+    let stats = futures::future::join_all(
+        views
+            .iter()
+            .map(|v| bounded(state.bus.consumer_stats(&v.consumer))),
+    )
+    .await;
+    let out = views
+        .into_iter()
+        .zip(stats)
+        .map(|(v, consumer_stats)| ConnectorStatus {
+            parked_jobs: parked
+                .as_ref()
+                .map(|p| p.get(&v.consumer).copied().unwrap_or(0)),
             view: v,
             consumer_stats,
-        });
-    }
+        })
+        .collect();
     Json(out)
+}
+
+/// What the status page shows above the connectors.
+#[derive(Serialize)]
+pub struct Overview {
+    pub version: &'static str,
+    /// `connected`, `disconnected` or `pending` (reconnecting).
+    pub nats_state: &'static str,
+    /// The NATS server we are connected to (`2.15.1 at 127.0.0.1:4222`).
+    pub nats_server: Option<String>,
+    pub connectors: usize,
+    /// Parked jobs waiting for review, all connectors (`None`: NATS did not answer).
+    pub parked_total: Option<u64>,
+}
+
+async fn overview(State(state): State<AppState>) -> Json<Overview> {
+    let (nats_state, nats_server) = state.bus.connection_summary();
+    let parked_total = bounded(state.bus.parked_counts())
+        .await
+        .map(|p| p.values().sum());
+    Json(Overview {
+        version: env!("CARGO_PKG_VERSION"),
+        nats_state,
+        nats_server,
+        connectors: views(&state).await.len(),
+        parked_total,
+    })
+}
+
+/// A NATS question for a status answer: at most 2 s, and `None` on any failure, so the page
+/// and `/api/connectors` answer promptly while NATS is away.
+async fn bounded<T, E>(f: impl std::future::Future<Output = Result<T, E>>) -> Option<T> {
+    tokio::time::timeout(Duration::from_secs(2), f)
+        .await
+        .ok()
+        .and_then(Result::ok)
 }
 
 async fn metrics(State(state): State<AppState>) -> Response {
@@ -86,35 +138,17 @@ async fn readyz(State(state): State<AppState>) -> Response {
     }
 }
 
-async fn page(State(state): State<AppState>) -> Html<String> {
-    let mut rows = String::new();
-    for v in views(&state).await {
-        let stats = tokio::time::timeout(
-            Duration::from_secs(2),
-            state.bus.consumer_stats(&v.consumer),
-        )
-        .await
-        .ok()
-        .and_then(Result::ok)
-        .unwrap_or_default();
-        rows.push_str(&format!(
-            "<tr><td>{}</td><td>{}</td><td class=\"{:?}\">{:?}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
-            esc(&v.id), esc(&v.topic), v.state, v.state, stats.pending, stats.ack_pending,
-            v.delivered, v.parked, esc(v.last_error.as_deref().unwrap_or("")),
-        ));
-    }
-    Html(format!(
-        "<!doctype html><html><head><meta charset=\"utf-8\"><meta http-equiv=\"refresh\" content=\"2\">\
-         <title>hms-sync</title><style>body{{font-family:sans-serif;margin:2em}}table{{border-collapse:collapse}}\
-         td,th{{border:1px solid #ccc;padding:4px 8px;text-align:left}}.Running{{color:green}}.Failed{{color:red}}</style></head>\
-         <body><h1>hms-sync</h1><table><tr><th>connector</th><th>topic</th><th>state</th><th>lag (pending)</th>\
-         <th>in flight</th><th>delivered</th><th>parked</th><th>last error</th></tr>{rows}</table></body></html>"
-    ))
+/// The status page: a static HTML+JS page that renders `/api/connectors` and `/api/overview`
+/// every 2 s (no external assets; every value from data is inserted as text, never as HTML).
+async fn page() -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, "text/html; charset=utf-8"),
+            (header::CACHE_CONTROL, "no-store"),
+        ],
+        STATUS_PAGE,
+    )
+        .into_response()
 }
 
-fn esc(s: &str) -> String {
-    s.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
-        .replace('"', "&quot;")
-}
+const STATUS_PAGE: &str = include_str!("status_page.html");

@@ -16,6 +16,7 @@ use crate::config::{DeliveryConfig, StreamsConfig};
 
 pub mod audit;
 pub mod parked;
+pub mod status;
 pub use parked::{StoredJob, ORIGINAL_SUBJECT_HEADER, REPLAY_OF_HEADER, REPLAY_PREFIX};
 
 pub const EVENTS_STREAM: &str = "HMS_EVENTS";

@@ -4,6 +4,7 @@ mod audit;
 mod parked;
 mod publish;
 mod schema;
+mod status;
 mod test;
 mod up;
 mod validate;
@@ -63,6 +64,9 @@ pub enum Command {
     /// The human-review queue: parked jobs (list, show, replay, discard).
     #[command(subcommand)]
     Parked(parked::Cmd),
+    /// Per connector: state, pending, ack pending, redelivered, parked jobs, last error,
+    /// p50/p99 latency. Asks the running instance; without one, what NATS knows.
+    Status(status::Args),
 }
 
 impl Cli {
@@ -106,6 +110,7 @@ pub fn main() -> ExitCode {
         Command::Schema(a) => schema::exec(a),
         Command::Parked(c) => block_on(parked::exec(&cli, c)),
         Command::Audit(c) => block_on(audit::exec(&cli, c)),
+        Command::Status(a) => block_on(status::exec(&cli, a)),
     }
 }
 

@@ -17,22 +17,16 @@ pub async fn exec(cli: &Cli, args: &Args) -> anyhow::Result<ExitCode> {
     if let Some(l) = args.listen {
         cfg.http.listen = l;
     }
-    crate::run(cfg, shutdown_signal()).await?;
-    Ok(ExitCode::SUCCESS)
-}
-
-/// Ctrl-C or SIGTERM.
-async fn shutdown_signal() {
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
+    // Register the handlers before anything starts, so an early SIGTERM still drains cleanly.
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    let shutdown = async move {
+        tokio::select! {
+            _ = term.recv() => {},
+            _ = int.recv() => {},
         }
     };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {},
-        _ = term => {},
-    }
+    crate::run(cfg, shutdown).await?;
+    Ok(ExitCode::SUCCESS)
 }

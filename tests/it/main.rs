@@ -6,5 +6,8 @@ mod cli;
 mod crash;
 mod delivery;
 mod embedded;
+mod operator;
 mod protection;
+mod status;
+mod status_page;
 mod walkthrough;
