@@ -121,6 +121,37 @@ pub fn event(
     })
 }
 
+/// Text form of an event, as `hms-sync test` prints it: `PUBLISH <subject>`, the NATS
+/// headers, a blank line, the body.
+pub fn to_text(c: &InboundConnector, e: &Event) -> String {
+    let mut out = format!("PUBLISH {}\n", e.subject);
+    for (k, v) in &e.headers {
+        out.push_str(&format!("{k}: {v}\n"));
+    }
+    if e.msg_id.is_none() {
+        if let Some(h) = scheme_id_header(&c.signature.scheme) {
+            out.push_str(&format!(
+                "{MSG_ID_HEADER}: <from the {h} header at receipt>\n"
+            ));
+        }
+    }
+    out.push('\n');
+    out.push_str(&String::from_utf8_lossy(&e.body));
+    if !out.ends_with('\n') {
+        out.push('\n');
+    }
+    out
+}
+
+/// The header a scheme's own delivery id comes from, if it comes from a header.
+pub fn scheme_id_header(scheme: &Scheme) -> Option<&'static str> {
+    match scheme {
+        Scheme::Github => Some("X-GitHub-Delivery"),
+        Scheme::StandardWebhooks => Some("webhook-id"),
+        Scheme::Stripe | Scheme::HmacSha256(_) => None,
+    }
+}
+
 /// The sender's own delivery id: Stripe's event `id`, `webhook-id`, `X-GitHub-Delivery`.
 pub fn scheme_id(scheme: &Scheme, headers: &HeaderMap, json: &Json) -> Option<String> {
     match scheme {
