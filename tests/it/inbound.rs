@@ -10,6 +10,9 @@ use crate::harness::*;
 
 const T: Duration = Duration::from_secs(20);
 
+/// A refused webhook: what it is, its headers, its body.
+type Case<'a> = (&'a str, Vec<(&'a str, String)>, &'a [u8]);
+
 fn now() -> i64 {
     time::OffsetDateTime::now_utc().unix_timestamp()
 }
@@ -152,7 +155,7 @@ async fn stripe_scheme() {
 
     let mut tampered = body_b.clone();
     tampered.extend_from_slice(b" ");
-    let rejected: Vec<(&str, Vec<(&str, String)>, &[u8])> = vec![
+    let rejected: Vec<Case> = vec![
         (
             "tampered body",
             stripe_headers("whsec_new_one", now(), &body_b),
@@ -317,7 +320,7 @@ async fn standard_webhooks_scheme() {
     );
 
     let good = sw(old, "msg_4", now(), body);
-    let cases: Vec<(&str, Vec<(&str, String)>, &[u8])> = vec![
+    let cases: Vec<Case> = vec![
         (
             "tampered",
             good.clone(),
