@@ -12,6 +12,9 @@ pub const DEFAULT_MAX_BODY_BYTES: usize = 1024 * 1024;
 /// Paths the HTTP server of `up` serves itself; a webhook cannot take them.
 const RESERVED_PATHS: [&str; 5] = ["/", "/metrics", "/healthz", "/readyz", "/api"];
 
+/// Subjects hms-sync uses itself (parked jobs, review alerts, audit): not publish topics.
+const RESERVED_SUBJECTS: [&str; 3] = ["sync.parked", "hitl.review.requested", "external.sync"];
+
 /// A validated, compiled inbound connector: webhook at `webhook_url` -> event on the bus.
 #[derive(Debug)]
 pub struct InboundConnector {
@@ -278,6 +281,18 @@ fn publish(p: &RawPublish, pos: &Positions, r: &mut Report<'_>) -> Option<Publis
     let no_secrets = |t: &StringTemplate| t.secrets().next().is_none();
     let topic = r.template(&p.topic, Flavor::Text, pos.value("publish.topic"));
     let mut capture = None;
+    if let Some(reserved) = RESERVED_SUBJECTS
+        .iter()
+        .find(|x| p.topic == **x || p.topic.starts_with(&format!("{x}.")))
+    {
+        r.at(
+            pos.value("publish.topic"),
+            format!(
+                "topic `{}`: `{reserved}` is hms-sync's own subject",
+                p.topic
+            ),
+        );
+    }
     if let Some(t) = &topic {
         if !no_secrets(t) {
             r.at(
@@ -440,6 +455,10 @@ publish:
             (
                 STRIPE.replace("topic: fee.paid", "topic: \"{{ type }}\""),
                 "c.yaml:10:10: topic `{{ type }}`: a templated topic starts with literal tokens, e.g. `stripe.{{ type }}`, so that HMS_EVENTS captures `stripe.>`",
+            ),
+            (
+                STRIPE.replace("topic: fee.paid", "topic: sync.parked.x"),
+                "c.yaml:10:10: topic `sync.parked.x`: `sync.parked` is hms-sync's own subject",
             ),
             (
                 STRIPE.replace("topic: fee.paid", "topic: fee.*"),
