@@ -118,7 +118,6 @@ pub struct WebhookRecord {
 fn record(r: &WebhookRecord) {
     let dup = if r.duplicate { ", duplicate" } else { "" };
     tracing::info!(
-        connector = %r.connector,
         "[{}] webhook POST {} -> {} 200 OK ({} #{}{dup})",
         r.connector,
         r.path,
@@ -188,7 +187,6 @@ async fn receive(
                 .increment(1);
             let status = rej.status();
             tracing::warn!(
-                connector = %c.id,
                 "[{}] webhook {method} {} {} ({reason}): {rej}",
                 c.id,
                 c.webhook_url,
