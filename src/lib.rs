@@ -11,6 +11,7 @@ pub mod connector;
 pub mod delivery;
 pub mod filter;
 pub mod http_client;
+pub mod inbound;
 pub mod metrics;
 pub mod nats_server;
 pub mod outcome;

@@ -69,6 +69,14 @@ fn describe() {
     );
     describe_gauge!(SYNC_IN_FLIGHT, "Requests in flight, per connector");
     describe_counter!(
+        WEBHOOK_RECEIVED_TOTAL,
+        "Webhooks accepted (answered 2xx after the JetStream ack), per inbound connector"
+    );
+    describe_counter!(
+        WEBHOOK_REJECTED_TOTAL,
+        "Webhooks refused (4xx/5xx), per inbound connector and reason"
+    );
+    describe_counter!(
         CONNECTOR_RESTARTS_TOTAL,
         "Connector actor restarts by the supervisor"
     );

@@ -18,6 +18,7 @@ use crate::bus::Bus;
 use crate::config::RuntimeConfig;
 use crate::connector::{self, AnyConnector};
 use crate::http_client::HttpClient;
+use crate::inbound::Webhooks;
 use crate::nats_server::{find_binary, EmbeddedServer};
 
 /// A running hms-sync.
@@ -31,6 +32,7 @@ pub struct Runtime {
     audit: ActorRef<AuditMsg>,
     audit_done: tokio::task::JoinHandle<()>,
     endpoints: Arc<EndpointRegistry>,
+    webhooks: Webhooks,
 }
 
 /// Loads every connector of the configured folder (all problems at once).
@@ -57,6 +59,7 @@ impl Runtime {
         let prom = crate::metrics::install();
         let all = load_connectors(&cfg)?;
         let mut outbound = Vec::new();
+        let mut inbound = Vec::new();
         for c in all {
             match c {
                 AnyConnector::Outbound(c) => {
@@ -73,11 +76,17 @@ impl Runtime {
                     }
                     outbound.push(Arc::<crate::connector::Connector>::from(c));
                 }
-                AnyConnector::Inbound(c) => tracing::warn!(
-                    "[{}] inbound webhooks are not served by this version yet; {} is ignored",
-                    c.id,
-                    c.origin
-                ),
+                AnyConnector::Inbound(c) => {
+                    for s in c.secret_names() {
+                        if std::env::var_os(&s).is_none() {
+                            tracing::warn!(
+                                "[{}] uses ${{{s}}}, which is not set: its webhooks will be answered 401 until it is",
+                                c.id
+                            );
+                        }
+                    }
+                    inbound.push(c);
+                }
             }
         }
         let url = cfg.nats.url.clone();
@@ -100,7 +109,8 @@ impl Runtime {
             }
         }
         let bus = Bus::connect(&url).await?;
-        let topics: Vec<String> = outbound.iter().map(|c| c.trigger.topic.clone()).collect();
+        let mut topics: Vec<String> = outbound.iter().map(|c| c.trigger.topic.clone()).collect();
+        topics.extend(inbound.iter().map(|c| c.publish.capture.clone()));
         bus.ensure_streams(&topics, &cfg.streams).await?;
         let http = HttpClient::new().map_err(|e| anyhow::anyhow!(e))?;
         bus.ensure_audit_stream(std::time::Duration::from_secs(
@@ -161,11 +171,16 @@ impl Runtime {
             .await
             .with_context(|| format!("listen on {}", cfg.http.listen))?;
         let addr = listener.local_addr()?;
+        let webhooks = Webhooks::default();
+        for c in inbound {
+            webhooks.insert(*c)?;
+        }
         let app = crate::server::router(crate::server::AppState {
             prom,
             supervisor: supervisor.clone(),
             bus: bus.clone(),
-        });
+        })
+        .merge(crate::inbound::router(webhooks.clone(), bus.clone()));
         let server = tokio::spawn(async move {
             if let Err(e) = axum::serve(listener, app).await {
                 tracing::error!("HTTP server: {e}");
@@ -182,7 +197,13 @@ impl Runtime {
             audit,
             audit_done,
             endpoints,
+            webhooks,
         })
+    }
+
+    /// The webhook paths being served (the registry deploys inbound connectors through it).
+    pub fn webhooks(&self) -> &Webhooks {
+        &self.webhooks
     }
 
     /// Where the HTTP server listens.

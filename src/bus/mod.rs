@@ -320,6 +320,33 @@ impl Bus {
         }
     }
 
+    /// Publishes an event that must be stored (an inbound webhook): awaits JetStream's ack,
+    /// never falls back to a plain publish. A repeated `Nats-Msg-Id` within the stream's
+    /// duplicate window is acknowledged with `duplicate: true` and stored once.
+    pub async fn publish_stored(
+        &self,
+        subject: &str,
+        headers: &[(String, String)],
+        data: Bytes,
+    ) -> Result<Stored, BusError> {
+        let mut map = HeaderMap::new();
+        for (k, v) in headers {
+            map.insert(k.as_str(), v.as_str());
+        }
+        let ack = self
+            .js
+            .publish_with_headers(subject.to_string(), map, data)
+            .await
+            .map_err(|e| err(format!("publish {subject}"))(e.to_string()))?
+            .await
+            .map_err(|e| err(format!("publish {subject}"))(e.to_string()))?;
+        Ok(Stored {
+            stream: ack.stream,
+            sequence: ack.sequence,
+            duplicate: ack.duplicate,
+        })
+    }
+
     async fn plain_publish(
         &self,
         subject: &str,
@@ -354,6 +381,15 @@ impl Bus {
     pub async fn close(&self) {
         let _ = self.client.flush().await;
     }
+}
+
+/// JetStream's acknowledgement of a stored event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Stored {
+    pub stream: String,
+    pub sequence: u64,
+    /// The `Nats-Msg-Id` was seen within the duplicate window: not stored again.
+    pub duplicate: bool,
 }
 
 /// Consumer numbers shown by `status`.

@@ -4,6 +4,7 @@
 //! `file:line:col: message`: the raw parse (serde_yaml) and a validation pass that knows the
 //! position of every key (see [`yaml_pos`]).
 
+pub mod inbound;
 pub mod raw;
 pub mod yaml_pos;
 
@@ -16,6 +17,7 @@ use crate::filter::Filter;
 use crate::template::{BodyTemplate, Flavor, StringTemplate};
 use yaml_pos::{Pos, Positions};
 
+pub use inbound::InboundConnector;
 pub use raw::RawConnector;
 
 /// One problem in a connector file, with its position.
@@ -147,19 +149,11 @@ pub struct Connector {
     pub origin: String,
 }
 
-/// An inbound connector as far as this version understands it (validated, not yet served).
-#[derive(Debug)]
-pub struct InboundConnector {
-    pub id: String,
-    pub webhook_url: String,
-    pub origin: String,
-}
-
 /// Any connector file's content.
 #[derive(Debug)]
 pub enum AnyConnector {
     Outbound(Box<Connector>),
-    Inbound(InboundConnector),
+    Inbound(Box<InboundConnector>),
 }
 
 impl AnyConnector {
@@ -218,7 +212,7 @@ const KNOWN_KEYS: &[(&str, &[&str])] = &[
     ("retry", &["max", "backoffMs", "maxBackoffMs", "statuses"]),
     ("retry.statuses", &["success", "transient", "permanent"]),
     ("rateLimit", &["perSecond", "burst"]),
-    ("source", &["webhookUrl", "signature"]),
+    ("source", &["webhookUrl", "maxBodyBytes", "signature"]),
     (
         "source.signature",
         &[
@@ -228,6 +222,7 @@ const KNOWN_KEYS: &[(&str, &[&str])] = &[
             "toleranceSec",
             "header",
             "encoding",
+            "prefix",
         ],
     ),
     ("publish", &["topic", "idFrom", "body"]),
@@ -336,6 +331,15 @@ pub fn load_files(files: &[PathBuf]) -> Result<Vec<AnyConnector>, Problems> {
                             c.id()
                         ),
                     });
+                } else if let Some(first) = webhook_path_taken(&c, &out) {
+                    let pos = Positions::scan(&text)
+                        .map(|p| p.value("source.webhookUrl"))
+                        .unwrap_or_default();
+                    problems.push(Problem {
+                        file: file.clone(),
+                        pos,
+                        message: format!("webhookUrl already served by connector `{first}`"),
+                    });
                 } else {
                     seen.insert(c.id().to_string(), file.clone());
                     out.push(c);
@@ -349,6 +353,17 @@ pub fn load_files(files: &[PathBuf]) -> Result<Vec<AnyConnector>, Problems> {
     } else {
         Err(Problems(problems))
     }
+}
+
+/// The id of a connector in `others` that already serves `c`'s webhook path, if any.
+fn webhook_path_taken<'a>(c: &AnyConnector, others: &'a [AnyConnector]) -> Option<&'a str> {
+    let AnyConnector::Inbound(c) = c else {
+        return None;
+    };
+    others.iter().find_map(|o| match o {
+        AnyConnector::Inbound(o) if o.webhook_url == c.webhook_url => Some(o.id.as_str()),
+        _ => None,
+    })
 }
 
 /// Every `*.yaml` / `*.yml` file in `dir`, sorted by name.

@@ -7,8 +7,8 @@ use serde::{Deserialize, Serialize};
 
 use super::yaml_pos::Positions;
 use super::{
-    consumer_name, AnyConnector, Connector, Encoding, InboundConnector, Kind, RateLimit, Report,
-    Retry, Target, Trigger, DEFAULT_MAX_BACKOFF, METHODS,
+    consumer_name, AnyConnector, Connector, Encoding, Kind, RateLimit, Report, Retry, Target,
+    Trigger, DEFAULT_MAX_BACKOFF, METHODS,
 };
 use crate::filter::Filter;
 use crate::template::{BodyTemplate, Flavor};
@@ -39,10 +39,12 @@ pub struct RawConnector {
     /// Header for the idempotency key (default `Idempotency-Key`; `none` turns it off).
     #[serde(default)]
     pub idempotency_header: Option<String>,
+    /// Inbound: where webhooks arrive and how they are signed.
     #[serde(default)]
     pub source: Option<RawSource>,
+    /// Inbound: what an accepted webhook becomes on the bus.
     #[serde(default)]
-    pub publish: Option<serde_yaml::Value>,
+    pub publish: Option<RawPublish>,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -108,9 +110,52 @@ pub struct RawRateLimit {
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct RawSource {
+    /// Path served by `up`, e.g. `/webhooks/stripe`.
     pub webhook_url: String,
+    /// Largest body accepted, in bytes (default 1 MiB); larger ones are answered 413.
     #[serde(default)]
-    pub signature: Option<serde_yaml::Value>,
+    pub max_body_bytes: Option<u64>,
+    /// How the sender signs its webhooks.
+    #[serde(default)]
+    pub signature: Option<RawSignature>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RawSignature {
+    /// `stripe`, `github`, `standard-webhooks` or `hmac-sha256`.
+    pub scheme: String,
+    /// The signing secret, as `${VAR}` (read from the environment when a webhook arrives).
+    #[serde(default)]
+    pub secret: Option<String>,
+    /// Several secrets valid at once (rotation), each `${VAR}`; combined with `secret`.
+    #[serde(default)]
+    pub secrets: Option<Vec<String>>,
+    /// Largest age (or lead) of the signed timestamp, in seconds (stripe, standard-webhooks; default 300).
+    #[serde(default)]
+    pub tolerance_sec: Option<u64>,
+    /// hmac-sha256: the header carrying the signature.
+    #[serde(default)]
+    pub header: Option<String>,
+    /// hmac-sha256: `hex` (default) or `base64`.
+    #[serde(default)]
+    pub encoding: Option<String>,
+    /// hmac-sha256: text before the signature in the header value, e.g. `sha256=`.
+    #[serde(default)]
+    pub prefix: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RawPublish {
+    /// Subject of the event; may be a template (`stripe.{{ type }}`).
+    pub topic: String,
+    /// Template of the dedup key, sent as `Nats-Msg-Id` (default: the scheme's delivery id).
+    #[serde(default)]
+    pub id_from: Option<String>,
+    /// Maps the webhook JSON into the event; default: the webhook JSON unchanged.
+    #[serde(default)]
+    pub body: Option<serde_json::Value>,
 }
 
 impl RawConnector {
@@ -144,32 +189,7 @@ impl RawConnector {
             }
         };
         if kind == Kind::Inbound {
-            let Some(source) = &self.source else {
-                r.at(
-                    pos.key(""),
-                    "an inbound connector needs `source.webhookUrl`",
-                );
-                return None;
-            };
-            if !source.webhook_url.starts_with('/') {
-                r.at(
-                    pos.value("source.webhookUrl"),
-                    format!(
-                        "webhookUrl `{}` must be a path starting with '/'",
-                        source.webhook_url
-                    ),
-                );
-            }
-            if self.publish.is_none() {
-                r.at(pos.key(""), "an inbound connector needs `publish.topic`");
-            }
-            return (r.count() == before).then(|| {
-                AnyConnector::Inbound(InboundConnector {
-                    id: self.id.clone(),
-                    webhook_url: source.webhook_url.clone(),
-                    origin: file.to_string(),
-                })
-            });
+            return super::inbound::compile(&self, pos, r);
         }
 
         // Outbound.

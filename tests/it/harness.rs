@@ -304,3 +304,44 @@ pub fn init_logs() {
         .with_test_writer()
         .try_init();
 }
+
+/// Every message stored on a stream, raw (subject, headers, payload).
+pub async fn stream_raw(
+    js: &async_nats::jetstream::Context,
+    stream: &str,
+) -> Vec<async_nats::jetstream::message::StreamMessage> {
+    let Ok(mut s) = js.get_stream(stream).await else {
+        return vec![];
+    };
+    let Ok(info) = s.info().await else {
+        return vec![];
+    };
+    let (first, last) = (info.state.first_sequence, info.state.last_sequence);
+    let mut out = Vec::new();
+    for seq in first..=last {
+        if let Ok(m) = s.get_raw_message(seq).await {
+            out.push(m);
+        }
+    }
+    out
+}
+
+/// What a webhook sender got back.
+#[derive(Debug)]
+pub struct Answer {
+    pub status: u16,
+    pub body: String,
+}
+
+/// POSTs a webhook to `url` with these headers and the exact bytes `body`.
+pub async fn post_webhook(url: &str, headers: &[(&str, String)], body: &[u8]) -> Answer {
+    let mut req = reqwest::Client::new().post(url).body(body.to_vec());
+    for (k, v) in headers {
+        req = req.header(*k, v.as_str());
+    }
+    let resp = req.send().await.expect("webhook answered");
+    Answer {
+        status: resp.status().as_u16(),
+        body: resp.text().await.unwrap_or_default(),
+    }
+}

@@ -6,6 +6,7 @@ mod cli;
 mod crash;
 mod delivery;
 mod embedded;
+mod inbound;
 mod operator;
 mod protection;
 mod status;
