@@ -180,7 +180,11 @@ impl Runtime {
             supervisor: supervisor.clone(),
             bus: bus.clone(),
         })
-        .merge(crate::inbound::router(webhooks.clone(), bus.clone()));
+        .merge(crate::inbound::router(
+            webhooks.clone(),
+            bus.clone(),
+            Some(audit.clone()),
+        ));
         let server = tokio::spawn(async move {
             if let Err(e) = axum::serve(listener, app).await {
                 tracing::error!("HTTP server: {e}");

@@ -5,6 +5,9 @@
 //! 422, NATS unavailable 503; 200 only after JetStream acknowledged the event (a duplicate
 //! within the stream's duplicate window is answered 200 too and stored once).
 
+use ractor::ActorRef;
+
+use crate::actors::audit::AuditMsg;
 use std::time::Duration;
 
 use axum::body::Body;
@@ -35,16 +38,21 @@ const PUBLISH_TIMEOUT: Duration = Duration::from_secs(10);
 struct Receiver {
     webhooks: Webhooks,
     bus: Bus,
+    audit: Option<ActorRef<AuditMsg>>,
 }
 
 /// Routes of inbound webhooks: every path not served by the status routes is looked up in
 /// `webhooks` (so connectors can come and go without rebuilding the router), plus
 /// `GET /api/webhooks` (JSON list). Merge into the server's router.
-pub fn router(webhooks: Webhooks, bus: Bus) -> Router {
+pub fn router(webhooks: Webhooks, bus: Bus, audit: Option<ActorRef<AuditMsg>>) -> Router {
     Router::new()
         .route("/api/webhooks", get(list))
         .fallback(receive)
-        .with_state(Receiver { webhooks, bus })
+        .with_state(Receiver {
+            webhooks,
+            bus,
+            audit,
+        })
 }
 
 /// Why a webhook was not accepted; each maps to one status code and one metric reason.
@@ -100,8 +108,8 @@ impl Rejection {
     }
 }
 
-/// What an accepted webhook leaves behind: the seam for the audit trail (`HMS_AUDIT`), which
-/// will receive this record once the audit actor exists. Holds no secret and no body.
+/// What an accepted webhook leaves behind on the audit trail (`HMS_AUDIT`, chain of the
+/// connector's consumer name). Holds no secret and no body.
 #[derive(Debug, Clone, Serialize)]
 pub struct WebhookRecord {
     pub connector: String,
@@ -114,8 +122,19 @@ pub struct WebhookRecord {
     pub received_at: String,
 }
 
-/// The audit seam: today a console line like the outbound ones.
-fn record(r: &WebhookRecord) {
+/// The console line, and the audit record (never waited for).
+fn record(r: &WebhookRecord, audit: Option<&ActorRef<AuditMsg>>) {
+    if let Some(a) = audit {
+        let mut value = serde_json::to_value(r).unwrap_or_default();
+        if let Some(o) = value.as_object_mut() {
+            o.insert("kind".into(), json!("webhook"));
+            o.insert("at".into(), json!(r.received_at));
+        }
+        let _ = a.send_message(AuditMsg::Record {
+            consumer: crate::connector::consumer_name(&r.connector),
+            record: value,
+        });
+    }
     let dup = if r.duplicate { ", duplicate" } else { "" };
     tracing::info!(
         "[{}] webhook POST {} -> {} 200 OK ({} #{}{dup})",
@@ -174,7 +193,7 @@ async fn receive(
                 duplicate: ack.duplicate,
                 received_at,
             };
-            record(&rec);
+            record(&rec, s.audit.as_ref());
             (
                 StatusCode::OK,
                 Json(json!({ "accepted": true, "duplicate": rec.duplicate })),

@@ -673,6 +673,15 @@ async fn stripe_invoice_paid_marks_the_fee_paid_in_another_system() {
         json!({"status": "PAID", "paidAmount": 12500, "currency": "usd",
                "paymentReference": "in_1PqR2aB3cD4eF5gH"})
     );
+    // Both halves are on the audit trail: the accepted webhooks and the outbound call.
+    eventually(T, "audit records of the webhooks and the call", || async {
+        let audit = stream_messages(&s.js, "HMS_AUDIT").await;
+        audit.iter().filter(|r| r["kind"] == "webhook").count() == 2
+            && audit
+                .iter()
+                .any(|r| r["kind"] == "attempt" && r["status"] == 200)
+    })
+    .await;
     s.rt.shutdown().await;
 }
 
