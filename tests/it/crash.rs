@@ -37,20 +37,12 @@ async fn kill_9_mid_flood_loses_nothing() {
     let rt = setup.start().await;
     rt.shutdown().await;
     let js = async_nats::jetstream::new(nats.client().await);
-    let mut acks = Vec::new();
-    for i in 0..5000 {
-        acks.push(
-            js.publish(
-                "flood.in",
-                json!({"id": format!("e{i}"), "n": i}).to_string().into(),
-            )
-            .await
-            .unwrap(),
-        );
-    }
-    for a in acks {
-        a.await.unwrap();
-    }
+    publish_many(
+        &js,
+        "flood.in",
+        (0..5000).map(|i| json!({"id": format!("e{i}"), "n": i})),
+    )
+    .await;
     let mut child = up(&setup);
     eventually(Duration::from_secs(30), "some events delivered", || async {
         target.count() >= 500

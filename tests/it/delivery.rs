@@ -16,21 +16,15 @@ async fn transient_failures_are_retried_with_the_same_idempotency_key() {
     let target = Target::start().await;
     // First two identical requests fail with 503, then 200.
     target.respond(|_, n| if n < 2 { (503, vec![]) } else { (200, vec![]) });
-    let setup = Setup::new(
+    let (_setup, rt, js) = start_simple(
         &nats,
-        &[(
-            "c.yaml",
-            simple_connector(
-                "retry.v1",
-                "retry.in",
-                &target,
-                "retry:\n  max: 5\n  backoffMs: 100\n",
-            ),
-        )],
+        &target,
+        "retry.v1",
+        "retry.in",
+        "retry:\n  max: 5\n  backoffMs: 100\n",
         "",
-    );
-    let rt = setup.start().await;
-    let js = async_nats::jetstream::new(nats.client().await);
+    )
+    .await;
     publish(&js, "retry.in", json!({"id": "e1", "n": 1})).await;
     eventually(T, "three attempts", || async { target.count() == 3 }).await;
     let reqs = target.requests();
@@ -179,35 +173,21 @@ async fn random_503s_on_2000_events_all_delivered_none_parked() {
             (200, vec![])
         }
     });
-    let setup = Setup::new(
+    let (_setup, rt, js) = start_simple(
         &nats,
-        &[(
-            "c.yaml",
-            simple_connector(
-                "flaky.v1",
-                "flaky.in",
-                &target,
-                "retry:\n  max: 12\n  backoffMs: 10\n  maxBackoffMs: 200\n",
-            ),
-        )],
+        &target,
+        "flaky.v1",
+        "flaky.in",
+        "retry:\n  max: 12\n  backoffMs: 10\n  maxBackoffMs: 200\n",
         "",
-    );
-    let rt = setup.start().await;
-    let js = async_nats::jetstream::new(nats.client().await);
-    let mut acks = Vec::new();
-    for i in 0..2000 {
-        acks.push(
-            js.publish(
-                "flaky.in",
-                json!({"id": format!("e{i}"), "n": i}).to_string().into(),
-            )
-            .await
-            .unwrap(),
-        );
-    }
-    for a in acks {
-        a.await.unwrap();
-    }
+    )
+    .await;
+    publish_many(
+        &js,
+        "flaky.in",
+        (0..2000).map(|i| json!({"id": format!("e{i}"), "n": i})),
+    )
+    .await;
     let delivered = || {
         target
             .requests()
@@ -222,15 +202,7 @@ async fn random_503s_on_2000_events_all_delivered_none_parked() {
         || async { delivered().len() == 2000 },
     )
     .await;
-    let stream = js.get_stream("HMS_EVENTS").await.unwrap();
-    eventually(T, "all acked", || {
-        let stream = stream.clone();
-        async move {
-            let i = stream.consumer_info("flaky_v1").await.unwrap();
-            i.num_pending == 0 && i.num_ack_pending == 0
-        }
-    })
-    .await;
+    wait_idle(&js, "flaky_v1", T).await;
     assert!(stream_messages(&js, "HMS_SYNC_PARKED").await.is_empty());
     assert!(
         target.requests().iter().any(|r| r.status == 503),
@@ -251,21 +223,15 @@ async fn retry_after_is_honoured() {
             (200, vec![])
         }
     });
-    let setup = Setup::new(
+    let (_setup, rt, js) = start_simple(
         &nats,
-        &[(
-            "c.yaml",
-            simple_connector(
-                "ra.v1",
-                "ra.in",
-                &target,
-                "retry:\n  max: 3\n  backoffMs: 10\n",
-            ),
-        )],
+        &target,
+        "ra.v1",
+        "ra.in",
+        "retry:\n  max: 3\n  backoffMs: 10\n",
         "",
-    );
-    let rt = setup.start().await;
-    let js = async_nats::jetstream::new(nats.client().await);
+    )
+    .await;
     publish(&js, "ra.in", json!({"id": "r1", "n": 1})).await;
     eventually(T, "second attempt", || async { target.count() == 2 }).await;
     let reqs = target.requests();
@@ -293,16 +259,7 @@ async fn status_overrides_and_schema_check() {
         }
     });
     let retry = "retry:\n  max: 5\n  backoffMs: 10\n  statuses:\n    success: [409]\n    permanent: [503]\n";
-    let setup = Setup::new(
-        &nats,
-        &[(
-            "c.yaml",
-            simple_connector("over.v1", "over.in", &target, retry),
-        )],
-        "",
-    );
-    let rt = setup.start().await;
-    let js = async_nats::jetstream::new(nats.client().await);
+    let (_setup, rt, js) = start_simple(&nats, &target, "over.v1", "over.in", retry, "").await;
     publish(&js, "over.in", json!({"id": "exists", "n": 1})).await;
     publish(&js, "over.in", json!({"id": "down", "n": 2})).await;
     // `id` is a URL field: the generated schema requires a scalar.
@@ -483,22 +440,9 @@ async fn per_key_ordering_survives_random_503s() {
     let setup = Setup::new(&nats, &[("c.yaml", yaml)], "delivery:\n  ackWaitMs: 3000\n");
     let rt = setup.start().await;
     let js = async_nats::jetstream::new(nats.client().await);
-    let mut acks = Vec::new();
-    for n in 0..50 {
-        for k in 0..10 {
-            acks.push(
-                js.publish(
-                    "ordered.in",
-                    json!({"key": format!("k{k}"), "n": n}).to_string().into(),
-                )
-                .await
-                .unwrap(),
-            );
-        }
-    }
-    for a in acks {
-        a.await.unwrap();
-    }
+    let events =
+        (0..50).flat_map(|n| (0..10).map(move |k| json!({"key": format!("k{k}"), "n": n})));
+    publish_many(&js, "ordered.in", events).await;
     let ok_per_key = || {
         let mut m: std::collections::BTreeMap<String, Vec<i64>> = Default::default();
         for r in target.requests().iter().filter(|r| r.status == 200) {

@@ -345,3 +345,57 @@ pub async fn post_webhook(url: &str, headers: &[(&str, String)], body: &[u8]) ->
         body: resp.text().await.unwrap_or_default(),
     }
 }
+
+/// Publishes many events pipelined (all sent, then every stream ack awaited).
+pub async fn publish_many(
+    js: &async_nats::jetstream::Context,
+    subject: &str,
+    events: impl IntoIterator<Item = serde_json::Value>,
+) {
+    let mut acks = Vec::new();
+    for e in events {
+        acks.push(
+            js.publish(subject.to_string(), e.to_string().into())
+                .await
+                .expect("publish"),
+        );
+    }
+    for a in acks {
+        a.await.expect("stream ack");
+    }
+}
+
+/// Waits until the connector's consumer has nothing pending and nothing unacknowledged.
+pub async fn wait_idle(js: &async_nats::jetstream::Context, consumer: &str, timeout: Duration) {
+    let stream = js.get_stream("HMS_EVENTS").await.expect("HMS_EVENTS");
+    eventually(timeout, &format!("consumer {consumer} idle"), || {
+        let stream = stream.clone();
+        async move {
+            stream
+                .consumer_info(consumer)
+                .await
+                .is_ok_and(|i| i.num_pending == 0 && i.num_ack_pending == 0)
+        }
+    })
+    .await;
+}
+
+/// Starts a runtime with one connector built by [`simple_connector`]; returns the JetStream
+/// context too.
+pub async fn start_simple(
+    nats: &Nats,
+    target: &Target,
+    id: &str,
+    topic: &str,
+    retry: &str,
+    extra_config: &str,
+) -> (Setup, hms_sync::Runtime, async_nats::jetstream::Context) {
+    let setup = Setup::new(
+        nats,
+        &[("c.yaml", simple_connector(id, topic, target, retry))],
+        extra_config,
+    );
+    let rt = setup.start().await;
+    let js = async_nats::jetstream::new(nats.client().await);
+    (setup, rt, js)
+}

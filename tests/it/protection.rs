@@ -30,21 +30,15 @@ async fn a_429_slows_the_whole_endpoint() {
         "endpoints:\n  \"http://{}\":\n    maxInFlight: 1\n",
         target.addr
     );
-    let setup = Setup::new(
+    let (_setup, rt, js) = start_simple(
         &nats,
-        &[(
-            "c.yaml",
-            simple_connector(
-                "slow.v1",
-                "slow.in",
-                &target,
-                "retry:\n  max: 3\n  backoffMs: 10\n",
-            ),
-        )],
+        &target,
+        "slow.v1",
+        "slow.in",
+        "retry:\n  max: 3\n  backoffMs: 10\n",
         &cfg,
-    );
-    let rt = setup.start().await;
-    let js = async_nats::jetstream::new(nats.client().await);
+    )
+    .await;
     for i in 0..5 {
         publish(&js, "slow.in", json!({"id": format!("e{i}"), "n": i})).await;
     }
@@ -264,13 +258,7 @@ async fn a_deleted_audit_record_is_detected() {
     init_logs();
     let nats = Nats::start().await;
     let target = Target::start().await;
-    let setup = Setup::new(
-        &nats,
-        &[("c.yaml", simple_connector("del.v1", "del.in", &target, ""))],
-        "",
-    );
-    let rt = setup.start().await;
-    let js = async_nats::jetstream::new(nats.client().await);
+    let (_setup, rt, js) = start_simple(&nats, &target, "del.v1", "del.in", "", "").await;
     for i in 0..5 {
         publish(&js, "del.in", json!({"id": format!("e{i}"), "n": i})).await;
     }
@@ -299,16 +287,7 @@ async fn deliveries_go_on_while_the_audit_stream_is_unavailable() {
     init_logs();
     let nats = Nats::start().await;
     let target = Target::start().await;
-    let setup = Setup::new(
-        &nats,
-        &[(
-            "c.yaml",
-            simple_connector("noaudit.v1", "noaudit.in", &target, ""),
-        )],
-        "",
-    );
-    let rt = setup.start().await;
-    let js = async_nats::jetstream::new(nats.client().await);
+    let (_setup, rt, js) = start_simple(&nats, &target, "noaudit.v1", "noaudit.in", "", "").await;
     js.delete_stream("HMS_AUDIT").await.unwrap();
     for i in 0..20 {
         publish(&js, "noaudit.in", json!({"id": format!("e{i}"), "n": i})).await;

@@ -130,16 +130,7 @@ async fn hostile_values_stay_data_end_to_end() {
     init_logs();
     let nats = Nats::start().await;
     let target = Target::start().await;
-    let setup = Setup::new(
-        &nats,
-        &[(
-            "c.yaml",
-            simple_connector("hostile.v1", "hostile.in", &target, ""),
-        )],
-        "",
-    );
-    let rt = setup.start().await;
-    let js = async_nats::jetstream::new(nats.client().await);
+    let (_setup, rt, js) = start_simple(&nats, &target, "hostile.v1", "hostile.in", "", "").await;
     let values = [
         r#""}, "x": {""#,
         "../../admin?a=b#frag",

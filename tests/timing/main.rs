@@ -25,20 +25,12 @@ async fn rate_limit_holds_in_every_one_second_window() {
     let setup = Setup::new(&nats, &[("c.yaml", limited)], "");
     let rt = setup.start().await;
     let js = async_nats::jetstream::new(nats.client().await);
-    let mut acks = Vec::new();
-    for i in 0..300 {
-        acks.push(
-            js.publish(
-                "limited.in",
-                json!({"id": format!("e{i}"), "n": i}).to_string().into(),
-            )
-            .await
-            .unwrap(),
-        );
-    }
-    for a in acks {
-        a.await.unwrap();
-    }
+    publish_many(
+        &js,
+        "limited.in",
+        (0..300).map(|i| json!({"id": format!("e{i}"), "n": i})),
+    )
+    .await;
     eventually(Duration::from_secs(40), "all 300 delivered", || async {
         target.count() == 300
     })
