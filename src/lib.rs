@@ -14,6 +14,7 @@ pub mod http_client;
 pub mod metrics;
 pub mod nats_server;
 pub mod outcome;
+pub mod registry;
 pub mod request;
 pub mod runtime;
 pub mod server;

@@ -13,6 +13,7 @@ pub const SYNC_PARKED_TOTAL: &str = "sync_parked_total";
 pub const SYNC_FILTERED_TOTAL: &str = "sync_filtered_total";
 pub const SYNC_IN_FLIGHT: &str = "sync_in_flight";
 pub const CONNECTOR_RESTARTS_TOTAL: &str = "sync_connector_restarts_total";
+pub const REGISTRY_INVALID_TOTAL: &str = "sync_registry_invalid_total";
 pub const WEBHOOK_RECEIVED_TOTAL: &str = "webhook_received_total";
 pub const WEBHOOK_REJECTED_TOTAL: &str = "webhook_rejected_total";
 
@@ -63,6 +64,10 @@ fn describe() {
     describe_counter!(
         CONNECTOR_RESTARTS_TOTAL,
         "Connector actor restarts by the supervisor"
+    );
+    describe_counter!(
+        REGISTRY_INVALID_TOTAL,
+        "Registry values (KV hms_sync_connectors) that could not run, per key"
     );
 }
 

@@ -1,15 +1,21 @@
 //! Connector actor: owns one connector's durable consumer and its pump task, which pulls
-//! events and runs up to `maxInFlight` deliveries at once.
+//! events and runs up to `maxInFlight` deliveries at once; swaps to a changed definition.
 
 use std::sync::Arc;
+use std::time::Duration;
 
+use futures::FutureExt;
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinSet;
 
-use crate::bus::{ConsumerSpec, EventSource};
+use crate::bus::{covers, ConsumerSpec, EventSource};
 use crate::config::DeliveryConfig;
 use crate::delivery::Pipeline;
+
+/// How long an event that no longer matches this connector's topic (its filter is being changed
+/// by a redeploy) waits before JetStream redelivers it, to the new definition.
+const NOT_MINE_DELAY: Duration = Duration::from_millis(500);
 
 /// Messages to a connector actor.
 pub enum ConnectorMsg {
@@ -18,6 +24,14 @@ pub enum ConnectorMsg {
     PumpEnded(String),
     /// Stop pulling, finish what is in flight, then reply.
     Drain(RpcReplyPort<()>),
+    /// Swap to a changed definition: stop pulling, finish in-flight deliveries with the old one,
+    /// update the consumer in place (same subscription when the topic is unchanged), then pull
+    /// for the new one. Replies once nothing runs with the old definition any more.
+    Apply(
+        Arc<Pipeline>,
+        ConsumerSpec,
+        RpcReplyPort<Result<(), String>>,
+    ),
 }
 
 pub struct ConnectorActor;
@@ -25,13 +39,17 @@ pub struct ConnectorActor;
 pub struct ConnectorArgs {
     pub pipeline: Arc<Pipeline>,
     pub delivery: DeliveryConfig,
-    /// Where a newly created consumer starts (see [`ConsumerSpec::start_from`]).
-    pub start_from: time::OffsetDateTime,
+    /// The durable consumer (name, start of a new one, description, metadata).
+    pub spec: ConsumerSpec,
 }
 
 pub struct ConnectorState {
     stop: watch::Sender<bool>,
-    pump: Option<tokio::task::JoinHandle<()>>,
+    /// Gives the subscription back when stopped by `stop` (for a swap).
+    pump: Option<tokio::task::JoinHandle<Option<EventSource>>>,
+    pipeline: Arc<Pipeline>,
+    spec: ConsumerSpec,
+    delivery: DeliveryConfig,
 }
 
 impl Drop for ConnectorState {
@@ -54,41 +72,25 @@ impl Actor for ConnectorActor {
         args: ConnectorArgs,
     ) -> Result<Self::State, ActorProcessingErr> {
         let c = &args.pipeline.connector;
-        let spec = ConsumerSpec {
-            name: c.consumer.clone(),
-            start_from: args.start_from,
-            description: c.id.clone(),
-            topic: c.trigger.topic.clone(),
-            metadata: [
-                ("connector".to_string(), c.id.clone()),
-                ("origin".to_string(), c.origin.clone()),
-            ]
-            .into_iter()
-            .collect(),
-        };
         let source = args
             .pipeline
             .bus
-            .open_consumer(&spec, &args.delivery)
+            .open_consumer(&args.spec, &args.delivery)
             .await?;
-        let (stop, stop_rx) = watch::channel(false);
-        let pump = tokio::spawn(pump(
-            source,
-            args.pipeline.clone(),
-            args.delivery.max_in_flight.max(1),
-            stop_rx,
-            myself,
-        ));
+        let (stop, pump) = start_pump(source, &args.pipeline, &args.delivery, myself);
         tracing::info!("[{}] consuming {} as {}", c.id, c.trigger.topic, c.consumer);
         Ok(ConnectorState {
             stop,
             pump: Some(pump),
+            pipeline: args.pipeline,
+            spec: args.spec,
+            delivery: args.delivery,
         })
     }
 
     async fn handle(
         &self,
-        _myself: ActorRef<Self::Msg>,
+        myself: ActorRef<Self::Msg>,
         msg: Self::Msg,
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
@@ -102,18 +104,105 @@ impl Actor for ConnectorActor {
                 let _ = reply.send(());
                 Ok(())
             }
+            ConnectorMsg::Apply(pipeline, spec, reply) => {
+                match apply(myself, state, pipeline, spec).await {
+                    Ok(()) => {
+                        let _ = reply.send(Ok(()));
+                        Ok(())
+                    }
+                    Err(e) => {
+                        // Fail: the supervisor restarts the actor with the new definition.
+                        let _ = reply.send(Err(e.clone()));
+                        Err(e.into())
+                    }
+                }
+            }
         }
     }
 }
 
-/// Pulls deliveries and runs each in its own task, at most `limit` at once.
+/// Drain, then continue with `pipeline` on the consumer described by `spec`.
+async fn apply(
+    myself: ActorRef<ConnectorMsg>,
+    state: &mut ConnectorState,
+    pipeline: Arc<Pipeline>,
+    spec: ConsumerSpec,
+) -> Result<(), String> {
+    let _ = state.stop.send(true);
+    let source = match state.pump.take() {
+        Some(p) => p.await.ok().flatten(),
+        None => None,
+    };
+    let bus = &pipeline.bus;
+    let source = match source {
+        Some(s) if spec.topic == state.spec.topic => {
+            // Same filter: keep the subscription (and what it already pulled); only the
+            // description and metadata of the consumer change.
+            bus.ensure_consumer(&spec, &state.delivery)
+                .await
+                .map_err(|e| e.to_string())?;
+            s
+        }
+        other => {
+            if let Some(mut s) = other {
+                release_buffered(&mut s).await;
+            }
+            bus.open_consumer(&spec, &state.delivery)
+                .await
+                .map_err(|e| e.to_string())?
+        }
+    };
+    let (stop, pump) = start_pump(source, &pipeline, &state.delivery, myself);
+    tracing::info!(
+        "[{}] applied: consuming {} as {}",
+        pipeline.connector.id,
+        spec.topic,
+        spec.name
+    );
+    state.stop = stop;
+    state.pump = Some(pump);
+    state.pipeline = pipeline;
+    state.spec = spec;
+    Ok(())
+}
+
+/// Hands events the old subscription already pulled back to JetStream (redelivered at once),
+/// instead of letting them wait for the ack timeout.
+async fn release_buffered(source: &mut EventSource) {
+    while let Some(Some(Ok(d))) = source.next().now_or_never() {
+        let _ = d.retry_after(Duration::ZERO).await;
+    }
+}
+
+fn start_pump(
+    source: EventSource,
+    pipeline: &Arc<Pipeline>,
+    delivery: &DeliveryConfig,
+    myself: ActorRef<ConnectorMsg>,
+) -> (
+    watch::Sender<bool>,
+    tokio::task::JoinHandle<Option<EventSource>>,
+) {
+    let (stop, stop_rx) = watch::channel(false);
+    let pump = tokio::spawn(pump(
+        source,
+        pipeline.clone(),
+        delivery.max_in_flight.max(1),
+        stop_rx,
+        myself,
+    ));
+    (stop, pump)
+}
+
+/// Pulls deliveries and runs each in its own task, at most `limit` at once. Stopped by `stop`,
+/// it finishes what is in flight and gives the subscription back.
 async fn pump(
     mut source: EventSource,
     pipeline: Arc<Pipeline>,
     limit: usize,
     mut stop: watch::Receiver<bool>,
     actor: ActorRef<ConnectorMsg>,
-) {
+) -> Option<EventSource> {
     let permits = Arc::new(Semaphore::new(limit));
     let mut tasks = JoinSet::new();
     let mut errors_in_a_row = 0u32;
@@ -143,6 +232,13 @@ async fn pump(
                     break Some(format!("10 pull errors in a row, last: {e}"));
                 }
             }
+            Some(Ok(delivery)) if !covers(&pipeline.connector.trigger.topic, &delivery.subject) => {
+                // The consumer's filter was changed for a new definition of this connector:
+                // leave the event to it.
+                errors_in_a_row = 0;
+                let _ = delivery.retry_after(NOT_MINE_DELAY).await;
+                drop(permit);
+            }
             Some(Ok(delivery)) => {
                 errors_in_a_row = 0;
                 let p = pipeline.clone();
@@ -161,8 +257,12 @@ async fn pump(
             }
         }
     }
-    if let Some(why) = ended {
-        break_with(&actor, why);
+    match ended {
+        Some(why) => {
+            break_with(&actor, why);
+            None
+        }
+        None => Some(source),
     }
 }
 

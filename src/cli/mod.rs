@@ -1,7 +1,11 @@
 //! The `hms-sync` command line: one file per subcommand, each delegating to the library.
 
+mod connect;
+mod deploy;
+mod list;
 mod publish;
 mod test;
+mod undeploy;
 mod up;
 mod validate;
 
@@ -52,6 +56,13 @@ pub enum Command {
     Validate(validate::Args),
     /// Publish an event on a subject, like `nats pub`.
     Publish(publish::Args),
+    /// Validate connector files and store them in the registry (KV hms_sync_connectors);
+    /// every running `up` starts or changes them within 2 s. Exit 0 deployed, 2 invalid.
+    Deploy(deploy::Args),
+    /// Remove connectors from the registry (history kept); running `up`s stop them.
+    Undeploy(undeploy::Args),
+    /// The registry: id, type, topic, revision, deployed at; `--history ID` for earlier revisions.
+    List(list::Args),
 }
 
 impl Cli {
@@ -92,6 +103,9 @@ pub fn main() -> ExitCode {
         Command::Validate(a) => validate::exec(a),
         Command::Up(a) => block_on(up::exec(&cli, a)),
         Command::Publish(a) => block_on(publish::exec(&cli, a)),
+        Command::Deploy(a) => block_on(deploy::exec(&cli, a)),
+        Command::Undeploy(a) => block_on(undeploy::exec(&cli, a)),
+        Command::List(a) => block_on(list::exec(&cli, a)),
     }
 }
 

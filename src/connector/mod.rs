@@ -297,6 +297,11 @@ fn strsim_hint<'a>(key: &str, known: &[&'a str]) -> Option<&'a str> {
 
 /// Reads and validates connector files; duplicate ids across files are errors too.
 pub fn load_files(files: &[PathBuf]) -> Result<Vec<AnyConnector>, Problems> {
+    load_sources(files).map(|v| v.into_iter().map(|(c, _)| c).collect())
+}
+
+/// Like [`load_files`], keeping each connector's text as written (what `deploy` stores).
+pub fn load_sources(files: &[PathBuf]) -> Result<Vec<(AnyConnector, String)>, Problems> {
     let mut problems = Vec::new();
     let mut out = Vec::new();
     let mut seen: HashMap<String, String> = HashMap::new();
@@ -329,7 +334,7 @@ pub fn load_files(files: &[PathBuf]) -> Result<Vec<AnyConnector>, Problems> {
                     });
                 } else {
                     seen.insert(c.id().to_string(), file.clone());
-                    out.push(c);
+                    out.push((c, text));
                 }
             }
             Err(Problems(p)) => problems.extend(p),

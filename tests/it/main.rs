@@ -5,4 +5,5 @@ mod harness;
 mod cli;
 mod delivery;
 mod embedded;
+mod registry;
 mod walkthrough;
