@@ -295,7 +295,8 @@ fn numbers(reqs: &[Recorded]) -> BTreeSet<u64> {
     reqs.iter()
         .filter_map(|r| {
             let n = &r.json()["n"];
-            n.as_u64().or_else(|| n.as_str().and_then(|s| s.parse().ok()))
+            n.as_u64()
+                .or_else(|| n.as_str().and_then(|s| s.parse().ok()))
         })
         .collect()
 }
