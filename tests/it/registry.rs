@@ -558,14 +558,14 @@ async fn registry_wins_over_the_folder_and_undeploy_falls_back() {
     std::env::set_var("ARC_TOKEN", "arc-secret-token");
     let nats = Nats::start().await;
     let target = Target::start().await;
-    let seed = seed_connector(&target);
+    let seed = seed_as(&target, "ddot.gis.wins.v1");
     let setup = Setup::new(&nats, &[("gis-ddot.yaml", seed.clone())], "");
     let bus = hms_sync::bus::Bus::connect(&nats.url()).await.unwrap();
     let js = async_nats::jetstream::new(nats.client().await);
     let deployed = seed.replace("/item/roadwork/", "/registry/roadwork/");
     let rev = deploy_lib(&bus, "gis-ddot.yaml", &deployed).await;
     let rt = setup.start().await;
-    runs_revision(&rt, "ddot.gis.outbound.v1", rev, T).await;
+    runs_revision(&rt, "ddot.gis.wins.v1", rev, T).await;
     let event = json!({"permitId": "RW-481", "agency": "DDOT", "startDate": "2024-05-10"});
     publish(&js, "permit.updated", event.clone()).await;
     eventually(T, "registry version delivers", || async {
@@ -574,11 +574,11 @@ async fn registry_wins_over_the_folder_and_undeploy_falls_back() {
     .await;
     assert_eq!(target.requests()[0].path, "/registry/roadwork/RW-481");
 
-    hms_sync::registry::undeploy(&bus, "ddot.gis.outbound.v1", false)
+    hms_sync::registry::undeploy(&bus, "ddot.gis.wins.v1", false)
         .await
         .unwrap();
     eventually(HOT, "back to the folder's definition", || async {
-        view(&rt, "ddot.gis.outbound.v1")
+        view(&rt, "ddot.gis.wins.v1")
             .await
             .is_some_and(|v| v.source == "folder" && v.revision.is_none())
     })
@@ -590,6 +590,12 @@ async fn registry_wins_over_the_folder_and_undeploy_falls_back() {
     .await;
     assert_eq!(target.requests()[1].path, "/item/roadwork/RW-481");
     rt.shutdown().await;
+}
+
+/// The seed connector under another id: metrics are process-wide, and the walk-through test
+/// counts the seed id's deliveries in this same test binary.
+fn seed_as(target: &Target, id: &str) -> String {
+    seed_connector(target).replace("ddot.gis.outbound.v1", id)
 }
 
 async fn seed_publish_and_expect_patch(nats: &Nats, target: &Target, n: usize) {
@@ -622,14 +628,18 @@ async fn seed_sequence_deploy_then_up() {
     let setup = Setup::new(&nats, &[], "");
     let dir = setup.dir.path();
     std::fs::create_dir_all(dir.join("seed")).unwrap();
-    write(dir, "seed/gis-ddot.yaml", &seed_connector(&target));
+    write(
+        dir,
+        "seed/gis-ddot.yaml",
+        &seed_as(&target, "ddot.gis.first.v1"),
+    );
     let cfg = setup.config_path().display().to_string();
     let (code, out, err) =
         hms_async(dir, &["deploy", "seed/gis-ddot.yaml", "--config", &cfg]).await;
     assert_eq!(code, 0, "{err}");
-    assert!(out.contains("deployed ddot.gis.outbound.v1"), "{out}");
+    assert!(out.contains("deployed ddot.gis.first.v1"), "{out}");
     let rt = setup.start().await;
-    let v = view(&rt, "ddot.gis.outbound.v1").await.unwrap();
+    let v = view(&rt, "ddot.gis.first.v1").await.unwrap();
     assert_eq!(v.source, "registry");
     seed_publish_and_expect_patch(&nats, &target, 1).await;
     rt.shutdown().await;
@@ -644,14 +654,18 @@ async fn seed_sequence_up_then_deploy() {
     let setup = Setup::new(&nats, &[], "");
     let rt = setup.start().await;
     let dir = setup.dir.path();
-    write(dir, "gis-ddot.yaml", &seed_connector(&target));
+    write(
+        dir,
+        "gis-ddot.yaml",
+        &seed_as(&target, "ddot.gis.second.v1"),
+    );
     let url = nats.url();
     let (code, _, err) = hms_async(dir, &["deploy", "gis-ddot.yaml", "--nats-url", &url]).await;
     assert_eq!(code, 0, "{err}");
     // Published right after deploy returned, maybe before `up` noticed: still delivered.
     seed_publish_and_expect_patch(&nats, &target, 1).await;
     eventually(HOT, "up runs it", || async {
-        view(&rt, "ddot.gis.outbound.v1")
+        view(&rt, "ddot.gis.second.v1")
             .await
             .is_some_and(|v| v.state == hms_sync::actors::supervisor::RunState::Running)
     })
