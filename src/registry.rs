@@ -575,3 +575,112 @@ pub async fn history(bus: &crate::bus::Bus, id: &str) -> Result<Vec<Listed>, Reg
     }
     Ok(h.iter().map(listed).collect())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(key: &str, value: &[u8]) -> KvEntry {
+        KvEntry {
+            key: key.into(),
+            revision: 7,
+            created: time::OffsetDateTime::UNIX_EPOCH,
+            op: KvOp::Put,
+            value: bytes::Bytes::copy_from_slice(value),
+        }
+    }
+
+    const YAML: &str = "id: a.v1\ntype: outbound\ntrigger:\n  topic: t.x\nmap:\n  to:\n    url: \"http://h/{id}\"\n    method: PUT\n    headers: { Authorization: \"Bearer ${TOKEN}\" }\n";
+
+    #[test]
+    fn decodes_envelopes_and_plain_yaml() {
+        let env = Envelope {
+            id: "a.v1".into(),
+            yaml: YAML.into(),
+            deployed_at: "2026-01-02T03:04:05Z".into(),
+            source: "connectors/a.yaml".into(),
+            deployed_by: "rosa@ops".into(),
+        };
+        let d = decode(&entry("a.v1", &serde_json::to_vec(&env).unwrap())).unwrap();
+        assert_eq!(d.yaml, YAML);
+        assert_eq!(d.deployed_at, "2026-01-02T03:04:05Z");
+        assert_eq!(d.source, "connectors/a.yaml");
+        assert!(matches!(compile(&d), Ok(AnyConnector::Outbound(_))));
+
+        // Plain YAML written by another tool: deployed when the server stored it.
+        let d = decode(&entry("a.v1", YAML.as_bytes())).unwrap();
+        assert_eq!(d.deployed_at, "1970-01-01T00:00:00Z");
+        assert_eq!(d.source, "");
+        assert!(compile(&d).is_ok());
+    }
+
+    #[test]
+    fn invalid_values_name_key_revision_and_place() {
+        let cases: [(&str, &[u8], &str); 4] = [
+            (
+                "a.v1",
+                b"\xff\xfe",
+                "hms_sync_connectors/a.v1@7: value is not UTF-8",
+            ),
+            ("a.v1", b"id: [x\n  : :", "hms_sync_connectors/a.v1@7:"),
+            ("b.v1", YAML.as_bytes(), "key `b.v1` holds connector `a.v1`"),
+            (
+                "a.v1",
+                b"id: a.v1\ntype: outbound\n",
+                "hms_sync_connectors/a.v1@7:1:1:",
+            ),
+        ];
+        for (key, value, want) in cases {
+            let got = decode(&entry(key, value))
+                .and_then(|d| compile(&d).map(|_| ()))
+                .map_err(|e| e.to_string());
+            assert!(
+                got.as_ref().is_err_and(|e| e.contains(want)),
+                "{key} {:?}: {got:?}",
+                String::from_utf8_lossy(value)
+            );
+        }
+    }
+
+    #[test]
+    fn consumer_metadata_names_connector_and_revision() {
+        let Ok(AnyConnector::Outbound(c)) = connector::parse("a.yaml", YAML) else {
+            panic!("valid");
+        };
+        let d = decode(&entry("a.v1", YAML.as_bytes())).unwrap();
+        let spec = consumer_spec(
+            &c,
+            &Origin::Registry(Arc::new(d)),
+            time::OffsetDateTime::UNIX_EPOCH,
+        );
+        assert_eq!(spec.name, "a_v1");
+        assert_eq!(spec.description, "a.v1");
+        assert_eq!(spec.metadata["connector"], "a.v1");
+        assert_eq!(spec.metadata["revision"], "7");
+        assert_eq!(
+            spec.metadata["origin"],
+            "registry hms_sync_connectors revision 7"
+        );
+        let spec = consumer_spec(
+            &c,
+            &Origin::Folder("a.yaml".into()),
+            time::OffsetDateTime::UNIX_EPOCH,
+        );
+        assert_eq!(spec.metadata["origin"], "file a.yaml");
+        assert!(!spec.metadata.contains_key("revision"));
+    }
+
+    #[test]
+    fn registry_keys() {
+        for (k, ok) in [
+            ("a.v1", true),
+            ("a_b-c", true),
+            (".a", false),
+            ("a.", false),
+            ("a..b", false),
+            ("", false),
+        ] {
+            assert_eq!(crate::bus::kv::is_registry_key(k), ok, "{k}");
+        }
+    }
+}
