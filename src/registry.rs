@@ -90,8 +90,9 @@ pub fn label(key: &str, revision: u64) -> String {
     format!("{REGISTRY_BUCKET}/{key}@{revision}")
 }
 
-/// RFC 3339 text of a time (UTC).
+/// RFC 3339 text of a time, to the second.
 pub fn rfc3339(t: time::OffsetDateTime) -> String {
+    let t = t.replace_nanosecond(0).unwrap_or(t);
     t.format(&time::format_description::well_known::Rfc3339)
         .unwrap_or_else(|_| t.to_string())
 }
