@@ -39,15 +39,20 @@ pub struct Envelope {
 /// One decoded registry revision (the YAML not yet validated).
 #[derive(Debug, Clone)]
 pub struct Deployment {
+    /// The KV key (the connector id when valid).
     pub key: String,
+    /// The bucket's sequence number of this write.
     pub revision: u64,
     /// When the server stored this revision: a new consumer starts here (server clock, so the
     /// deploying machine's clock cannot make it skip events).
     pub stored_at: time::OffsetDateTime,
     /// `deployedAt` of the envelope (or `stored_at` for a plain YAML value), RFC 3339.
     pub deployed_at: String,
+    /// The file it was deployed from (empty for a plain YAML value).
     pub source: String,
+    /// `user@host` that deployed it (empty for a plain YAML value).
     pub deployed_by: String,
+    /// The connector's YAML as written.
     pub yaml: String,
 }
 
@@ -313,6 +318,8 @@ pub enum RegistryError {
         "{file}: id `{id}` cannot be a registry key (it starts or ends with '.', or has '..')"
     )]
     BadKey { file: String, id: String },
+    #[error("cannot encode the registry value: {0}")]
+    Encode(#[from] serde_json::Error),
 }
 
 /// One connector file to deploy: its validated content, its text as written, its file name.
@@ -327,12 +334,15 @@ pub struct Source {
 #[serde(rename_all = "camelCase")]
 pub struct Deployed {
     pub id: String,
+    /// The revision now current (the existing one when unchanged).
     pub revision: u64,
     /// False when the registry already held exactly this text (nothing written).
     pub changed: bool,
     #[serde(rename = "type")]
     pub kind: &'static str,
+    /// Trigger topic (outbound only).
     pub topic: Option<String>,
+    /// Durable consumer name (outbound only).
     pub consumer: Option<String>,
     pub deployed_at: String,
     pub source: String,
@@ -402,21 +412,21 @@ pub async fn deploy(
                     source: s.file.clone(),
                     deployed_by: by.clone(),
                 };
-                let value = serde_json::to_vec(&envelope).unwrap_or_default();
-                let revision = kv.put(id, value.clone()).await?;
+                let revision = kv.put(id, serde_json::to_vec(&envelope)?).await?;
                 // The server's time of the write: where a new consumer starts.
                 let stored_at = match kv.entry(id).await? {
                     Some(e) if e.revision == revision => e.created,
                     _ => time::OffsetDateTime::now_utc(),
                 };
-                let d = decode(&KvEntry {
+                let d = Deployment {
                     key: id.to_string(),
                     revision,
-                    created: stored_at,
-                    op: KvOp::Put,
-                    value: value.into(),
-                })
-                .map_err(|e| RegistryError::NotDeployed(e.to_string()))?;
+                    stored_at,
+                    deployed_at: envelope.deployed_at,
+                    source: envelope.source,
+                    deployed_by: envelope.deployed_by,
+                    yaml: envelope.yaml,
+                };
                 (d, true)
             }
         };

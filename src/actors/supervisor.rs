@@ -95,7 +95,9 @@ pub struct ConnectorView {
 
 /// A connector to run and where its definition comes from.
 pub struct Desired {
+    /// The validated outbound connector.
     pub connector: Arc<Connector>,
+    /// The folder file or registry revision it comes from.
     pub origin: Origin,
 }
 

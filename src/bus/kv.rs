@@ -25,12 +25,15 @@ pub enum KvOp {
 /// One revision of one key of the registry.
 #[derive(Debug, Clone)]
 pub struct KvEntry {
+    /// The key (a connector id for values `deploy` wrote).
     pub key: String,
     /// The bucket's sequence number of this write: increases with every write to the bucket.
     pub revision: u64,
     /// When the server stored it.
     pub created: time::OffsetDateTime,
+    /// Put or delete.
     pub op: KvOp,
+    /// The value (empty for a delete).
     pub value: Bytes,
 }
 
