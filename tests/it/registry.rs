@@ -759,3 +759,29 @@ async fn seed_sequence_with_the_embedded_default() {
         .unwrap();
     assert!(status.success(), "{status:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rapid_redeploys_settle_on_the_last_revision() {
+    init_logs();
+    let nats = Nats::start().await;
+    let target = Target::start().await;
+    let setup = Setup::new(&nats, &[], "");
+    let rt = setup.start().await;
+    let bus = hms_sync::bus::Bus::connect(&nats.url()).await.unwrap();
+    let js = async_nats::jetstream::new(nats.client().await);
+    let id = "rapid.v1";
+    let base = simple_connector(id, "rapid.in", &target, "");
+    let mut last = 0;
+    for i in 0..5 {
+        let yaml = base.replace("/items/{id}", &format!("/r{i}/items/{{id}}"));
+        last = deploy_lib(&bus, "r.yaml", &yaml).await;
+    }
+    runs_revision(&rt, id, last, HOT).await;
+    publish(&js, "rapid.in", json!({"id": "x", "n": 1})).await;
+    eventually(T, "delivered with the last revision", || async {
+        target.count() == 1
+    })
+    .await;
+    assert_eq!(target.requests()[0].path, "/r4/items/x");
+    rt.shutdown().await;
+}
