@@ -196,12 +196,7 @@ impl Actor for Supervisor {
                 if slot.actor.is_some() {
                     return Ok(());
                 }
-                let start_from = match &slot.origin {
-                    Origin::Folder(_) => state.deps.started_at,
-                    // Normally `deploy` created the consumer already; for a value written by
-                    // another tool, start where the server stored it.
-                    Origin::Registry(d) => d.stored_at.max(state.deps.started_at),
-                };
+                let start_from = start_from(&slot.origin, state.deps.started_at);
                 let args = ConnectorArgs {
                     pipeline: slot.pipeline.clone(),
                     delivery: state.deps.delivery.clone(),
@@ -373,6 +368,16 @@ fn new_slot(deps: &Deps, d: Desired) -> Slot {
     }
 }
 
+/// Where a consumer created now starts. A folder connector: when `up` started. A registry one:
+/// normally `deploy` created its consumer already; for a value written by another tool, where
+/// the server stored it (or when `up` started, if later).
+fn start_from(origin: &Origin, started_at: time::OffsetDateTime) -> time::OffsetDateTime {
+    match origin {
+        Origin::Folder(_) => started_at,
+        Origin::Registry(d) => d.stored_at.max(started_at),
+    }
+}
+
 fn deployed_at(origin: &Origin) -> Option<String> {
     match origin {
         Origin::Folder(_) => None,
@@ -450,11 +455,11 @@ fn swap(
         "[{id}] applying {}: draining in-flight events",
         describe(&slot.origin)
     );
-    let start_from = match &slot.origin {
-        Origin::Folder(_) => started_at,
-        Origin::Registry(d) => d.stored_at.max(started_at),
-    };
-    let spec = consumer_spec(&slot.pipeline.connector, &slot.origin, start_from);
+    let spec = consumer_spec(
+        &slot.pipeline.connector,
+        &slot.origin,
+        start_from(&slot.origin, started_at),
+    );
     let pipeline = slot.pipeline.clone();
     let (me, id) = (myself.clone(), id.to_string());
     tokio::spawn(async move {
