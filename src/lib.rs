@@ -15,6 +15,7 @@ pub mod inbound;
 pub mod metrics;
 pub mod nats_server;
 pub mod outcome;
+pub mod registry;
 pub mod request;
 pub mod runtime;
 pub mod server;

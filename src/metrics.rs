@@ -21,6 +21,7 @@ pub const RATE_LIMIT_WAITING: &str = "sync_rate_limit_waiting";
 pub const AUDIT_PENDING: &str = "sync_audit_pending";
 pub const AUDIT_WRITTEN_TOTAL: &str = "sync_audit_written_total";
 pub const AUDIT_DROPPED_TOTAL: &str = "sync_audit_dropped_total";
+pub const REGISTRY_INVALID_TOTAL: &str = "sync_registry_invalid_total";
 pub const WEBHOOK_RECEIVED_TOTAL: &str = "webhook_received_total";
 pub const WEBHOOK_REJECTED_TOTAL: &str = "webhook_rejected_total";
 
@@ -102,6 +103,10 @@ fn describe() {
     describe_counter!(
         AUDIT_DROPPED_TOTAL,
         "Audit records dropped because HMS_AUDIT was unavailable too long"
+    );
+    describe_counter!(
+        REGISTRY_INVALID_TOTAL,
+        "Registry values (KV hms_sync_connectors) that could not run, per key"
     );
 }
 

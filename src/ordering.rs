@@ -131,6 +131,14 @@ impl<T> Lanes<T> {
             .flat_map(|l| l.queue.iter().map(|(_, t)| t))
     }
 
+    /// Takes every waiting event out (the pump is stopping).
+    pub fn drain(&mut self) -> Vec<T> {
+        self.lanes
+            .drain()
+            .flat_map(|(_, l)| l.queue.into_iter().map(|(_, t)| t))
+            .collect()
+    }
+
     pub fn held_count(&self) -> usize {
         self.lanes.values().map(|l| l.queue.len()).sum()
     }

@@ -1,6 +1,10 @@
-//! Start-up and shutdown of `hms-sync up`: config -> connectors -> NATS (embedded if needed) ->
-//! streams -> supervisor -> HTTP server; and the reverse on shutdown.
+//! Start-up and shutdown of `hms-sync up`: config -> connectors -> NATS -> registry -> streams -> supervisor -> HTTP.
+//!
+//! Connectors come from the `connectors.dir` folder and from the registry (KV
+//! `hms_sync_connectors`); the registry's definition wins for an id both define. After start-up
+//! a watch task follows the registry and tells the supervisor what changed.
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -12,7 +16,7 @@ use crate::actors::audit::{AuditActor, AuditArgs, AuditMsg};
 use crate::actors::connector::ConnectorMsg;
 use crate::actors::endpoint::EndpointRegistry;
 use crate::actors::supervisor::{
-    ConnectorView, Deps, RunState, Supervisor, SupervisorArgs, SupervisorMsg,
+    ConnectorView, Deps, Desired, RunState, Supervisor, SupervisorArgs, SupervisorMsg,
 };
 use crate::bus::Bus;
 use crate::config::RuntimeConfig;
@@ -20,6 +24,7 @@ use crate::connector::{self, AnyConnector};
 use crate::http_client::HttpClient;
 use crate::inbound::Webhooks;
 use crate::nats_server::{find_binary, EmbeddedServer};
+use crate::registry::{self, Change, Origin};
 
 /// A running hms-sync.
 pub struct Runtime {
@@ -33,6 +38,8 @@ pub struct Runtime {
     audit_done: tokio::task::JoinHandle<()>,
     endpoints: Arc<EndpointRegistry>,
     webhooks: Webhooks,
+    /// Follows the registry bucket (aborted at shutdown).
+    registry_watch: tokio::task::JoinHandle<()>,
 }
 
 /// Loads every connector of the configured folder (all problems at once).
@@ -63,17 +70,7 @@ impl Runtime {
         for c in all {
             match c {
                 AnyConnector::Outbound(c) => {
-                    for s in connector::secrets_used(&c) {
-                        if std::env::var_os(&s).is_none() {
-                            tracing::warn!(
-                                "[{}] uses ${{{s}}}, which is not set: its events will be parked",
-                                c.id
-                            );
-                        }
-                    }
-                    if c.rate_limit.is_some() {
-                        tracing::warn!("[{}] rateLimit is not enforced by this version", c.id);
-                    }
+                    warn_missing_secrets(&c);
                     outbound.push(Arc::<crate::connector::Connector>::from(c));
                 }
                 AnyConnector::Inbound(c) => {
@@ -109,7 +106,13 @@ impl Runtime {
             }
         }
         let bus = Bus::connect(&url).await?;
-        let mut topics: Vec<String> = outbound.iter().map(|c| c.trigger.topic.clone()).collect();
+        let kv = bus.registry().await?;
+        let snapshot = registry::snapshot(&kv).await?;
+        let (connectors, folder, invalid) = merge(outbound, snapshot.changes);
+        let mut topics: Vec<String> = connectors
+            .iter()
+            .map(|d| d.connector.trigger.topic.clone())
+            .collect();
         topics.extend(inbound.iter().map(|c| c.publish.capture.clone()));
         bus.ensure_streams(&topics, &cfg.streams).await?;
         let http = HttpClient::new().map_err(|e| anyhow::anyhow!(e))?;
@@ -142,17 +145,26 @@ impl Runtime {
             started_at,
             endpoints: endpoints.clone(),
             audit: Some(audit.clone()),
+            streams: cfg.streams.clone(),
         };
         let (supervisor, handle) = Actor::spawn(
             None,
             Supervisor,
             SupervisorArgs {
                 deps,
-                connectors: outbound,
+                connectors,
+                folder,
+                invalid,
             },
         )
         .await
         .context("start the supervisor")?;
+        let registry_watch = tokio::spawn(registry::watch(
+            kv,
+            snapshot.next_revision,
+            snapshot.seen,
+            supervisor.clone(),
+        ));
         // Wait (bounded) until every connector has its consumer and runs.
         let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
         loop {
@@ -202,6 +214,7 @@ impl Runtime {
             audit_done,
             endpoints,
             webhooks,
+            registry_watch,
         })
     }
 
@@ -241,6 +254,7 @@ impl Runtime {
     /// nats-server if one was started.
     pub async fn shutdown(self) {
         tracing::info!("shutting down: draining in-flight deliveries");
+        self.registry_watch.abort();
         let _ = ractor::call_t!(self.supervisor, SupervisorMsg::DrainAll, 60_000);
         self.supervisor.stop(None);
         let _ = self.supervisor_done.await;
@@ -255,6 +269,69 @@ impl Runtime {
         }
         tracing::info!("stopped");
     }
+}
+
+/// Warnings about a connector's keys this version parses but does not enforce, and unset secrets.
+pub fn warn_missing_secrets(c: &crate::connector::Connector) {
+    for s in connector::secrets_used(c) {
+        if std::env::var_os(&s).is_none() {
+            tracing::warn!(
+                "[{}] uses ${{{s}}}, which is not set: its events will be parked",
+                c.id
+            );
+        }
+    }
+}
+
+/// What runs at start-up: the folder's connectors, each replaced by the registry's definition
+/// of the same id (logged), plus the registry's other connectors. Also returns the folder's
+/// connectors by id and the invalid registry values.
+type Merged = (
+    Vec<Desired>,
+    HashMap<String, Arc<crate::connector::Connector>>,
+    Vec<(String, u64, String)>,
+);
+
+fn merge(folder: Vec<Arc<crate::connector::Connector>>, registry: Vec<Change>) -> Merged {
+    let folder: HashMap<String, Arc<crate::connector::Connector>> =
+        folder.into_iter().map(|c| (c.id.clone(), c)).collect();
+    let mut run: HashMap<String, Desired> = folder
+        .values()
+        .map(|c| {
+            (
+                c.id.clone(),
+                Desired {
+                    connector: c.clone(),
+                    origin: Origin::Folder(c.origin.clone()),
+                },
+            )
+        })
+        .collect();
+    let mut invalid = Vec::new();
+    for change in registry {
+        match change {
+            Change::Run(d) => {
+                if let (Some(f), Origin::Registry(r)) = (folder.get(&d.connector.id), &d.origin) {
+                    tracing::warn!(
+                        "[{}] defined in {} and in the registry: registry revision {} wins",
+                        f.id,
+                        f.origin,
+                        r.revision
+                    );
+                }
+                run.insert(d.connector.id.clone(), *d);
+            }
+            Change::Remove(_) => {}
+            Change::Invalid {
+                key,
+                revision,
+                error,
+            } => invalid.push((key, revision, error)),
+        }
+    }
+    let mut run: Vec<Desired> = run.into_values().collect();
+    run.sort_by(|a, b| a.connector.id.cmp(&b.connector.id));
+    (run, folder, invalid)
 }
 
 /// Runs until `shutdown` completes, then shuts down cleanly.

@@ -121,6 +121,10 @@ async fn readyz(State(state): State<AppState>) -> Response {
         problems.push("NATS is not connected".to_string());
     }
     for v in views(&state).await {
+        if v.state == RunState::Invalid {
+            // An invalid registry value runs nothing; it is reported in /api/connectors.
+            continue;
+        }
         if v.state != RunState::Running {
             problems.push(format!("connector {} is {:?}", v.id, v.state));
         } else if !state.bus.consumer_exists(&v.consumer).await {

@@ -1,18 +1,23 @@
 //! Connector actor: owns one connector's durable consumer and its pump task, which pulls
-//! events and runs up to `maxInFlight` deliveries at once.
+//! events and runs up to `maxInFlight` deliveries at once; swaps to a changed definition.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use futures::FutureExt;
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use tokio::sync::{mpsc, watch, Semaphore};
 use tokio::task::JoinSet;
 
-use crate::bus::{ConsumerSpec, Delivery, EventSource};
+use crate::bus::{covers, ConsumerSpec, Delivery, EventSource, REPLAY_PREFIX};
 use crate::config::DeliveryConfig;
 use crate::delivery::{Finished, Pipeline};
 use crate::ordering::{Arrival, Lanes};
 use crate::template::Secrets;
+
+/// How long an event that no longer matches this connector's topic (its filter is being changed
+/// by a redeploy) waits before JetStream redelivers it, to the new definition.
+const NOT_MINE_DELAY: Duration = Duration::from_millis(500);
 
 /// Messages to a connector actor.
 pub enum ConnectorMsg {
@@ -21,6 +26,14 @@ pub enum ConnectorMsg {
     PumpEnded(String),
     /// Stop pulling, finish what is in flight, then reply.
     Drain(RpcReplyPort<()>),
+    /// Swap to a changed definition: stop pulling, finish in-flight deliveries with the old one,
+    /// update the consumer in place (same subscription when the topic is unchanged), then pull
+    /// for the new one. Replies once nothing runs with the old definition any more.
+    Apply(
+        Arc<Pipeline>,
+        ConsumerSpec,
+        RpcReplyPort<Result<(), String>>,
+    ),
 }
 
 pub struct ConnectorActor;
@@ -28,13 +41,17 @@ pub struct ConnectorActor;
 pub struct ConnectorArgs {
     pub pipeline: Arc<Pipeline>,
     pub delivery: DeliveryConfig,
-    /// Where a newly created consumer starts (see [`ConsumerSpec::start_from`]).
-    pub start_from: time::OffsetDateTime,
+    /// The durable consumer (name, start of a new one, description, metadata).
+    pub spec: ConsumerSpec,
 }
 
 pub struct ConnectorState {
     stop: watch::Sender<bool>,
-    pump: Option<tokio::task::JoinHandle<()>>,
+    /// Gives the subscription back when stopped by `stop` (for a swap).
+    pump: Option<tokio::task::JoinHandle<Option<EventSource>>>,
+    pipeline: Arc<Pipeline>,
+    spec: ConsumerSpec,
+    delivery: DeliveryConfig,
 }
 
 impl Drop for ConnectorState {
@@ -57,47 +74,25 @@ impl Actor for ConnectorActor {
         args: ConnectorArgs,
     ) -> Result<Self::State, ActorProcessingErr> {
         let c = &args.pipeline.connector;
-        let spec = ConsumerSpec {
-            name: c.consumer.clone(),
-            start_from: args.start_from,
-            description: c.id.clone(),
-            topic: c.trigger.topic.clone(),
-            metadata: [
-                ("connector".to_string(), c.id.clone()),
-                ("origin".to_string(), c.origin.clone()),
-            ]
-            .into_iter()
-            .collect(),
-        };
         let source = args
             .pipeline
             .bus
-            .open_consumer(&spec, &args.delivery)
+            .open_consumer(&args.spec, &args.delivery)
             .await?;
-        let (stop, stop_rx) = watch::channel(false);
-        let limit = args.delivery.max_in_flight.max(1);
-        let pump = if c.trigger.ordering_key.is_some() {
-            tokio::spawn(pump_keyed(
-                source,
-                args.pipeline.clone(),
-                limit,
-                args.delivery.ack_wait(),
-                stop_rx,
-                myself,
-            ))
-        } else {
-            tokio::spawn(pump(source, args.pipeline.clone(), limit, stop_rx, myself))
-        };
+        let (stop, pump) = start_pump(source, &args.pipeline, &args.delivery, myself);
         tracing::info!("[{}] consuming {} as {}", c.id, c.trigger.topic, c.consumer);
         Ok(ConnectorState {
             stop,
             pump: Some(pump),
+            pipeline: args.pipeline,
+            spec: args.spec,
+            delivery: args.delivery,
         })
     }
 
     async fn handle(
         &self,
-        _myself: ActorRef<Self::Msg>,
+        myself: ActorRef<Self::Msg>,
         msg: Self::Msg,
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
@@ -111,18 +106,111 @@ impl Actor for ConnectorActor {
                 let _ = reply.send(());
                 Ok(())
             }
+            ConnectorMsg::Apply(pipeline, spec, reply) => {
+                match apply(myself, state, pipeline, spec).await {
+                    Ok(()) => {
+                        let _ = reply.send(Ok(()));
+                        Ok(())
+                    }
+                    Err(e) => {
+                        // Fail: the supervisor restarts the actor with the new definition.
+                        let _ = reply.send(Err(e.clone()));
+                        Err(e.into())
+                    }
+                }
+            }
         }
     }
 }
 
-/// Pulls deliveries and runs each in its own task, at most `limit` at once.
+/// Drain, then continue with `pipeline` on the consumer described by `spec`.
+async fn apply(
+    myself: ActorRef<ConnectorMsg>,
+    state: &mut ConnectorState,
+    pipeline: Arc<Pipeline>,
+    spec: ConsumerSpec,
+) -> Result<(), String> {
+    let _ = state.stop.send(true);
+    let source = match state.pump.take() {
+        Some(p) => p.await.ok().flatten(),
+        None => None,
+    };
+    let bus = &pipeline.bus;
+    let source = match source {
+        Some(s) if spec.topic == state.spec.topic => {
+            // Same filter: keep the subscription (and what it already pulled); only the
+            // description and metadata of the consumer change.
+            bus.ensure_consumer(&spec, &state.delivery)
+                .await
+                .map_err(|e| e.to_string())?;
+            s
+        }
+        other => {
+            if let Some(mut s) = other {
+                release_buffered(&mut s).await;
+            }
+            bus.open_consumer(&spec, &state.delivery)
+                .await
+                .map_err(|e| e.to_string())?
+        }
+    };
+    let (stop, pump) = start_pump(source, &pipeline, &state.delivery, myself);
+    tracing::info!(
+        "[{}] applied: consuming {} as {}",
+        pipeline.connector.id,
+        spec.topic,
+        spec.name
+    );
+    state.stop = stop;
+    state.pump = Some(pump);
+    state.pipeline = pipeline;
+    state.spec = spec;
+    Ok(())
+}
+
+/// Hands events the old subscription already pulled back to JetStream (redelivered at once),
+/// instead of letting them wait for the ack timeout.
+async fn release_buffered(source: &mut EventSource) {
+    while let Some(Some(Ok(d))) = source.next().now_or_never() {
+        let _ = d.retry_after(Duration::ZERO).await;
+    }
+}
+
+fn start_pump(
+    source: EventSource,
+    pipeline: &Arc<Pipeline>,
+    delivery: &DeliveryConfig,
+    myself: ActorRef<ConnectorMsg>,
+) -> (
+    watch::Sender<bool>,
+    tokio::task::JoinHandle<Option<EventSource>>,
+) {
+    let (stop, stop_rx) = watch::channel(false);
+    let limit = delivery.max_in_flight.max(1);
+    let pump = if pipeline.connector.trigger.ordering_key.is_some() {
+        tokio::spawn(pump_keyed(
+            source,
+            pipeline.clone(),
+            limit,
+            delivery.ack_wait(),
+            stop_rx,
+            myself,
+        ))
+    } else {
+        tokio::spawn(pump(source, pipeline.clone(), limit, stop_rx, myself))
+    };
+    (stop, pump)
+}
+
+/// Pulls deliveries and runs each in its own task, at most `limit` at once. Stopped by `stop`,
+/// it finishes what is in flight and gives the subscription back.
 async fn pump(
     mut source: EventSource,
     pipeline: Arc<Pipeline>,
     limit: usize,
     mut stop: watch::Receiver<bool>,
     actor: ActorRef<ConnectorMsg>,
-) {
+) -> Option<EventSource> {
     let permits = Arc::new(Semaphore::new(limit));
     let mut tasks = JoinSet::new();
     let mut errors_in_a_row = 0u32;
@@ -152,6 +240,13 @@ async fn pump(
                     break Some(format!("10 pull errors in a row, last: {e}"));
                 }
             }
+            Some(Ok(delivery)) if !is_mine(&pipeline, &delivery) => {
+                // The consumer's filter was changed for a new definition of this connector:
+                // leave the event to it.
+                errors_in_a_row = 0;
+                let _ = delivery.retry_after(NOT_MINE_DELAY).await;
+                drop(permit);
+            }
             Some(Ok(delivery)) => {
                 errors_in_a_row = 0;
                 let p = pipeline.clone();
@@ -170,8 +265,12 @@ async fn pump(
             }
         }
     }
-    if let Some(why) = ended {
-        break_with(&actor, why);
+    match ended {
+        Some(why) => {
+            break_with(&actor, why);
+            None
+        }
+        None => Some(source),
     }
 }
 
@@ -184,7 +283,7 @@ async fn pump_keyed(
     ack_wait: Duration,
     mut stop: watch::Receiver<bool>,
     actor: ActorRef<ConnectorMsg>,
-) {
+) -> Option<EventSource> {
     let permits = Arc::new(Semaphore::new(limit));
     let mut tasks = JoinSet::new();
     let (done_tx, mut done_rx) = mpsc::unbounded_channel::<(Option<String>, Finished)>();
@@ -239,6 +338,10 @@ async fn pump_keyed(
                         break Some(format!("10 pull errors in a row, last: {e}"));
                     }
                 }
+                Some(Ok(d)) if !is_mine(&pipeline, &d) => {
+                    errors_in_a_row = 0;
+                    let _ = d.retry_after(NOT_MINE_DELAY).await;
+                }
                 Some(Ok(d)) => {
                     errors_in_a_row = 0;
                     match ordering_key(&pipeline, &d) {
@@ -261,10 +364,24 @@ async fn pump_keyed(
             }
         }
     }
-    // Held events were never attempted: JetStream offers them again after ackWaitMs.
-    if let Some(why) = ended {
-        break_with(&actor, why);
+    // Held events were never attempted: hand them back so JetStream offers them again at once.
+    for d in lanes.drain() {
+        let _ = d.retry_after(Duration::ZERO).await;
     }
+    match ended {
+        Some(why) => {
+            break_with(&actor, why);
+            None
+        }
+        None => Some(source),
+    }
+}
+
+/// Whether a delivery is for this definition of the connector: its trigger topic, or a replay
+/// of one of its parked jobs. (During a redeploy that changes the topic, the consumer's filter
+/// already follows the new definition.)
+fn is_mine(pipeline: &Pipeline, d: &Delivery) -> bool {
+    d.subject.starts_with(REPLAY_PREFIX) || covers(&pipeline.connector.trigger.topic, &d.subject)
 }
 
 /// The event's ordering key; `None` (no ordering) when it cannot be rendered (such an event

@@ -1,7 +1,10 @@
-//! Supervisor actor: spawns one connector actor per connector, restarts a crashed one with
-//! backoff under a restart limit, answers status questions and drains everything on shutdown.
+//! Supervisor actor: one connector actor per connector; restarts, hot deploy/change/undeploy, status, drain.
+//!
+//! It spawns one connector actor per connector, restarts a crashed one with backoff under a
+//! restart limit, starts, swaps or stops connectors as the registry changes (registry wins over
+//! the connectors folder for the same id), answers status questions and drains on shutdown.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -10,11 +13,12 @@ use serde::Serialize;
 
 use super::connector::{ConnectorActor, ConnectorArgs, ConnectorMsg};
 use crate::bus::Bus;
-use crate::config::DeliveryConfig;
+use crate::config::{DeliveryConfig, StreamsConfig};
 use crate::connector::Connector;
 use crate::delivery::{ConnectorStats, Pipeline};
 use crate::http_client::HttpClient;
 use crate::metrics::CONNECTOR_RESTARTS_TOTAL;
+use crate::registry::{consumer_spec, Origin};
 
 /// More than this many restarts within [`RESTART_WINDOW`] and the connector is given up on.
 pub const MAX_RESTARTS: usize = 10;
@@ -24,6 +28,24 @@ pub const RESTART_WINDOW: Duration = Duration::from_secs(60);
 pub enum SupervisorMsg {
     /// Start (or restart) the connector with this id.
     Start(String),
+    /// A connector from the registry: start it if new, swap it in if changed (drain, then
+    /// continue with the new definition on the same durable consumer).
+    Deploy(Box<Desired>),
+    /// Its registry entry was deleted: stop it (drain first), or go back to the connectors
+    /// folder's definition of the same id if there is one.
+    Undeploy(String),
+    /// A registry value that cannot run: reported in status; a running version keeps running.
+    Invalid {
+        key: String,
+        revision: u64,
+        error: String,
+    },
+    /// A swap ordered by `Deploy` finished (sent by the task awaiting it).
+    Applied {
+        id: String,
+        revision: Option<u64>,
+        result: Result<(), String>,
+    },
     /// The state of every connector.
     Status(RpcReplyPort<Vec<ConnectorView>>),
     /// The actor currently running a connector (tests and tools).
@@ -41,6 +63,8 @@ pub enum RunState {
     Restarting,
     Failed,
     Stopped,
+    /// A registry value that cannot run (see `registry_error`); nothing runs for it.
+    Invalid,
 }
 
 /// What status pages show of one connector.
@@ -62,6 +86,24 @@ pub struct ConnectorView {
     pub latency_p99_ms: Option<f64>,
     /// Most recent failures, newest last.
     pub recent_failures: Vec<crate::delivery::FailureNote>,
+    /// `registry` or `folder`.
+    pub source: &'static str,
+    /// The registry revision running now (None for a folder connector).
+    pub revision: Option<u64>,
+    /// The registry revision deployed, once different from `revision` while a swap runs.
+    pub deployed_revision: Option<u64>,
+    /// When the running registry revision was deployed (RFC 3339).
+    pub deployed_at: Option<String>,
+    /// The newest registry value for this id that could not run, with its problems.
+    pub registry_error: Option<String>,
+}
+
+/// A connector to run and where its definition comes from.
+pub struct Desired {
+    /// The validated outbound connector.
+    pub connector: Arc<Connector>,
+    /// The folder file or registry revision it comes from.
+    pub origin: Origin,
 }
 
 /// What the supervisor shares with every connector it starts.
@@ -76,19 +118,32 @@ pub struct Deps {
     pub endpoints: Arc<crate::actors::endpoint::EndpointRegistry>,
     /// The audit actor (`None`: auditing off).
     pub audit: Option<ActorRef<crate::actors::audit::AuditMsg>>,
+    /// `HMS_EVENTS` gets the subjects of connectors deployed while running.
+    pub streams: StreamsConfig,
 }
 
 pub struct SupervisorArgs {
     pub deps: Deps,
-    pub connectors: Vec<Arc<Connector>>,
+    /// What runs at start: the folder's connectors with registry ones in their place.
+    pub connectors: Vec<Desired>,
+    /// The folder's connectors by id (what runs again when a registry entry is deleted).
+    pub folder: HashMap<String, Arc<Connector>>,
+    /// Invalid registry values at start: (key, revision, error).
+    pub invalid: Vec<(String, u64, String)>,
 }
 
 struct Slot {
+    /// The definition to run (the deployed one, also while a swap to it is in progress).
     pipeline: Arc<Pipeline>,
+    origin: Origin,
     actor: Option<ActorRef<ConnectorMsg>>,
     state: RunState,
     restarts: VecDeque<Instant>,
     total_restarts: usize,
+    /// Registry revision the actor runs now (after the last acknowledged swap).
+    running: Option<u64>,
+    running_deployed_at: Option<String>,
+    registry_error: Option<String>,
 }
 
 pub struct SupervisorState {
@@ -96,6 +151,9 @@ pub struct SupervisorState {
     slots: HashMap<String, Slot>,
     by_actor: HashMap<ActorId, String>,
     draining: bool,
+    folder: HashMap<String, Arc<Connector>>,
+    /// Invalid registry values with no running version: key -> (revision, error).
+    invalid: BTreeMap<String, (u64, String)>,
 }
 
 pub struct Supervisor;
@@ -110,29 +168,24 @@ impl Actor for Supervisor {
         myself: ActorRef<Self::Msg>,
         args: SupervisorArgs,
     ) -> Result<Self::State, ActorProcessingErr> {
-        let mut slots = HashMap::new();
-        for c in args.connectors {
-            let id = c.id.clone();
-            let stats = Arc::new(ConnectorStats::default());
-            let pipeline = Arc::new(Pipeline::new(c, &args.deps, stats));
-            slots.insert(
-                id.clone(),
-                Slot {
-                    pipeline,
-                    actor: None,
-                    state: RunState::Starting,
-                    restarts: VecDeque::new(),
-                    total_restarts: 0,
-                },
-            );
-            myself.send_message(SupervisorMsg::Start(id))?;
-        }
-        Ok(SupervisorState {
+        let mut state = SupervisorState {
             deps: args.deps,
-            slots,
+            slots: HashMap::new(),
             by_actor: HashMap::new(),
             draining: false,
-        })
+            folder: args.folder,
+            invalid: args
+                .invalid
+                .into_iter()
+                .map(|(k, r, e)| (k, (r, e)))
+                .collect(),
+        };
+        for d in args.connectors {
+            let id = d.connector.id.clone();
+            state.slots.insert(id.clone(), new_slot(&state.deps, d));
+            myself.send_message(SupervisorMsg::Start(id))?;
+        }
+        Ok(state)
     }
 
     async fn handle(
@@ -152,16 +205,19 @@ impl Actor for Supervisor {
                 if slot.actor.is_some() {
                     return Ok(());
                 }
+                let start_from = start_from(&slot.origin, state.deps.started_at);
                 let args = ConnectorArgs {
                     pipeline: slot.pipeline.clone(),
                     delivery: state.deps.delivery.clone(),
-                    start_from: state.deps.started_at,
+                    spec: consumer_spec(&slot.pipeline.connector, &slot.origin, start_from),
                 };
                 match Actor::spawn_linked(None, ConnectorActor, args, myself.get_cell()).await {
                     Ok((actor, _)) => {
                         state.by_actor.insert(actor.get_id(), id.clone());
                         slot.actor = Some(actor);
                         slot.state = RunState::Running;
+                        slot.running = slot.origin.revision();
+                        slot.running_deployed_at = deployed_at(&slot.origin);
                     }
                     Err(e) => {
                         tracing::error!("[{id}] could not start: {e}");
@@ -169,9 +225,48 @@ impl Actor for Supervisor {
                     }
                 }
             }
+            SupervisorMsg::Deploy(desired) => deploy(&myself, state, *desired).await,
+            SupervisorMsg::Undeploy(id) => undeploy(&myself, state, &id).await,
+            SupervisorMsg::Invalid {
+                key,
+                revision,
+                error,
+            } => match state.slots.get_mut(&key) {
+                Some(slot) => {
+                    slot.registry_error = Some(format!(
+                        "revision {revision} is invalid; the previous definition keeps running: {error}"
+                    ));
+                }
+                None => {
+                    state.invalid.insert(key, (revision, error));
+                }
+            },
+            SupervisorMsg::Applied {
+                id,
+                revision,
+                result,
+            } => {
+                if let Some(slot) = state.slots.get_mut(&id) {
+                    match result {
+                        Ok(()) if slot.origin.revision() == revision => {
+                            slot.running = revision;
+                            slot.running_deployed_at = deployed_at(&slot.origin);
+                            tracing::info!("[{id}] now runs {}", describe(&slot.origin));
+                        }
+                        Ok(()) => {}
+                        Err(e) => tracing::warn!("[{id}] swap failed ({e}); restarting it"),
+                    }
+                }
+            }
             SupervisorMsg::Status(reply) => {
                 let mut views: Vec<ConnectorView> =
                     state.slots.iter().map(|(id, s)| view(id, s)).collect();
+                views.extend(
+                    state
+                        .invalid
+                        .iter()
+                        .map(|(k, (r, e))| invalid_view(k, *r, e)),
+                );
                 views.sort_by(|a, b| a.id.cmp(&b.id));
                 let _ = reply.send(views);
             }
@@ -263,6 +358,194 @@ fn schedule_restart(myself: &ActorRef<SupervisorMsg>, id: &str, slot: &mut Slot)
     });
 }
 
+fn new_slot(deps: &Deps, d: Desired) -> Slot {
+    Slot {
+        pipeline: Arc::new(Pipeline::new(
+            d.connector,
+            deps,
+            Arc::new(ConnectorStats::default()),
+        )),
+        origin: d.origin,
+        actor: None,
+        state: RunState::Starting,
+        restarts: VecDeque::new(),
+        total_restarts: 0,
+        running: None,
+        running_deployed_at: None,
+        registry_error: None,
+    }
+}
+
+/// Where a consumer created now starts. A folder connector: when `up` started. A registry one:
+/// normally `deploy` created its consumer already; for a value written by another tool, where
+/// the server stored it (or when `up` started, if later).
+fn start_from(origin: &Origin, started_at: time::OffsetDateTime) -> time::OffsetDateTime {
+    match origin {
+        Origin::Folder(_) => started_at,
+        Origin::Registry(d) => d.stored_at.max(started_at),
+    }
+}
+
+fn deployed_at(origin: &Origin) -> Option<String> {
+    match origin {
+        Origin::Folder(_) => None,
+        Origin::Registry(d) => Some(d.deployed_at.clone()),
+    }
+}
+
+fn describe(origin: &Origin) -> String {
+    match origin {
+        Origin::Folder(f) => format!("the definition of {f}"),
+        Origin::Registry(d) => format!("registry revision {}", d.revision),
+    }
+}
+
+/// Starts a new connector, or swaps a running one to `desired`.
+async fn deploy(myself: &ActorRef<SupervisorMsg>, state: &mut SupervisorState, desired: Desired) {
+    if state.draining {
+        return;
+    }
+    let id = desired.connector.id.clone();
+    state.invalid.remove(&id);
+    let topic = desired.connector.trigger.topic.clone();
+    // The stream captures the topic before a consumer is created on it.
+    if let Err(e) = state
+        .deps
+        .bus
+        .ensure_streams(std::slice::from_ref(&topic), &state.deps.streams)
+        .await
+    {
+        tracing::error!("[{id}] cannot add {topic} to the event stream: {e}");
+    }
+    let Some(slot) = state.slots.get_mut(&id) else {
+        tracing::info!("[{id}] starting {}", describe(&desired.origin));
+        state
+            .slots
+            .insert(id.clone(), new_slot(&state.deps, desired));
+        let _ = myself.send_message(SupervisorMsg::Start(id));
+        return;
+    };
+    if let (Origin::Folder(file), Origin::Registry(d)) = (&slot.origin, &desired.origin) {
+        tracing::warn!(
+            "[{id}] defined in {file} and in the registry: registry revision {} wins",
+            d.revision
+        );
+    }
+    slot.registry_error = None;
+    slot.pipeline = Arc::new(Pipeline::new(
+        desired.connector,
+        &state.deps,
+        slot.pipeline.stats.clone(),
+    ));
+    slot.origin = desired.origin;
+    swap(myself, state.deps.started_at, &id, slot);
+}
+
+/// Orders the running actor to continue with the slot's definition (or starts one).
+fn swap(
+    myself: &ActorRef<SupervisorMsg>,
+    started_at: time::OffsetDateTime,
+    id: &str,
+    slot: &mut Slot,
+) {
+    let revision = slot.origin.revision();
+    let Some(actor) = slot.actor.clone() else {
+        // Restarting: the pending Start uses the new definition. Failed: try again now.
+        if slot.state == RunState::Failed {
+            slot.restarts.clear();
+            slot.state = RunState::Starting;
+            let _ = myself.send_message(SupervisorMsg::Start(id.to_string()));
+        }
+        return;
+    };
+    tracing::info!(
+        "[{id}] applying {}: draining in-flight events",
+        describe(&slot.origin)
+    );
+    let spec = consumer_spec(
+        &slot.pipeline.connector,
+        &slot.origin,
+        start_from(&slot.origin, started_at),
+    );
+    let pipeline = slot.pipeline.clone();
+    let (me, id) = (myself.clone(), id.to_string());
+    tokio::spawn(async move {
+        let result = match ractor::call!(actor, ConnectorMsg::Apply, pipeline, spec) {
+            Ok(r) => r,
+            Err(e) => Err(e.to_string()),
+        };
+        let _ = me.send_message(SupervisorMsg::Applied {
+            id,
+            revision,
+            result,
+        });
+    });
+}
+
+/// A registry entry was deleted: fall back to the folder's definition, or stop and forget it.
+async fn undeploy(myself: &ActorRef<SupervisorMsg>, state: &mut SupervisorState, id: &str) {
+    state.invalid.remove(id);
+    if state.draining {
+        return;
+    }
+    let Some(slot) = state.slots.get_mut(id) else {
+        return;
+    };
+    if !matches!(slot.origin, Origin::Registry(_)) {
+        return;
+    }
+    if let Some(c) = state.folder.get(id).cloned() {
+        tracing::info!("[{id}] undeployed from the registry: back to {}", c.origin);
+        slot.registry_error = None;
+        slot.pipeline = Arc::new(Pipeline::new(
+            c.clone(),
+            &state.deps,
+            slot.pipeline.stats.clone(),
+        ));
+        slot.origin = Origin::Folder(c.origin.clone());
+        swap(myself, state.deps.started_at, id, slot);
+        return;
+    }
+    let Some(slot) = state.slots.remove(id) else {
+        return;
+    };
+    tracing::info!("[{id}] undeployed: draining in-flight events, then stopping");
+    if let Some(actor) = slot.actor {
+        state.by_actor.remove(&actor.get_id());
+        // Drain in a task: the supervisor keeps answering meanwhile.
+        let id = id.to_string();
+        tokio::spawn(async move {
+            let _ = ractor::call_t!(actor, ConnectorMsg::Drain, 60_000);
+            actor.stop(None);
+            tracing::info!("[{id}] stopped");
+        });
+    }
+}
+
+fn invalid_view(key: &str, revision: u64, error: &str) -> ConnectorView {
+    ConnectorView {
+        id: key.to_string(),
+        consumer: crate::connector::consumer_name(key),
+        topic: String::new(),
+        origin: crate::registry::label(key, revision),
+        state: RunState::Invalid,
+        restarts: 0,
+        delivered: 0,
+        failed: 0,
+        parked: 0,
+        filtered: 0,
+        last_error: Some(error.to_string()),
+        latency_p50_ms: None,
+        latency_p99_ms: None,
+        recent_failures: Vec::new(),
+        source: "registry",
+        revision: None,
+        deployed_revision: Some(revision),
+        deployed_at: None,
+        registry_error: Some(error.to_string()),
+    }
+}
+
 fn view(id: &str, s: &Slot) -> ConnectorView {
     use std::sync::atomic::Ordering::Relaxed;
     let c = &s.pipeline.connector;
@@ -286,5 +569,13 @@ fn view(id: &str, s: &Slot) -> ConnectorView {
             .lock()
             .map(|r| r.iter().cloned().collect())
             .unwrap_or_default(),
+        source: match s.origin {
+            Origin::Folder(_) => "folder",
+            Origin::Registry(_) => "registry",
+        },
+        revision: s.running,
+        deployed_revision: s.origin.revision().filter(|r| Some(*r) != s.running),
+        deployed_at: s.running_deployed_at.clone(),
+        registry_error: s.registry_error.clone(),
     }
 }

@@ -18,6 +18,7 @@ pub mod audit;
 pub mod parked;
 pub mod status;
 pub use parked::{StoredJob, ORIGINAL_SUBJECT_HEADER, REPLAY_OF_HEADER, REPLAY_PREFIX};
+pub mod kv;
 
 pub const EVENTS_STREAM: &str = "HMS_EVENTS";
 pub const PARKED_STREAM: &str = "HMS_SYNC_PARKED";
@@ -178,12 +179,33 @@ impl Bus {
         Ok(())
     }
 
-    /// Creates the connector's durable consumer, or updates it in place (its position is kept).
+    /// Creates the connector's durable consumer, or updates it in place (its position is kept),
+    /// and subscribes to it.
     pub async fn open_consumer(
         &self,
         spec: &ConsumerSpec,
         delivery: &DeliveryConfig,
     ) -> Result<EventSource, BusError> {
+        let consumer = self.ensure_consumer(spec, delivery).await?;
+        let messages = consumer
+            .stream()
+            .max_messages_per_batch(delivery.pull_batch.max(1))
+            .heartbeat(Duration::from_secs(5))
+            .expires(Duration::from_secs(30))
+            .messages()
+            .await
+            .map_err(|x| err(format!("consumer {}", spec.name))(x.to_string()))?;
+        Ok(EventSource { messages })
+    }
+
+    /// Creates the connector's durable consumer, or updates it in place (filter, description,
+    /// metadata; its deliver policy and position are kept). Clears an inactivity threshold set
+    /// by [`Bus::retire_consumer`].
+    pub async fn ensure_consumer(
+        &self,
+        spec: &ConsumerSpec,
+        delivery: &DeliveryConfig,
+    ) -> Result<consumer::PullConsumer, BusError> {
         let e = |m: String| err(format!("consumer {}", spec.name))(m);
         let stream = self
             .js
@@ -220,19 +242,47 @@ impl Bus {
             metadata: spec.metadata.clone(),
             ..Default::default()
         };
-        let consumer: consumer::PullConsumer = stream
+        stream
+            .create_consumer(config)
+            .await
+            .map_err(|x| e(x.to_string()))
+    }
+
+    /// An undeployed connector's consumer: the server deletes it after `grace` without a
+    /// subscriber (a redeploy within `grace` resumes where it stopped). No-op when it is gone.
+    pub async fn retire_consumer(&self, name: &str, grace: Duration) -> Result<bool, BusError> {
+        let e = |m: String| err(format!("consumer {name}"))(m);
+        let stream = self
+            .js
+            .get_stream(EVENTS_STREAM)
+            .await
+            .map_err(|x| e(x.to_string()))?;
+        let Ok(info) = stream.consumer_info(name).await else {
+            return Ok(false);
+        };
+        let mut config = info.config.clone();
+        config.inactive_threshold = grace;
+        stream
             .create_consumer(config)
             .await
             .map_err(|x| e(x.to_string()))?;
-        let messages = consumer
-            .stream()
-            .max_messages_per_batch(delivery.pull_batch.max(1))
-            .heartbeat(Duration::from_secs(5))
-            .expires(Duration::from_secs(30))
-            .messages()
+        Ok(true)
+    }
+
+    /// Deletes a connector's consumer at once (its position is lost). False when it was gone.
+    pub async fn delete_consumer(&self, name: &str) -> Result<bool, BusError> {
+        let stream = match self.js.get_stream(EVENTS_STREAM).await {
+            Ok(s) => s,
+            Err(_) => return Ok(false),
+        };
+        if stream.consumer_info(name).await.is_err() {
+            return Ok(false);
+        }
+        stream
+            .delete_consumer(name)
             .await
-            .map_err(|x| e(x.to_string()))?;
-        Ok(EventSource { messages })
+            .map(|_| true)
+            .map_err(|x| err(format!("delete consumer {name}"))(x.to_string()))
     }
 
     /// Numbers for `status`: (pending, ack pending, redelivered).

@@ -1,11 +1,15 @@
 //! The `hms-sync` command line: one file per subcommand, each delegating to the library.
 
 mod audit;
+mod connect;
+mod deploy;
+mod list;
 mod parked;
 mod publish;
 mod schema;
 mod status;
 mod test;
+mod undeploy;
 mod up;
 mod validate;
 
@@ -67,6 +71,13 @@ pub enum Command {
     /// Per connector: state, pending, ack pending, redelivered, parked jobs, last error,
     /// p50/p99 latency. Asks the running instance; without one, what NATS knows.
     Status(status::Args),
+    /// Validate connector files and store them in the registry (KV hms_sync_connectors);
+    /// every running `up` starts or changes them within 2 s. Exit 0 deployed, 2 invalid.
+    Deploy(deploy::Args),
+    /// Remove connectors from the registry (history kept); running `up`s stop them.
+    Undeploy(undeploy::Args),
+    /// The registry: id, type, topic, revision, deployed at; `--history ID` for earlier revisions.
+    List(list::Args),
 }
 
 impl Cli {
@@ -111,6 +122,9 @@ pub fn main() -> ExitCode {
         Command::Parked(c) => block_on(parked::exec(&cli, c)),
         Command::Audit(c) => block_on(audit::exec(&cli, c)),
         Command::Status(a) => block_on(status::exec(&cli, a)),
+        Command::Deploy(a) => block_on(deploy::exec(&cli, a)),
+        Command::Undeploy(a) => block_on(undeploy::exec(&cli, a)),
+        Command::List(a) => block_on(list::exec(&cli, a)),
     }
 }
 

@@ -301,6 +301,11 @@ fn strsim_hint<'a>(key: &str, known: &[&'a str]) -> Option<&'a str> {
 
 /// Reads and validates connector files; duplicate ids across files are errors too.
 pub fn load_files(files: &[PathBuf]) -> Result<Vec<AnyConnector>, Problems> {
+    load_sources(files).map(|v| v.into_iter().map(|(c, _)| c).collect())
+}
+
+/// Like [`load_files`], keeping each connector's text as written (what `deploy` stores).
+pub fn load_sources(files: &[PathBuf]) -> Result<Vec<(AnyConnector, String)>, Problems> {
     let mut problems = Vec::new();
     let mut out = Vec::new();
     let mut seen: HashMap<String, String> = HashMap::new();
@@ -342,7 +347,7 @@ pub fn load_files(files: &[PathBuf]) -> Result<Vec<AnyConnector>, Problems> {
                     });
                 } else {
                     seen.insert(c.id().to_string(), file.clone());
-                    out.push(c);
+                    out.push((c, text));
                 }
             }
             Err(Problems(p)) => problems.extend(p),
@@ -356,11 +361,14 @@ pub fn load_files(files: &[PathBuf]) -> Result<Vec<AnyConnector>, Problems> {
 }
 
 /// The id of a connector in `others` that already serves `c`'s webhook path, if any.
-fn webhook_path_taken<'a>(c: &AnyConnector, others: &'a [AnyConnector]) -> Option<&'a str> {
+fn webhook_path_taken<'a>(
+    c: &AnyConnector,
+    others: &'a [(AnyConnector, String)],
+) -> Option<&'a str> {
     let AnyConnector::Inbound(c) = c else {
         return None;
     };
-    others.iter().find_map(|o| match o {
+    others.iter().find_map(|(o, _)| match o {
         AnyConnector::Inbound(o) if o.webhook_url == c.webhook_url => Some(o.id.as_str()),
         _ => None,
     })

@@ -9,6 +9,7 @@ mod embedded;
 mod inbound;
 mod operator;
 mod protection;
+mod registry;
 mod status;
 mod status_page;
 mod walkthrough;

@@ -1,0 +1,77 @@
+//! NATS for one-shot registry commands: connect, or briefly start the embedded nats-server.
+
+use crate::bus::Bus;
+use crate::config::RuntimeConfig;
+use crate::nats_server::{find_binary, EmbeddedServer};
+
+/// A connection for one command, with the embedded server it started (if any).
+pub struct Conn {
+    pub bus: Bus,
+    embedded: Option<EmbeddedServer>,
+}
+
+/// Connects to `nats.url`. When nothing answers there and `nats.embedded` is on (the default
+/// config), starts nats-server from `nats.serverConfig` for the duration of the command, so that
+/// `deploy` then `up` work on a fresh machine (both use the same store). Otherwise the error
+/// names the URL.
+pub async fn connect(cfg: &RuntimeConfig) -> anyhow::Result<Conn> {
+    let url = &cfg.nats.url;
+    let mut embedded = None;
+    if !Bus::reachable(url).await {
+        if !cfg.nats.embedded {
+            anyhow::bail!(
+                "nothing answers at {url}: start NATS there, or pass --nats-url URL (or NATS_URL)"
+            );
+        }
+        let bin = find_binary(cfg.nats.server_bin.as_deref(), &cfg.nats.server_config);
+        eprintln!(
+            "nothing answers at {url}: starting the embedded nats-server ({}) for this command",
+            cfg.nats.server_config.display()
+        );
+        embedded = Some(
+            EmbeddedServer::start(&bin, &cfg.nats.server_config, url)
+                .await
+                .map_err(|e| anyhow::anyhow!("{e} (nothing answers at {url})"))?,
+        );
+    }
+    let bus = Bus::connect(url).await?;
+    Ok(Conn { bus, embedded })
+}
+
+impl Conn {
+    /// Flushes, and stops the embedded server if this command started one.
+    pub async fn close(self) {
+        self.bus.close().await;
+        if let Some(s) = self.embedded {
+            s.stop().await;
+        }
+    }
+}
+
+/// Prints rows as a table with a header, columns padded to their widest cell.
+pub fn print_table(header: &[&str], rows: &[Vec<String>]) {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
+    for r in rows {
+        for (i, cell) in r.iter().enumerate() {
+            if let Some(w) = widths.get_mut(i) {
+                *w = (*w).max(cell.chars().count());
+            }
+        }
+    }
+    let line = |cells: Vec<&str>| {
+        let mut s = String::new();
+        for (i, c) in cells.iter().enumerate() {
+            if i + 1 == cells.len() {
+                s.push_str(c);
+            } else {
+                let w = widths.get(i).copied().unwrap_or(0);
+                s.push_str(&format!("{c:<w$}  "));
+            }
+        }
+        println!("{}", s.trim_end());
+    };
+    line(header.to_vec());
+    for r in rows {
+        line(r.iter().map(String::as_str).collect());
+    }
+}
