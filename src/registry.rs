@@ -180,6 +180,8 @@ pub fn consumer_spec(
 pub enum Change {
     /// Run this outbound connector (new or changed).
     Run(Box<Desired>),
+    /// Serve this inbound connector's webhook (new or changed).
+    Serve(Box<crate::connector::InboundConnector>),
     /// The key was deleted (or now holds a connector this runtime does not run).
     Remove(String),
     /// The value cannot run; the reason names the key, revision and problems.
@@ -205,12 +207,13 @@ pub fn change(entry: &KvEntry) -> Change {
             }))
         }
         Ok((d, AnyConnector::Inbound(c))) => {
-            tracing::warn!(
-                "[{}] registry revision {}: inbound webhooks are not served by this version yet",
+            tracing::info!(
+                "[{}] registry revision {}: serving {}",
                 c.id,
-                d.revision
+                d.revision,
+                c.webhook_url
             );
-            Change::Remove(entry.key.clone())
+            Change::Serve(c)
         }
         Err(e) => {
             let error = e.to_string();
@@ -258,6 +261,7 @@ pub async fn watch(
     mut next_revision: u64,
     mut seen: HashMap<String, u64>,
     supervisor: ActorRef<SupervisorMsg>,
+    inbound: InboundTarget,
 ) {
     let mut warned: HashSet<String> = HashSet::new();
     loop {
@@ -279,8 +283,30 @@ pub async fn watch(
                     }
                     seen.insert(entry.key.clone(), entry.revision);
                     let msg = match change(&entry) {
-                        Change::Run(d) => SupervisorMsg::Deploy(d),
-                        Change::Remove(id) => SupervisorMsg::Undeploy(id),
+                        Change::Run(d) => {
+                            // An id that was inbound before and is outbound now stops serving.
+                            inbound.webhooks.remove(&d.connector.id);
+                            SupervisorMsg::Deploy(d)
+                        }
+                        Change::Serve(c) => {
+                            let id = c.id.clone();
+                            if let Err(e) = crate::inbound::deploy(
+                                &inbound.webhooks,
+                                &inbound.bus,
+                                &inbound.streams,
+                                *c,
+                            )
+                            .await
+                            {
+                                tracing::error!("[{id}] cannot serve this registry revision: {e}");
+                            }
+                            // An id that was outbound before stops running.
+                            SupervisorMsg::Undeploy(id)
+                        }
+                        Change::Remove(id) => {
+                            inbound.webhooks.remove(&id);
+                            SupervisorMsg::Undeploy(id)
+                        }
                         Change::Invalid {
                             key,
                             revision,
@@ -301,6 +327,14 @@ pub async fn watch(
         }
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
+}
+
+/// Where registry writes of inbound connectors take effect.
+#[derive(Clone)]
+pub struct InboundTarget {
+    pub webhooks: crate::inbound::Webhooks,
+    pub bus: crate::bus::Bus,
+    pub streams: crate::config::StreamsConfig,
 }
 
 /// How long an undeployed connector's consumer is kept without a subscriber before the server

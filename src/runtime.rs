@@ -108,7 +108,10 @@ impl Runtime {
         let bus = Bus::connect(&url).await?;
         let kv = bus.registry().await?;
         let snapshot = registry::snapshot(&kv).await?;
-        let (connectors, folder, invalid) = merge(outbound, snapshot.changes);
+        let (connectors, folder, invalid, registry_inbound) = merge(outbound, snapshot.changes);
+        // The registry's inbound connectors win over the folder's of the same id.
+        inbound.retain(|c| !registry_inbound.iter().any(|r| r.id == c.id));
+        inbound.extend(registry_inbound.into_iter().map(Box::new));
         let mut topics: Vec<String> = connectors
             .iter()
             .map(|d| d.connector.trigger.topic.clone())
@@ -159,11 +162,20 @@ impl Runtime {
         )
         .await
         .context("start the supervisor")?;
+        let webhooks = Webhooks::default();
+        for c in inbound {
+            webhooks.insert(*c)?;
+        }
         let registry_watch = tokio::spawn(registry::watch(
             kv,
             snapshot.next_revision,
             snapshot.seen,
             supervisor.clone(),
+            registry::InboundTarget {
+                webhooks: webhooks.clone(),
+                bus: bus.clone(),
+                streams: cfg.streams.clone(),
+            },
         ));
         // Wait (bounded) until every connector has its consumer and runs.
         let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
@@ -183,10 +195,6 @@ impl Runtime {
             .await
             .with_context(|| format!("listen on {}", cfg.http.listen))?;
         let addr = listener.local_addr()?;
-        let webhooks = Webhooks::default();
-        for c in inbound {
-            webhooks.insert(*c)?;
-        }
         let app = crate::server::router(crate::server::AppState {
             prom,
             supervisor: supervisor.clone(),
@@ -290,6 +298,7 @@ type Merged = (
     Vec<Desired>,
     HashMap<String, Arc<crate::connector::Connector>>,
     Vec<(String, u64, String)>,
+    Vec<crate::connector::InboundConnector>,
 );
 
 fn merge(folder: Vec<Arc<crate::connector::Connector>>, registry: Vec<Change>) -> Merged {
@@ -308,8 +317,13 @@ fn merge(folder: Vec<Arc<crate::connector::Connector>>, registry: Vec<Change>) -
         })
         .collect();
     let mut invalid = Vec::new();
+    let mut inbound = Vec::new();
     for change in registry {
         match change {
+            Change::Serve(c) => {
+                run.remove(&c.id);
+                inbound.push(*c);
+            }
             Change::Run(d) => {
                 if let (Some(f), Origin::Registry(r)) = (folder.get(&d.connector.id), &d.origin) {
                     tracing::warn!(
@@ -331,7 +345,7 @@ fn merge(folder: Vec<Arc<crate::connector::Connector>>, registry: Vec<Change>) -
     }
     let mut run: Vec<Desired> = run.into_values().collect();
     run.sort_by(|a, b| a.connector.id.cmp(&b.connector.id));
-    (run, folder, invalid)
+    (run, folder, invalid, inbound)
 }
 
 /// Runs until `shutdown` completes, then shuts down cleanly.

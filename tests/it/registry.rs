@@ -788,3 +788,60 @@ async fn rapid_redeploys_settle_on_the_last_revision() {
     assert_eq!(target.requests()[0].path, "/r4/items/x");
     rt.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn inbound_connectors_deployed_to_the_registry_are_served_without_a_restart() {
+    use hmac::Mac;
+    init_logs();
+    std::env::set_var("HMS_TEST_REGISTRY_HOOK_SECRET", "reg-secret");
+    let nats = Nats::start().await;
+    let setup = Setup::new(&nats, &[], "");
+    let rt = setup.start().await;
+    let bus = hms_sync::bus::Bus::connect(&nats.url()).await.unwrap();
+    let yaml = "id: reg.hook.inbound.v1\ntype: inbound\nsource:\n  webhookUrl: /webhooks/reg\n  signature:\n    scheme: hmac-sha256\n    header: X-Signature\n    encoding: hex\n    secret: ${HMS_TEST_REGISTRY_HOOK_SECRET}\npublish:\n  topic: reg.hook.received\n  idFrom: \"{{ id }}\"\n";
+    let url = format!("http://{}/webhooks/reg", rt.http_addr());
+    let body = br#"{"id":"h1","amount":5}"#;
+    let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(b"reg-secret").unwrap();
+    mac.update(body);
+    let sig = hex::encode(mac.finalize().into_bytes());
+    let post = || {
+        let (url, sig) = (url.clone(), sig.clone());
+        async move {
+            reqwest::Client::new()
+                .post(&url)
+                .header("content-type", "application/json")
+                .header("X-Signature", sig)
+                .body(body.to_vec())
+                .send()
+                .await
+                .map(|r| r.status().as_u16())
+                .unwrap_or(0)
+        }
+    };
+    assert_eq!(post().await, 404, "not served before deploy");
+    deploy_lib(&bus, "hook.yaml", yaml).await;
+    eventually(
+        Duration::from_secs(2),
+        "served within 2 s of deploy",
+        || async { post().await == 200 },
+    )
+    .await;
+    let js = async_nats::jetstream::new(nats.client().await);
+    let stream = js.get_stream("HMS_EVENTS").await.unwrap();
+    let stored = stream
+        .get_last_raw_message_by_subject("reg.hook.received")
+        .await
+        .unwrap();
+    assert_eq!(&stored.payload[..], body);
+    let (code, _, err) = hms_async(
+        setup.dir.path(),
+        &["undeploy", "reg.hook.inbound.v1", "--nats-url", &nats.url()],
+    )
+    .await;
+    assert_eq!(code, 0, "{err}");
+    eventually(Duration::from_secs(2), "no longer served", || async {
+        post().await == 404
+    })
+    .await;
+    rt.shutdown().await;
+}
