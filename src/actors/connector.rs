@@ -213,16 +213,10 @@ async fn pump(
 ) -> Option<EventSource> {
     let permits = Arc::new(Semaphore::new(limit));
     let mut tasks = JoinSet::new();
-    let mut errors_in_a_row = 0u32;
+    let mut health = PullHealth::default();
     let ended = loop {
         // Reap finished tasks; a panicked delivery fails the actor (its event is redelivered).
-        while let Some(done) = tasks.try_join_next() {
-            if let Err(e) = done {
-                if e.is_panic() {
-                    break_with(&actor, format!("a delivery panicked: {e}"));
-                }
-            }
-        }
+        reap(&mut tasks, &actor);
         let permit = tokio::select! {
             p = permits.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break None },
             _ = stop.changed() => break None,
@@ -231,24 +225,16 @@ async fn pump(
             n = source.next() => n,
             _ = stop.changed() => break None,
         };
-        match next {
-            None => break Some("the consumer's subscription ended".to_string()),
-            Some(Err(e)) => {
-                errors_in_a_row += 1;
-                tracing::warn!("[{}] {e}", pipeline.connector.id);
-                if errors_in_a_row >= 10 {
-                    break Some(format!("10 pull errors in a row, last: {e}"));
-                }
-            }
-            Some(Ok(delivery)) if !is_mine(&pipeline, &delivery) => {
+        match health.take(next, &pipeline.connector.id) {
+            Err(why) => break Some(why),
+            Ok(None) => {}
+            Ok(Some(delivery)) if !is_mine(&pipeline, &delivery) => {
                 // The consumer's filter was changed for a new definition of this connector:
                 // leave the event to it.
-                errors_in_a_row = 0;
                 let _ = delivery.retry_after(NOT_MINE_DELAY).await;
                 drop(permit);
             }
-            Some(Ok(delivery)) => {
-                errors_in_a_row = 0;
+            Ok(Some(delivery)) => {
                 let p = pipeline.clone();
                 tasks.spawn(async move {
                     p.handle(delivery).await;
@@ -258,13 +244,7 @@ async fn pump(
         }
     };
     // Drain: let what is in flight finish.
-    while let Some(done) = tasks.join_next().await {
-        if let Err(e) = done {
-            if e.is_panic() {
-                tracing::error!("[{}] a delivery panicked: {e}", pipeline.connector.id);
-            }
-        }
-    }
+    finish_all(&mut tasks, &pipeline.connector.id).await;
     match ended {
         Some(why) => {
             break_with(&actor, why);
@@ -289,7 +269,7 @@ async fn pump_keyed(
     let (done_tx, mut done_rx) = mpsc::unbounded_channel::<(Option<String>, Finished)>();
     let mut lanes: Lanes<Delivery> = Lanes::new(ack_wait);
     let mut heartbeat = tokio::time::interval((ack_wait / 3).max(Duration::from_millis(100)));
-    let mut errors_in_a_row = 0u32;
+    let mut health = PullHealth::default();
     let spawn = |tasks: &mut JoinSet<()>, key: Option<String>, d: Delivery| {
         let (p, permits, done) = (pipeline.clone(), permits.clone(), done_tx.clone());
         tasks.spawn(async move {
@@ -301,13 +281,7 @@ async fn pump_keyed(
         });
     };
     let ended = loop {
-        while let Some(done) = tasks.try_join_next() {
-            if let Err(e) = done {
-                if e.is_panic() {
-                    break_with(&actor, format!("a delivery panicked: {e}"));
-                }
-            }
-        }
+        reap(&mut tasks, &actor);
         tokio::select! {
             _ = stop.changed() => break None,
             Some((key, finished)) = done_rx.recv() => {
@@ -329,21 +303,13 @@ async fn pump_keyed(
                     spawn(&mut tasks, key, d);
                 }
             }
-            next = source.next() => match next {
-                None => break Some("the consumer's subscription ended".to_string()),
-                Some(Err(e)) => {
-                    errors_in_a_row += 1;
-                    tracing::warn!("[{}] {e}", pipeline.connector.id);
-                    if errors_in_a_row >= 10 {
-                        break Some(format!("10 pull errors in a row, last: {e}"));
-                    }
-                }
-                Some(Ok(d)) if !is_mine(&pipeline, &d) => {
-                    errors_in_a_row = 0;
+            next = source.next() => match health.take(next, &pipeline.connector.id) {
+                Err(why) => break Some(why),
+                Ok(None) => {}
+                Ok(Some(d)) if !is_mine(&pipeline, &d) => {
                     let _ = d.retry_after(NOT_MINE_DELAY).await;
                 }
-                Some(Ok(d)) => {
-                    errors_in_a_row = 0;
+                Ok(Some(d)) => {
                     match ordering_key(&pipeline, &d) {
                         None => spawn(&mut tasks, None, d),
                         Some(key) => {
@@ -357,13 +323,7 @@ async fn pump_keyed(
             },
         }
     };
-    while let Some(done) = tasks.join_next().await {
-        if let Err(e) = done {
-            if e.is_panic() {
-                tracing::error!("[{}] a delivery panicked: {e}", pipeline.connector.id);
-            }
-        }
-    }
+    finish_all(&mut tasks, &pipeline.connector.id).await;
     // Held events were never attempted: hand them back so JetStream offers them again at once.
     for d in lanes.drain() {
         let _ = d.retry_after(Duration::ZERO).await;
@@ -390,6 +350,60 @@ fn ordering_key(pipeline: &Pipeline, d: &Delivery) -> Option<String> {
     let template = pipeline.connector.trigger.ordering_key.as_ref()?;
     let event: serde_json::Value = serde_json::from_slice(d.payload()).ok()?;
     template.render_text(&event, Secrets::Masked).ok()
+}
+
+/// Counts pull errors in a row: the pump gives up (and the actor restarts) after ten.
+#[derive(Default)]
+struct PullHealth {
+    errors_in_a_row: u32,
+}
+
+impl PullHealth {
+    /// `Ok(Some)` a delivery, `Ok(None)` a passing error (logged), `Err` why the pump stops.
+    fn take(
+        &mut self,
+        item: Option<Result<Delivery, crate::bus::BusError>>,
+        id: &str,
+    ) -> Result<Option<Delivery>, String> {
+        match item {
+            None => Err("the consumer's subscription ended".to_string()),
+            Some(Err(e)) => {
+                self.errors_in_a_row += 1;
+                tracing::warn!("[{id}] {e}");
+                if self.errors_in_a_row >= 10 {
+                    Err(format!("10 pull errors in a row, last: {e}"))
+                } else {
+                    Ok(None)
+                }
+            }
+            Some(Ok(d)) => {
+                self.errors_in_a_row = 0;
+                Ok(Some(d))
+            }
+        }
+    }
+}
+
+/// Collects finished delivery tasks; a panicked one fails the actor (its event is redelivered).
+fn reap(tasks: &mut JoinSet<()>, actor: &ActorRef<ConnectorMsg>) {
+    while let Some(done) = tasks.try_join_next() {
+        if let Err(e) = done {
+            if e.is_panic() {
+                break_with(actor, format!("a delivery panicked: {e}"));
+            }
+        }
+    }
+}
+
+/// Drain: lets what is in flight finish.
+async fn finish_all(tasks: &mut JoinSet<()>, id: &str) {
+    while let Some(done) = tasks.join_next().await {
+        if let Err(e) = done {
+            if e.is_panic() {
+                tracing::error!("[{id}] a delivery panicked: {e}");
+            }
+        }
+    }
 }
 
 fn break_with(actor: &ActorRef<ConnectorMsg>, why: String) {
