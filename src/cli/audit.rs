@@ -3,7 +3,6 @@
 use std::process::ExitCode;
 
 use super::Cli;
-use crate::bus::Bus;
 
 #[derive(Debug, clap::Subcommand)]
 pub enum Cmd {
@@ -17,9 +16,10 @@ pub enum Cmd {
 
 pub async fn exec(cli: &Cli, cmd: &Cmd) -> anyhow::Result<ExitCode> {
     let Cmd::Verify { json } = cmd;
-    let cfg = cli.runtime_config()?;
-    let bus = Bus::connect(&cfg.nats.url).await?;
-    let records = bus.audit_records().await?;
+    let conn = super::connect::connect(&cli.runtime_config()?).await?;
+    let records = conn.bus.audit_records().await;
+    conn.close().await;
+    let records = records?;
     let result = crate::audit::verify(records.iter().map(|(s, b)| (*s, b.as_ref())));
     match result {
         Ok(n) => {

@@ -1,4 +1,5 @@
-//! NATS for one-shot registry commands: connect, or briefly start the embedded nats-server.
+//! NATS for one-shot commands (deploy, list, parked, audit, publish, ...): connect, or briefly
+//! start the embedded nats-server.
 
 use crate::bus::Bus;
 use crate::config::RuntimeConfig;

@@ -69,8 +69,13 @@ fn summary(job: &StoredJob, p: &ParkedJob) -> Json {
 }
 
 pub async fn exec(cli: &Cli, cmd: &Cmd) -> anyhow::Result<ExitCode> {
-    let cfg = cli.runtime_config()?;
-    let bus = Bus::connect(&cfg.nats.url).await?;
+    let conn = super::connect::connect(&cli.runtime_config()?).await?;
+    let result = run(&conn.bus, cmd).await;
+    conn.close().await;
+    result
+}
+
+async fn run(bus: &Bus, cmd: &Cmd) -> anyhow::Result<ExitCode> {
     match cmd {
         Cmd::List { connector, json } => {
             let jobs = bus
@@ -85,20 +90,24 @@ pub async fn exec(cli: &Cli, cmd: &Cmd) -> anyhow::Result<ExitCode> {
             } else if rows.is_empty() {
                 println!("no parked jobs");
             } else {
-                println!(
-                    "{:<6} {:<28} {:<25} {:>8}  ERROR",
-                    "ID", "CONNECTOR", "PARKED AT", "ATTEMPTS"
+                let text = |v: &Json| {
+                    v.as_str()
+                        .map(str::to_string)
+                        .unwrap_or_else(|| v.to_string())
+                };
+                let table: Vec<Vec<String>> = rows
+                    .iter()
+                    .map(|r| {
+                        ["id", "connector", "parkedAt", "attempts", "error"]
+                            .iter()
+                            .map(|k| text(&r[*k]))
+                            .collect()
+                    })
+                    .collect();
+                super::connect::print_table(
+                    &["ID", "CONNECTOR", "PARKED AT", "ATTEMPTS", "ERROR"],
+                    &table,
                 );
-                for r in &rows {
-                    println!(
-                        "{:<6} {:<28} {:<25} {:>8}  {}",
-                        r["id"],
-                        r["connector"].as_str().unwrap_or_default(),
-                        r["parkedAt"].as_str().unwrap_or_default(),
-                        r["attempts"],
-                        r["error"].as_str().unwrap_or_default()
-                    );
-                }
             }
             Ok(ExitCode::SUCCESS)
         }

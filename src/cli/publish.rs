@@ -4,7 +4,6 @@ use std::io::Read;
 use std::process::ExitCode;
 
 use super::Cli;
-use crate::bus::Bus;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -42,8 +41,10 @@ pub async fn exec(cli: &Cli, args: &Args) -> anyhow::Result<ExitCode> {
     if let Some(id) = &args.id {
         headers.push(("Nats-Msg-Id".to_string(), id.clone()));
     }
-    let bus = Bus::connect(&cfg.nats.url).await?;
-    match bus.publish(&args.topic, &headers, data).await? {
+    let conn = super::connect::connect(&cfg).await?;
+    let published = conn.bus.publish(&args.topic, &headers, data).await;
+    conn.close().await;
+    match published? {
         Some((stream, seq, dup)) => {
             let dup = if dup {
                 " (duplicate: already stored)"
