@@ -33,6 +33,7 @@ pub struct Runtime {
     audit_done: tokio::task::JoinHandle<()>,
     endpoints: Arc<EndpointRegistry>,
     webhooks: Webhooks,
+    tokens: ActorRef<crate::actors::token::TokenMsg>,
 }
 
 /// Loads every connector of the configured folder (all problems at once).
@@ -135,7 +136,11 @@ impl Runtime {
             cfg.endpoints.clone(),
             Some(bus.clone()),
         ));
+        let (tokens, _) = Actor::spawn(None, crate::actors::token::TokenActor, http.clone())
+            .await
+            .context("start the token actor")?;
         let deps = Deps {
+            tokens: Some(crate::actors::token::Tokens(tokens.clone())),
             bus: bus.clone(),
             http,
             delivery: cfg.delivery.clone(),
@@ -202,6 +207,7 @@ impl Runtime {
             audit_done,
             endpoints,
             webhooks,
+            tokens,
         })
     }
 
@@ -248,6 +254,7 @@ impl Runtime {
         self.audit.stop(None);
         let _ = self.audit_done.await;
         self.endpoints.stop_all().await;
+        self.tokens.stop(None);
         self.server.abort();
         self.bus.close().await;
         if let Some(s) = self.embedded {

@@ -76,6 +76,8 @@ pub struct Deps {
     pub endpoints: Arc<crate::actors::endpoint::EndpointRegistry>,
     /// The audit actor (`None`: auditing off).
     pub audit: Option<ActorRef<crate::actors::audit::AuditMsg>>,
+    /// The token actor (outbound `auth:`), shared by all connectors.
+    pub tokens: Option<crate::actors::token::Tokens>,
 }
 
 pub struct SupervisorArgs {
