@@ -9,6 +9,7 @@ mod embedded;
 mod inbound;
 mod operator;
 mod protection;
+mod saas;
 mod status;
 mod status_page;
 mod walkthrough;
