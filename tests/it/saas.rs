@@ -701,3 +701,84 @@ async fn examples_without_secrets_start_and_park_with_a_clear_reason() {
     }
     rt.shutdown().await;
 }
+
+/// OAuth2 client credentials: one token shared by two connectors with the same credentials
+/// (client authenticated with HTTP Basic), and a 401 after a revocation in the middle of a
+/// flood: exactly one refresh, every event delivered once, nothing parked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oauth2_tokens_are_shared_and_refreshed_once_after_a_401() {
+    init_logs();
+    std::env::set_var("HMS_T_OAUTH_SECRET", "s3cr&t");
+    let nats = Nats::start().await;
+    let issued: Arc<Mutex<Vec<String>>> = Arc::default();
+    let served: Arc<Mutex<Vec<String>>> = Arc::default();
+    let (is2, sv2) = (issued.clone(), served.clone());
+    let fake = Fake::start(Arc::new(move |req: &Req| {
+        if req.path == "/oauth/token" {
+            use base64::Engine as _;
+            let want = base64::engine::general_purpose::STANDARD.encode("hms-sync:s3cr%26t");
+            if req.header("authorization") != format!("Basic {want}") {
+                return (401, vec![], json!({"error": "invalid_client"}));
+            }
+            let f = req.form();
+            assert_eq!(f["grant_type"], "client_credentials");
+            assert_eq!(f["scope"], "permits.read permits.write");
+            let mut t = is2.lock().unwrap();
+            let token = format!("tok-{}", t.len() + 1);
+            t.push(token.clone());
+            return (
+                200,
+                vec![],
+                json!({"access_token": token, "token_type": "Bearer", "expires_in": 3600}),
+            );
+        }
+        let token = req.bearer("authorization");
+        let mut served = sv2.lock().unwrap();
+        let current = is2.lock().unwrap().last().cloned();
+        // The first token is revoked after 8 accepted requests.
+        if Some(&token) != current.as_ref() || (token == "tok-1" && served.len() >= 8) {
+            return (
+                401,
+                vec![("www-authenticate", "Bearer error=\"invalid_token\"".into())],
+                json!({"error": "invalid_token"}),
+            );
+        }
+        served.push(req.header("idempotency-key"));
+        (200, vec![], json!({"ok": true}))
+    }))
+    .await;
+    let connector = |id: &str, topic: &str| {
+        format!(
+            "id: {id}\ntype: outbound\ntrigger: {{ topic: {topic} }}\nauth:\n  type: oauth2-client-credentials\n  tokenUrl: {url}/oauth/token\n  clientId: hms-sync\n  clientSecret: ${{HMS_T_OAUTH_SECRET}}\n  scopes: [permits.read, permits.write]\nmap:\n  to:\n    url: \"{url}/api/{{id}}\"\n    method: PUT\n    body: {{ n: \"{{{{ n }}}}\" }}\nretry: {{ max: 3, backoffMs: 100 }}\n",
+            url = fake.url
+        )
+    };
+    let setup = Setup::new(
+        &nats,
+        &[
+            ("a.yaml", connector("oauth.a", "oauth.a")),
+            ("b.yaml", connector("oauth.b", "oauth.b")),
+        ],
+        "",
+    );
+    let rt = setup.start().await;
+    let js = async_nats::jetstream::new(nats.client().await);
+    for i in 0..15 {
+        publish(&js, "oauth.a", json!({"id": format!("a{i}"), "n": i})).await;
+        publish(&js, "oauth.b", json!({"id": format!("b{i}"), "n": i})).await;
+    }
+    acked_all(&js, "oauth_a").await;
+    acked_all(&js, "oauth_b").await;
+    assert_eq!(*issued.lock().unwrap(), ["tok-1", "tok-2"]);
+    let served = served.lock().unwrap().clone();
+    assert_eq!(served.len(), 30, "every event delivered once");
+    assert_eq!(
+        served
+            .iter()
+            .collect::<std::collections::HashSet<_>>()
+            .len(),
+        30
+    );
+    assert!(parked(&js).await.is_empty());
+    rt.shutdown().await;
+}
