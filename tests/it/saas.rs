@@ -542,6 +542,9 @@ async fn arcgis_features_are_updated_through_lookup_and_apply_edits() {
             let f = req.form();
             assert_eq!(f["f"], "json");
             let updates: Json = serde_json::from_str(&f["updates"]).unwrap();
+            if updates[0]["attributes"]["STATUS"] == "ERROR" {
+                return error(400, "Unable to complete operation.");
+            }
             {
                 let mut n = e2.lock().unwrap();
                 *n += 1;
@@ -630,12 +633,20 @@ async fn arcgis_features_are_updated_through_lookup_and_apply_edits() {
         "status": "BOGUS"}),
     )
     .await;
-    eventually(T, "two parked", || async { parked(&js).await.len() == 2 }).await;
+    publish(
+        &js,
+        "permit.schedule.changed",
+        json!({"permitId": "RW-BAD", "agency": "DDOT",
+        "status": "ERROR"}),
+    )
+    .await;
+    eventually(T, "three parked", || async { parked(&js).await.len() == 3 }).await;
     let p = parked(&js).await;
     let text = serde_json::to_string(&p).unwrap();
     assert!(text.contains("lookup"), "{text}");
     assert!(text.contains("size(body.features) == 1"), "{text}");
     assert!(text.contains("Invalid value for STATUS"), "{text}");
+    assert!(text.contains("Unable to complete operation."), "{text}");
     assert!(!text.contains("arc-token-"), "no token in parked jobs");
     assert!(!text.contains("p@ss"), "no password in parked jobs");
     rt.shutdown().await;
