@@ -17,12 +17,16 @@ use ractor::ActorRef;
 use crate::actors::audit::AuditMsg;
 use crate::actors::endpoint::{endpoint_of, signal_of, EndpointRegistry, Permit};
 use crate::actors::supervisor::Deps;
+use crate::actors::token::{Token, Tokens};
+use crate::auth::Auth;
 use crate::bus::{Bus, Delivery};
+use crate::check::{self, AnswerView, OnFailure};
 use crate::connector::Connector;
+use crate::connector::Lookup;
 use crate::filter::{EventMeta, Verdict};
-use crate::http_client::{Answer, HttpClient};
+use crate::http_client::{snippet, Answer, Exchange, HttpClient};
 use crate::metrics::ConnectorMetrics;
-use crate::outcome::{decide, fail_reason, Action, Outcome};
+use crate::outcome::{classify, decide, fail_reason, Action, Class, Outcome};
 use crate::request;
 use crate::template::Secrets;
 
@@ -130,6 +134,7 @@ pub struct Pipeline {
     pub http: HttpClient,
     endpoints: Arc<EndpointRegistry>,
     audit: Option<ActorRef<AuditMsg>>,
+    tokens: Option<Tokens>,
     /// The endpoint when the URL's scheme/host/port is fixed (the usual case).
     fixed_endpoint: Option<String>,
     /// How often a delivery waiting for a permit tells JetStream it is still being worked on.
@@ -160,6 +165,7 @@ impl Pipeline {
             http: deps.http.clone(),
             endpoints: deps.endpoints.clone(),
             audit: deps.audit.clone(),
+            tokens: deps.tokens.clone(),
             fixed_endpoint,
             heartbeat: (deps.delivery.ack_wait() / 3).max(Duration::from_millis(200)),
             metrics,
@@ -312,13 +318,29 @@ impl Pipeline {
                 .finish(&d, &key, outcome, url, String::new(), started)
                 .await;
         }
-        let req = match request::build(c, &event, Some(&key), Secrets::Env) {
+        // The lookup, when there is one: its JSON answer feeds the main templates.
+        let bound;
+        let ctx: &Json = match &c.lookup {
+            None => &event,
+            Some(l) => match self.lookup(l, &event, &d).await {
+                Ok(answer) => {
+                    bound = request::bind(&event, &l.bind, answer);
+                    &bound
+                }
+                Err((outcome, url, body)) => {
+                    self.audit(&d, &key, &outcome, &url, "", None);
+                    tracing::info!("[{}] {} {url} {}", c.id, l.method, describe(&outcome));
+                    return self.finish(&d, &key, outcome, url, body, started).await;
+                }
+            },
+        };
+        let req = match request::build(c, ctx, Some(&key), Secrets::Env) {
             Ok(r) => r,
             Err(e) => {
                 let url = c
                     .target
                     .url
-                    .render_text(&event, Secrets::Masked)
+                    .render_text(ctx, Secrets::Masked)
                     .unwrap_or_else(|_| c.target.url.source().to_string());
                 let outcome = Outcome::Invalid(e.to_string());
                 self.audit(&d, &key, &outcome, &url, "", None);
@@ -330,7 +352,7 @@ impl Pipeline {
         let shown_url = if c.target.url.secrets().next().is_some() {
             c.target
                 .url
-                .render_text(&event, Secrets::Masked)
+                .render_text(ctx, Secrets::Masked)
                 .unwrap_or_default()
         } else {
             req.url.clone()
@@ -345,20 +367,53 @@ impl Pipeline {
             Some(e) => e.clone(),
             None => endpoint_of(&req.url),
         };
-        let mut permit = self.permit(&endpoint, &d).await;
-        self.metrics.in_flight.increment(1.0);
         let sent_at = Instant::now();
+        let ex = match self.call(c.auth.as_ref(), req, &endpoint, &d).await {
+            Ok(ex) => ex,
+            Err(outcome) => {
+                self.audit(&d, &key, &outcome, &shown_url, &traceparent, None);
+                tracing::info!(
+                    "[{}] {} {} {}",
+                    c.id,
+                    c.target.method,
+                    shown_url,
+                    describe(&outcome)
+                );
+                return self
+                    .finish(&d, &key, outcome, shown_url, String::new(), started)
+                    .await;
+            }
+        };
         let Answer {
             outcome,
             reason,
             body,
-        } = self.http.send(req, c.timeout).await;
-        self.metrics.in_flight.decrement(1.0);
-        let fallback = crate::outcome::backoff(1, &c.retry, 0.0);
-        if let Some(p) = permit.as_mut() {
-            p.report(signal_of(&outcome, fallback));
-        }
-        drop(permit);
+        } = ex.answer;
+        // A 2xx that the connector's response check does not accept is a failure.
+        let (outcome, body) = match (&c.response_check, &outcome) {
+            (Some(check), Outcome::Status { code, .. })
+                if classify(&outcome, &c.retry.statuses) == Class::Success =>
+            {
+                let json = check::body_json(&ex.body);
+                let view = AnswerView {
+                    status: *code,
+                    headers: &ex.headers,
+                    body: &json,
+                };
+                match check.failure(view) {
+                    None => (outcome, body),
+                    Some(msg) => (
+                        Outcome::Rejected {
+                            reason: "response_check",
+                            transient: check.on_failure == OnFailure::Transient,
+                            message: format!("HTTP {code}, but {msg}"),
+                        },
+                        snippet(&ex.body),
+                    ),
+                }
+            }
+            _ => (outcome, body),
+        };
         self.audit(
             &d,
             &key,
@@ -369,11 +424,158 @@ impl Pipeline {
         );
         let line = match &outcome {
             Outcome::Status { code, .. } => format!("{code} {reason}"),
+            Outcome::Rejected { message, .. } => message.clone(),
             _ => reason.clone(),
         };
         tracing::info!("[{}] {} {} {}", c.id, c.target.method, shown_url, line);
         self.finish(&d, &key, outcome, shown_url, body, started)
             .await
+    }
+
+    /// A token for `auth`, or the outcome that says why there is none.
+    async fn token(&self, auth: &Arc<Auth>) -> Result<Token, Outcome> {
+        let Some(tokens) = &self.tokens else {
+            return Err(Outcome::Rejected {
+                reason: "auth",
+                transient: true,
+                message: "no token actor".into(),
+            });
+        };
+        tokens.get(auth).await.map_err(|e| Outcome::Rejected {
+            reason: "auth",
+            transient: e.is_transient(),
+            message: format!("{} token: {e}", auth.kind()),
+        })
+    }
+
+    /// Sends one request under the endpoint's permit, with the token of `auth`. When the
+    /// target refuses a fetched token, the token is refreshed once and the request sent again
+    /// at once (the same attempt: JetStream's delivery count does not change).
+    async fn call(
+        &self,
+        auth: Option<&Arc<Auth>>,
+        req: request::Request,
+        endpoint: &str,
+        d: &Delivery,
+    ) -> Result<Exchange, Outcome> {
+        let c = &*self.connector;
+        let mut token = match auth {
+            Some(a) => Some(self.token(a).await?),
+            None => None,
+        };
+        let mut refreshed = false;
+        loop {
+            let mut r = req.clone();
+            if let (Some(a), Some(t)) = (auth, &token) {
+                a.apply(&mut r, t.value.expose())
+                    .map_err(|e| Outcome::Invalid(e.to_string()))?;
+            }
+            let mut permit = self.permit(endpoint, d).await;
+            self.metrics.in_flight.increment(1.0);
+            let ex = self.http.exchange(r, c.timeout).await;
+            self.metrics.in_flight.decrement(1.0);
+            let fallback = crate::outcome::backoff(1, &c.retry, 0.0);
+            if let Some(p) = permit.as_mut() {
+                p.report(signal_of(&ex.answer.outcome, fallback));
+            }
+            drop(permit);
+            if let (Some(a), Some(t), Some(status), Some(tokens)) =
+                (auth, &token, ex.status(), &self.tokens)
+            {
+                if a.is_fetched() && !refreshed {
+                    let json = check::body_json(&ex.body);
+                    let view = AnswerView {
+                        status,
+                        headers: &ex.headers,
+                        body: &json,
+                    };
+                    if a.rejected(view) {
+                        tracing::info!(
+                            "[{}] {} token refused (HTTP {status}): refreshing it and sending again",
+                            c.id,
+                            a.kind()
+                        );
+                        tokens.rejected(a, t.generation);
+                        token = Some(self.token(a).await?);
+                        refreshed = true;
+                        continue;
+                    }
+                }
+            }
+            return Ok(ex);
+        }
+    }
+
+    /// Runs the connector's lookup: its parsed JSON answer, or (outcome, shown URL, body
+    /// snippet) when it failed, classified like any other outcome.
+    async fn lookup(
+        &self,
+        l: &Lookup,
+        event: &Json,
+        d: &Delivery,
+    ) -> Result<Json, (Outcome, String, String)> {
+        let c = &*self.connector;
+        let shown = request::build_lookup(l, event, Secrets::Masked)
+            .map(|r| r.url)
+            .unwrap_or_else(|_| l.url.source().to_string());
+        let req = request::build_lookup(l, event, Secrets::Env).map_err(|e| {
+            (
+                Outcome::Invalid(format!("lookup: {e}")),
+                shown.clone(),
+                String::new(),
+            )
+        })?;
+        let endpoint = endpoint_of(&req.url);
+        let ex = self
+            .call(l.effective_auth(c.auth.as_ref()), req, &endpoint, d)
+            .await
+            .map_err(|o| (o, shown.clone(), String::new()))?;
+        let Some(status) = ex.status() else {
+            return Err((ex.answer.outcome, shown, String::new()));
+        };
+        let class = classify(&ex.answer.outcome, &c.retry.statuses);
+        if class != Class::Success {
+            return Err((
+                Outcome::Rejected {
+                    reason: "lookup",
+                    transient: class == Class::Transient,
+                    message: format!("lookup {} {shown}: HTTP {status}", l.method),
+                },
+                shown,
+                snippet(&ex.body),
+            ));
+        }
+        let json = check::body_json(&ex.body);
+        if let Some(check) = &l.check {
+            let view = AnswerView {
+                status,
+                headers: &ex.headers,
+                body: &json,
+            };
+            if let Some(msg) = check.failure(view) {
+                return Err((
+                    Outcome::Rejected {
+                        reason: "lookup",
+                        transient: check.on_failure == OnFailure::Transient,
+                        message: format!("lookup {shown}: {msg}"),
+                    },
+                    shown,
+                    snippet(&ex.body),
+                ));
+            }
+        }
+        if json.is_null() {
+            return Err((
+                Outcome::Rejected {
+                    reason: "lookup",
+                    transient: false,
+                    message: format!("lookup {shown}: the answer is not JSON"),
+                },
+                shown,
+                snippet(&ex.body),
+            ));
+        }
+        Ok(json)
     }
 
     async fn finish(
@@ -557,6 +759,7 @@ fn describe(outcome: &Outcome) -> String {
         Outcome::Timeout => "timeout".into(),
         Outcome::Connect(e) => format!("connection failed: {e}"),
         Outcome::Invalid(e) => format!("invalid event: {e}"),
+        Outcome::Rejected { message, .. } => message.clone(),
     }
 }
 

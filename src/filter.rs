@@ -42,32 +42,11 @@ pub enum Verdict {
 impl Filter {
     /// Compiles a CEL expression; the error names line:col inside the expression.
     pub fn compile(source: &str) -> Result<Filter, String> {
-        quiet_parser_panics();
-        // cel-parser 0.10 panics on some incomplete expressions (`a ==`) instead of erroring.
-        let parsed = std::panic::catch_unwind(|| Program::compile(source))
-            .map_err(|_| "CEL: syntax error (incomplete expression?)".to_string())?;
-        let program = parsed.map_err(|e| {
-            e.errors
-                .iter()
-                .map(|e| {
-                    format!(
-                        "CEL {}:{}: {}",
-                        e.pos.0.max(0) + 1,
-                        e.pos.1.max(0) + 1,
-                        e.msg
-                    )
-                })
-                .collect::<Vec<_>>()
-                .join("; ")
-        })?;
-        let refs = program.references();
-        for name in refs.variables() {
-            if name != "object" && name != "event" {
-                return Err(format!(
-                    "CEL: unknown variable `{name}` (use `object` for the payload, `event` for topic/sequence/published/id)"
-                ));
-            }
-        }
+        let program = compile_program(
+            source,
+            &["object", "event"],
+            "use `object` for the payload, `event` for topic/sequence/published/id",
+        )?;
         Ok(Filter {
             source: source.to_string(),
             program,
@@ -121,6 +100,61 @@ impl Filter {
             Err(e) => Verdict::NotEvaluable(format!("filter `{}`: {e}", self.source)),
         }
     }
+}
+
+/// Compiles a CEL expression that may only read the variables in `allowed`; errors name
+/// line:col inside the expression. Shared by filters and response checks.
+pub(crate) fn compile_program(
+    source: &str,
+    allowed: &[&str],
+    hint: &str,
+) -> Result<Program, String> {
+    quiet_parser_panics();
+    // cel-parser 0.10 panics on some incomplete expressions (`a ==`) instead of erroring.
+    let parsed = std::panic::catch_unwind(|| Program::compile(source))
+        .map_err(|_| "CEL: syntax error (incomplete expression?)".to_string())?;
+    let program = parsed.map_err(|e| {
+        e.errors
+            .iter()
+            .map(|e| {
+                format!(
+                    "CEL {}:{}: {}",
+                    e.pos.0.max(0) + 1,
+                    e.pos.1.max(0) + 1,
+                    e.msg
+                )
+            })
+            .collect::<Vec<_>>()
+            .join("; ")
+    })?;
+    let refs = program.references();
+    let bound = macro_variables(source);
+    for name in refs.variables() {
+        if !allowed.contains(&name) && !bound.iter().any(|b| b == name) {
+            return Err(format!("CEL: unknown variable `{name}` ({hint})"));
+        }
+    }
+    Ok(program)
+}
+
+/// Names bound by comprehension macros (`list.all(r, r.success)`): not free variables.
+fn macro_variables(source: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    for m in [".all(", ".exists(", ".exists_one(", ".map(", ".filter("] {
+        let mut rest = source;
+        while let Some(i) = rest.find(m) {
+            let after = &rest[i + m.len()..];
+            if let Some(comma) = after.find(',') {
+                let name = after[..comma].trim();
+                if !name.is_empty() && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+                {
+                    out.push(name.to_string());
+                }
+            }
+            rest = after;
+        }
+    }
+    out
 }
 
 /// Keeps the parser's internal panics (caught above) out of stderr; other panics print as usual.

@@ -40,6 +40,13 @@ impl HttpClient {
 
     /// Sends `req`; never fails: every failure is an [`Outcome`].
     pub async fn send(&self, req: Request, timeout: Duration) -> Answer {
+        self.exchange(req, timeout).await.answer
+    }
+
+    /// Sends `req` and keeps the answer's headers and body (at most [`MAX_BODY`] bytes), for
+    /// response checks, lookups and token endpoints. Never fails: every failure is an
+    /// [`Outcome`].
+    pub async fn exchange(&self, req: Request, timeout: Duration) -> Exchange {
         let mut builder = self.client.request(req.method, &req.url).timeout(timeout);
         for (name, value) in req.headers {
             builder = builder.header(name, value);
@@ -48,48 +55,92 @@ impl HttpClient {
             builder = builder.body(body);
         }
         match builder.send().await {
-            Ok(resp) => {
+            Ok(mut resp) => {
                 let status = resp.status();
                 let retry_after = resp
                     .headers()
                     .get(reqwest::header::RETRY_AFTER)
                     .and_then(|v| v.to_str().ok())
                     .and_then(|v| parse_retry_after(v, SystemTime::now()));
+                let headers = resp
+                    .headers()
+                    .iter()
+                    .filter_map(|(k, v)| {
+                        Some((k.as_str().to_string(), v.to_str().ok()?.to_string()))
+                    })
+                    .collect();
                 let reason = status.canonical_reason().unwrap_or("").to_string();
-                let body = if status.is_success() {
-                    // Read (and so free) the connection for keep-alive, but keep nothing.
-                    let _ = resp.bytes().await;
+                let mut body = Vec::new();
+                // Read to the end (so the connection is reused), keeping at most MAX_BODY.
+                while let Ok(Some(chunk)) = resp.chunk().await {
+                    let room = MAX_BODY.saturating_sub(body.len());
+                    body.extend_from_slice(&chunk[..chunk.len().min(room)]);
+                }
+                let snippet = if status.is_success() {
                     String::new()
                 } else {
-                    match resp.bytes().await {
-                        Ok(b) => {
-                            String::from_utf8_lossy(&b[..b.len().min(BODY_SNIPPET)]).into_owned()
-                        }
-                        Err(_) => String::new(),
-                    }
+                    snippet(&body)
                 };
-                Answer {
-                    outcome: Outcome::Status {
-                        code: status.as_u16(),
-                        retry_after,
+                Exchange {
+                    answer: Answer {
+                        outcome: Outcome::Status {
+                            code: status.as_u16(),
+                            retry_after,
+                        },
+                        reason,
+                        body: snippet,
                     },
-                    reason,
+                    headers,
                     body,
                 }
             }
-            Err(e) if e.is_timeout() => Answer {
+            Err(e) if e.is_timeout() => Exchange::failed(Answer {
                 outcome: Outcome::Timeout,
                 reason: format!("timeout after {} ms", timeout.as_millis()),
                 body: String::new(),
-            },
+            }),
             Err(e) => {
                 let text = error_chain(&e);
-                Answer {
+                Exchange::failed(Answer {
                     outcome: Outcome::Connect(text.clone()),
                     reason: text,
                     body: String::new(),
-                }
+                })
             }
+        }
+    }
+}
+
+/// Largest answer body kept by [`HttpClient::exchange`].
+pub const MAX_BODY: usize = 1 << 20;
+
+/// The start of a body as text (lossy UTF-8, at most [`BODY_SNIPPET`] bytes).
+pub fn snippet(body: &[u8]) -> String {
+    String::from_utf8_lossy(&body[..body.len().min(BODY_SNIPPET)]).into_owned()
+}
+
+/// An answer with its headers and body.
+#[derive(Debug, Clone)]
+pub struct Exchange {
+    pub answer: Answer,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl Exchange {
+    fn failed(answer: Answer) -> Exchange {
+        Exchange {
+            answer,
+            headers: vec![],
+            body: vec![],
+        }
+    }
+
+    /// The status code, when there was an answer.
+    pub fn status(&self) -> Option<u16> {
+        match self.answer.outcome {
+            Outcome::Status { code, .. } => Some(code),
+            _ => None,
         }
     }
 }

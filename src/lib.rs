@@ -5,7 +5,9 @@
 //! only module that talks to NATS and [`http_client`] the only one that sends HTTP.
 
 pub mod actors;
+pub mod auth;
 pub mod bus;
+pub mod check;
 pub mod config;
 pub mod connector;
 pub mod delivery;

@@ -22,6 +22,14 @@ pub enum Outcome {
     /// The event cannot be sent at all: not JSON, missing URL/header variable, bad template,
     /// unset secret. Never retried.
     Invalid(String),
+    /// Refused before or after the call by a rule of the connector: a failed response check, a
+    /// failed lookup, no token. `reason` is the metric label; the connector says whether it
+    /// is worth retrying.
+    Rejected {
+        reason: &'static str,
+        transient: bool,
+        message: String,
+    },
 }
 
 /// The class of an outcome.
@@ -103,6 +111,13 @@ pub fn classify(outcome: &Outcome, rules: &StatusRules) -> Class {
         }),
         Outcome::Timeout | Outcome::Connect(_) => Class::Transient,
         Outcome::Invalid(_) => Class::Permanent,
+        Outcome::Rejected { transient, .. } => {
+            if *transient {
+                Class::Transient
+            } else {
+                Class::Permanent
+            }
+        }
     }
 }
 
@@ -164,6 +179,7 @@ pub fn fail_reason(outcome: &Outcome) -> &'static str {
         Outcome::Timeout => "timeout",
         Outcome::Connect(_) => "connect",
         Outcome::Invalid(_) => "invalid_event",
+        Outcome::Rejected { reason, .. } => reason,
     }
 }
 
@@ -203,6 +219,24 @@ mod tests {
             (Outcome::Connect("refused".into()), 2, ms(200)),
             (Outcome::Connect("refused".into()), 3, Action::Park),
             (Outcome::Invalid("not JSON".into()), 1, Action::Park),
+            (
+                Outcome::Rejected {
+                    reason: "response_check",
+                    transient: false,
+                    message: "x".into(),
+                },
+                1,
+                Action::Park,
+            ),
+            (
+                Outcome::Rejected {
+                    reason: "response_check",
+                    transient: true,
+                    message: "x".into(),
+                },
+                2,
+                ms(200),
+            ),
             (
                 Outcome::Status {
                     code: 429,

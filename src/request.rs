@@ -3,7 +3,7 @@
 use reqwest::header::{HeaderName, HeaderValue, CONTENT_TYPE};
 use serde_json::Value as Json;
 
-use crate::connector::{Connector, Encoding};
+use crate::connector::{Connector, Encoding, Lookup};
 use crate::template::{RenderError, Secrets};
 
 /// A rendered request, ready for the HTTP client (or for printing, when built with masked secrets).
@@ -83,8 +83,92 @@ fn encode(body: &Json, encoding: Encoding) -> Result<Vec<u8>, RenderError> {
     }
 }
 
+/// Builds a connector's lookup request for one event (query values are form-encoded data).
+pub fn build_lookup(l: &Lookup, event: &Json, secrets: Secrets) -> Result<Request, RenderError> {
+    let mut url = l.url.render_text(event, secrets)?;
+    if !l.query.is_empty() {
+        let mut q = form_urlencoded::Serializer::new(String::new());
+        for (name, tpl) in &l.query {
+            q.append_pair(name, &tpl.render_text(event, secrets)?);
+        }
+        url.push(if url.contains('?') { '&' } else { '?' });
+        url.push_str(&q.finish());
+    }
+    let mut headers = Vec::with_capacity(l.headers.len());
+    for (name, tpl) in &l.headers {
+        let value = tpl.render_text(event, secrets)?;
+        headers.push((name.clone(), header_value(name, &value)?));
+    }
+    Ok(Request {
+        method: l.method.clone(),
+        url,
+        headers,
+        body: None,
+    })
+}
+
+/// The context of the main templates: the event with the lookup's answer under `name`
+/// (which shadows an event field of that name).
+pub fn bind(event: &Json, name: &str, answer: Json) -> Json {
+    let mut out = match event {
+        Json::Object(o) => o.clone(),
+        _ => serde_json::Map::new(),
+    };
+    out.insert(name.to_string(), answer);
+    Json::Object(out)
+}
+
+/// A stand-in for a lookup's answer when nothing is sent (`hms-sync test`): every field the
+/// main templates read from it holds `<lookup.path>`.
+pub fn placeholder_answer(c: &Connector, name: &str) -> Json {
+    let t = &c.target;
+    let mut fields: Vec<String> = t.url.fields();
+    t.headers
+        .iter()
+        .for_each(|(_, h)| fields.extend(h.fields()));
+    if let Some(b) = &t.body {
+        b.leaves().iter().for_each(|l| fields.extend(l.fields()));
+    }
+    let prefix = format!("{name}.");
+    let mut root = Json::Null;
+    for f in fields {
+        if let Some(rest) = f.strip_prefix(&prefix) {
+            insert_path(&mut root, &rest.split('.').collect::<Vec<_>>(), &f);
+        }
+    }
+    root
+}
+
+fn insert_path(node: &mut Json, path: &[&str], full: &str) {
+    let Some((first, rest)) = path.split_first() else {
+        *node = Json::String(format!("<{full}>"));
+        return;
+    };
+    if let Ok(i) = first.parse::<usize>() {
+        if !node.is_array() {
+            *node = Json::Array(vec![]);
+        }
+        if let Json::Array(a) = node {
+            while a.len() <= i.min(100) {
+                a.push(Json::Null);
+            }
+            if let Some(slot) = a.get_mut(i) {
+                insert_path(slot, rest, full);
+            }
+        }
+    } else {
+        if !node.is_object() {
+            *node = Json::Object(serde_json::Map::new());
+        }
+        if let Json::Object(o) = node {
+            insert_path(o.entry(first.to_string()).or_insert(Json::Null), rest, full);
+        }
+    }
+}
+
 impl Request {
-    /// The request as text: request line, headers, blank line, body (as sent).
+    /// The request as text: request line, headers, blank line, body (as sent). A form body is
+    /// followed by its decoded fields, one `name = value` per line.
     pub fn to_text(&self) -> String {
         let mut out = format!("{} {}\n", self.method, self.url);
         for (n, v) in &self.headers {
@@ -98,6 +182,17 @@ impl Request {
         if let Some(b) = &self.body {
             out.push_str(&String::from_utf8_lossy(b));
             out.push('\n');
+            let form = self.headers.iter().any(|(n, v)| {
+                *n == CONTENT_TYPE
+                    && v.to_str()
+                        .is_ok_and(|v| v.starts_with(Encoding::Form.content_type()))
+            });
+            if form {
+                out.push_str("\n# form body, decoded:\n");
+                for (k, v) in form_urlencoded::parse(b) {
+                    out.push_str(&format!("{k} = {v}\n"));
+                }
+            }
         }
         out
     }

@@ -40,6 +40,7 @@ pub struct Runtime {
     webhooks: Webhooks,
     /// Follows the registry bucket (aborted at shutdown).
     registry_watch: tokio::task::JoinHandle<()>,
+    tokens: ActorRef<crate::actors::token::TokenMsg>,
 }
 
 /// Loads every connector of the configured folder (all problems at once).
@@ -141,7 +142,11 @@ impl Runtime {
             cfg.endpoints.clone(),
             Some(bus.clone()),
         ));
+        let (tokens, _) = Actor::spawn(None, crate::actors::token::TokenActor, http.clone())
+            .await
+            .context("start the token actor")?;
         let deps = Deps {
+            tokens: Some(crate::actors::token::Tokens(tokens.clone())),
             bus: bus.clone(),
             http,
             delivery: cfg.delivery.clone(),
@@ -223,6 +228,7 @@ impl Runtime {
             endpoints,
             webhooks,
             registry_watch,
+            tokens,
         })
     }
 
@@ -270,6 +276,7 @@ impl Runtime {
         self.audit.stop(None);
         let _ = self.audit_done.await;
         self.endpoints.stop_all().await;
+        self.tokens.stop(None);
         self.server.abort();
         self.bus.close().await;
         if let Some(s) = self.embedded {

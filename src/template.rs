@@ -10,7 +10,13 @@ use std::sync::LazyLock;
 use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
 use serde_json::Value as Json;
 
-static ENGINE: LazyLock<upon::Engine<'static>> = LazyLock::new(upon::Engine::new);
+static ENGINE: LazyLock<upon::Engine<'static>> = LazyLock::new(|| {
+    let mut e = upon::Engine::new();
+    // `{{ permitId | sql_string }}`: the value as the inside of a SQL string literal (`'` doubled),
+    // for query languages such as ArcGIS `where` clauses.
+    e.add_function("sql_string", |s: &str| s.replace('\'', "''"));
+    e
+});
 
 /// Everything but RFC 3986 unreserved characters is encoded, so a value stays one path segment.
 const SEGMENT: &AsciiSet = &NON_ALPHANUMERIC
@@ -396,7 +402,13 @@ pub enum BodyTemplate {
     Array(Vec<BodyTemplate>),
     Leaf(StringTemplate),
     Const(Json),
+    /// `{ $json: <tree> }`: the rendered tree sent as one JSON text (a string), as form APIs
+    /// such as ArcGIS `applyEdits` expect for `updates=[...]`.
+    JsonText(Box<BodyTemplate>),
 }
+
+/// The key that marks a subtree to be sent as JSON text.
+pub const JSON_TEXT_KEY: &str = "$json";
 
 impl BodyTemplate {
     /// Compiles a body tree; errors carry the dotted path of the failing leaf.
@@ -412,6 +424,10 @@ impl BodyTemplate {
 
     fn compile_at(v: &Json, path: &str, errors: &mut Vec<(String, CompileError)>) -> Self {
         match v {
+            Json::Object(o) if o.len() == 1 && o.contains_key(JSON_TEXT_KEY) => {
+                let inner = o.get(JSON_TEXT_KEY).unwrap_or(&Json::Null);
+                BodyTemplate::JsonText(Box::new(Self::compile_at(inner, path, errors)))
+            }
             Json::Object(o) => BodyTemplate::Object(
                 o.iter()
                     .map(|(k, v)| {
@@ -450,6 +466,9 @@ impl BodyTemplate {
         Ok(match self {
             BodyTemplate::Const(v) => Some(v.clone()),
             BodyTemplate::Leaf(t) => t.render_leaf(event, secrets)?,
+            BodyTemplate::JsonText(inner) => inner
+                .render_opt(event, secrets)?
+                .map(|v| Json::String(v.to_string())),
             BodyTemplate::Object(fields) => {
                 let mut out = serde_json::Map::with_capacity(fields.len());
                 for (k, t) in fields {
@@ -483,6 +502,7 @@ impl BodyTemplate {
             BodyTemplate::Leaf(t) => out.push(t),
             BodyTemplate::Object(f) => f.iter().for_each(|(_, t)| t.collect(out)),
             BodyTemplate::Array(a) => a.iter().for_each(|t| t.collect(out)),
+            BodyTemplate::JsonText(inner) => inner.collect(out),
             BodyTemplate::Const(_) => {}
         }
     }
@@ -620,6 +640,27 @@ mod tests {
             assert_eq!(back["note"], json!(format!("say: {h}")));
             assert_eq!(back.as_object().unwrap().len(), 2, "{h:?}");
         }
+    }
+
+    #[test]
+    fn json_text_subtrees_and_sql_strings() {
+        let body = BodyTemplate::compile(&json!({
+            "f": "json",
+            "updates": {"$json": [{"attributes": {"OBJECTID": "{{ id }}", "s": "{{ s }}"}}]},
+            "where": "permit_id = '{{ p | sql_string }}'"
+        }))
+        .unwrap();
+        let out = body
+            .render(
+                &json!({"id": 7, "s": "a\"b", "p": "x' OR '1'='1"}),
+                Secrets::Masked,
+            )
+            .unwrap();
+        assert_eq!(
+            out["updates"],
+            json!(r#"[{"attributes":{"OBJECTID":7,"s":"a\"b"}}]"#)
+        );
+        assert_eq!(out["where"], json!("permit_id = 'x'' OR ''1''=''1'"));
     }
 
     #[test]

@@ -5,3 +5,4 @@ pub mod audit;
 pub mod connector;
 pub mod endpoint;
 pub mod supervisor;
+pub mod token;

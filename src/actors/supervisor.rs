@@ -120,6 +120,8 @@ pub struct Deps {
     pub audit: Option<ActorRef<crate::actors::audit::AuditMsg>>,
     /// `HMS_EVENTS` gets the subjects of connectors deployed while running.
     pub streams: StreamsConfig,
+    /// The token actor (outbound `auth:`), shared by all connectors.
+    pub tokens: Option<crate::actors::token::Tokens>,
 }
 
 pub struct SupervisorArgs {

@@ -127,9 +127,40 @@ pub fn exec(args: &Args) -> ExitCode {
         ));
     }
     let key = "<derived per event at delivery: from Nats-Msg-Id, else stream sequence>";
-    match request::build(&c, &event, Some(key), Secrets::Masked) {
-        Ok(r) => {
-            print!("{}", r.to_text());
+    let mut out = String::new();
+    let bound;
+    let ctx = match &c.lookup {
+        None => &event,
+        Some(l) => {
+            let mut r = match request::build_lookup(l, &event, Secrets::Masked) {
+                Ok(r) => r,
+                Err(e) => {
+                    return invalid(format!(
+                        "{name}: cannot render the lookup for `{}`: {e} (such an event would be parked)",
+                        c.id
+                    ))
+                }
+            };
+            if let Some(a) = l.effective_auth(c.auth.as_ref()) {
+                let _ = a.apply(&mut r, "***");
+            }
+            out.push_str(&format!(
+                "# lookup, sent first; its JSON answer is bound as `{}`\n",
+                l.bind
+            ));
+            out.push_str(&r.to_text());
+            out.push_str("\n# request (values from the lookup shown as <...>)\n");
+            bound = request::bind(&event, &l.bind, request::placeholder_answer(&c, &l.bind));
+            &bound
+        }
+    };
+    match request::build(&c, ctx, Some(key), Secrets::Masked) {
+        Ok(mut r) => {
+            if let Some(a) = &c.auth {
+                let _ = a.apply(&mut r, "***");
+            }
+            out.push_str(&r.to_text());
+            print!("{out}");
             ExitCode::SUCCESS
         }
         Err(e) => invalid(format!(

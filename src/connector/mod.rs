@@ -4,6 +4,7 @@
 //! `file:line:col: message`: the raw parse (serde_yaml) and a validation pass that knows the
 //! position of every key (see [`yaml_pos`]).
 
+pub mod extras;
 pub mod inbound;
 pub mod raw;
 pub mod yaml_pos;
@@ -96,6 +97,44 @@ pub struct Target {
     pub encoding: Encoding,
 }
 
+/// `lookup:` — a request made before the main one; its JSON answer is bound under `bind`
+/// for the main request's templates.
+#[derive(Debug)]
+pub struct Lookup {
+    pub method: reqwest::Method,
+    pub url: StringTemplate,
+    pub headers: Vec<(reqwest::header::HeaderName, StringTemplate)>,
+    /// Query parameters (values are data: form-encoded).
+    pub query: Vec<(String, StringTemplate)>,
+    pub auth: LookupAuth,
+    /// Name of the answer in the main templates (`lookup`).
+    pub bind: String,
+    pub check: Option<crate::check::ResponseCheck>,
+}
+
+/// Which auth a lookup uses.
+#[derive(Debug)]
+pub enum LookupAuth {
+    /// The connector's `auth:` (the default).
+    Inherit,
+    None,
+    Own(std::sync::Arc<crate::auth::Auth>),
+}
+
+impl Lookup {
+    /// The auth this lookup sends with, given its connector's.
+    pub fn effective_auth<'a>(
+        &'a self,
+        connector: Option<&'a std::sync::Arc<crate::auth::Auth>>,
+    ) -> Option<&'a std::sync::Arc<crate::auth::Auth>> {
+        match &self.auth {
+            LookupAuth::Inherit => connector,
+            LookupAuth::None => None,
+            LookupAuth::Own(a) => Some(a),
+        }
+    }
+}
+
 /// Retry rules (`retry:`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Retry {
@@ -145,6 +184,12 @@ pub struct Connector {
     pub idempotency_header: Option<reqwest::header::HeaderName>,
     /// Input schema checked before a request is built (generated or `map.schema`).
     pub schema: crate::schema::InputSchema,
+    /// How requests authenticate (`auth:`); shared with the token actor.
+    pub auth: Option<std::sync::Arc<crate::auth::Auth>>,
+    /// A request made first whose JSON answer feeds the templates (`lookup:`).
+    pub lookup: Option<Lookup>,
+    /// When a 2xx answer really is a success (`responseCheck:`).
+    pub response_check: Option<crate::check::ResponseCheck>,
     /// Where it was loaded from (a file path, or `kv:<key>` later).
     pub origin: String,
 }
@@ -188,6 +233,27 @@ pub fn consumer_name(id: &str) -> String {
 
 const METHODS: [&str; 5] = ["GET", "POST", "PUT", "PATCH", "DELETE"];
 
+const AUTH_KEYS: &[&str] = &[
+    "type",
+    "token",
+    "tokenUrl",
+    "clientId",
+    "clientSecret",
+    "clientAuth",
+    "scopes",
+    "keyFile",
+    "subject",
+    "url",
+    "username",
+    "password",
+    "referer",
+    "expirationMinutes",
+    "apiKey",
+    "header",
+    "prefix",
+    "rejectedWhen",
+];
+
 /// Keys allowed in each structural mapping (headers and body are free-form).
 const KNOWN_KEYS: &[(&str, &[&str])] = &[
     (
@@ -204,8 +270,27 @@ const KNOWN_KEYS: &[(&str, &[&str])] = &[
             "idempotencyHeader",
             "source",
             "publish",
+            "auth",
+            "lookup",
+            "responseCheck",
         ],
     ),
+    ("auth", AUTH_KEYS),
+    ("lookup.auth", AUTH_KEYS),
+    (
+        "lookup",
+        &[
+            "url",
+            "method",
+            "headers",
+            "query",
+            "auth",
+            "as",
+            "responseCheck",
+        ],
+    ),
+    ("responseCheck", &["success", "onFailure"]),
+    ("lookup.responseCheck", &["success", "onFailure"]),
     ("trigger", &["topic", "filter", "orderingKey"]),
     ("map", &["from", "to", "schema"]),
     ("map.to", &["url", "method", "headers", "body", "encoding"]),
@@ -429,6 +514,23 @@ pub fn secrets_used(c: &Connector) -> Vec<String> {
     c.target.headers.iter().for_each(|(_, t)| add(t));
     if let Some(b) = &c.target.body {
         b.leaves().into_iter().for_each(&mut add);
+    }
+    if let Some(l) = &c.lookup {
+        add(&l.url);
+        l.headers.iter().for_each(|(_, t)| add(t));
+        l.query.iter().for_each(|(_, t)| add(t));
+    }
+    let auths = c
+        .auth
+        .iter()
+        .chain(c.lookup.as_ref().and_then(|l| match &l.auth {
+            LookupAuth::Own(a) => Some(a),
+            _ => None,
+        }));
+    for a in auths {
+        for s in a.secrets() {
+            names.insert(s, ());
+        }
     }
     names.into_keys().collect()
 }

@@ -45,6 +45,15 @@ pub struct RawConnector {
     /// Inbound: what an accepted webhook becomes on the bus.
     #[serde(default)]
     pub publish: Option<RawPublish>,
+    /// Outbound: how requests authenticate (bearer, OAuth2, Google, ArcGIS).
+    #[serde(default)]
+    pub auth: Option<super::extras::RawAuth>,
+    /// Outbound: a request made first whose JSON answer feeds the templates.
+    #[serde(default)]
+    pub lookup: Option<super::extras::RawLookup>,
+    /// Outbound: when an answer counts as success beyond its status code (CEL).
+    #[serde(default)]
+    pub response_check: Option<super::extras::RawCheck>,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -402,6 +411,18 @@ impl RawConnector {
                 }
             },
         };
+        let auth = self
+            .auth
+            .as_ref()
+            .and_then(|a| super::extras::compile_auth(a, "auth", file, pos, r));
+        let lookup = self
+            .lookup
+            .as_ref()
+            .and_then(|l| super::extras::compile_lookup(l, file, pos, r));
+        let response_check = self
+            .response_check
+            .as_ref()
+            .and_then(|c| super::extras::compile_check(c, "responseCheck", pos, r));
         if r.count() != before {
             return None;
         }
@@ -414,12 +435,28 @@ impl RawConnector {
                 headers
                     .iter()
                     .for_each(|(_, t)| required.extend(t.fields()));
+                if let Some(l) = &lookup {
+                    required.extend(l.url.fields());
+                    let templates = l
+                        .headers
+                        .iter()
+                        .map(|(_, t)| t)
+                        .chain(l.query.iter().map(|(_, t)| t));
+                    templates.for_each(|t| required.extend(t.fields()));
+                }
                 let mut optional: Vec<String> = body
                     .as_ref()
                     .map(|b| b.leaves().iter().flat_map(|t| t.fields()).collect())
                     .unwrap_or_default();
                 if let Some(f) = &filter {
                     optional.extend(f.object_fields());
+                }
+                // What the lookup's answer supplies is not the event's to carry.
+                if let Some(l) = &lookup {
+                    let prefix = format!("{}.", l.bind);
+                    let ours = |f: &String| *f == l.bind || f.starts_with(&prefix);
+                    required.retain(|f| !ours(f));
+                    optional.retain(|f| !ours(f));
                 }
                 crate::schema::generate(&self.id, &required, &optional)
             }
@@ -472,6 +509,9 @@ impl RawConnector {
             timeout,
             idempotency_header,
             schema,
+            auth,
+            lookup,
+            response_check,
             origin: file.to_string(),
         })))
     }
@@ -504,7 +544,7 @@ pub fn subject_problem(s: &str) -> Option<&'static str> {
 }
 
 /// Why a URL template does not make an http(s) URL, if it doesn't.
-fn url_problem(template: &str) -> Option<String> {
+pub(super) fn url_problem(template: &str) -> Option<String> {
     // Replace placeholders with a harmless value and parse what is left.
     let mut probe = String::new();
     let mut rest = template;

@@ -117,3 +117,75 @@ fn subjects() {
         assert!(raw::subject_problem(bad).is_some(), "{bad}");
     }
 }
+
+#[test]
+fn auth_lookup_and_response_check_are_validated_with_positions() {
+    let text = "\
+id: s
+type: outbound
+trigger: { topic: fee.created }
+auth:
+  type: bearer
+  token: sk_live_literal
+  tokn: x
+lookup:
+  url: https://x.example/q
+  as: 1bad
+responseCheck: \"body.ok ==\"
+map:
+  to: { url: \"https://x.example/{id}\", method: POST }
+";
+    let p = problems(text);
+    assert!(
+        p.iter()
+            .any(|m| m
+                .starts_with("c.yaml:7:3: unknown key `tokn` in `auth` (did you mean `token`?)")),
+        "{p:#?}"
+    );
+    assert!(
+        p.iter()
+            .any(|m| m.starts_with("c.yaml:6:10: `token` must be `${VAR}`")),
+        "{p:#?}"
+    );
+    assert!(p.iter().any(|m| m.contains("as `1bad`")), "{p:#?}");
+    assert!(
+        p.iter()
+            .any(|m| m.starts_with("c.yaml:11:16: responseCheck does not compile")),
+        "{p:#?}"
+    );
+    let p = problems(&text.replace("type: bearer", "type: basic"));
+    assert!(p.iter().any(|m| m.contains("auth type `basic`")), "{p:#?}");
+}
+
+#[test]
+fn the_saas_examples_parse() {
+    for (file, secrets) in [
+        (
+            include_str!("../../connectors/arcgis-roadwork.outbound.yaml"),
+            &["ARCGIS_PASSWORD", "ARCGIS_USERNAME"][..],
+        ),
+        (
+            include_str!("../../connectors/google-calendar-crew.outbound.yaml"),
+            &["GOOGLE_SERVICE_ACCOUNT_KEY"][..],
+        ),
+        (
+            include_str!("../../connectors/stripe-lane-fee.outbound.yaml"),
+            &["STRIPE_SECRET_KEY"][..],
+        ),
+    ] {
+        let AnyConnector::Outbound(c) = parse("x.yaml", file).unwrap() else {
+            panic!("outbound expected")
+        };
+        assert!(c.auth.is_some(), "{}", c.id);
+        assert_eq!(secrets_used(&c), secrets, "{}", c.id);
+        // The generated schema does not ask the event for what the lookup supplies.
+        assert_eq!(
+            c.schema.check(&serde_json::json!({
+                "permitId": "RW-1", "crew": {"calendarId": "c", "eventId": "e"}
+            })),
+            Ok(()),
+            "{}",
+            c.id
+        );
+    }
+}

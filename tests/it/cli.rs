@@ -157,3 +157,71 @@ async fn publish_reaches_a_running_connector() {
     assert_eq!(target.requests()[0].json(), json!({"id": "p1", "n": 1}));
     rt.shutdown().await;
 }
+
+#[test]
+fn test_shows_the_saas_examples_with_auth_masked_and_form_bodies_decoded() {
+    let (code, out, err) = run(
+        bin()
+            .args([
+                "test",
+                "connectors/stripe-lane-fee.outbound.yaml",
+                "connectors/sample_fee_created.json",
+            ])
+            .env("STRIPE_SECRET_KEY", "sk_live_do_not_print"),
+        "",
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.starts_with("POST https://api.stripe.com/v1/invoiceitems\n"),
+        "{out}"
+    );
+    assert!(out.contains("\nAuthorization: Bearer ***\n"), "{out}");
+    assert!(
+        out.contains("\nContent-Type: application/x-www-form-urlencoded\n"),
+        "{out}"
+    );
+    assert!(out.contains("&metadata[feeId]=FEE-2024-0193&"), "{out}");
+    assert!(out.contains("\n# form body, decoded:\n"), "{out}");
+    assert!(out.contains("\nmetadata[feeId] = FEE-2024-0193\n"), "{out}");
+    assert!(out.contains("\namount = 25000\n"), "{out}");
+    assert!(!out.contains("sk_live"), "{out}");
+
+    let (code, out, err) = run(
+        bin().args([
+            "test",
+            "connectors/arcgis-roadwork.outbound.yaml",
+            "connectors/sample_schedule_changed.json",
+        ]),
+        "",
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(out.starts_with("# lookup, sent first"), "{out}");
+    assert!(
+        out.contains("FeatureServer/0/query?f=json&outFields=OBJECTID&returnGeometry=false&where=PERMIT_ID+%3D+%27RW-481%27\n"),
+        "{out}"
+    );
+    assert!(
+        out.contains("\nX-Esri-Authorization: Bearer ***\n"),
+        "{out}"
+    );
+    assert!(out.contains("\nPOST https://services.arcgis.com/"), "{out}");
+    assert!(
+        out.contains("\nupdates = [{\"attributes\":{\"END_DATE\":\"2024-05-24\",\"OBJECTID\":\"<lookup.features.0.attributes.OBJECTID>\""),
+        "{out}"
+    );
+
+    let (code, out, err) = run(
+        bin().args([
+            "test",
+            "connectors/google-calendar-crew.outbound.yaml",
+            "connectors/sample_schedule_changed.json",
+        ]),
+        "",
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.starts_with("PATCH https://www.googleapis.com/calendar/v3/calendars/crew-7%40ddot.example.gov/events/7kq3m0s1p9fbd2rj5a6l?sendUpdates=all\n"),
+        "{out}"
+    );
+    assert!(out.contains("\nAuthorization: Bearer ***\n"), "{out}");
+}

@@ -10,6 +10,7 @@ mod inbound;
 mod operator;
 mod protection;
 mod registry;
+mod saas;
 mod status;
 mod status_page;
 mod walkthrough;

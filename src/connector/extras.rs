@@ -1,0 +1,409 @@
+//! The `auth:`, `lookup:` and `responseCheck:` blocks of an outbound connector: as written, and their validation.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+use super::yaml_pos::Positions;
+use super::{Lookup, LookupAuth, Report, METHODS};
+use crate::auth::{Auth, ClientAuth, KeySource, Provider};
+use crate::check::{Check, OnFailure, ResponseCheck};
+use crate::template::{Flavor, StringTemplate};
+
+/// `auth:` as written.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RawAuth {
+    /// `bearer`, `oauth2-client-credentials`, `google-service-account` or `arcgis-token`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// bearer: the token, as `${VAR}`.
+    #[serde(default)]
+    pub token: Option<String>,
+    /// oauth2-client-credentials: the token endpoint.
+    #[serde(default)]
+    pub token_url: Option<String>,
+    #[serde(default)]
+    pub client_id: Option<String>,
+    /// oauth2-client-credentials: `${VAR}`.
+    #[serde(default)]
+    pub client_secret: Option<String>,
+    /// `basic` (default) or `body`: how the client authenticates at the token endpoint.
+    #[serde(default)]
+    pub client_auth: Option<String>,
+    /// OAuth2 / Google scopes.
+    #[serde(default)]
+    pub scopes: Vec<String>,
+    /// google-service-account: the JSON key file (relative to the connector file), or
+    /// `${VAR}` holding the key JSON (or a path to it).
+    #[serde(default)]
+    pub key_file: Option<String>,
+    /// google-service-account: the user to impersonate (domain-wide delegation).
+    #[serde(default)]
+    pub subject: Option<String>,
+    /// arcgis-token: the generateToken URL (default ArcGIS Online's).
+    #[serde(default)]
+    pub url: Option<String>,
+    #[serde(default)]
+    pub username: Option<String>,
+    /// arcgis-token: `${VAR}`.
+    #[serde(default)]
+    pub password: Option<String>,
+    /// arcgis-token: the referer the token is bound to (sent as `Referer` with each request).
+    #[serde(default)]
+    pub referer: Option<String>,
+    /// arcgis-token: token lifetime asked for, minutes (default 60).
+    #[serde(default)]
+    pub expiration_minutes: Option<u32>,
+    /// arcgis-token: an API key (`${VAR}`) used as the token instead of generateToken.
+    #[serde(default)]
+    pub api_key: Option<String>,
+    /// Header carrying the token (default `Authorization`).
+    #[serde(default)]
+    pub header: Option<String>,
+    /// Text before the token (default `Bearer `).
+    #[serde(default)]
+    pub prefix: Option<String>,
+    /// CEL over `status`, `headers`, `body`: this answer means "token refused" (default
+    /// `status == 401`; arcgis-token also error codes 498/499 in the body).
+    #[serde(default)]
+    pub rejected_when: Option<String>,
+}
+
+/// `responseCheck:` as written: an expression, or `{ success, onFailure }`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(untagged)]
+pub enum RawCheck {
+    Expr(String),
+    Full {
+        success: String,
+        #[serde(default, rename = "onFailure")]
+        on_failure: Option<String>,
+    },
+}
+
+/// `lookup:` as written.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RawLookup {
+    pub url: String,
+    /// Default GET.
+    #[serde(default)]
+    pub method: Option<String>,
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+    /// Query parameters; values are templates, form-encoded as data.
+    #[serde(default)]
+    pub query: BTreeMap<String, String>,
+    /// `inherit` (default: the connector's auth), `none`, or an auth block of its own.
+    #[serde(default)]
+    pub auth: Option<serde_yaml::Value>,
+    /// Name the JSON answer is bound under for the main templates (default `lookup`).
+    #[serde(default, rename = "as")]
+    pub bind: Option<String>,
+    #[serde(default)]
+    pub response_check: Option<RawCheck>,
+}
+
+/// Compiles an `auth:` block found at `at` (a dotted path).
+pub(super) fn compile_auth(
+    raw: &RawAuth,
+    at: &str,
+    file: &str,
+    pos: &Positions,
+    r: &mut Report<'_>,
+) -> Option<Arc<Auth>> {
+    let before = r.count();
+    let p = |k: &str| pos.value(&format!("{at}.{k}"));
+    let need = |r: &mut Report<'_>, v: &Option<String>, key: &str| -> Option<String> {
+        if v.as_deref().is_none_or(str::is_empty) {
+            r.at(
+                pos.key(at),
+                format!("auth type `{}` needs `{key}`", raw.kind),
+            );
+        }
+        v.clone()
+    };
+    // A secret must come from the environment, never sit in the file.
+    let secret = |r: &mut Report<'_>, v: &str, key: &str| -> Option<StringTemplate> {
+        let t = r.template(v, Flavor::Text, p(key))?;
+        if t.secrets().next().is_none() {
+            r.at(
+                p(key),
+                format!("`{key}` must be `${{VAR}}` (a secret is read from the environment, not written in the file)"),
+            );
+            return None;
+        }
+        Some(t)
+    };
+    let http_url = |r: &mut Report<'_>, u: &str, key: &str| match reqwest::Url::parse(u) {
+        Ok(url) if url.scheme() == "https" || url.scheme() == "http" => {}
+        _ => r.at(p(key), format!("`{key}` `{u}` is not an http(s) URL")),
+    };
+    let provider = match raw.kind.as_str() {
+        "bearer" => {
+            let tok = need(r, &raw.token, "token")?;
+            Provider::Bearer {
+                token: secret(r, &tok, "token")?,
+            }
+        }
+        "oauth2-client-credentials" => {
+            let token_url = need(r, &raw.token_url, "tokenUrl");
+            let id = need(r, &raw.client_id, "clientId");
+            let sec = need(r, &raw.client_secret, "clientSecret");
+            let (Some(token_url), Some(id), Some(sec)) = (token_url, id, sec) else {
+                return None;
+            };
+            http_url(r, &token_url, "tokenUrl");
+            let client_auth = match raw.client_auth.as_deref() {
+                None | Some("basic") => ClientAuth::Basic,
+                Some("body") => ClientAuth::Body,
+                Some(o) => {
+                    r.at(
+                        p("clientAuth"),
+                        format!("clientAuth `{o}`: expected `basic` or `body`"),
+                    );
+                    ClientAuth::Basic
+                }
+            };
+            Provider::OAuth2 {
+                token_url,
+                client_id: r.template(&id, Flavor::Text, p("clientId"))?,
+                client_secret: secret(r, &sec, "clientSecret")?,
+                scopes: raw.scopes.clone(),
+                client_auth,
+            }
+        }
+        "google-service-account" => {
+            let key_file = need(r, &raw.key_file, "keyFile")?;
+            if raw.scopes.is_empty() {
+                r.at(
+                    pos.key(at),
+                    "google-service-account needs `scopes` (e.g. https://www.googleapis.com/auth/calendar.events)",
+                );
+            }
+            let key = match key_file
+                .strip_prefix("${")
+                .and_then(|s| s.strip_suffix('}'))
+            {
+                Some(var) if var.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') => {
+                    KeySource::Env(var.to_string())
+                }
+                _ => {
+                    let base = Path::new(file).parent().unwrap_or(Path::new("."));
+                    KeySource::File(base.join(&key_file))
+                }
+            };
+            Provider::Google {
+                key,
+                scopes: raw.scopes.clone(),
+                subject: raw.subject.clone(),
+            }
+        }
+        "arcgis-token" => match (&raw.api_key, &raw.username, &raw.password) {
+            (Some(k), None, None) => Provider::ArcgisApiKey {
+                key: secret(r, k, "apiKey")?,
+            },
+            (None, Some(u), Some(pw)) => {
+                let url = raw
+                    .url
+                    .clone()
+                    .unwrap_or_else(|| "https://www.arcgis.com/sharing/rest/generateToken".into());
+                http_url(r, &url, "url");
+                let expiration_min = raw.expiration_minutes.unwrap_or(60);
+                if expiration_min == 0 {
+                    r.at(p("expirationMinutes"), "expirationMinutes must be above 0");
+                }
+                Provider::ArcgisGenerate {
+                    url,
+                    username: r.template(u, Flavor::Text, p("username"))?,
+                    password: secret(r, pw, "password")?,
+                    referer: raw.referer.clone(),
+                    expiration_min,
+                }
+            }
+            _ => {
+                r.at(
+                    pos.key(at),
+                    "arcgis-token needs either `apiKey`, or `username` and `password` (generateToken)",
+                );
+                return None;
+            }
+        },
+        other => {
+            r.at(
+                p("type"),
+                format!("auth type `{other}`: expected bearer, oauth2-client-credentials, google-service-account or arcgis-token"),
+            );
+            return None;
+        }
+    };
+    let header = match raw.header.as_deref() {
+        None => reqwest::header::AUTHORIZATION,
+        Some(h) => match reqwest::header::HeaderName::from_bytes(h.as_bytes()) {
+            Ok(h) => h,
+            Err(_) => {
+                r.at(p("header"), format!("`{h}` is not a valid header name"));
+                return None;
+            }
+        },
+    };
+    let rejected_when = match &raw.rejected_when {
+        None => None,
+        Some(s) => match Check::compile(s) {
+            Ok(c) => Some(c),
+            Err(e) => {
+                r.at(
+                    p("rejectedWhen"),
+                    format!("rejectedWhen does not compile: {e}"),
+                );
+                None
+            }
+        },
+    };
+    if r.count() != before {
+        return None;
+    }
+    Some(Arc::new(Auth {
+        provider,
+        header,
+        prefix: raw.prefix.clone().unwrap_or_else(|| "Bearer ".into()),
+        rejected_when,
+    }))
+}
+
+/// Compiles a `responseCheck:` found at `at`.
+pub(super) fn compile_check(
+    raw: &RawCheck,
+    at: &str,
+    pos: &Positions,
+    r: &mut Report<'_>,
+) -> Option<ResponseCheck> {
+    let (src, on_failure, src_at) = match raw {
+        RawCheck::Expr(s) => (s, None, at.to_string()),
+        RawCheck::Full {
+            success,
+            on_failure,
+        } => (success, on_failure.as_deref(), format!("{at}.success")),
+    };
+    let on_failure = match on_failure {
+        None | Some("permanent") => OnFailure::Permanent,
+        Some("transient") => OnFailure::Transient,
+        Some(o) => {
+            r.at(
+                pos.value(&format!("{at}.onFailure")),
+                format!("onFailure `{o}`: expected `permanent` or `transient`"),
+            );
+            return None;
+        }
+    };
+    match Check::compile(src) {
+        Ok(success) => Some(ResponseCheck {
+            success,
+            on_failure,
+        }),
+        Err(e) => {
+            r.at(
+                pos.value(&src_at),
+                format!("responseCheck does not compile: {e}"),
+            );
+            None
+        }
+    }
+}
+
+/// Compiles `lookup:`.
+pub(super) fn compile_lookup(
+    raw: &RawLookup,
+    file: &str,
+    pos: &Positions,
+    r: &mut Report<'_>,
+) -> Option<Lookup> {
+    let before = r.count();
+    let method = raw.method.clone().unwrap_or_else(|| "GET".into());
+    if !METHODS.contains(&method.as_str()) {
+        r.at(
+            pos.value("lookup.method"),
+            format!("method `{method}`: expected one of {}", METHODS.join(", ")),
+        );
+    }
+    let url = r.template(&raw.url, Flavor::Url, pos.value("lookup.url"));
+    if url.is_some() {
+        if let Some(msg) = super::raw::url_problem(&raw.url) {
+            r.at(pos.value("lookup.url"), format!("url `{}`: {msg}", raw.url));
+        }
+    }
+    let mut headers = Vec::new();
+    for (name, value) in &raw.headers {
+        let path = format!("lookup.headers.{name}");
+        match reqwest::header::HeaderName::from_bytes(name.as_bytes()) {
+            Ok(h) => {
+                if let Some(t) = r.template(value, Flavor::Text, pos.value(&path)) {
+                    headers.push((h, t));
+                }
+            }
+            Err(_) => r.at(
+                pos.key(&path),
+                format!("header name `{name}` is not a valid HTTP header name"),
+            ),
+        }
+    }
+    let mut query = Vec::new();
+    for (name, value) in &raw.query {
+        let path = format!("lookup.query.{name}");
+        if let Some(t) = r.template(value, Flavor::Text, pos.value(&path)) {
+            query.push((name.clone(), t));
+        }
+    }
+    let auth = match &raw.auth {
+        None => LookupAuth::Inherit,
+        Some(serde_yaml::Value::String(s)) if s == "inherit" => LookupAuth::Inherit,
+        Some(serde_yaml::Value::String(s)) if s == "none" => LookupAuth::None,
+        Some(v @ serde_yaml::Value::Mapping(_)) => {
+            match serde_yaml::from_value::<RawAuth>(v.clone()) {
+                Ok(a) => compile_auth(&a, "lookup.auth", file, pos, r)
+                    .map(LookupAuth::Own)
+                    .unwrap_or(LookupAuth::None),
+                Err(e) => {
+                    r.at(pos.value("lookup.auth"), format!("lookup.auth: {e}"));
+                    LookupAuth::None
+                }
+            }
+        }
+        Some(_) => {
+            r.at(
+                pos.value("lookup.auth"),
+                "lookup.auth: expected `inherit`, `none` or an auth block",
+            );
+            LookupAuth::None
+        }
+    };
+    let bind = raw.bind.clone().unwrap_or_else(|| "lookup".into());
+    if bind.is_empty()
+        || !bind.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+        || bind.as_bytes()[0].is_ascii_digit()
+    {
+        r.at(
+            pos.value("lookup.as"),
+            format!("as `{bind}`: a name of letters, digits and `_`"),
+        );
+    }
+    let check = raw
+        .response_check
+        .as_ref()
+        .and_then(|c| compile_check(c, "lookup.responseCheck", pos, r));
+    if r.count() != before {
+        return None;
+    }
+    Some(Lookup {
+        method: reqwest::Method::from_bytes(method.as_bytes()).ok()?,
+        url: url?,
+        headers,
+        query,
+        auth,
+        bind,
+        check,
+    })
+}
