@@ -56,7 +56,7 @@ const USAGE: &str =
   --idle-seconds S    idle: measuring window of the idle connectors (default 10)
   --only SYSTEMS      comma list of ceiling,naive,hms-sync (default all three)
   --hms-log FILTER    HMS_SYNC_LOG for the hms-sync child (default: its own default, info)
-  --perf DIR          record `perf record -F 999 -g` of the hms-sync child into DIR
+  --perf DIR          record `perf record -F 199 --call-graph dwarf` of the hms-sync child into DIR
   --json FILE         also write every result as JSON";
 
 #[derive(Clone)]
@@ -296,6 +296,14 @@ async fn run_scenario(
         })
         .await
         .map_err(|e| format!("create HMS_EVENTS: {e}"))?;
+    if sc.idle > 0 {
+        let account = js.query_account().await.ok();
+        eprintln!(
+            "   limits: HMS_EVENTS max_consumers {} (0/-1: none of its own), account max_consumers {:?}",
+            events_stream.cached_info().config.max_consumers,
+            account.map(|a| a.limits.max_consumers)
+        );
+    }
     let topics: Vec<String> = (0..sc.busy).map(topic).collect();
     let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
     if sc.backlog {
@@ -510,6 +518,16 @@ impl Sink {
 
     fn done(&self) -> bool {
         self.unique.load(Relaxed) >= self.expected.load(Relaxed)
+    }
+
+    /// Live scenarios: the worst latency per second of publishing (events are published
+    /// in sequence at `rate`), to tell a start-up stall from periodic ones.
+    fn timeline(&self, rate: f64) -> Vec<f64> {
+        let per = rate.max(1.0) as usize;
+        self.latency
+            .chunks(per)
+            .map(|c| c.iter().map(|a| a.load(Relaxed)).max().unwrap_or(0) as f64 / 1000.0)
+            .collect()
     }
 
     fn histogram(&self) -> hdrhistogram::Histogram<u64> {
@@ -823,6 +841,8 @@ async fn baseline_consumers(
         out.push(
             c.stream()
                 .max_messages_per_batch(PULL_BATCH)
+                .heartbeat(Duration::from_secs(5))
+                .expires(Duration::from_secs(30))
                 .messages()
                 .await
                 .map_err(|e| format!("pull: {e}"))?,
@@ -920,6 +940,12 @@ async fn run_baseline(
     let wall = t0.elapsed().as_secs_f64();
     task.abort();
     let _ = task.await;
+    // Leave the stream's consumer count to hms-sync (the idle scenario deploys 1,000).
+    if let Ok(stream) = js.get_stream("HMS_EVENTS").await {
+        for i in 0..topics.len() {
+            let _ = stream.delete_consumer(&format!("bench_{system}_{i}")).await;
+        }
+    }
     let mut r = PhaseResult::from_sink(sc, system, sink, timed_out);
     r.cpu_s = threads_cpu("fl-sys") - cpu0;
     r.nats_cpu_s = nats.cpu() - nats0;
@@ -1050,6 +1076,11 @@ async fn run_hms(
     if let Some(filter) = &o.hms_log {
         cmd.env("HMS_SYNC_LOG", filter);
     }
+    if !sc.backlog {
+        // A new consumer starts 1 s before `up` started (Runtime::start's margin): let the
+        // baselines' live events fall out of that window.
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+    }
     let (nats0, tgt0) = (nats.cpu(), threads_cpu("fl-tgt"));
     let spawned = Instant::now();
     let child = cmd
@@ -1060,7 +1091,7 @@ async fn run_hms(
     if let Some(perf_dir) = &o.perf {
         let _ = std::fs::create_dir_all(perf_dir);
         hms.perf = Command::new("perf")
-            .args(["record", "-F", "999", "-g", "-o"])
+            .args(["record", "-F", "199", "--call-graph", "dwarf,8192", "-o"])
             .arg(perf_dir.join(format!("{}.perf.data", sc.name)))
             .args(["-p", &hms.pid().to_string()])
             .stdout(Stdio::null())
@@ -1193,6 +1224,8 @@ struct PhaseResult {
     p99_vs_naive: Option<f64>,
     cpu_per_event_vs_naive: Option<f64>,
     note: String,
+    /// Steady: the worst publish->target latency of each second of publishing (ms).
+    worst_ms_per_second: Vec<f64>,
 }
 
 impl PhaseResult {
@@ -1226,6 +1259,7 @@ impl PhaseResult {
             p90_ms: ms(h.value_at_quantile(0.9)),
             p99_ms: ms(h.value_at_quantile(0.99)),
             max_ms: ms(h.max()),
+            worst_ms_per_second: sc.rate.map(|r| sink.timeline(r)).unwrap_or_default(),
             ..Default::default()
         }
     }
@@ -1339,6 +1373,14 @@ fn print_table(rs: &[PhaseResult]) {
         }
         if let Some(l) = r.log_lines {
             extra.push(format!("{l} log lines"));
+        }
+        if !r.worst_ms_per_second.is_empty() {
+            let w: Vec<String> = r
+                .worst_ms_per_second
+                .iter()
+                .map(|v| format!("{v:.0}"))
+                .collect();
+            extra.push(format!("worst ms per second: {}", w.join(" ")));
         }
         if !r.note.is_empty() {
             extra.push(r.note.clone());
