@@ -120,6 +120,11 @@ fn parse_opts() -> Result<Opts, String> {
 }
 
 fn main() -> std::process::ExitCode {
+    // `cargo test --all-targets` runs bench binaries too (without `--bench`): not a bench run.
+    if !std::env::args().any(|a| a == "--bench") {
+        eprintln!("flood: a bench; run it with `cargo bench --bench flood -- <scenario>|all`");
+        return std::process::ExitCode::SUCCESS;
+    }
     let opts = match parse_opts() {
         Ok(o) => o,
         Err(e) => {
