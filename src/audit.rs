@@ -53,6 +53,40 @@ impl Chainer {
     }
 }
 
+impl Chainer {
+    /// Like [`Chainer::seal`], but returns the stored form directly: the record serialised once
+    /// (its hash computed over those bytes, then spliced in as the first key). Returns the
+    /// record's position `n` and its bytes. `verify` reads it like any other record.
+    pub fn seal_bytes(&mut self, chain: &str, mut record: Json) -> (u64, Vec<u8>) {
+        let (n, prev) = self
+            .last
+            .get(chain)
+            .map(|(n, h)| (n + 1, h.clone()))
+            .unwrap_or((1, GENESIS.to_string()));
+        let Some(o) = record.as_object_mut() else {
+            // Not an object: fall back to the general form.
+            let sealed = self.seal(chain, record);
+            return (n, serde_json::to_vec(&sealed).unwrap_or_default());
+        };
+        o.remove("hash");
+        o.insert("chain".into(), Json::String(chain.to_string()));
+        o.insert("n".into(), Json::from(n));
+        o.insert("prev".into(), Json::String(prev.clone()));
+        let body = serde_json::to_vec(&record).unwrap_or_default();
+        let mut h = Sha256::new();
+        h.update(prev.as_bytes());
+        h.update(&body);
+        let hash = hex::encode(h.finalize());
+        let mut out = Vec::with_capacity(body.len() + 80);
+        out.extend_from_slice(b"{\"hash\":\"");
+        out.extend_from_slice(hash.as_bytes());
+        out.extend_from_slice(b"\",");
+        out.extend_from_slice(body.get(1..).unwrap_or_default());
+        self.last.insert(chain.to_string(), (n, hash));
+        (n, out)
+    }
+}
+
 /// The first problem found while walking the trail.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Broken {
@@ -134,6 +168,23 @@ mod tests {
     #[test]
     fn intact_trail_verifies() {
         assert_eq!(walk(&trail()), Ok(6));
+    }
+
+    #[test]
+    fn the_stored_form_verifies_and_equals_the_general_one() {
+        let mut a = Chainer::default();
+        let mut b = Chainer::default();
+        let mut stored = Vec::new();
+        for i in 0..4 {
+            let rec = json!({"event": i, "url": "https://x/\"q\"", "status": null});
+            let (n, bytes) = a.seal_bytes("c", rec.clone());
+            assert_eq!(n, i as u64 + 1);
+            let general = b.seal("c", rec);
+            let parsed: Json = serde_json::from_slice(&bytes).unwrap();
+            assert_eq!(parsed, general);
+            stored.push(bytes);
+        }
+        assert_eq!(walk(&stored), Ok(4));
     }
 
     #[test]

@@ -285,14 +285,19 @@ impl Pipeline {
             }
         };
         if let Some(filter) = &c.trigger.filter {
-            let meta = EventMeta {
-                topic: d.original_subject(),
-                sequence: d.stream_sequence,
-                published: d
-                    .published
-                    .format(&time::format_description::well_known::Rfc3339)
-                    .unwrap_or_default(),
-                id: d.msg_id.clone().unwrap_or_default(),
+            // The metadata is only built for filters that read `event`.
+            let meta = if filter.uses_event() {
+                EventMeta {
+                    topic: d.original_subject(),
+                    sequence: d.stream_sequence,
+                    published: d
+                        .published
+                        .format(&time::format_description::well_known::Rfc3339)
+                        .unwrap_or_default(),
+                    id: d.msg_id.clone().unwrap_or_default(),
+                }
+            } else {
+                EventMeta::default()
             };
             match filter.evaluate(&event, &meta) {
                 Verdict::Pass => {}

@@ -20,6 +20,10 @@ pub struct EventMeta {
 pub struct Filter {
     source: String,
     program: Program,
+    /// Built-in functions, registered once; each evaluation binds its variables in a child scope.
+    root: Context<'static>,
+    /// Whether the expression reads `event` (its metadata is only built then).
+    uses_event: bool,
 }
 
 impl std::fmt::Debug for Filter {
@@ -47,9 +51,12 @@ impl Filter {
             &["object", "event"],
             "use `object` for the payload, `event` for topic/sequence/published/id",
         )?;
+        let uses_event = program.references().has_variable("event");
         Ok(Filter {
             source: source.to_string(),
             program,
+            root: Context::default(),
+            uses_event,
         })
     }
 
@@ -81,14 +88,21 @@ impl Filter {
         out
     }
 
+    /// Whether the expression reads `event` (callers may skip building the metadata).
+    pub fn uses_event(&self) -> bool {
+        self.uses_event
+    }
+
     /// Evaluates the filter for one event.
     pub fn evaluate(&self, object: &Json, meta: &EventMeta) -> Verdict {
-        let mut ctx = Context::default();
+        let mut ctx = self.root.new_inner_scope();
         if let Err(e) = ctx.add_variable("object", object) {
             return Verdict::NotEvaluable(format!("payload cannot be bound: {e}"));
         }
-        if let Err(e) = ctx.add_variable("event", meta) {
-            return Verdict::NotEvaluable(format!("metadata cannot be bound: {e}"));
+        if self.uses_event {
+            if let Err(e) = ctx.add_variable("event", meta) {
+                return Verdict::NotEvaluable(format!("metadata cannot be bound: {e}"));
+            }
         }
         match self.program.execute(&ctx) {
             Ok(Value::Bool(true)) => Verdict::Pass,

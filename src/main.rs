@@ -1,3 +1,10 @@
+//! The `hms-sync` binary: everything is in the library (`hms_sync::cli`).
+
+/// mimalloc: the delivery path allocates many short-lived buffers; glibc's allocator spent a
+/// measurable share of the CPU on them (see BENCHMARKS.md).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> std::process::ExitCode {
     hms_sync::cli::main()
 }

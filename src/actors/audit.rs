@@ -184,8 +184,7 @@ fn seal(st: &mut AuditState, max: usize) -> Vec<(String, String, Bytes)> {
                 "until": crate::delivery::now_rfc3339(),
                 "reason": "HMS_AUDIT was unavailable and the in-memory backlog was full",
             });
-            let sealed = st.chainer.seal(&chain, gap);
-            batch.push(pack(subject, sealed));
+            batch.push(pack(&mut st.chainer, subject, &chain, gap));
             st.dropped = 0;
             st.dropped_since = None;
         }
@@ -194,26 +193,20 @@ fn seal(st: &mut AuditState, max: usize) -> Vec<(String, String, Bytes)> {
         let Some((subject, chain, record)) = st.backlog.pop_front() else {
             break;
         };
-        let sealed = st.chainer.seal(&chain, record);
-        batch.push(pack(subject, sealed));
+        batch.push(pack(&mut st.chainer, subject, &chain, record));
     }
     batch
 }
 
-fn pack(subject: String, sealed: Json) -> (String, String, Bytes) {
-    let id = format!(
-        "{}:{}",
-        sealed
-            .get("chain")
-            .and_then(Json::as_str)
-            .unwrap_or_default(),
-        sealed.get("n").and_then(Json::as_u64).unwrap_or_default()
-    );
-    (
-        subject,
-        id,
-        Bytes::from(serde_json::to_vec(&sealed).unwrap_or_default()),
-    )
+/// Seals one record into its chain and gives what is stored: (subject, dedup id, bytes).
+fn pack(
+    chainer: &mut Chainer,
+    subject: String,
+    chain: &str,
+    record: Json,
+) -> (String, String, Bytes) {
+    let (n, bytes) = chainer.seal_bytes(chain, record);
+    (subject, format!("{chain}:{n}"), Bytes::from(bytes))
 }
 
 /// Starts storing the next batch in the background, unless one is in flight.
