@@ -364,7 +364,12 @@ impl EndpointRegistry {
     pub async fn actor(&self, endpoint: &str) -> Option<ActorRef<EndpointMsg>> {
         let mut map = self.actors.lock().await;
         if let Some(a) = map.get(endpoint) {
-            if a.get_status() == ractor::ActorStatus::Running {
+            // Any status but stopping/stopped: an actor just spawned may not be `Running` yet,
+            // and a second actor for the same endpoint would double its limits.
+            if !matches!(
+                a.get_status(),
+                ractor::ActorStatus::Stopping | ractor::ActorStatus::Stopped
+            ) {
                 return Some(a.clone());
             }
         }
