@@ -57,6 +57,9 @@ const USAGE: &str =
   --only SYSTEMS      comma list of ceiling,naive,hms-sync (default all three)
   --hms-log FILTER    HMS_SYNC_LOG for the hms-sync child (default: its own default, info)
   --perf DIR          record `perf record -F 199 --call-graph dwarf` of the hms-sync child into DIR
+                      (FLOOD_PERF_HZ sets the frequency)
+environment: NATS_SERVER_BIN (nats-server to run), FLOOD_HMS_BIN (hms-sync binary to measure
+                      instead of this build's, e.g. an older build for an A/B comparison)
   --json FILE         also write every result as JSON";
 
 #[derive(Clone)]
@@ -1087,7 +1090,7 @@ async fn run_hms(
     .map_err(|e| e.to_string())?;
     let log_path = dir.join("hms-sync.log");
     let log = std::fs::File::create(&log_path).map_err(|e| e.to_string())?;
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_hms-sync"));
+    let mut cmd = Command::new(hms_bin());
     cmd.arg("--config")
         .arg(&cfg)
         .arg("up")
@@ -1105,13 +1108,20 @@ async fn run_hms(
     let spawned = Instant::now();
     let child = cmd
         .spawn()
-        .map_err(|e| format!("start {}: {e}", env!("CARGO_BIN_EXE_hms-sync")))?;
+        .map_err(|e| format!("start {}: {e}", hms_bin().display()))?;
     let mut hms = HmsChild { child, perf: None };
     eprintln!("   hms-sync pid {}", hms.pid());
     if let Some(perf_dir) = &o.perf {
         let _ = std::fs::create_dir_all(perf_dir);
         hms.perf = Command::new("perf")
-            .args(["record", "-F", "199", "--call-graph", "dwarf,8192", "-o"])
+            .args([
+                "record",
+                "-F",
+                &perf_hz(),
+                "--call-graph",
+                "dwarf,8192",
+                "-o",
+            ])
             .arg(perf_dir.join(format!("{}.perf.data", sc.name)))
             .args(["-p", &hms.pid().to_string()])
             .stdout(Stdio::null())
@@ -1418,4 +1428,16 @@ fn print_table(rs: &[PhaseResult]) {
          2 cores and are shown apart. RSS: hms-sync's VmHWM."
     );
     print!("{t}");
+}
+
+/// The hms-sync binary under test: this build's, or `FLOOD_HMS_BIN` (to compare two builds).
+fn hms_bin() -> PathBuf {
+    std::env::var_os("FLOOD_HMS_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_hms-sync")))
+}
+
+/// Sampling frequency of `--perf` (`FLOOD_PERF_HZ`, default 199).
+fn perf_hz() -> String {
+    std::env::var("FLOOD_PERF_HZ").unwrap_or_else(|_| "199".into())
 }

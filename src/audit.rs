@@ -53,26 +53,125 @@ impl Chainer {
     }
 }
 
-impl Chainer {
-    /// Like [`Chainer::seal`], but returns the stored form directly: the record serialised once
-    /// (its hash computed over those bytes, then spliced in as the first key). Returns the
-    /// record's position `n` and its bytes. `verify` reads it like any other record.
-    pub fn seal_bytes(&mut self, chain: &str, mut record: Json) -> (u64, Vec<u8>) {
-        let (n, prev) = self
-            .last
-            .get(chain)
-            .map(|(n, h)| (n + 1, h.clone()))
-            .unwrap_or((1, GENESIS.to_string()));
-        let Some(o) = record.as_object_mut() else {
-            // Not an object: fall back to the general form.
-            let sealed = self.seal(chain, record);
-            return (n, serde_json::to_vec(&sealed).unwrap_or_default());
+/// A record that can write its own canonical form (keys sorted at every level, as
+/// `serde_json` writes a parsed record back) with `chain`, `n` and `prev` filled in.
+pub trait Sealable {
+    fn canonical(self, chain: &str, n: u64, prev: &str) -> Vec<u8>;
+}
+
+impl Sealable for Json {
+    fn canonical(self, chain: &str, n: u64, prev: &str) -> Vec<u8> {
+        let mut o = match self {
+            Json::Object(o) => o,
+            other => serde_json::Map::from_iter([("record".to_string(), other)]),
         };
         o.remove("hash");
         o.insert("chain".into(), Json::String(chain.to_string()));
         o.insert("n".into(), Json::from(n));
-        o.insert("prev".into(), Json::String(prev.clone()));
-        let body = serde_json::to_vec(&record).unwrap_or_default();
+        o.insert("prev".into(), Json::String(prev.to_string()));
+        serde_json::to_vec(&o).unwrap_or_default()
+    }
+}
+
+/// One delivery attempt, as the audit trail records it (`kind: "attempt"`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct AttemptRecord {
+    pub at: String,
+    pub attempt: u32,
+    pub connector: String,
+    /// Set when there was no HTTP status (timeout, connection failure, invalid event, ...).
+    pub error: Option<String>,
+    pub event: EventRef,
+    pub idempotency_key: String,
+    pub latency_ms: Option<f64>,
+    pub method: reqwest::Method,
+    pub status: Option<u16>,
+    pub traceparent: String,
+    pub url: String,
+}
+
+/// Which event an attempt was for.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct EventRef {
+    // Field order = canonical (sorted) key order.
+    #[serde(rename = "msgId")]
+    pub msg_id: Option<String>,
+    #[serde(rename = "streamSequence")]
+    pub stream_sequence: u64,
+    pub subject: String,
+}
+
+impl Sealable for &AttemptRecord {
+    fn canonical(self, chain: &str, n: u64, prev: &str) -> Vec<u8> {
+        // Field order = canonical (sorted) key order, so the bytes are canonical as written.
+        #[derive(serde::Serialize)]
+        struct Stored<'a> {
+            at: &'a str,
+            attempt: u32,
+            chain: &'a str,
+            connector: &'a str,
+            error: Option<&'a str>,
+            event: &'a EventRef,
+            #[serde(rename = "idempotencyKey")]
+            idempotency_key: &'a str,
+            kind: &'static str,
+            #[serde(rename = "latencyMs")]
+            latency_ms: Option<f64>,
+            method: &'a str,
+            n: u64,
+            prev: &'a str,
+            status: Option<u16>,
+            traceparent: &'a str,
+            url: &'a str,
+        }
+        serde_json::to_vec(&Stored {
+            at: &self.at,
+            attempt: self.attempt,
+            chain,
+            connector: &self.connector,
+            error: self.error.as_deref(),
+            event: &self.event,
+            idempotency_key: &self.idempotency_key,
+            kind: "attempt",
+            latency_ms: self.latency_ms.filter(|l| l.is_finite()),
+            method: self.method.as_str(),
+            n,
+            prev,
+            status: self.status,
+            traceparent: &self.traceparent,
+            url: &self.url,
+        })
+        .unwrap_or_default()
+    }
+}
+
+/// What the audit actor is given to record.
+#[derive(Debug, Clone)]
+pub enum AuditRecord {
+    Attempt(Box<AttemptRecord>),
+    /// Any other record (accepted webhooks, gaps): a JSON object.
+    Other(Json),
+}
+
+impl Sealable for AuditRecord {
+    fn canonical(self, chain: &str, n: u64, prev: &str) -> Vec<u8> {
+        match self {
+            AuditRecord::Attempt(a) => a.as_ref().canonical(chain, n, prev),
+            AuditRecord::Other(j) => j.canonical(chain, n, prev),
+        }
+    }
+}
+
+impl Chainer {
+    /// Like [`Chainer::seal`], but returns the stored form directly: the record serialised once
+    /// (its hash computed over those bytes, then spliced in as the first key). Returns the
+    /// record's position `n` and its bytes. `verify` reads it like any other record.
+    pub fn seal_bytes(&mut self, chain: &str, record: impl Sealable) -> (u64, Vec<u8>) {
+        let (n, prev) = match self.last.get(chain) {
+            Some((n, h)) => (n + 1, h.as_str()),
+            None => (1, GENESIS),
+        };
+        let body = record.canonical(chain, n, prev);
         let mut h = Sha256::new();
         h.update(prev.as_bytes());
         h.update(&body);
@@ -80,9 +179,20 @@ impl Chainer {
         let mut out = Vec::with_capacity(body.len() + 80);
         out.extend_from_slice(b"{\"hash\":\"");
         out.extend_from_slice(hash.as_bytes());
-        out.extend_from_slice(b"\",");
-        out.extend_from_slice(body.get(1..).unwrap_or_default());
-        self.last.insert(chain.to_string(), (n, hash));
+        out.push(b'"');
+        match body.get(1..) {
+            Some(rest) if rest != b"}" => {
+                out.push(b',');
+                out.extend_from_slice(rest);
+            }
+            _ => out.push(b'}'),
+        }
+        match self.last.get_mut(chain) {
+            Some(slot) => *slot = (n, hash),
+            None => {
+                self.last.insert(chain.to_string(), (n, hash));
+            }
+        }
         (n, out)
     }
 }
@@ -95,10 +205,25 @@ pub struct Broken {
     pub reason: String,
 }
 
-/// Walks records in stream order: `(sequence, raw bytes)`. `Ok(records checked)` when intact.
-pub fn verify<'a>(records: impl IntoIterator<Item = (u64, &'a [u8])>) -> Result<u64, Broken> {
+/// What an intact trail holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Intact {
+    /// Records checked (each position of each chain once).
+    pub records: u64,
+    /// Exact copies of a recent record of the same chain (a store that was retried after its
+    /// confirmation was lost stores some records twice): harmless, counted apart.
+    pub duplicates: u64,
+}
+
+/// How far back (per chain) an exact copy of a record is recognised as a duplicate.
+const DUPLICATE_WINDOW: usize = 4096;
+
+/// Walks records in stream order: `(sequence, raw bytes)`. What was found when intact.
+pub fn verify<'a>(records: impl IntoIterator<Item = (u64, &'a [u8])>) -> Result<Intact, Broken> {
     let mut last: HashMap<String, (u64, String)> = HashMap::new();
+    let mut recent: HashMap<String, std::collections::VecDeque<(u64, String)>> = HashMap::new();
     let mut count = 0;
+    let mut duplicates = 0;
     for (seq, bytes) in records {
         let broken = |reason: String| Broken {
             sequence: seq,
@@ -131,15 +256,31 @@ pub fn verify<'a>(records: impl IntoIterator<Item = (u64, &'a [u8])>) -> Result<
             .get(chain)
             .map(|(n, h)| (n + 1, h.as_str()))
             .unwrap_or((1, GENESIS));
+        if n < want_n
+            && recent
+                .get(chain)
+                .is_some_and(|r| r.iter().any(|(rn, rh)| *rn == n && rh == stored))
+        {
+            duplicates += 1;
+            continue;
+        }
         if n != want_n || prev != want_prev {
             return Err(broken(format!(
                 "chain {chain}: expected record {want_n} after the previous one, found record {n} whose prev does not match (a record before it was deleted or changed)"
             )));
         }
         last.insert(chain.to_string(), (n, stored.to_string()));
+        let r = recent.entry(chain.to_string()).or_default();
+        if r.len() >= DUPLICATE_WINDOW {
+            r.pop_front();
+        }
+        r.push_back((n, stored.to_string()));
         count += 1;
     }
-    Ok(count)
+    Ok(Intact {
+        records: count,
+        duplicates,
+    })
 }
 
 #[cfg(test)]
@@ -163,6 +304,7 @@ mod tests {
                 .enumerate()
                 .map(|(i, b)| (i as u64 + 1, b.as_slice())),
         )
+        .map(|i| i.records)
     }
 
     #[test]
@@ -206,5 +348,83 @@ mod tests {
         v["hash"] = json!(hash_of(&v));
         t[3] = serde_json::to_vec(&v).unwrap();
         assert_eq!(walk(&t).unwrap_err().sequence, 6);
+    }
+
+    fn attempt(i: u32, status: Option<u16>) -> AttemptRecord {
+        AttemptRecord {
+            at: "2026-11-27T05:00:00.123Z".into(),
+            attempt: i,
+            connector: "ddot.gis.outbound.v1".into(),
+            error: status
+                .is_none()
+                .then(|| "timeout \"after\" 10 s\n".to_string()),
+            event: EventRef {
+                msg_id: (i % 2 == 0).then(|| format!("m-{i}")),
+                stream_sequence: u64::from(i) * 7,
+                subject: "permit.updated".into(),
+            },
+            idempotency_key: format!("{i:032x}"),
+            latency_ms: status.map(|_| 1.25 * f64::from(i) + 0.001),
+            method: reqwest::Method::PATCH,
+            status,
+            traceparent: "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".into(),
+            url: "https://gis.example/item/roadwork/RW-\u{e9}/\"x\"".into(),
+        }
+    }
+
+    #[test]
+    fn a_typed_attempt_record_is_stored_in_canonical_form() {
+        let mut c = Chainer::default();
+        let mut stored = Vec::new();
+        for i in 0..5 {
+            let rec = attempt(i, [Some(200), None, Some(503)][i as usize % 3]);
+            let (_, bytes) = c.seal_bytes("k/run", AuditRecord::Attempt(Box::new(rec.clone())));
+            let parsed: Json = serde_json::from_slice(&bytes).unwrap();
+            // Canonical: what a reader re-serialises (sorted keys) is what was hashed.
+            assert_eq!(
+                parsed["hash"].as_str().unwrap(),
+                hash_of(&parsed),
+                "{parsed:#}"
+            );
+            assert_eq!(parsed["kind"], "attempt");
+            assert_eq!(parsed["status"], json!(rec.status));
+            assert_eq!(parsed["event"]["streamSequence"], json!(u64::from(i) * 7));
+            assert_eq!(parsed["error"], json!(rec.error));
+            stored.push(bytes);
+        }
+        assert_eq!(walk(&stored), Ok(5));
+    }
+
+    #[test]
+    fn an_exact_copy_of_a_recent_record_is_a_duplicate_not_a_break() {
+        let t = trail();
+        // A retried store wrote records 3 and 4 (chain a n=2, chain b n=2) again.
+        let mut with_copies = t.clone();
+        with_copies.insert(5, t[2].clone());
+        with_copies.insert(6, t[3].clone());
+        let found = verify(
+            with_copies
+                .iter()
+                .enumerate()
+                .map(|(i, b)| (i as u64 + 1, b.as_slice())),
+        );
+        assert_eq!(
+            found,
+            Ok(Intact {
+                records: 6,
+                duplicates: 2
+            })
+        );
+    }
+
+    #[test]
+    fn a_stale_record_that_is_not_an_exact_copy_is_a_break() {
+        let mut t = trail();
+        // A different record claiming an old position of chain a.
+        let mut v: Json = serde_json::from_slice(&t[2]).unwrap();
+        v["status"] = json!(500);
+        v["hash"] = json!(hash_of(&v));
+        t.push(serde_json::to_vec(&v).unwrap());
+        assert_eq!(walk(&t).unwrap_err().sequence, 7);
     }
 }

@@ -18,13 +18,14 @@ use crate::actors::audit::AuditMsg;
 use crate::actors::endpoint::{endpoint_of, signal_of, EndpointRegistry, Permit};
 use crate::actors::supervisor::Deps;
 use crate::actors::token::{Token, Tokens};
+use crate::audit::{AttemptRecord, AuditRecord, EventRef};
 use crate::auth::Auth;
 use crate::bus::{Bus, Delivery};
 use crate::check::{self, AnswerView, OnFailure};
 use crate::connector::Connector;
 use crate::connector::Lookup;
 use crate::filter::{EventMeta, Verdict};
-use crate::http_client::{snippet, Answer, Exchange, HttpClient};
+use crate::http_client::{snippet, Answer, Exchange, HttpClient, UrlBase};
 use crate::metrics::ConnectorMetrics;
 use crate::outcome::{classify, decide, fail_reason, Action, Class, Outcome};
 use crate::request;
@@ -137,6 +138,8 @@ pub struct Pipeline {
     tokens: Option<Tokens>,
     /// The endpoint when the URL's scheme/host/port is fixed (the usual case).
     fixed_endpoint: Option<String>,
+    /// That fixed `scheme://authority`, parsed once.
+    url_base: Option<UrlBase>,
     /// How often a delivery waiting for a permit tells JetStream it is still being worked on.
     heartbeat: Duration,
     pub metrics: ConnectorMetrics,
@@ -157,8 +160,9 @@ impl Pipeline {
             .and_then(|start| source[start..].find('/').map(|j| start + j))
             .unwrap_or(source.len());
         let authority = &source[..authority_end];
-        let fixed_endpoint =
-            (!authority.contains('{') && !authority.contains('$')).then(|| endpoint_of(authority));
+        let fixed = !authority.contains('{') && !authority.contains('$');
+        let fixed_endpoint = fixed.then(|| endpoint_of(authority));
+        let url_base = fixed.then(|| UrlBase::new(authority)).flatten();
         Pipeline {
             connector,
             bus: deps.bus.clone(),
@@ -167,6 +171,7 @@ impl Pipeline {
             audit: deps.audit.clone(),
             tokens: deps.tokens.clone(),
             fixed_endpoint,
+            url_base,
             heartbeat: (deps.delivery.ack_wait() / 3).max(Duration::from_millis(200)),
             metrics,
             stats,
@@ -230,27 +235,26 @@ impl Pipeline {
             Outcome::Status { code, .. } => (Some(*code), None),
             other => (None, Some(describe(other))),
         };
-        let record = serde_json::json!({
-            "kind": "attempt",
-            "at": now_rfc3339(),
-            "connector": c.id,
-            "event": {
-                "subject": d.original_subject(),
-                "streamSequence": d.stream_sequence,
-                "msgId": d.msg_id,
+        let record = AttemptRecord {
+            at: now_rfc3339(),
+            attempt: d.delivered,
+            connector: c.id.clone(),
+            error,
+            event: EventRef {
+                msg_id: d.msg_id.clone(),
+                stream_sequence: d.stream_sequence,
+                subject: d.original_subject(),
             },
-            "attempt": d.delivered,
-            "method": c.target.method.as_str(),
-            "url": url,
-            "status": status,
-            "error": error,
-            "latencyMs": latency.map(|l| l.as_secs_f64() * 1000.0),
-            "idempotencyKey": key,
-            "traceparent": traceparent,
-        });
+            idempotency_key: key.to_string(),
+            latency_ms: latency.map(|l| l.as_secs_f64() * 1000.0),
+            method: c.target.method.clone(),
+            status,
+            traceparent: traceparent.to_string(),
+            url: url.to_string(),
+        };
         let _ = audit.send_message(AuditMsg::Record {
             consumer: c.consumer.clone(),
-            record,
+            record: AuditRecord::Attempt(Box::new(record)),
         });
     }
 
@@ -477,7 +481,10 @@ impl Pipeline {
             }
             let mut permit = self.permit(endpoint, d).await;
             self.metrics.in_flight.increment(1.0);
-            let ex = self.http.exchange(r, c.timeout).await;
+            let ex = self
+                .http
+                .exchange_on(r, self.url_base.as_ref(), c.timeout)
+                .await;
             self.metrics.in_flight.decrement(1.0);
             let fallback = crate::outcome::backoff(1, &c.retry, 0.0);
             if let Some(p) = permit.as_mut() {

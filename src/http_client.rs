@@ -47,7 +47,22 @@ impl HttpClient {
     /// response checks, lookups and token endpoints. Never fails: every failure is an
     /// [`Outcome`].
     pub async fn exchange(&self, req: Request, timeout: Duration) -> Exchange {
-        let mut builder = self.client.request(req.method, &req.url).timeout(timeout);
+        self.exchange_on(req, None, timeout).await
+    }
+
+    /// Like [`HttpClient::exchange`]; `base` (the URL's fixed `scheme://authority`, parsed once)
+    /// spares parsing the host of every request again.
+    pub async fn exchange_on(
+        &self,
+        req: Request,
+        base: Option<&UrlBase>,
+        timeout: Duration,
+    ) -> Exchange {
+        let builder = match base.and_then(|b| b.join(&req.url)) {
+            Some(url) => self.client.request(req.method, url),
+            None => self.client.request(req.method, &req.url),
+        };
+        let mut builder = builder.timeout(timeout);
         for (name, value) in req.headers {
             builder = builder.header(name, value);
         }
@@ -108,6 +123,40 @@ impl HttpClient {
                 })
             }
         }
+    }
+}
+
+/// A URL template's fixed `scheme://authority` part, parsed once.
+#[derive(Debug, Clone)]
+pub struct UrlBase {
+    prefix: String,
+    base: reqwest::Url,
+}
+
+impl UrlBase {
+    /// `prefix`: `scheme://authority` without a path (`https://gis.example:8443`).
+    pub fn new(prefix: &str) -> Option<UrlBase> {
+        let base = reqwest::Url::parse(prefix).ok()?;
+        (base.path() == "/" && base.query().is_none() && !prefix.ends_with('/')).then(|| UrlBase {
+            prefix: prefix.to_string(),
+            base,
+        })
+    }
+
+    /// `full` parsed, when it starts with this base followed by an absolute path (only its
+    /// path and query are parsed): the same URL `Url::parse(full)` gives. `None` when it does
+    /// not fit (the caller parses it whole), notably for `//` or `/\` after the authority,
+    /// which a relative parse would read as another host.
+    pub fn join(&self, full: &str) -> Option<reqwest::Url> {
+        let rest = full.strip_prefix(&self.prefix)?;
+        let b = rest.as_bytes();
+        if b.first() != Some(&b'/') || matches!(b.get(1), Some(b'/' | b'\\')) {
+            return None;
+        }
+        reqwest::Url::options()
+            .base_url(Some(&self.base))
+            .parse(rest)
+            .ok()
     }
 }
 
@@ -183,5 +232,48 @@ impl HttpClient {
         }
         let bytes = resp.bytes().await.map_err(|e| error_chain(&e))?;
         serde_json::from_slice(&bytes).map_err(|e| format!("answer is not JSON: {e}"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::UrlBase;
+
+    #[test]
+    fn a_url_joined_on_its_parsed_base_equals_the_url_parsed_whole() {
+        let base = UrlBase::new("https://gis.example:8443").unwrap();
+        for full in [
+            "https://gis.example:8443/item/roadwork/RW-1",
+            "https://gis.example:8443/",
+            "https://gis.example:8443/a/../b/./c?x=1&y=%20z#frag",
+            "https://gis.example:8443/caf\u{e9}/\u{1F6A7}?q=a b",
+            "https://gis.example:8443/a\\b",
+            "https://gis.example:8443/%2F%2Fevil.example/x",
+        ] {
+            assert_eq!(
+                base.join(full).map(|u| u.to_string()),
+                Some(reqwest::Url::parse(full).unwrap().to_string()),
+                "{full}"
+            );
+        }
+    }
+
+    #[test]
+    fn what_could_change_the_host_is_left_to_a_whole_parse() {
+        let base = UrlBase::new("https://gis.example").unwrap();
+        for full in [
+            "https://gis.example//evil.example/x",
+            "https://gis.example/\\evil.example/x",
+            "https://gis.example.evil/x",
+            "https://gis.example:9/x",
+            "https://gis.example@evil.example/x",
+            "https://gis.example",
+            "http://gis.example/x",
+        ] {
+            assert!(base.join(full).is_none(), "{full}");
+        }
+        assert!(UrlBase::new("https://gis.example/api").is_none());
+        assert!(UrlBase::new("https://gis.example/").is_none());
+        assert!(UrlBase::new("not a url").is_none());
     }
 }

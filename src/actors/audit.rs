@@ -6,15 +6,16 @@
 //! records are dropped and replaced by one sealed `gap` record saying how many and when: the
 //! chain stays verifiable and the loss is on record.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
-use serde_json::{json, Value as Json};
+use serde_json::json;
 
-use crate::audit::Chainer;
-use crate::bus::Bus;
+use crate::audit::{AuditRecord, Chainer};
+use crate::bus::{AuditEntry, Bus};
 
 /// Records kept in memory while `HMS_AUDIT` is unavailable; beyond it the oldest are dropped.
 pub const MAX_BACKLOG: usize = 100_000;
@@ -25,16 +26,25 @@ pub const LINGER: Duration = Duration::from_millis(50);
 
 /// Messages to the audit actor.
 pub enum AuditMsg {
-    /// One attempt (or accepted webhook): the chain it belongs to and its fields.
-    Record { consumer: String, record: Json },
+    /// One attempt (or accepted webhook): the consumer whose chain it belongs to, and the record.
+    Record {
+        consumer: String,
+        record: AuditRecord,
+    },
     /// Store what is buffered (timer, or after a batch ended).
     Flush,
     /// A store finished: how many of the batch are stored.
     Stored {
-        batch: Vec<(String, String, Bytes)>,
+        batch: Vec<AuditEntry>,
         stored: usize,
         error: Option<String>,
     },
+}
+
+/// Where one consumer's records go: its subject and its chain in this run.
+struct Route {
+    subject: Arc<str>,
+    chain: Arc<str>,
 }
 
 pub struct AuditActor;
@@ -49,11 +59,14 @@ pub struct AuditState {
     bus: Bus,
     run_id: String,
     chainer: Chainer,
-    /// Unsealed records: (subject, chain, record).
-    backlog: VecDeque<(String, String, Json)>,
-    /// A sealed batch being stored, or to be stored again after a failure.
-    in_flight: Option<Vec<(String, String, Bytes)>>,
-    retry_batch: Option<Vec<(String, String, Bytes)>>,
+    /// Subject and chain of each consumer seen, built once.
+    routes: HashMap<String, Arc<Route>>,
+    /// Unsealed records.
+    backlog: VecDeque<(Arc<Route>, AuditRecord)>,
+    /// Size of the sealed batch being stored (0: none).
+    in_flight: usize,
+    /// A sealed batch to be stored again after a failure.
+    retry_batch: Option<Vec<AuditEntry>>,
     dropped: u64,
     dropped_since: Option<String>,
     flush_scheduled: bool,
@@ -75,8 +88,9 @@ impl Actor for AuditActor {
             bus: args.bus,
             run_id: args.run_id,
             chainer: Chainer::default(),
+            routes: HashMap::new(),
             backlog: VecDeque::new(),
-            in_flight: None,
+            in_flight: 0,
             retry_batch: None,
             dropped: 0,
             dropped_since: None,
@@ -102,9 +116,18 @@ impl Actor for AuditActor {
                     st.dropped += 1;
                     metrics::counter!(crate::metrics::AUDIT_DROPPED_TOTAL).increment(1);
                 }
-                let chain = format!("{consumer}/{}", st.run_id);
-                st.backlog
-                    .push_back((format!("external.sync.{consumer}"), chain, record));
+                let route = match st.routes.get(&consumer) {
+                    Some(r) => r.clone(),
+                    None => {
+                        let r = Arc::new(Route {
+                            subject: format!("external.sync.{consumer}").into(),
+                            chain: format!("{consumer}/{}", st.run_id).into(),
+                        });
+                        st.routes.insert(consumer, r.clone());
+                        r
+                    }
+                };
+                st.backlog.push_back((route, record));
                 if st.backlog.len() >= BATCH {
                     flush(&me, st);
                 } else if !st.flush_scheduled {
@@ -122,7 +145,7 @@ impl Actor for AuditActor {
                 error,
             } => {
                 metrics::counter!(crate::metrics::AUDIT_WRITTEN_TOTAL).increment(stored as u64);
-                st.in_flight = None;
+                st.in_flight = 0;
                 if stored < batch.len() {
                     st.failures_in_a_row += 1;
                     if st.failures_in_a_row == 1 || st.failures_in_a_row % 20 == 0 {
@@ -150,9 +173,7 @@ impl Actor for AuditActor {
                 }
             }
         }
-        let waiting = st.backlog.len()
-            + st.retry_batch.as_ref().map_or(0, Vec::len)
-            + st.in_flight.as_ref().map_or(0, Vec::len);
+        let waiting = st.backlog.len() + st.retry_batch.as_ref().map_or(0, Vec::len) + st.in_flight;
         st.pending.set(waiting as f64);
         Ok(())
     }
@@ -166,17 +187,18 @@ impl Actor for AuditActor {
         let mut batch = st.retry_batch.take().unwrap_or_default();
         batch.extend(seal(st, usize::MAX));
         if !batch.is_empty() {
-            let _ = tokio::time::timeout(Duration::from_secs(5), st.bus.store_audit(&batch)).await;
+            let _ = tokio::time::timeout(Duration::from_secs(5), st.bus.store_audit(&batch, true))
+                .await;
         }
         Ok(())
     }
 }
 
 /// Seals up to `max` backlog records (plus a `gap` record first when some were dropped).
-fn seal(st: &mut AuditState, max: usize) -> Vec<(String, String, Bytes)> {
-    let mut batch = Vec::new();
+fn seal(st: &mut AuditState, max: usize) -> Vec<AuditEntry> {
+    let mut batch = Vec::with_capacity(st.backlog.len().min(max));
     if st.dropped > 0 {
-        if let Some((subject, chain, _)) = st.backlog.front().cloned() {
+        if let Some(route) = st.backlog.front().map(|(r, _)| r.clone()) {
             let gap = json!({
                 "kind": "gap",
                 "dropped": st.dropped,
@@ -184,47 +206,48 @@ fn seal(st: &mut AuditState, max: usize) -> Vec<(String, String, Bytes)> {
                 "until": crate::delivery::now_rfc3339(),
                 "reason": "HMS_AUDIT was unavailable and the in-memory backlog was full",
             });
-            batch.push(pack(&mut st.chainer, subject, &chain, gap));
+            batch.push(pack(&mut st.chainer, &route, AuditRecord::Other(gap)));
             st.dropped = 0;
             st.dropped_since = None;
         }
     }
     while batch.len() < max {
-        let Some((subject, chain, record)) = st.backlog.pop_front() else {
+        let Some((route, record)) = st.backlog.pop_front() else {
             break;
         };
-        batch.push(pack(&mut st.chainer, subject, &chain, record));
+        batch.push(pack(&mut st.chainer, &route, record));
     }
     batch
 }
 
-/// Seals one record into its chain and gives what is stored: (subject, dedup id, bytes).
-fn pack(
-    chainer: &mut Chainer,
-    subject: String,
-    chain: &str,
-    record: Json,
-) -> (String, String, Bytes) {
-    let (n, bytes) = chainer.seal_bytes(chain, record);
-    (subject, format!("{chain}:{n}"), Bytes::from(bytes))
+/// Seals one record into its chain and gives what is stored.
+fn pack(chainer: &mut Chainer, route: &Route, record: AuditRecord) -> AuditEntry {
+    let (n, bytes) = chainer.seal_bytes(&route.chain, record);
+    AuditEntry {
+        subject: route.subject.clone(),
+        chain: route.chain.clone(),
+        n,
+        bytes: Bytes::from(bytes),
+    }
 }
 
 /// Starts storing the next batch in the background, unless one is in flight.
 fn flush(me: &ActorRef<AuditMsg>, st: &mut AuditState) {
-    if st.in_flight.is_some() {
+    if st.in_flight > 0 {
         return;
     }
-    let batch = match st.retry_batch.take() {
-        Some(b) if !b.is_empty() => b,
-        _ => seal(st, BATCH),
+    // A batch stored again after a failure is stored the careful way (every record confirmed).
+    let (batch, careful) = match st.retry_batch.take() {
+        Some(b) if !b.is_empty() => (b, true),
+        _ => (seal(st, BATCH), false),
     };
     if batch.is_empty() {
         return;
     }
-    st.in_flight = Some(batch.clone());
+    st.in_flight = batch.len();
     let (bus, me) = (st.bus.clone(), me.clone());
     tokio::spawn(async move {
-        let (stored, error) = match bus.store_audit(&batch).await {
+        let (stored, error) = match bus.store_audit(&batch, careful).await {
             Ok(n) => (n, None),
             Err((n, e)) => (n, Some(e.to_string())),
         };

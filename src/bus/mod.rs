@@ -15,6 +15,7 @@ use futures::StreamExt;
 use crate::config::{DeliveryConfig, StreamsConfig};
 
 pub mod audit;
+pub use audit::AuditEntry;
 pub mod parked;
 pub mod status;
 pub use parked::{StoredJob, ORIGINAL_SUBJECT_HEADER, REPLAY_OF_HEADER, REPLAY_PREFIX};

@@ -22,9 +22,16 @@ pub async fn exec(cli: &Cli, cmd: &Cmd) -> anyhow::Result<ExitCode> {
     let records = records?;
     let result = crate::audit::verify(records.iter().map(|(s, b)| (*s, b.as_ref())));
     match result {
-        Ok(n) => {
+        Ok(found) => {
+            let n = found.records;
+            let d = found.duplicates;
             if *json {
-                println!("{}", serde_json::json!({ "intact": true, "records": n }));
+                println!(
+                    "{}",
+                    serde_json::json!({ "intact": true, "records": n, "duplicates": d })
+                );
+            } else if d > 0 {
+                println!("audit trail intact: {n} records in HMS_AUDIT (and {d} exact copies of records stored twice by a retried store)");
             } else {
                 println!("audit trail intact: {n} records in HMS_AUDIT");
             }

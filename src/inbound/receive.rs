@@ -132,7 +132,7 @@ fn record(r: &WebhookRecord, audit: Option<&ActorRef<AuditMsg>>) {
         }
         let _ = a.send_message(AuditMsg::Record {
             consumer: crate::connector::consumer_name(&r.connector),
-            record: value,
+            record: crate::audit::AuditRecord::Other(value),
         });
     }
     let dup = if r.duplicate { ", duplicate" } else { "" };

@@ -342,3 +342,42 @@ async fn deliveries_go_on_while_the_audit_stream_is_unavailable() {
     rt.shutdown().await;
     assert_eq!(verify(&nats).0, 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_attempts_is_audited_whole_in_batches() {
+    // Batches of more than two records take the fast store (plain publishes between two acked
+    // ones): every record must land once, in chain order.
+    init_logs();
+    let nats = Nats::start().await;
+    let target = Target::start().await;
+    let (_setup, rt, js) = start_simple(&nats, &target, "many.v1", "many.in", "", "").await;
+    let n = 2_000;
+    publish_many(
+        &js,
+        "many.in",
+        (0..n).map(|i| json!({"id": format!("e{i}"), "n": i})),
+    )
+    .await;
+    eventually(T, "all delivered", || async { target.count() >= n }).await;
+    let stream = js.get_stream("HMS_AUDIT").await.unwrap();
+    eventually(T, "every attempt on HMS_AUDIT", || {
+        let mut stream = stream.clone();
+        async move { stream.info().await.unwrap().state.messages as usize >= n }
+    })
+    .await;
+    rt.shutdown().await;
+    let records = stream_messages(&js, "HMS_AUDIT").await;
+    assert_eq!(records.len(), n, "each attempt stored once");
+    let positions: Vec<u64> = records.iter().map(|r| r["n"].as_u64().unwrap()).collect();
+    assert_eq!(
+        positions,
+        (1..=n as u64).collect::<Vec<_>>(),
+        "one chain, in order, no gap"
+    );
+    let (code, out) = verify(&nats);
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains(&format!("intact: {n} records in HMS_AUDIT\n")),
+        "{out}"
+    );
+}
