@@ -4,7 +4,10 @@
 //! `event.topic` (subject), `event.sequence` (stream sequence), `event.published`
 //! (publish time, RFC 3339 string), `event.id` (Nats-Msg-Id, or "" when absent).
 
+use std::collections::{BTreeSet, HashMap};
+
 use cel_interpreter::{Context, Program, Value};
+use cel_parser::ast::{EntryExpr, Expr, IdedExpr};
 use serde_json::Value as Json;
 
 /// The metadata of one event that filters may read as `event`.
@@ -24,6 +27,9 @@ pub struct Filter {
     root: Context<'static>,
     /// Whether the expression reads `event` (its metadata is only built then).
     uses_event: bool,
+    /// When the expression reads `object` only as `object.<field>`: those fields. Only they are
+    /// converted to CEL values for each event (the rest of the payload cannot matter).
+    narrow: Option<Vec<String>>,
 }
 
 impl std::fmt::Debug for Filter {
@@ -52,11 +58,19 @@ impl Filter {
             "use `object` for the payload, `event` for topic/sequence/published/id",
         )?;
         let uses_event = program.references().has_variable("event");
+        let narrow = std::panic::catch_unwind(|| cel_parser::Parser::new().parse(source))
+            .ok()
+            .and_then(Result::ok)
+            .and_then(|ast| {
+                let mut fields = BTreeSet::new();
+                selected_fields(&ast, "object", &mut fields).then(|| fields.into_iter().collect())
+            });
         Ok(Filter {
             source: source.to_string(),
             program,
             root: Context::default(),
             uses_event,
+            narrow,
         })
     }
 
@@ -96,7 +110,27 @@ impl Filter {
     /// Evaluates the filter for one event.
     pub fn evaluate(&self, object: &Json, meta: &EventMeta) -> Verdict {
         let mut ctx = self.root.new_inner_scope();
-        if let Err(e) = ctx.add_variable("object", object) {
+        let bound = match (&self.narrow, object.as_object()) {
+            (Some(fields), Some(map)) => {
+                let mut part = HashMap::with_capacity(fields.len());
+                for f in fields {
+                    if let Some(v) = map.get(f) {
+                        match cel_interpreter::to_value(v) {
+                            Ok(v) => part.insert(f.clone(), v),
+                            Err(e) => {
+                                return Verdict::NotEvaluable(format!(
+                                    "payload cannot be bound: {e}"
+                                ))
+                            }
+                        };
+                    }
+                }
+                ctx.add_variable_from_value("object", part);
+                Ok(())
+            }
+            _ => ctx.add_variable("object", object),
+        };
+        if let Err(e) = bound {
             return Verdict::NotEvaluable(format!("payload cannot be bound: {e}"));
         }
         if self.uses_event {
@@ -113,6 +147,62 @@ impl Filter {
             )),
             Err(e) => Verdict::NotEvaluable(format!("filter `{}`: {e}", self.source)),
         }
+    }
+}
+
+/// Collects the fields read as `<var>.<field>` into `fields`; false when `var` is also used any
+/// other way (bound whole, indexed, passed to a function, shadowed by a macro variable, ...).
+fn selected_fields(e: &IdedExpr, var: &str, fields: &mut BTreeSet<String>) -> bool {
+    let all = |es: &mut dyn Iterator<Item = &IdedExpr>, fields: &mut BTreeSet<String>| {
+        for x in es {
+            if !selected_fields(x, var, fields) {
+                return false;
+            }
+        }
+        true
+    };
+    match &e.expr {
+        Expr::Ident(name) => name != var,
+        Expr::Select(s) => match &s.operand.expr {
+            Expr::Ident(name) if name == var => {
+                fields.insert(s.field.clone());
+                true
+            }
+            _ => selected_fields(&s.operand, var, fields),
+        },
+        Expr::Call(c) => all(&mut c.target.iter().map(|t| &**t).chain(&c.args), fields),
+        Expr::Comprehension(c) => {
+            c.iter_var != var
+                && c.iter_var2.as_deref() != Some(var)
+                && c.accu_var != var
+                && all(
+                    &mut [
+                        &c.iter_range,
+                        &c.accu_init,
+                        &c.loop_cond,
+                        &c.loop_step,
+                        &c.result,
+                    ]
+                    .into_iter()
+                    .map(|b| &**b),
+                    fields,
+                )
+        }
+        Expr::List(l) => all(&mut l.elements.iter(), fields),
+        Expr::Map(m) => m.entries.iter().all(|en| match &en.expr {
+            EntryExpr::MapEntry(me) => {
+                selected_fields(&me.key, var, fields) && selected_fields(&me.value, var, fields)
+            }
+            EntryExpr::StructField(sf) => selected_fields(&sf.value, var, fields),
+        }),
+        Expr::Struct(st) => st.entries.iter().all(|en| match &en.expr {
+            EntryExpr::MapEntry(me) => {
+                selected_fields(&me.key, var, fields) && selected_fields(&me.value, var, fields)
+            }
+            EntryExpr::StructField(sf) => selected_fields(&sf.value, var, fields),
+        }),
+        Expr::Literal(_) => true,
+        Expr::Unspecified => false,
     }
 }
 
@@ -261,5 +351,50 @@ mod tests {
             Filter::compile(r#"object.agency == "DDOT" && object.amount > 1 && event.topic != """#)
                 .unwrap();
         assert_eq!(f.object_fields(), ["agency", "amount"]);
+    }
+
+    #[test]
+    fn only_fields_read_as_object_dot_field_are_bound_and_verdicts_do_not_change() {
+        let narrow = |src: &str| Filter::compile(src).unwrap().narrow;
+        let f = |v: &[&str]| Some(v.iter().map(|s| s.to_string()).collect::<Vec<_>>());
+        let table: &[(&str, Option<Vec<String>>)] = &[
+            (r#"object.agency == "DDOT""#, f(&["agency"])),
+            (
+                r#"object.a.b > 1 && has(object.c) || object.a == {}"#,
+                f(&["a", "c"]),
+            ),
+            (r#"object.tags.exists(t, t == "x")"#, f(&["tags"])),
+            (r#"event.topic == "t""#, f(&[])),
+            (r#"object["agency"] == "DDOT""#, None),
+            (r#"size(object) > 2"#, None),
+            (r#""agency" in object"#, None),
+            (r#"object == {"a": 1}"#, None),
+            (r#"[object].size() == 1"#, None),
+            (r#"[1].all(object, object > 0)"#, None),
+        ];
+        for (src, want) in table {
+            assert_eq!(&narrow(src), want, "{src}");
+        }
+        let events = [
+            json!({"agency": "DDOT", "a": {"b": 2}, "c": null, "tags": ["x"], "note": "n"}),
+            json!({"agency": "NYC", "a": {}, "tags": []}),
+            json!({"a": 1}),
+            json!([1, 2]),
+            json!("text"),
+            json!({}),
+        ];
+        for (src, _) in table {
+            let narrowed = Filter::compile(src).unwrap();
+            let mut whole = Filter::compile(src).unwrap();
+            whole.narrow = None;
+            for e in &events {
+                let (a, b) = (narrowed.evaluate(e, &meta()), whole.evaluate(e, &meta()));
+                assert_eq!(
+                    std::mem::discriminant(&a),
+                    std::mem::discriminant(&b),
+                    "{src} on {e}: {a:?} vs {b:?}"
+                );
+            }
+        }
     }
 }
