@@ -60,6 +60,9 @@ const USAGE: &str =
                       (FLOOD_PERF_HZ sets the frequency)
 environment: NATS_SERVER_BIN (nats-server to run), FLOOD_HMS_BIN (hms-sync binary to measure
                       instead of this build's, e.g. an older build for an A/B comparison)
+  --repeat N          run each scenario N times (fresh nats-server each time) and report, per
+                      system, the round with the median result (events/s; steady: p99) with
+                      the medians of the per-round ratios and the spread (default 1)
   --json FILE         also write every result as JSON";
 
 #[derive(Clone)]
@@ -76,6 +79,7 @@ struct Opts {
     hms_log: Option<String>,
     perf: Option<PathBuf>,
     json: Option<PathBuf>,
+    repeat: usize,
 }
 
 fn parse_opts() -> Result<Opts, String> {
@@ -92,6 +96,7 @@ fn parse_opts() -> Result<Opts, String> {
         hms_log: None,
         perf: None,
         json: None,
+        repeat: 1,
     };
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
@@ -111,6 +116,7 @@ fn parse_opts() -> Result<Opts, String> {
             "--hms-log" => o.hms_log = Some(val(&a)?),
             "--perf" => o.perf = Some(PathBuf::from(val(&a)?)),
             "--json" => o.json = Some(PathBuf::from(val(&a)?)),
+            "--repeat" => o.repeat = (num(val(&a)?)? as usize).max(1),
             "all" => o.scenarios.extend(SCENARIOS.iter().map(|s| s.to_string())),
             s if SCENARIOS.contains(&s) => o.scenarios.push(s.to_string()),
             other => return Err(format!("unknown argument {other}")),
@@ -261,23 +267,96 @@ async fn run_all(o: &Opts, sys: Handle, tgt: Handle) -> Vec<PhaseResult> {
             },
             uptime_line()
         );
-        match run_scenario(&sc, o, &sys, &tgt).await {
-            Ok(mut rs) => {
-                add_ratios(&mut rs);
-                all.extend(rs);
+        let mut rounds = Vec::new();
+        for round in 0..o.repeat {
+            if o.repeat > 1 {
+                eprintln!(
+                    "-- {} round {}/{} ({})",
+                    sc.name,
+                    round + 1,
+                    o.repeat,
+                    uptime_line()
+                );
             }
-            Err(e) => {
-                eprintln!("{}: cannot run: {e}", sc.name);
-                all.push(PhaseResult {
-                    scenario: sc.name.into(),
-                    system: "error".into(),
-                    note: e,
-                    ..Default::default()
-                });
+            match run_scenario(&sc, o, &sys, &tgt).await {
+                Ok(mut rs) => {
+                    add_ratios(&mut rs);
+                    rounds.push(rs);
+                }
+                Err(e) => {
+                    eprintln!("{}: cannot run: {e}", sc.name);
+                    all.push(PhaseResult {
+                        scenario: sc.name.into(),
+                        system: "error".into(),
+                        note: e,
+                        ..Default::default()
+                    });
+                }
             }
         }
+        all.extend(median_rounds(rounds, sc.rate.is_some()));
     }
     all
+}
+
+/// Per system, the round with the median result (events/s; `by_p99`: p99 latency), carrying the
+/// medians of the per-round ratios (each ratio is between systems of the same round, seconds
+/// apart) and a note with the spread. One round: unchanged.
+fn median_rounds(rounds: Vec<Vec<PhaseResult>>, by_p99: bool) -> Vec<PhaseResult> {
+    if rounds.len() <= 1 {
+        return rounds.into_iter().flatten().collect();
+    }
+    let median = |mut v: Vec<f64>| -> Option<f64> {
+        v.retain(|x| x.is_finite());
+        v.sort_by(f64::total_cmp);
+        (!v.is_empty()).then(|| v[v.len() / 2])
+    };
+    let systems: Vec<String> = rounds[0].iter().map(|r| r.system.clone()).collect();
+    let mut out = Vec::new();
+    for system in systems {
+        let mut of: Vec<PhaseResult> = rounds
+            .iter()
+            .filter_map(|rs| rs.iter().find(|r| r.system == system).cloned())
+            .collect();
+        let key = |r: &PhaseResult| if by_p99 { r.p99_ms } else { r.events_per_s };
+        of.sort_by(|a, b| key(a).total_cmp(&key(b)));
+        let Some(mut m) = of.get(of.len() / 2).cloned() else {
+            continue;
+        };
+        let ratios = |f: fn(&PhaseResult) -> Option<f64>| median(of.iter().filter_map(f).collect());
+        m.vs_ceiling = ratios(|r| r.vs_ceiling);
+        m.vs_naive = ratios(|r| r.vs_naive);
+        m.p99_vs_naive = ratios(|r| r.p99_vs_naive);
+        m.cpu_per_event_vs_naive = ratios(|r| r.cpu_per_event_vs_naive);
+        let list = |f: fn(&PhaseResult) -> f64, digits: usize| {
+            of.iter()
+                .map(|r| format!("{:.digits$}", f(r)))
+                .collect::<Vec<_>>()
+                .join(" ")
+        };
+        let mut note = format!(
+            "median of {} rounds; events/s {}; p99 ms {}; us/evt {}",
+            of.len(),
+            list(|r| r.events_per_s, 0),
+            list(|r| r.p99_ms, 1),
+            list(|r| r.cpu_us_per_event, 1)
+        );
+        if system == "hms-sync" {
+            let per_round = of
+                .iter()
+                .map(|r| opt(r.vs_naive, 2))
+                .collect::<Vec<_>>()
+                .join(" ");
+            note.push_str(&format!("; x naiv per round {per_round}"));
+        }
+        m.note = if m.note.is_empty() {
+            note
+        } else {
+            format!("{}; {note}", m.note)
+        };
+        out.push(m);
+    }
+    out
 }
 
 async fn run_scenario(
