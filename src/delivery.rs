@@ -196,6 +196,10 @@ impl Pipeline {
     async fn permit(&self, endpoint: &str, d: &Delivery) -> Option<Permit> {
         let acquire = self.endpoints.acquire(endpoint, self.connector.rate_limit);
         tokio::pin!(acquire);
+        // Usually ready at once (the endpoint's fast lane): no heartbeat timer then.
+        if let Some(permit) = futures::FutureExt::now_or_never(&mut acquire) {
+            return permit;
+        }
         let mut beat = tokio::time::interval(self.heartbeat);
         beat.tick().await;
         let mut waiting = false;

@@ -2,8 +2,18 @@
 //! it. It hands out permits to send: at most `perSecond` in any 1-second window with a GCRA
 //! burst (governor), at most `maxInFlight` at once, none while a 429 asked to slow down, and
 //! only one probe at a time while its circuit breaker is open.
+//!
+//! Fast lane: while nothing limits an endpoint but its in-flight cap (no rate limit, breaker
+//! closed with no failure counted, no slow-down, nobody waiting), the actor keeps its [`Lane`]
+//! open and a permit is one atomic increment, returned without a message unless it reports a
+//! failure or a slow-down. The actor closes the lane before it queues a waiter and re-reads the
+//! in-flight count after, while a returning permit decrements the count before it reads whether
+//! the lane is open (both sequentially consistent): either the actor sees the freed slot or the
+//! permit sees the closed lane and wakes the actor, so no waiter is forgotten.
 
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::SeqCst};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use governor::clock::{Clock, DefaultClock};
@@ -24,7 +34,8 @@ pub enum EndpointMsg {
     /// Wait for a permit to send one request. The connector's own `rateLimit` is a hint: the
     /// strictest one seen applies unless the endpoint is configured.
     Acquire(Option<RateLimit>, RpcReplyPort<Permit>),
-    /// A permit ended (sent by [`Permit`]'s drop).
+    /// A permit ended with something to report, or while the lane was closed (sent by
+    /// [`Permit`]'s drop, which has already given its in-flight slot back).
     Done(Signal),
     /// Internal wake-up to serve waiters.
     Tick,
@@ -43,9 +54,54 @@ pub enum Signal {
     Neutral,
 }
 
+/// What an endpoint's callers share with its actor (see the module note).
+pub struct Lane {
+    in_flight: AtomicUsize,
+    max_in_flight: usize,
+    /// Set by the actor: permits may be taken and returned without it.
+    open: AtomicBool,
+    in_flight_gauge: metrics::Gauge,
+}
+
+impl Lane {
+    fn new(endpoint: &str, max_in_flight: usize) -> Lane {
+        Lane {
+            in_flight: AtomicUsize::new(0),
+            max_in_flight: max_in_flight.max(1),
+            open: AtomicBool::new(false),
+            in_flight_gauge: metrics::gauge!(
+                crate::metrics::ENDPOINT_IN_FLIGHT,
+                "endpoint" => endpoint.to_string()
+            ),
+        }
+    }
+
+    /// A slot, when the lane is open and one is free.
+    fn try_take(&self) -> bool {
+        if !self.open.load(SeqCst) {
+            return false;
+        }
+        let mut cur = self.in_flight.load(SeqCst);
+        while cur < self.max_in_flight {
+            match self
+                .in_flight
+                .compare_exchange_weak(cur, cur + 1, SeqCst, SeqCst)
+            {
+                Ok(_) => {
+                    self.in_flight_gauge.set((cur + 1) as f64);
+                    return true;
+                }
+                Err(now) => cur = now,
+            }
+        }
+        false
+    }
+}
+
 /// Permission to send one request; report what happened with [`Permit::report`].
 pub struct Permit {
     actor: ActorRef<EndpointMsg>,
+    lane: Arc<Lane>,
     signal: Signal,
 }
 
@@ -57,7 +113,12 @@ impl Permit {
 
 impl Drop for Permit {
     fn drop(&mut self) {
-        let _ = self.actor.send_message(EndpointMsg::Done(self.signal));
+        let left = self.lane.in_flight.fetch_sub(1, SeqCst).saturating_sub(1);
+        self.lane.in_flight_gauge.set(left as f64);
+        let quiet = matches!(self.signal, Signal::Success | Signal::Neutral);
+        if !(quiet && self.lane.open.load(SeqCst)) {
+            let _ = self.actor.send_message(EndpointMsg::Done(self.signal));
+        }
     }
 }
 
@@ -72,6 +133,8 @@ pub struct EndpointArgs {
     pub probe_interval: Duration,
     /// Where pause/resume alerts go (`hitl.review.requested`).
     pub alerts: Option<crate::bus::Bus>,
+    /// Shared with the callers (created with the actor by [`EndpointRegistry`]).
+    pub lane: Arc<Lane>,
 }
 
 enum Breaker {
@@ -86,12 +149,10 @@ pub struct EndpointState {
     /// Send times within the last second (for the per-second window).
     window: VecDeque<Instant>,
     waiters: VecDeque<RpcReplyPort<Permit>>,
-    in_flight: usize,
     slow_until: Option<Instant>,
     breaker: Breaker,
     next_tick: Option<Instant>,
     waiting_gauge: metrics::Gauge,
-    in_flight_gauge: metrics::Gauge,
     open_gauge: metrics::Gauge,
 }
 
@@ -120,12 +181,10 @@ impl Actor for EndpointActor {
             rate,
             window: VecDeque::new(),
             waiters: VecDeque::new(),
-            in_flight: 0,
             slow_until: None,
             breaker: Breaker::Closed { failures: 0 },
             next_tick: None,
             waiting_gauge: metrics::gauge!(crate::metrics::ENDPOINT_WAITING, &l),
-            in_flight_gauge: metrics::gauge!(crate::metrics::ENDPOINT_IN_FLIGHT, &l),
             open_gauge: metrics::gauge!(crate::metrics::ENDPOINT_PAUSED, &l),
             args,
         })
@@ -140,6 +199,8 @@ impl Actor for EndpointActor {
         let now = Instant::now();
         match msg {
             EndpointMsg::Acquire(hint, reply) => {
+                // Closed before the waiter is queued and `serve` re-reads the in-flight count.
+                st.args.lane.open.store(false, SeqCst);
                 if st.args.configured_rate.is_none() {
                     if let Some(h) = hint {
                         if st.rate.is_none_or(|r| h.per_second < r.per_second) {
@@ -150,15 +211,16 @@ impl Actor for EndpointActor {
                 }
                 st.waiters.push_back(reply);
             }
-            EndpointMsg::Done(signal) => {
-                st.in_flight = st.in_flight.saturating_sub(1);
-                on_signal(st, signal, now);
-            }
+            EndpointMsg::Done(signal) => on_signal(st, signal, now),
             EndpointMsg::Tick => st.next_tick = None,
         }
         serve(&me, st, now);
         st.waiting_gauge.set(st.waiters.len() as f64);
-        st.in_flight_gauge.set(st.in_flight as f64);
+        let open = st.rate.is_none()
+            && matches!(st.breaker, Breaker::Closed { failures: 0 })
+            && st.slow_until.is_none()
+            && st.waiters.is_empty();
+        st.args.lane.open.store(open, SeqCst);
         Ok(())
     }
 }
@@ -260,8 +322,9 @@ fn serve(me: &ActorRef<EndpointMsg>, st: &mut EndpointState, now: Instant) {
             }
             probe = true;
         }
-        if st.in_flight >= st.args.max_in_flight.max(1) {
-            return; // a Done wakes us
+        let lane = &st.args.lane;
+        if lane.in_flight.load(SeqCst) >= lane.max_in_flight {
+            return; // a Done wakes us (the lane is closed while anyone waits)
         }
         if let Some(rate) = st.rate {
             while st
@@ -289,7 +352,8 @@ fn serve(me: &ActorRef<EndpointMsg>, st: &mut EndpointState, now: Instant) {
         let Some(reply) = st.waiters.pop_front() else {
             return;
         };
-        st.in_flight += 1;
+        let now_in_flight = st.args.lane.in_flight.fetch_add(1, SeqCst) + 1;
+        st.args.lane.in_flight_gauge.set(now_in_flight as f64);
         if probe {
             if let Breaker::Open { probing, .. } = &mut st.breaker {
                 *probing = true;
@@ -297,6 +361,7 @@ fn serve(me: &ActorRef<EndpointMsg>, st: &mut EndpointState, now: Instant) {
         }
         let permit = Permit {
             actor: me.clone(),
+            lane: st.args.lane.clone(),
             signal: Signal::Neutral,
         };
         if let Err(e) = reply.send(permit) {
@@ -317,7 +382,8 @@ fn wake_at(me: &ActorRef<EndpointMsg>, st: &mut EndpointState, at: Instant) {
 
 /// Finds or starts the endpoint actor of each endpoint (shared by all connectors).
 pub struct EndpointRegistry {
-    actors: tokio::sync::Mutex<std::collections::HashMap<String, ActorRef<EndpointMsg>>>,
+    actors:
+        tokio::sync::Mutex<std::collections::HashMap<String, (ActorRef<EndpointMsg>, Arc<Lane>)>>,
     config: std::collections::BTreeMap<String, crate::config::EndpointConfig>,
     alerts: Option<crate::bus::Bus>,
 }
@@ -340,6 +406,7 @@ impl EndpointRegistry {
         let pick = |f: &dyn Fn(&crate::config::EndpointConfig) -> Option<usize>| {
             own.and_then(f).or_else(|| defaults.and_then(f))
         };
+        let max_in_flight = pick(&|c| c.max_in_flight).unwrap_or(64);
         let breaker = own
             .and_then(|c| c.breaker)
             .or_else(|| defaults.and_then(|c| c.breaker))
@@ -353,30 +420,33 @@ impl EndpointRegistry {
                     .unwrap_or_else(|| r.per_second.ceil().max(1.0) as u32)
                     .max(1),
             }),
-            max_in_flight: pick(&|c| c.max_in_flight).unwrap_or(64),
+            max_in_flight: max_in_flight.max(1),
             breaker_failures: breaker.failures,
             probe_interval: Duration::from_millis(breaker.probe_interval_ms.max(10)),
             alerts: self.alerts.clone(),
+            lane: Arc::new(Lane::new(endpoint, max_in_flight)),
         }
     }
 
-    /// The endpoint's actor, started on first use.
-    pub async fn actor(&self, endpoint: &str) -> Option<ActorRef<EndpointMsg>> {
+    /// The endpoint's actor and lane, started on first use.
+    pub async fn actor(&self, endpoint: &str) -> Option<(ActorRef<EndpointMsg>, Arc<Lane>)> {
         let mut map = self.actors.lock().await;
-        if let Some(a) = map.get(endpoint) {
+        if let Some((a, lane)) = map.get(endpoint) {
             // Any status but stopping/stopped: an actor just spawned may not be `Running` yet,
             // and a second actor for the same endpoint would double its limits.
             if !matches!(
                 a.get_status(),
                 ractor::ActorStatus::Stopping | ractor::ActorStatus::Stopped
             ) {
-                return Some(a.clone());
+                return Some((a.clone(), lane.clone()));
             }
         }
-        match Actor::spawn(None, EndpointActor, self.args(endpoint)).await {
+        let args = self.args(endpoint);
+        let lane = args.lane.clone();
+        match Actor::spawn(None, EndpointActor, args).await {
             Ok((a, _)) => {
-                map.insert(endpoint.to_string(), a.clone());
-                Some(a)
+                map.insert(endpoint.to_string(), (a.clone(), lane.clone()));
+                Some((a, lane))
             }
             Err(e) => {
                 tracing::error!("endpoint {endpoint}: cannot start its actor: {e}");
@@ -388,7 +458,15 @@ impl EndpointRegistry {
     /// Waits for a permit to call `endpoint`. `None` when the endpoint actor is unavailable
     /// (the request then goes out unprotected rather than never).
     pub async fn acquire(&self, endpoint: &str, hint: Option<RateLimit>) -> Option<Permit> {
-        let actor = self.actor(endpoint).await?;
+        let (actor, lane) = self.actor(endpoint).await?;
+        // A connector's own rate limit must reach the actor: never the fast lane then.
+        if hint.is_none() && lane.try_take() {
+            return Some(Permit {
+                actor,
+                lane,
+                signal: Signal::Neutral,
+            });
+        }
         actor
             .call(|reply| EndpointMsg::Acquire(hint, reply), None)
             .await
@@ -398,7 +476,7 @@ impl EndpointRegistry {
 
     /// Stops every endpoint actor.
     pub async fn stop_all(&self) {
-        for a in self.actors.lock().await.values() {
+        for (a, _) in self.actors.lock().await.values() {
             a.stop(None);
         }
     }

@@ -138,6 +138,13 @@ pub struct Target {
     pub addr: SocketAddr,
     log: Arc<Mutex<Vec<Recorded>>>,
     responder: Arc<Mutex<Responder>>,
+    /// How long each answer takes (default: at once).
+    delay: Arc<Mutex<Duration>>,
+    /// Requests being answered now, and the most ever at once.
+    active: Arc<(
+        std::sync::atomic::AtomicUsize,
+        std::sync::atomic::AtomicUsize,
+    )>,
 }
 
 impl Target {
@@ -148,11 +155,29 @@ impl Target {
             .await
             .expect("bind");
         let addr = listener.local_addr().expect("addr");
-        let (l, r) = (log.clone(), responder.clone());
+        let delay: Arc<Mutex<Duration>> = Arc::default();
+        let active: Arc<(
+            std::sync::atomic::AtomicUsize,
+            std::sync::atomic::AtomicUsize,
+        )> = Arc::default();
+        let (l, r, dl, ac) = (
+            log.clone(),
+            responder.clone(),
+            delay.clone(),
+            active.clone(),
+        );
         let app = axum::Router::new().fallback(
             move |method: Method, uri: Uri, headers: HeaderMap, body: Bytes| {
-                let (l, r) = (l.clone(), r.clone());
+                let (l, r, dl, ac) = (l.clone(), r.clone(), dl.clone(), ac.clone());
                 async move {
+                    use std::sync::atomic::Ordering::SeqCst;
+                    let now = ac.0.fetch_add(1, SeqCst) + 1;
+                    ac.1.fetch_max(now, SeqCst);
+                    let wait = *dl.lock().unwrap();
+                    if !wait.is_zero() {
+                        tokio::time::sleep(wait).await; // the target's answer time
+                    }
+                    ac.0.fetch_sub(1, SeqCst);
                     let mut rec = Recorded {
                         method: method.to_string(),
                         path: uri.to_string(),
@@ -190,7 +215,19 @@ impl Target {
             addr,
             log,
             responder,
+            delay,
+            active,
         }
+    }
+
+    /// Every answer takes `d` from now on.
+    pub fn set_delay(&self, d: Duration) {
+        *self.delay.lock().unwrap() = d;
+    }
+
+    /// The most requests it was answering at once.
+    pub fn max_concurrent(&self) -> usize {
+        self.active.1.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     pub fn url(&self) -> String {

@@ -381,3 +381,48 @@ async fn a_flood_of_attempts_is_audited_whole_in_batches() {
         "{out}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_endpoint_in_flight_cap_holds_across_its_connectors() {
+    // Two connectors share one endpoint capped at 3 requests at once; the target answers slowly,
+    // so 80 events keep the cap busy. Permits come from the endpoint's fast lane while a slot
+    // is free and from its actor's queue while full: neither may exceed the cap, and no
+    // waiter may be forgotten (every event delivered).
+    init_logs();
+    let nats = Nats::start().await;
+    let target = Target::start().await;
+    target.set_delay(Duration::from_millis(20));
+    let setup = Setup::new(
+        &nats,
+        &[
+            ("a.yaml", simple_connector("cap-a.v1", "cap.a", &target, "")),
+            ("b.yaml", simple_connector("cap-b.v1", "cap.b", &target, "")),
+        ],
+        &format!(
+            "endpoints:\n  \"http://{}\":\n    maxInFlight: 3\n",
+            target.addr
+        ),
+    );
+    let rt = setup.start().await;
+    let js = async_nats::jetstream::new(nats.client().await);
+    publish_many(
+        &js,
+        "cap.a",
+        (0..40).map(|i| json!({"id": format!("a{i}"), "n": i})),
+    )
+    .await;
+    publish_many(
+        &js,
+        "cap.b",
+        (0..40).map(|i| json!({"id": format!("b{i}"), "n": i})),
+    )
+    .await;
+    eventually(T, "all 80 delivered", || async { target.count() >= 80 }).await;
+    let max = target.max_concurrent();
+    assert!(
+        max <= 3,
+        "{max} requests at once to an endpoint capped at 3"
+    );
+    assert!(max >= 2, "the cap was used (max {max} at once)");
+    rt.shutdown().await;
+}
