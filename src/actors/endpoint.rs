@@ -381,9 +381,11 @@ fn wake_at(me: &ActorRef<EndpointMsg>, st: &mut EndpointState, at: Instant) {
 }
 
 /// Finds or starts the endpoint actor of each endpoint (shared by all connectors).
+/// An endpoint's actor and the lane it shares with its callers.
+type EndpointHandle = (ActorRef<EndpointMsg>, Arc<Lane>);
+
 pub struct EndpointRegistry {
-    actors:
-        tokio::sync::Mutex<std::collections::HashMap<String, (ActorRef<EndpointMsg>, Arc<Lane>)>>,
+    actors: tokio::sync::Mutex<std::collections::HashMap<String, EndpointHandle>>,
     config: std::collections::BTreeMap<String, crate::config::EndpointConfig>,
     alerts: Option<crate::bus::Bus>,
 }
@@ -429,7 +431,7 @@ impl EndpointRegistry {
     }
 
     /// The endpoint's actor and lane, started on first use.
-    pub async fn actor(&self, endpoint: &str) -> Option<(ActorRef<EndpointMsg>, Arc<Lane>)> {
+    pub async fn actor(&self, endpoint: &str) -> Option<EndpointHandle> {
         let mut map = self.actors.lock().await;
         if let Some((a, lane)) = map.get(endpoint) {
             // Any status but stopping/stopped: an actor just spawned may not be `Running` yet,
