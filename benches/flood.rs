@@ -46,6 +46,9 @@ const FLAKY_BACKOFF_MS: u64 = 50;
 
 const USAGE: &str =
     "usage: cargo bench --bench flood -- <drain|fanout|steady|flaky|ordered|idle|all>...
+       cargo bench --bench flood -- audit-store   (what storing one audit record costs, by way
+                      of storing: JetStream publish with Nats-Msg-Id and ack / without the id /
+                      plain publish; CPU of nats-server and of the publisher per record)
   --events N          events per scenario (drain 100000, fanout 100000 over 10 connectors,
                       flaky/ordered/idle 20000; steady: rate x seconds)
   --payload-bytes B   size of each event (default 256)
@@ -80,6 +83,7 @@ struct Opts {
     perf: Option<PathBuf>,
     json: Option<PathBuf>,
     repeat: usize,
+    audit_store: bool,
 }
 
 fn parse_opts() -> Result<Opts, String> {
@@ -97,6 +101,7 @@ fn parse_opts() -> Result<Opts, String> {
         perf: None,
         json: None,
         repeat: 1,
+        audit_store: false,
     };
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
@@ -118,11 +123,12 @@ fn parse_opts() -> Result<Opts, String> {
             "--json" => o.json = Some(PathBuf::from(val(&a)?)),
             "--repeat" => o.repeat = (num(val(&a)?)? as usize).max(1),
             "all" => o.scenarios.extend(SCENARIOS.iter().map(|s| s.to_string())),
+            "audit-store" => o.audit_store = true,
             s if SCENARIOS.contains(&s) => o.scenarios.push(s.to_string()),
             other => return Err(format!("unknown argument {other}")),
         }
     }
-    if o.scenarios.is_empty() {
+    if o.scenarios.is_empty() && !o.audit_store {
         return Err("name a scenario, or all".into());
     }
     Ok(o)
@@ -159,6 +165,24 @@ fn main() -> std::process::ExitCode {
         .enable_all()
         .build()
         .expect("tokio runtime");
+    if opts.audit_store {
+        // On the fl-sys threads, whose CPU time is the publisher's.
+        let run = sys.spawn(audit_store(opts.events.unwrap_or(60_000)));
+        match sys.block_on(run) {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                eprintln!("audit-store: {e}");
+                return std::process::ExitCode::FAILURE;
+            }
+            Err(e) => {
+                eprintln!("audit-store: {e}");
+                return std::process::ExitCode::FAILURE;
+            }
+        }
+    }
+    if opts.scenarios.is_empty() {
+        return std::process::ExitCode::SUCCESS;
+    }
     let results = ctl.block_on(run_all(&opts, sys.handle().clone(), tgt.handle().clone()));
     print_table(&results);
     if let Some(path) = &opts.json {
@@ -1519,4 +1543,88 @@ fn hms_bin() -> PathBuf {
 /// Sampling frequency of `--perf` (`FLOOD_PERF_HZ`, default 199).
 fn perf_hz() -> String {
     std::env::var("FLOOD_PERF_HZ").unwrap_or_else(|_| "199".into())
+}
+
+// ---------------------------------------------------------------------------------------------
+// What one audit record costs to store, by way of storing
+
+/// Stores `n` audit-sized records (450 bytes) on a fresh stream three ways, in batches of 512
+/// as the audit actor does, twice each: (1) JetStream publish with `Nats-Msg-Id`, every ack
+/// awaited (hms-sync's careful store); (2) the same without the id; (3) plain publishes, then a
+/// flush (what hms-sync sends between a batch's first and last acked record). Prints the CPU
+/// of nats-server and of this publisher per record.
+async fn audit_store(n: u64) -> Result<(), String> {
+    let nats = NatsServer::start().await?;
+    let client = async_nats::connect(nats.url())
+        .await
+        .map_err(|e| format!("connect: {e}"))?;
+    let js = jetstream::new(client.clone());
+    let body = Bytes::from(vec![b'x'; 450]);
+    eprintln!(
+        "audit-store: {n} records per way, batches of 512 ({})",
+        uptime_line()
+    );
+    println!(
+        "\n{:<22} {:>8} {:>14} {:>14} {:>12}",
+        "way", "wall s", "nats-server us", "publisher us", "total us"
+    );
+    let modes = ["acked + Nats-Msg-Id", "acked", "plain"];
+    for (round, mode) in modes.iter().chain(modes.iter()).enumerate() {
+        let name = format!("AUDIT{round}");
+        js.create_stream(stream::Config {
+            name: name.clone(),
+            subjects: vec![format!("audit{round}.>")],
+            storage: stream::StorageType::File,
+            duplicate_window: Duration::from_secs(120),
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| format!("create stream: {e}"))?;
+        let subject = format!("audit{round}.consumer");
+        let (s0, c0, t0) = (nats.cpu(), threads_cpu("fl-sys"), Instant::now());
+        let mut i = 0;
+        while i < n {
+            let end = (i + 512).min(n);
+            if *mode == "plain" {
+                for _ in i..end {
+                    client
+                        .publish(subject.clone(), body.clone())
+                        .await
+                        .map_err(|e| e.to_string())?;
+                }
+                client.flush().await.map_err(|e| e.to_string())?;
+            } else {
+                let mut acks = Vec::with_capacity(512);
+                for k in i..end {
+                    let ack = if *mode == "acked" {
+                        js.publish(subject.clone(), body.clone()).await
+                    } else {
+                        let mut h = async_nats::HeaderMap::new();
+                        h.insert("Nats-Msg-Id", format!("chain/run:{k}").as_str());
+                        js.publish_with_headers(subject.clone(), h, body.clone())
+                            .await
+                    };
+                    acks.push(ack.map_err(|e| e.to_string())?);
+                }
+                for a in acks {
+                    a.await.map_err(|e| e.to_string())?;
+                }
+            }
+            i = end;
+        }
+        let mut st = js.get_stream(&name).await.map_err(|e| e.to_string())?;
+        while st.info().await.map_err(|e| e.to_string())?.state.messages < n {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let (server, publisher) = (
+            (nats.cpu() - s0) / n as f64 * 1e6,
+            (threads_cpu("fl-sys") - c0) / n as f64 * 1e6,
+        );
+        println!(
+            "{mode:<22} {:>8.2} {server:>14.1} {publisher:>14.1} {:>12.1}",
+            t0.elapsed().as_secs_f64(),
+            server + publisher
+        );
+    }
+    Ok(())
 }

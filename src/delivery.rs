@@ -53,11 +53,29 @@ pub struct ConnectorStats {
     pub failed: AtomicU64,
     pub parked: AtomicU64,
     pub filtered: AtomicU64,
+    /// Deliveries being handled now (see [`InProcess`]).
+    pub in_process: AtomicU64,
     pub last_error: Mutex<Option<String>>,
     /// Publish-to-2xx latency in microseconds (this process's deliveries).
     latency_us: Mutex<Option<hdrhistogram::Histogram<u64>>>,
     /// The most recent failures, newest last (at most [`RECENT_FAILURES`]).
     pub recent_failures: Mutex<std::collections::VecDeque<FailureNote>>,
+}
+
+/// Counts one delivery as in process for as long as it lives (also when its task is aborted).
+pub struct InProcess(Arc<ConnectorStats>);
+
+impl InProcess {
+    pub fn new(stats: &Arc<ConnectorStats>) -> InProcess {
+        stats.in_process.fetch_add(1, Ordering::Relaxed);
+        InProcess(stats.clone())
+    }
+}
+
+impl Drop for InProcess {
+    fn drop(&mut self) {
+        self.0.in_process.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 /// How many recent failures a connector remembers for status pages.

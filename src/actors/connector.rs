@@ -11,7 +11,7 @@ use tokio::task::JoinSet;
 
 use crate::bus::{covers, ConsumerSpec, Delivery, EventSource, REPLAY_PREFIX};
 use crate::config::DeliveryConfig;
-use crate::delivery::{Finished, Pipeline};
+use crate::delivery::{Finished, InProcess, Pipeline};
 use crate::ordering::{Arrival, Lanes};
 use crate::template::Secrets;
 
@@ -236,9 +236,10 @@ async fn pump(
             }
             Ok(Some(delivery)) => {
                 let p = pipeline.clone();
+                let counted = InProcess::new(&p.stats);
                 tasks.spawn(async move {
                     p.handle(delivery).await;
-                    drop(permit);
+                    drop((permit, counted));
                 });
             }
         }
@@ -272,7 +273,9 @@ async fn pump_keyed(
     let mut health = PullHealth::default();
     let spawn = |tasks: &mut JoinSet<()>, key: Option<String>, d: Delivery| {
         let (p, permits, done) = (pipeline.clone(), permits.clone(), done_tx.clone());
+        let counted = InProcess::new(&p.stats);
         tasks.spawn(async move {
+            let _counted = counted;
             let Ok(_permit) = permits.acquire_owned().await else {
                 return;
             };

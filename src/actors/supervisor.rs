@@ -80,6 +80,8 @@ pub struct ConnectorView {
     pub failed: u64,
     pub parked: u64,
     pub filtered: u64,
+    /// Deliveries this process is working on now (pulled, not yet acked or scheduled again).
+    pub in_process: u64,
     pub last_error: Option<String>,
     /// Publish-to-2xx latency seen by this process, milliseconds.
     pub latency_p50_ms: Option<f64>,
@@ -536,6 +538,7 @@ fn invalid_view(key: &str, revision: u64, error: &str) -> ConnectorView {
         failed: 0,
         parked: 0,
         filtered: 0,
+        in_process: 0,
         last_error: Some(error.to_string()),
         latency_p50_ms: None,
         latency_p99_ms: None,
@@ -563,6 +566,7 @@ fn view(id: &str, s: &Slot) -> ConnectorView {
         failed: st.failed.load(Relaxed),
         parked: st.parked.load(Relaxed),
         filtered: st.filtered.load(Relaxed),
+        in_process: st.in_process.load(Relaxed),
         last_error: st.last_error.lock().ok().and_then(|e| e.clone()),
         latency_p50_ms: st.latency_p50_p99().map(|l| l.0),
         latency_p99_ms: st.latency_p50_p99().map(|l| l.1),

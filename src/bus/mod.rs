@@ -63,6 +63,12 @@ impl Bus {
             .name("hms-sync")
             .retry_on_initial_connect()
             .connection_timeout(Duration::from_secs(2))
+            .event_callback(|event| async move {
+                match event {
+                    async_nats::Event::Connected => tracing::info!("NATS: connected"),
+                    other => tracing::warn!("NATS: {other}"),
+                }
+            })
             .connect(url)
             .await
             .map_err(|e| err(format!("connect {url}"))(e.to_string()))?;
