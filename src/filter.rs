@@ -7,7 +7,7 @@
 use std::collections::{BTreeSet, HashMap};
 
 use cel_interpreter::{Context, Program, Value};
-use cel_parser::ast::{EntryExpr, Expr, IdedExpr};
+use cel_parser::ast::{EntryExpr, Expr, IdedEntryExpr, IdedExpr};
 use serde_json::Value as Json;
 
 /// The metadata of one event that filters may read as `event`.
@@ -189,20 +189,18 @@ fn selected_fields(e: &IdedExpr, var: &str, fields: &mut BTreeSet<String>) -> bo
                 )
         }
         Expr::List(l) => all(&mut l.elements.iter(), fields),
-        Expr::Map(m) => m.entries.iter().all(|en| match &en.expr {
-            EntryExpr::MapEntry(me) => {
-                selected_fields(&me.key, var, fields) && selected_fields(&me.value, var, fields)
-            }
-            EntryExpr::StructField(sf) => selected_fields(&sf.value, var, fields),
-        }),
-        Expr::Struct(st) => st.entries.iter().all(|en| match &en.expr {
-            EntryExpr::MapEntry(me) => {
-                selected_fields(&me.key, var, fields) && selected_fields(&me.value, var, fields)
-            }
-            EntryExpr::StructField(sf) => selected_fields(&sf.value, var, fields),
-        }),
+        Expr::Map(m) => all(&mut m.entries.iter().flat_map(entry_exprs), fields),
+        Expr::Struct(st) => all(&mut st.entries.iter().flat_map(entry_exprs), fields),
         Expr::Literal(_) => true,
         Expr::Unspecified => false,
+    }
+}
+
+/// The expressions of a map or struct literal entry (key and value, or field value).
+fn entry_exprs(en: &IdedEntryExpr) -> Vec<&IdedExpr> {
+    match &en.expr {
+        EntryExpr::MapEntry(me) => vec![&me.key, &me.value],
+        EntryExpr::StructField(sf) => vec![&sf.value],
     }
 }
 
