@@ -98,6 +98,9 @@ pub struct DeliveryConfig {
     pub max_ack_pending: i64,
     /// Messages asked for per pull request.
     pub pull_batch: usize,
+    /// How often a connector that received nothing, with nothing in process, asks its consumer
+    /// whether work is waiting (then it re-opens its pull subscription: a stalled pull).
+    pub stall_check_ms: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -143,6 +146,7 @@ impl Default for DeliveryConfig {
             ack_wait_ms: 30_000,
             max_ack_pending: 10_000,
             pull_batch: 128,
+            stall_check_ms: 300_000,
         }
     }
 }
@@ -159,6 +163,10 @@ impl Default for StreamsConfig {
 impl DeliveryConfig {
     pub fn ack_wait(&self) -> Duration {
         Duration::from_millis(self.ack_wait_ms.max(1000))
+    }
+
+    pub fn stall_check(&self) -> Duration {
+        Duration::from_millis(self.stall_check_ms.max(200))
     }
 }
 

@@ -13,6 +13,7 @@ pub const SYNC_PARKED_TOTAL: &str = "sync_parked_total";
 pub const SYNC_FILTERED_TOTAL: &str = "sync_filtered_total";
 pub const SYNC_IN_FLIGHT: &str = "sync_in_flight";
 pub const CONNECTOR_RESTARTS_TOTAL: &str = "sync_connector_restarts_total";
+pub const PULL_REOPENED_TOTAL: &str = "sync_pull_reopened_total";
 pub const ENDPOINT_WAITING: &str = "sync_endpoint_waiting";
 pub const ENDPOINT_IN_FLIGHT: &str = "sync_endpoint_in_flight";
 pub const ENDPOINT_PAUSED: &str = "sync_endpoint_paused";
@@ -58,6 +59,10 @@ fn describe() {
         "Event publish time to 2xx received, per connector"
     );
     describe_counter!(SYNC_OK_TOTAL, "Events delivered (2xx), per connector");
+    describe_counter!(
+        PULL_REOPENED_TOTAL,
+        "Pull subscriptions re-opened because work waited on the consumer but none arrived, per connector"
+    );
     describe_counter!(SYNC_FAIL_TOTAL, "Failed attempts, per connector and reason");
     describe_counter!(
         SYNC_RETRY_TOTAL,

@@ -9,7 +9,7 @@ use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use tokio::sync::{mpsc, watch, Semaphore};
 use tokio::task::JoinSet;
 
-use crate::bus::{covers, ConsumerSpec, Delivery, EventSource, REPLAY_PREFIX};
+use crate::bus::{covers, ConsumerSpec, ConsumerStats, Delivery, EventSource, REPLAY_PREFIX};
 use crate::config::DeliveryConfig;
 use crate::delivery::{Finished, InProcess, Pipeline};
 use crate::ordering::{Arrival, Lanes};
@@ -79,7 +79,7 @@ impl Actor for ConnectorActor {
             .bus
             .open_consumer(&args.spec, &args.delivery)
             .await?;
-        let (stop, pump) = start_pump(source, &args.pipeline, &args.delivery, myself);
+        let (stop, pump) = start_pump(source, &args.pipeline, &args.delivery, &args.spec, myself);
         tracing::info!("[{}] consuming {} as {}", c.id, c.trigger.topic, c.consumer);
         Ok(ConnectorState {
             stop,
@@ -154,7 +154,7 @@ async fn apply(
                 .map_err(|e| e.to_string())?
         }
     };
-    let (stop, pump) = start_pump(source, &pipeline, &state.delivery, myself);
+    let (stop, pump) = start_pump(source, &pipeline, &state.delivery, &spec, myself);
     tracing::info!(
         "[{}] applied: consuming {} as {}",
         pipeline.connector.id,
@@ -180,6 +180,7 @@ fn start_pump(
     source: EventSource,
     pipeline: &Arc<Pipeline>,
     delivery: &DeliveryConfig,
+    spec: &ConsumerSpec,
     myself: ActorRef<ConnectorMsg>,
 ) -> (
     watch::Sender<bool>,
@@ -187,6 +188,7 @@ fn start_pump(
 ) {
     let (stop, stop_rx) = watch::channel(false);
     let limit = delivery.max_in_flight.max(1);
+    let watch = StallWatch::new(pipeline.clone(), spec.clone(), delivery.clone());
     let pump = if pipeline.connector.trigger.ordering_key.is_some() {
         tokio::spawn(pump_keyed(
             source,
@@ -195,11 +197,103 @@ fn start_pump(
             delivery.ack_wait(),
             stop_rx,
             myself,
+            watch,
         ))
     } else {
-        tokio::spawn(pump(source, pipeline.clone(), limit, stop_rx, myself))
+        tokio::spawn(pump(
+            source,
+            pipeline.clone(),
+            limit,
+            stop_rx,
+            myself,
+            watch,
+        ))
     };
     (stop, pump)
+}
+
+/// Whether a pull looks stalled: nothing arrived since the last check, nothing is in process
+/// here, and yet the consumer holds work (pending, or delivered and unacknowledged) and is not
+/// paused. Unacknowledged work may also be a retry scheduled for later or another instance's:
+/// re-opening the subscription is harmless then.
+pub fn looks_stalled(received: bool, in_process: u64, stats: &ConsumerStats) -> bool {
+    !received && in_process == 0 && !stats.paused && (stats.pending > 0 || stats.ack_pending > 0)
+}
+
+/// The pump's guard against a stalled pull subscription (seen with async-nats' continuous
+/// pull under heavy load, BENCHMARKS.md): every `stallCheckMs` without an event and with
+/// nothing in process it asks the consumer, and re-opens the subscription when work waits.
+struct StallWatch {
+    pipeline: Arc<Pipeline>,
+    spec: ConsumerSpec,
+    delivery: DeliveryConfig,
+    tick: tokio::time::Interval,
+    received: bool,
+}
+
+impl StallWatch {
+    fn new(pipeline: Arc<Pipeline>, spec: ConsumerSpec, delivery: DeliveryConfig) -> StallWatch {
+        let period = delivery.stall_check();
+        let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        StallWatch {
+            pipeline,
+            spec,
+            delivery,
+            tick,
+            received: false,
+        }
+    }
+
+    /// A fresh subscription when the current one looks stalled.
+    async fn check(&mut self) -> Option<EventSource> {
+        let received = std::mem::take(&mut self.received);
+        let in_process = self
+            .pipeline
+            .stats
+            .in_process
+            .load(std::sync::atomic::Ordering::Relaxed);
+        if received || in_process > 0 {
+            return None;
+        }
+        let stats = self
+            .pipeline
+            .bus
+            .consumer_stats(&self.spec.name)
+            .await
+            .ok()?;
+        if !looks_stalled(received, in_process, &stats) {
+            return None;
+        }
+        let id = &self.pipeline.connector.id;
+        tracing::warn!(
+            "[{id}] nothing arrived for {} s while consumer {} holds {} pending and {} unacknowledged events: re-opening its pull subscription",
+            self.delivery.stall_check().as_secs(),
+            self.spec.name,
+            stats.pending,
+            stats.ack_pending
+        );
+        metrics::counter!(crate::metrics::PULL_REOPENED_TOTAL, "connector" => id.clone())
+            .increment(1);
+        match self
+            .pipeline
+            .bus
+            .open_consumer(&self.spec, &self.delivery)
+            .await
+        {
+            Ok(fresh) => Some(fresh),
+            Err(e) => {
+                tracing::warn!("[{id}] re-opening the pull subscription: {e}");
+                None
+            }
+        }
+    }
+}
+
+/// Swaps `source` for a fresh subscription, handing back what the old one still buffered.
+async fn swap_source(source: &mut EventSource, fresh: EventSource) {
+    let mut old = std::mem::replace(source, fresh);
+    release_buffered(&mut old).await;
 }
 
 /// Pulls deliveries and runs each in its own task, at most `limit` at once. Stopped by `stop`,
@@ -210,6 +304,7 @@ async fn pump(
     limit: usize,
     mut stop: watch::Receiver<bool>,
     actor: ActorRef<ConnectorMsg>,
+    mut watch: StallWatch,
 ) -> Option<EventSource> {
     let permits = Arc::new(Semaphore::new(limit));
     let mut tasks = JoinSet::new();
@@ -224,7 +319,14 @@ async fn pump(
         let next = tokio::select! {
             n = source.next() => n,
             _ = stop.changed() => break None,
+            _ = watch.tick.tick() => {
+                if let Some(fresh) = watch.check().await {
+                    swap_source(&mut source, fresh).await;
+                }
+                continue;
+            }
         };
+        watch.received = true;
         match health.take(next, &pipeline.connector.id) {
             Err(why) => break Some(why),
             Ok(None) => {}
@@ -264,6 +366,7 @@ async fn pump_keyed(
     ack_wait: Duration,
     mut stop: watch::Receiver<bool>,
     actor: ActorRef<ConnectorMsg>,
+    mut watch: StallWatch,
 ) -> Option<EventSource> {
     let permits = Arc::new(Semaphore::new(limit));
     let mut tasks = JoinSet::new();
@@ -306,14 +409,23 @@ async fn pump_keyed(
                     spawn(&mut tasks, key, d);
                 }
             }
-            next = source.next() => match health.take(next, &pipeline.connector.id) {
-                Err(why) => break Some(why),
-                Ok(None) => {}
-                Ok(Some(d)) if !is_mine(&pipeline, &d) => {
-                    let _ = d.retry_after(NOT_MINE_DELAY).await;
+            _ = watch.tick.tick() => {
+                // Held events wait for their key's turn: not a stall.
+                if lanes.held_count() == 0 {
+                    if let Some(fresh) = watch.check().await {
+                        swap_source(&mut source, fresh).await;
+                    }
                 }
-                Ok(Some(d)) => {
-                    match ordering_key(&pipeline, &d) {
+            }
+            next = source.next() => {
+                watch.received = true;
+                match health.take(next, &pipeline.connector.id) {
+                    Err(why) => break Some(why),
+                    Ok(None) => {}
+                    Ok(Some(d)) if !is_mine(&pipeline, &d) => {
+                        let _ = d.retry_after(NOT_MINE_DELAY).await;
+                    }
+                    Ok(Some(d)) => match ordering_key(&pipeline, &d) {
                         None => spawn(&mut tasks, None, d),
                         Some(key) => {
                             let seq = d.stream_sequence;
@@ -321,9 +433,9 @@ async fn pump_keyed(
                                 spawn(&mut tasks, Some(key), d);
                             }
                         }
-                    }
+                    },
                 }
-            },
+            }
         }
     };
     finish_all(&mut tasks, &pipeline.connector.id).await;
@@ -411,4 +523,35 @@ async fn finish_all(tasks: &mut JoinSet<()>, id: &str) {
 
 fn break_with(actor: &ActorRef<ConnectorMsg>, why: String) {
     let _ = actor.send_message(ConnectorMsg::PumpEnded(why));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn when_a_pull_looks_stalled() {
+        let stats = |pending, ack_pending, paused| ConsumerStats {
+            pending,
+            ack_pending,
+            paused,
+            ..Default::default()
+        };
+        // (received since the last check, in process, consumer) -> stalled?
+        let cases = [
+            (false, 0, stats(5, 0, false), true),
+            (false, 0, stats(0, 54, false), true),
+            (true, 0, stats(5, 0, false), false),
+            (false, 1, stats(5, 0, false), false),
+            (false, 0, stats(0, 0, false), false),
+            (false, 0, stats(5, 3, true), false),
+        ];
+        for (received, in_process, s, want) in cases {
+            assert_eq!(
+                looks_stalled(received, in_process, &s),
+                want,
+                "{received} {in_process} {s:?}"
+            );
+        }
+    }
 }

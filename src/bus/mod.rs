@@ -308,6 +308,7 @@ impl Bus {
             ack_pending: info.num_ack_pending as u64,
             redelivered: info.num_redelivered as u64,
             description: info.config.description.clone().unwrap_or_default(),
+            paused: info.paused,
         })
     }
 
@@ -456,6 +457,9 @@ pub struct ConsumerStats {
     pub ack_pending: u64,
     pub redelivered: u64,
     pub description: String,
+    /// Paused by an operator (nothing is delivered until it resumes).
+    #[serde(skip)]
+    pub paused: bool,
 }
 
 /// Subjects with every subject covered by a wildcard of another removed.

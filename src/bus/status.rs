@@ -39,6 +39,7 @@ impl Bus {
                     ack_pending: info.num_ack_pending as u64,
                     redelivered: info.num_redelivered as u64,
                     description: info.config.description.clone().unwrap_or_default(),
+                    paused: info.paused,
                 },
             })
             .collect();

@@ -483,3 +483,77 @@ async fn per_key_ordering_survives_random_503s() {
     assert!(target.requests().iter().any(|r| r.status == 503));
     rt.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pull_that_receives_nothing_while_work_waits_is_reopened() {
+    // Events held unacknowledged elsewhere look, to the connector, like a stalled pull: its
+    // consumer holds work, nothing arrives, nothing is in process. The stall check re-opens the
+    // subscription (counted), and the re-opened one delivers once the events come back.
+    init_logs();
+    let nats = Nats::start().await;
+    let target = Target::start().await;
+    let setup = Setup::new(
+        &nats,
+        &[(
+            "s.yaml",
+            simple_connector("stall.v1", "stall.in", &target, ""),
+        )],
+        "delivery:\n  ackWaitMs: 60000\n  stallCheckMs: 300\n",
+    );
+    let rt = setup.start().await; // creates the consumer
+    rt.shutdown().await;
+    let js = async_nats::jetstream::new(nats.client().await);
+    for i in 0..3 {
+        publish(&js, "stall.in", json!({"id": format!("s{i}"), "n": i})).await;
+    }
+    let consumer: async_nats::jetstream::consumer::PullConsumer = js
+        .get_stream("HMS_EVENTS")
+        .await
+        .unwrap()
+        .get_consumer("stall_v1")
+        .await
+        .unwrap();
+    let mut held = Vec::new();
+    let mut batch = consumer.fetch().max_messages(3).messages().await.unwrap();
+    while let Some(m) = batch.next().await {
+        held.push(m.unwrap());
+    }
+    assert_eq!(
+        held.len(),
+        3,
+        "the events are held, unacknowledged, by another client"
+    );
+
+    let rt = setup.start().await;
+    let metrics_url = format!("http://{}/metrics", rt.http_addr());
+    let reopened = || async {
+        let text = reqwest::get(&metrics_url)
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        text.lines()
+            .find(|l| l.starts_with("sync_pull_reopened_total{connector=\"stall.v1\"}"))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    eventually(T, "the stalled-looking pull re-opened", || async {
+        reopened().await >= 1.0
+    })
+    .await;
+    assert_eq!(target.count(), 0);
+    for m in &held {
+        m.ack_with(async_nats::jetstream::AckKind::Nak(None))
+            .await
+            .unwrap();
+    }
+    eventually(
+        T,
+        "the 3 events delivered on the re-opened pull",
+        || async { target.count() >= 3 },
+    )
+    .await;
+    rt.shutdown().await;
+}
