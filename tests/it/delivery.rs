@@ -525,22 +525,8 @@ async fn a_pull_that_receives_nothing_while_work_waits_is_reopened() {
     );
 
     let rt = setup.start().await;
-    let metrics_url = format!("http://{}/metrics", rt.http_addr());
-    let reopened = || async {
-        let text = reqwest::get(&metrics_url)
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
-        text.lines()
-            .find(|l| l.starts_with("sync_pull_reopened_total{connector=\"stall.v1\"}"))
-            .and_then(|l| l.rsplit(' ').next())
-            .and_then(|v| v.parse::<f64>().ok())
-            .unwrap_or(0.0)
-    };
     eventually(T, "the stalled-looking pull re-opened", || async {
-        reopened().await >= 1.0
+        metric(&rt, "sync_pull_reopened_total{connector=\"stall.v1\"}").await >= 1.0
     })
     .await;
     assert_eq!(target.count(), 0);

@@ -301,6 +301,23 @@ pub fn simple_connector(id: &str, topic: &str, target: &Target, retry: &str) -> 
     )
 }
 
+/// The value of the first line of the runtime's `/metrics` that starts with `series` (a name,
+/// or a name with its labels); 0 when there is none.
+pub async fn metric(rt: &hms_sync::Runtime, series: &str) -> f64 {
+    let url = format!("http://{}/metrics", rt.http_addr());
+    let text = reqwest::get(&url)
+        .await
+        .expect("GET /metrics")
+        .text()
+        .await
+        .expect("metrics text");
+    text.lines()
+        .find(|l| l.starts_with(series))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse::<f64>().ok())
+        .unwrap_or(0.0)
+}
+
 /// Publishes JSON to a subject through JetStream (awaits the stream's ack).
 pub async fn publish(js: &async_nats::jetstream::Context, subject: &str, body: serde_json::Value) {
     js.publish(subject.to_string(), body.to_string().into())

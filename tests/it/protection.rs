@@ -309,22 +309,8 @@ async fn deliveries_go_on_while_the_audit_stream_is_unavailable() {
         }
     })
     .await;
-    let metrics_url = format!("http://{}/metrics", rt.http_addr());
-    let pending = || async {
-        let text = reqwest::get(&metrics_url)
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
-        text.lines()
-            .find(|l| l.starts_with("sync_audit_pending"))
-            .and_then(|l| l.rsplit(' ').next())
-            .and_then(|v| v.parse::<f64>().ok())
-            .unwrap_or(0.0)
-    };
     eventually(T, "records wait in memory", || async {
-        pending().await >= 20.0
+        metric(&rt, "sync_audit_pending").await >= 20.0
     })
     .await;
     // The stream comes back: the backlog is stored, and the chain verifies.
