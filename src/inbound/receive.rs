@@ -309,15 +309,17 @@ async fn read_body(headers: &HeaderMap, body: Body, limit: usize) -> Result<Byte
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
+    let mut stream = body.into_data_stream();
     if declared.is_some_and(|n| n > limit as u64) {
+        drain(&mut stream).await;
         return Err(Rejection::TooLarge(limit));
     }
     let read = async {
-        let mut stream = body.into_data_stream();
         let mut buf = BytesMut::new();
         while let Some(chunk) = stream.next().await {
             let chunk = chunk.map_err(|e| Rejection::BodyRead(e.to_string()))?;
             if buf.len() + chunk.len() > limit {
+                drain(&mut stream).await;
                 return Err(Rejection::TooLarge(limit));
             }
             buf.extend_from_slice(&chunk);
@@ -327,6 +329,25 @@ async fn read_body(headers: &HeaderMap, body: Body, limit: usize) -> Result<Byte
     tokio::time::timeout(BODY_TIMEOUT, read)
         .await
         .map_err(|_| Rejection::SlowBody(BODY_TIMEOUT))?
+}
+
+/// Most of a refused body read (and dropped) before answering, and for how long.
+const DRAIN_MAX: usize = 8 << 20;
+const DRAIN_TIME: Duration = Duration::from_secs(2);
+
+/// Reads and drops what is left of a refused body (bounded), so that a sender still writing it
+/// reads our 413 instead of a connection closed under it.
+async fn drain(stream: &mut axum::body::BodyDataStream) {
+    let rest = async {
+        let mut seen = 0;
+        while let Some(Ok(chunk)) = stream.next().await {
+            seen += chunk.len();
+            if seen > DRAIN_MAX {
+                break;
+            }
+        }
+    };
+    let _ = tokio::time::timeout(DRAIN_TIME, rest).await;
 }
 
 #[cfg(test)]
