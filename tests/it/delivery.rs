@@ -492,17 +492,16 @@ async fn a_pull_that_receives_nothing_while_work_waits_is_reopened() {
     init_logs();
     let nats = Nats::start().await;
     let target = Target::start().await;
-    let setup = Setup::new(
+    let (setup, rt, js) = start_simple(
         &nats,
-        &[(
-            "s.yaml",
-            simple_connector("stall.v1", "stall.in", &target, ""),
-        )],
+        &target,
+        "stall.v1",
+        "stall.in",
+        "",
         "delivery:\n  ackWaitMs: 60000\n  stallCheckMs: 300\n",
-    );
-    let rt = setup.start().await; // creates the consumer
+    )
+    .await; // creates the consumer
     rt.shutdown().await;
-    let js = async_nats::jetstream::new(nats.client().await);
     for i in 0..3 {
         publish(&js, "stall.in", json!({"id": format!("s{i}"), "n": i})).await;
     }
