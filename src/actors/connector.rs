@@ -245,6 +245,15 @@ impl StallWatch {
         }
     }
 
+    /// Swaps `source` for a fresh subscription when it looks stalled, handing back what the
+    /// old one still buffered.
+    async fn guard(&mut self, source: &mut EventSource) {
+        if let Some(fresh) = self.check().await {
+            let mut old = std::mem::replace(source, fresh);
+            release_buffered(&mut old).await;
+        }
+    }
+
     /// A fresh subscription when the current one looks stalled.
     async fn check(&mut self) -> Option<EventSource> {
         let received = std::mem::take(&mut self.received);
@@ -290,12 +299,6 @@ impl StallWatch {
     }
 }
 
-/// Swaps `source` for a fresh subscription, handing back what the old one still buffered.
-async fn swap_source(source: &mut EventSource, fresh: EventSource) {
-    let mut old = std::mem::replace(source, fresh);
-    release_buffered(&mut old).await;
-}
-
 /// Pulls deliveries and runs each in its own task, at most `limit` at once. Stopped by `stop`,
 /// it finishes what is in flight and gives the subscription back.
 async fn pump(
@@ -320,9 +323,7 @@ async fn pump(
             n = source.next() => n,
             _ = stop.changed() => break None,
             _ = watch.tick.tick() => {
-                if let Some(fresh) = watch.check().await {
-                    swap_source(&mut source, fresh).await;
-                }
+                watch.guard(&mut source).await;
                 continue;
             }
         };
@@ -412,9 +413,7 @@ async fn pump_keyed(
             _ = watch.tick.tick() => {
                 // Held events wait for their key's turn: not a stall.
                 if lanes.held_count() == 0 {
-                    if let Some(fresh) = watch.check().await {
-                        swap_source(&mut source, fresh).await;
-                    }
+                    watch.guard(&mut source).await;
                 }
             }
             next = source.next() => {
