@@ -513,7 +513,14 @@ async fn a_pull_that_receives_nothing_while_work_waits_is_reopened() {
         .await
         .unwrap();
     let mut held = Vec::new();
-    let mut batch = consumer.fetch().max_messages(3).messages().await.unwrap();
+    // A batch request waits (up to its expiry) for all 3; `fetch` takes only those ready now.
+    let mut batch = consumer
+        .batch()
+        .max_messages(3)
+        .expires(Duration::from_secs(10))
+        .messages()
+        .await
+        .unwrap();
     while let Some(m) = batch.next().await {
         held.push(m.unwrap());
     }
