@@ -502,6 +502,14 @@ async fn a_pull_that_receives_nothing_while_work_waits_is_reopened() {
     )
     .await; // creates the consumer
     rt.shutdown().await;
+    // Its pull request must be gone from the server before events are published, or one may
+    // go to it.
+    let stream = js.get_stream("HMS_EVENTS").await.unwrap();
+    eventually(T, "no pull request left waiting", || {
+        let stream = stream.clone();
+        async move { stream.consumer_info("stall_v1").await.unwrap().num_waiting == 0 }
+    })
+    .await;
     for i in 0..3 {
         publish(&js, "stall.in", json!({"id": format!("s{i}"), "n": i})).await;
     }
