@@ -3,7 +3,7 @@
 use std::time::{Duration, SystemTime};
 
 use crate::outcome::{parse_retry_after, Outcome};
-use crate::request::Request;
+use crate::wire::Request;
 
 /// Bytes of a response body kept for parked jobs and logs.
 pub const BODY_SNIPPET: usize = 2048;
