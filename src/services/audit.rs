@@ -52,16 +52,36 @@ impl Account {
     }
 }
 
-/// Every consumer's [`Account`]; outlives the actor.
+/// Every consumer's [`Account`]; outlives the actor. Also counts the stores under way, so a
+/// new actor can wait for its predecessor's last store before it reckons what was lost.
 #[derive(Debug, Default)]
 pub struct Ledger {
     accounts: Mutex<HashMap<String, Arc<Account>>>,
+    stores: AtomicU64,
+    stored: tokio::sync::Notify,
 }
+
+/// How long a new audit actor waits for its predecessor's store before reckoning the loss.
+const PREDECESSOR_STORE_WAIT: Duration = Duration::from_secs(10);
 
 impl Ledger {
     fn account(&self, consumer: &str) -> Arc<Account> {
         let mut map = self.accounts.lock().unwrap_or_else(PoisonError::into_inner);
         map.entry(consumer.to_string()).or_default().clone()
+    }
+
+    /// Waits (bounded) until no store is under way.
+    async fn stores_done(&self) {
+        let wait = async {
+            loop {
+                let notified = self.stored.notified();
+                if self.stores.load(SeqCst) == 0 {
+                    return;
+                }
+                notified.await;
+            }
+        };
+        let _ = tokio::time::timeout(PREDECESSOR_STORE_WAIT, wait).await;
     }
 
     fn all(&self) -> Vec<(String, Arc<Account>)> {
@@ -77,15 +97,25 @@ pub struct AuditRoute {
     account: Arc<Account>,
 }
 
+/// Records handed over while no audit actor runs (it is being restarted); the next one takes
+/// them. Bounded like the actor's backlog.
+type Waiting = Arc<Mutex<VecDeque<(AuditRoute, AuditRecord)>>>;
+
 /// The handle deliveries and the webhook edge record through; follows the actor's restarts.
 /// Recording never waits. Cheap to clone.
 #[derive(Clone, Default)]
 pub struct Auditor {
     pub(super) actor: ActorSlot<AuditMsg>,
     pub(super) ledger: Arc<Ledger>,
+    waiting: Waiting,
 }
 
 impl Auditor {
+    /// The audit actor now (`None` while it restarts).
+    pub fn actor(&self) -> Option<ActorRef<AuditMsg>> {
+        self.actor.get()
+    }
+
     /// The route of a consumer's records.
     pub fn route(&self, consumer: &str) -> AuditRoute {
         AuditRoute {
@@ -94,19 +124,39 @@ impl Auditor {
         }
     }
 
-    /// Hands one record over (never waits). A record that cannot be handed over is counted,
-    /// and declared in a `gap` record by the next actor.
+    /// Hands one record over (never waits). While the actor is being restarted, records wait
+    /// for the next one (at most [`MAX_BACKLOG`]; beyond, they are counted as lost and declared
+    /// in a `gap` record).
     pub fn record(&self, route: &AuditRoute, record: AuditRecord) {
         // Counted before it is sent, so that `covered` never runs ahead of `accepted`.
         route.account.accepted.fetch_add(1, SeqCst);
+        let Some(actor) = self.actor.get() else {
+            return self.wait(route, record);
+        };
         let msg = AuditMsg::Record {
             route: route.clone(),
             record,
         };
-        if !self.actor.send(msg) {
+        if let Err(ractor::MessagingErr::SendErr(AuditMsg::Record { route, record })) =
+            actor.send_message(msg)
+        {
+            self.wait(&route, record);
+        }
+    }
+
+    fn wait(&self, route: &AuditRoute, record: AuditRecord) {
+        let mut waiting = self.waiting.lock().unwrap_or_else(PoisonError::into_inner);
+        if waiting.len() >= MAX_BACKLOG {
             route.account.accepted.fetch_sub(1, SeqCst);
             route.account.lost.fetch_add(1, SeqCst);
+        } else {
+            waiting.push_back((route.clone(), record));
         }
+    }
+
+    /// Takes the records that waited for an actor.
+    fn take_waiting(&self) -> VecDeque<(AuditRoute, AuditRecord)> {
+        std::mem::take(&mut *self.waiting.lock().unwrap_or_else(PoisonError::into_inner))
     }
 }
 
@@ -156,12 +206,14 @@ pub struct AuditArgs {
     pub bus: Bus,
     /// Distinguishes this incarnation's chains from others (instances, restarts).
     pub run_id: String,
-    pub ledger: Arc<Ledger>,
+    /// The handle callers record through (its ledger and its waiting records).
+    pub auditor: Auditor,
 }
 
 pub struct AuditState {
     bus: Bus,
     run_id: String,
+    auditor: Auditor,
     ledger: Arc<Ledger>,
     chainer: Chainer,
     /// Subject and chain of each consumer seen, built once.
@@ -208,6 +260,22 @@ impl AuditState {
         gap.count += count;
     }
 
+    /// Puts one record in the backlog (dropping the oldest when it is full).
+    fn take(&mut self, route: AuditRoute, record: AuditRecord) {
+        if self.backlog.len() >= MAX_BACKLOG {
+            if let Some((dropped, _)) = self.backlog.pop_front() {
+                self.declare(
+                    &dropped.consumer,
+                    1,
+                    "HMS_AUDIT was unavailable and the in-memory backlog was full",
+                );
+                metrics::counter!(crate::metrics::AUDIT_DROPPED_TOTAL).increment(1);
+            }
+        }
+        let chain = self.chain(&route.consumer, &route.account);
+        self.backlog.push_back((chain, record));
+    }
+
     /// Records callers could not hand over since the last look become declared losses.
     fn declare_lost_sends(&mut self) {
         for (consumer, account) in self.ledger.all() {
@@ -230,13 +298,14 @@ impl Actor for AuditActor {
 
     async fn pre_start(
         &self,
-        _me: ActorRef<AuditMsg>,
+        me: ActorRef<AuditMsg>,
         args: AuditArgs,
     ) -> Result<AuditState, ActorProcessingErr> {
         let mut st = AuditState {
             bus: args.bus,
             run_id: args.run_id,
-            ledger: args.ledger,
+            ledger: args.auditor.ledger.clone(),
+            auditor: args.auditor,
             chainer: Chainer::default(),
             chains: HashMap::new(),
             backlog: VecDeque::new(),
@@ -248,12 +317,22 @@ impl Actor for AuditActor {
             failures_in_a_row: 0,
             pending: metrics::gauge!(crate::metrics::AUDIT_PENDING),
         };
-        // Whatever a predecessor was handed and did not store is lost with it: declare it.
+        // Whatever a predecessor was handed and did not store is lost with it: declare it,
+        // once its last store is done (what that store confirms is not lost). Records that
+        // waited for this actor are not lost either: they are taken first.
+        st.ledger.stores_done().await;
+        let waiting = st.auditor.take_waiting();
+        let mut waiting_per: HashMap<Arc<str>, u64> = HashMap::new();
+        for (route, _) in &waiting {
+            *waiting_per.entry(route.consumer.clone()).or_default() += 1;
+        }
         for (consumer, account) in st.ledger.all() {
             let consumer: Arc<str> = consumer.into();
             st.lost_seen
                 .insert(consumer.clone(), account.lost.load(SeqCst));
-            let missing = account.outstanding();
+            let missing = account
+                .outstanding()
+                .saturating_sub(waiting_per.get(&consumer).copied().unwrap_or(0));
             if missing > 0 {
                 tracing::warn!(
                     "audit: {missing} records of {consumer} were lost with the previous audit actor; a sealed gap record says so"
@@ -265,6 +344,12 @@ impl Actor for AuditActor {
                 );
             }
         }
+        for (route, record) in waiting {
+            st.take(route, record);
+        }
+        // Soon: what is declared, what was taken, and what waits until this actor is in its
+        // slot.
+        schedule(&me, &mut st, LINGER);
         Ok(st)
     }
 
@@ -276,18 +361,7 @@ impl Actor for AuditActor {
     ) -> Result<(), ActorProcessingErr> {
         match msg {
             AuditMsg::Record { route, record } => {
-                if st.backlog.len() >= MAX_BACKLOG {
-                    if let Some((dropped, _)) = st.backlog.pop_front() {
-                        st.declare(
-                            &dropped.consumer,
-                            1,
-                            "HMS_AUDIT was unavailable and the in-memory backlog was full",
-                        );
-                        metrics::counter!(crate::metrics::AUDIT_DROPPED_TOTAL).increment(1);
-                    }
-                }
-                let chain = st.chain(&route.consumer, &route.account);
-                st.backlog.push_back((chain, record));
+                st.take(route, record);
                 if st.backlog.len() >= BATCH {
                     flush(&me, st);
                 } else {
@@ -303,9 +377,6 @@ impl Actor for AuditActor {
                 stored,
                 error,
             } => {
-                for s in &batch[..stored.min(batch.len())] {
-                    s.account.covered.fetch_add(s.covers, SeqCst);
-                }
                 metrics::counter!(crate::metrics::AUDIT_WRITTEN_TOTAL).increment(stored as u64);
                 st.in_flight = 0;
                 if stored < batch.len() {
@@ -371,6 +442,10 @@ fn schedule(me: &ActorRef<AuditMsg>, st: &mut AuditState, after: Duration) {
 /// Seals up to `max` backlog records, after one `gap` record per consumer with declared losses.
 fn seal(st: &mut AuditState, max: usize) -> Vec<Sealed> {
     st.declare_lost_sends();
+    // Records that waited while this actor was not yet in its slot.
+    for (route, record) in st.auditor.take_waiting() {
+        st.take(route, record);
+    }
     let mut batch = Vec::with_capacity(st.backlog.len().min(max) + st.gaps.len());
     let gaps: Vec<(Arc<str>, Gap)> = st.gaps.drain().collect();
     for (consumer, gap) in gaps {
@@ -428,13 +503,20 @@ fn flush(me: &ActorRef<AuditMsg>, st: &mut AuditState) {
         return;
     }
     st.in_flight = batch.len();
-    let (bus, me) = (st.bus.clone(), me.clone());
+    let (bus, me, ledger) = (st.bus.clone(), me.clone(), st.ledger.clone());
+    ledger.stores.fetch_add(1, SeqCst);
     tokio::spawn(async move {
         let entries: Vec<AuditEntry> = batch.iter().map(|s| s.entry.clone()).collect();
         let (stored, error) = match bus.store_audit(&entries, careful).await {
             Ok(n) => (n, None),
             Err((n, e)) => (n, Some(e.to_string())),
         };
+        // Counted here, not by the actor: it holds even when the actor died meanwhile.
+        for s in &batch[..stored.min(batch.len())] {
+            s.account.covered.fetch_add(s.covers, SeqCst);
+        }
+        ledger.stores.fetch_sub(1, SeqCst);
+        ledger.stored.notify_waiters();
         let _ = me.send_message(AuditMsg::Stored {
             batch,
             stored,

@@ -99,7 +99,7 @@ impl ServicesState {
                 let args = AuditArgs {
                     bus: self.args.bus.clone(),
                     run_id,
-                    ledger: s.audit.ledger.clone(),
+                    auditor: s.audit.clone(),
                 };
                 let (a, _) = Actor::spawn_linked(None, AuditActor, args, cell).await?;
                 s.audit.actor.set(Some(a.clone()));

@@ -230,6 +230,11 @@ pub struct Tokens {
 }
 
 impl Tokens {
+    /// The token actor now (`None` while it restarts).
+    pub fn actor(&self) -> Option<ActorRef<TokenMsg>> {
+        self.actor.get()
+    }
+
     /// A token for `auth`: static ones read now, fetched ones from the actor. While the actor
     /// is being restarted (its cache is lost with it), the caller waits for the next one.
     pub async fn get(&self, auth: &Arc<Auth>) -> Result<Token, AuthError> {
