@@ -101,6 +101,13 @@ pub struct DeliveryConfig {
     /// How often a connector that received nothing, with nothing in process, asks its consumer
     /// whether work is waiting (then it re-opens its pull subscription: a stalled pull).
     pub stall_check_ms: u64,
+    /// Idle heartbeat of pull requests: two missed in a row and the pull is re-created
+    /// (a server restart, a lame-duck shutdown, a stream leader change).
+    pub heartbeat_ms: u64,
+    /// Connectors with `orderingKey`: one instance at a time receives their events (it holds
+    /// the pin of the consumer's priority group); when it stops pulling for this long, another
+    /// instance takes over.
+    pub pin_timeout_ms: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -110,6 +117,10 @@ pub struct StreamsConfig {
     pub events_max_age_hours: u64,
     /// Window in which a repeated `Nats-Msg-Id` is stored once (seconds).
     pub duplicate_window_sec: u64,
+    /// Consumers `HMS_EVENTS` may hold (one per outbound connector). Set on the stream, also
+    /// an existing one: a stream that sets none gets nats-server's default limit (1,000 in
+    /// 2.15).
+    pub max_consumers: i32,
 }
 
 impl Default for NatsConfig {
@@ -147,6 +158,8 @@ impl Default for DeliveryConfig {
             max_ack_pending: 10_000,
             pull_batch: 128,
             stall_check_ms: 300_000,
+            heartbeat_ms: 2_000,
+            pin_timeout_ms: 10_000,
         }
     }
 }
@@ -156,6 +169,7 @@ impl Default for StreamsConfig {
         StreamsConfig {
             events_max_age_hours: 24 * 7,
             duplicate_window_sec: 120,
+            max_consumers: 100_000,
         }
     }
 }
@@ -167,6 +181,26 @@ impl DeliveryConfig {
 
     pub fn stall_check(&self) -> Duration {
         Duration::from_millis(self.stall_check_ms.max(200))
+    }
+
+    /// The pull requests' idle heartbeat (at least 100 ms, at most half a pull's expiry).
+    pub fn heartbeat(&self, pinned: bool) -> Duration {
+        Duration::from_millis(self.heartbeat_ms.max(100)).min(self.pull_expires(pinned) / 2)
+    }
+
+    /// How long a silent pinned instance keeps a keyed connector (at least 1 s).
+    pub fn pin_timeout(&self) -> Duration {
+        Duration::from_millis(self.pin_timeout_ms.max(1000))
+    }
+
+    /// How long one pull request waits for events: 30 s, or half the pin timeout for pinned
+    /// (keyed) consumers, so that their pin is renewed well in time.
+    pub fn pull_expires(&self, pinned: bool) -> Duration {
+        if pinned {
+            (self.pin_timeout() / 2).min(Duration::from_secs(30))
+        } else {
+            Duration::from_secs(30)
+        }
     }
 }
 

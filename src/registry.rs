@@ -197,6 +197,7 @@ pub fn consumer_spec(
         }
     }
     ConsumerSpec {
+        pinned: c.trigger.ordering_key.is_some(),
         name: c.consumer.clone(),
         start_from,
         description: c.id.clone(),

@@ -41,6 +41,9 @@ pub enum BusErrorKind {
     LimitReached,
     /// The server refused our credentials or our permissions.
     Authorization,
+    /// A pull request's idle heartbeats stopped coming (twice in a row): the pull is gone
+    /// (server restart, lame-duck shutdown, leader change) and must be re-created.
+    MissedHeartbeat,
     /// Anything else.
     Other,
 }
@@ -124,7 +127,15 @@ pub struct ConsumerSpec {
     pub description: String,
     pub topic: String,
     pub metadata: HashMap<String, String>,
+    /// Events of the connector are ordered by key: one instance at a time receives them (the
+    /// consumer's pinned-client priority group, [`PIN_GROUP`]).
+    pub pinned: bool,
 }
+
+/// The priority group every instance pulls a pinned (keyed) connector's consumer in.
+pub const PIN_GROUP: &str = "hms-sync";
+/// The header nats-server adds to a delivery for the client holding the pin.
+pub const PIN_HEADER: &str = "Nats-Pin-Id";
 
 impl Bus {
     /// Connects (retrying in the background after the first success).
@@ -204,12 +215,21 @@ impl Bus {
                 let mut all: BTreeSet<String> = config.subjects.iter().cloned().collect();
                 all.extend(wanted);
                 let subjects = minimal_cover(&all);
-                if subjects != config.subjects {
+                let limit_differs = config.max_consumers != cfg.max_consumers;
+                if subjects != config.subjects || limit_differs {
+                    if limit_differs {
+                        tracing::info!(
+                            "HMS_EVENTS: max_consumers {} -> {}",
+                            config.max_consumers,
+                            cfg.max_consumers
+                        );
+                    }
                     config.subjects = subjects;
+                    config.max_consumers = cfg.max_consumers;
                     self.js
                         .update_stream(config)
                         .await
-                        .map_err(|e| err("update stream HMS_EVENTS subjects")(e.to_string()))?;
+                        .map_err(|e| err("update stream HMS_EVENTS")(e.to_string()))?;
                 }
             }
             Err(_) => {
@@ -225,6 +245,7 @@ impl Bus {
                         retention: stream::RetentionPolicy::Limits,
                         max_age: Duration::from_secs(cfg.events_max_age_hours * 3600),
                         duplicate_window: Duration::from_secs(cfg.duplicate_window_sec),
+                        max_consumers: cfg.max_consumers,
                         ..Default::default()
                     })
                     .await
@@ -268,11 +289,15 @@ impl Bus {
         delivery: &DeliveryConfig,
     ) -> Result<EventSource, BusError> {
         let consumer = self.ensure_consumer(spec, delivery).await?;
-        let messages = consumer
+        let mut pull = consumer
             .stream()
             .max_messages_per_batch(delivery.pull_batch.max(1))
-            .heartbeat(Duration::from_secs(5))
-            .expires(Duration::from_secs(30))
+            .heartbeat(delivery.heartbeat(spec.pinned))
+            .expires(delivery.pull_expires(spec.pinned));
+        if spec.pinned {
+            pull = pull.group(PIN_GROUP);
+        }
+        let messages = pull
             .messages()
             .await
             .map_err(|x| err(format!("consumer {}", spec.name))(x.to_string()))?;
@@ -321,6 +346,21 @@ impl Bus {
             max_deliver: -1,
             max_ack_pending: delivery.max_ack_pending,
             metadata: spec.metadata.clone(),
+            priority_policy: if spec.pinned {
+                consumer::PriorityPolicy::PinnedClient
+            } else {
+                consumer::PriorityPolicy::None
+            },
+            priority_groups: if spec.pinned {
+                vec![PIN_GROUP.to_string()]
+            } else {
+                vec![]
+            },
+            priority_timeout: if spec.pinned {
+                delivery.pin_timeout()
+            } else {
+                Duration::ZERO
+            },
             ..Default::default()
         };
         stream
@@ -383,6 +423,14 @@ impl Bus {
             redelivered: info.num_redelivered as u64,
             description: info.config.description.clone().unwrap_or_default(),
             paused: info.paused,
+            pinned: info
+                .priority_groups
+                .iter()
+                .any(|g| g.pinned_client_id.is_some()),
+            pin_id: info
+                .priority_groups
+                .iter()
+                .find_map(|g| g.pinned_client_id.clone()),
         })
     }
 
@@ -534,6 +582,13 @@ pub struct ConsumerStats {
     /// Paused by an operator (nothing is delivered until it resumes).
     #[serde(skip)]
     pub paused: bool,
+    /// A client holds the pin of its priority group (keyed connectors: that instance receives
+    /// the events, the others wait on standby).
+    #[serde(skip)]
+    pub pinned: bool,
+    /// The `Nats-Pin-Id` of the client holding the pin, if any.
+    #[serde(skip)]
+    pub pin_id: Option<String>,
 }
 
 /// Subjects with every subject covered by a wildcard of another removed.
@@ -574,8 +629,15 @@ impl EventSource {
     pub async fn next(&mut self) -> Option<Result<Delivery, BusError>> {
         let item = self.messages.next().await?;
         Some(
-            item.map_err(|e| err("pull")(e.to_string()))
-                .and_then(Delivery::new),
+            item.map_err(|e| {
+                let missed = e.kind() == consumer::pull::MessagesErrorKind::MissingHeartbeat;
+                let mut e = err("pull")(e.to_string());
+                if missed {
+                    e.kind = BusErrorKind::MissedHeartbeat;
+                }
+                e
+            })
+            .and_then(Delivery::new),
         )
     }
 }

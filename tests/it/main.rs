@@ -7,6 +7,7 @@ mod crash;
 mod delivery;
 mod embedded;
 mod inbound;
+mod instances;
 mod operator;
 mod protection;
 mod registry;

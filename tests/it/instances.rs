@@ -1,0 +1,237 @@
+//! Several `hms-sync up` instances on the same NATS: per-key order holds across all of them,
+//! also when the instance that delivers a keyed connector is killed with SIGKILL.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::body::Bytes;
+use axum::http::StatusCode;
+use serde_json::json;
+
+use crate::harness::*;
+
+/// One request a keyed target saw: its key and update number, when it started and was
+/// answered, and the status it got.
+#[derive(Debug, Clone)]
+struct Seen {
+    key: String,
+    n: u64,
+    start: Instant,
+    end: Instant,
+    status: u16,
+}
+
+/// A loopback target that answers after a random 1-20 ms, with 10 % of 503s, and records
+/// every request with its timing.
+#[derive(Clone)]
+struct KeyedTarget {
+    addr: SocketAddr,
+    seen: Arc<Mutex<Vec<Seen>>>,
+}
+
+impl KeyedTarget {
+    async fn start() -> KeyedTarget {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let seen: Arc<Mutex<Vec<Seen>>> = Arc::default();
+        let log = seen.clone();
+        let app = axum::Router::new().fallback(move |body: Bytes| {
+            let log = log.clone();
+            async move {
+                let start = Instant::now();
+                let v: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+                let wait = 1 + rand::random::<u64>() % 20;
+                tokio::time::sleep(Duration::from_millis(wait)).await; // the target's answer time
+                let status = if rand::random::<f64>() < 0.1 {
+                    503
+                } else {
+                    200
+                };
+                log.lock().unwrap().push(Seen {
+                    key: v["key"].as_str().unwrap_or_default().to_string(),
+                    n: v["n"].as_u64().unwrap_or(u64::MAX),
+                    start,
+                    end: Instant::now(),
+                    status,
+                });
+                StatusCode::from_u16(status).unwrap()
+            }
+        });
+        tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        KeyedTarget { addr, seen }
+    }
+
+    fn seen(&self) -> Vec<Seen> {
+        self.seen.lock().unwrap().clone()
+    }
+
+    fn delivered(&self) -> usize {
+        let seen = self.seen();
+        let ok: std::collections::HashSet<(String, u64)> = seen
+            .iter()
+            .filter(|s| s.status == 200)
+            .map(|s| (s.key.clone(), s.n))
+            .collect();
+        ok.len()
+    }
+}
+
+/// `hms-sync up` as a child process on its own HTTP port.
+struct Instance {
+    child: Child,
+    http: String,
+}
+
+impl Instance {
+    fn start(setup: &Setup) -> Instance {
+        let port = free_port();
+        let child = Command::new(env!("CARGO_BIN_EXE_hms-sync"))
+            .args(["up", "--config"])
+            .arg(setup.config_path())
+            .args(["--listen", &format!("127.0.0.1:{port}")])
+            .env(
+                "HMS_SYNC_LOG",
+                std::env::var("HMS_T_INSTANCE_LOG").unwrap_or("warn".into()),
+            )
+            .stdout(Stdio::null())
+            .stderr(
+                std::env::var("HMS_T_INSTANCE_LOG_DIR")
+                    .ok()
+                    .and_then(|d| std::fs::File::create(format!("{d}/instance-{port}.log")).ok())
+                    .map(Stdio::from)
+                    .unwrap_or_else(Stdio::null),
+            )
+            .spawn()
+            .unwrap();
+        Instance {
+            child,
+            http: format!("http://127.0.0.1:{port}"),
+        }
+    }
+
+    /// `sync_ok_total` of the connector on this instance (0 when it does not answer).
+    async fn delivered(&self, connector: &str) -> f64 {
+        let Ok(resp) = reqwest::get(format!("{}/metrics", self.http)).await else {
+            return 0.0;
+        };
+        let text = resp.text().await.unwrap_or_default();
+        let series = format!("sync_ok_total{{connector=\"{connector}\"}}");
+        text.lines()
+            .find(|l| l.starts_with(&series))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0.0)
+    }
+
+    async fn ready(&self) -> bool {
+        reqwest::get(format!("{}/readyz", self.http))
+            .await
+            .is_ok_and(|r| r.status().is_success())
+    }
+}
+
+impl Drop for Instance {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn per_key_order_holds_across_three_instances_and_a_kill_9() {
+    init_logs();
+    let nats = Nats::start().await;
+    let target = KeyedTarget::start().await;
+    let connector = format!(
+        "id: keyed.many.v1\ntype: outbound\ntrigger:\n  topic: keyed.many\n  orderingKey: \"{{{{ key }}}}\"\nmap:\n  to:\n    url: \"http://{}/items/{{key}}\"\n    method: PUT\n    body:\n      key: \"{{{{ key }}}}\"\n      n: \"{{{{ n }}}}\"\nretry:\n  max: 50\n  backoffMs: 20\n  maxBackoffMs: 200\n",
+        target.addr
+    );
+    let setup = Setup::new(
+        &nats,
+        &[("c.yaml", connector)],
+        "delivery:\n  ackWaitMs: 2000\n  pinTimeoutMs: 2000\n",
+    );
+    // The stream and the consumer exist before anything is published.
+    let rt = setup.start().await;
+    rt.shutdown().await;
+    let mut instances: Vec<Instance> = (0..3).map(|_| Instance::start(&setup)).collect();
+    for i in &instances {
+        eventually(Duration::from_secs(30), "instance ready", || i.ready()).await;
+    }
+    let (keys, updates) = (10, 100);
+    let js = async_nats::jetstream::new(nats.client().await);
+    publish_many(
+        &js,
+        "keyed.many",
+        (0..updates).flat_map(|n| (0..keys).map(move |k| json!({"key": format!("k{k}"), "n": n}))),
+    )
+    .await;
+    eventually(Duration::from_secs(60), "a third delivered", || async {
+        target.delivered() >= keys * updates / 3
+    })
+    .await;
+    // Kill -9 the instance delivering (the one holding the pin).
+    let mut busiest = 0;
+    let mut most = -1.0;
+    for (i, inst) in instances.iter().enumerate() {
+        let d = inst.delivered("keyed.many.v1").await;
+        if d > most {
+            (busiest, most) = (i, d);
+        }
+    }
+    assert!(most > 0.0, "one instance delivers");
+    let mut killed = instances.remove(busiest);
+    killed.child.kill().unwrap(); // SIGKILL
+    killed.child.wait().unwrap();
+    eventually(
+        Duration::from_secs(90),
+        "every update delivered",
+        || async { target.delivered() == keys * updates },
+    )
+    .await;
+    let mut after_kill = 0.0;
+    for inst in &instances {
+        after_kill += inst.delivered("keyed.many.v1").await;
+    }
+    assert!(after_kill > 0.0, "another instance took over");
+    let seen = target.seen();
+    let mut per_key: HashMap<&str, Vec<&Seen>> = HashMap::new();
+    for s in &seen {
+        per_key.entry(s.key.as_str()).or_default().push(s);
+    }
+    assert_eq!(per_key.len(), keys);
+    for (key, mut reqs) in per_key {
+        reqs.sort_by_key(|s| s.start);
+        // No request of a key started before the previous one was answered.
+        for w in reqs.windows(2) {
+            assert!(
+                w[1].start >= w[0].end,
+                "key {key}: update {} started before update {} was answered",
+                w[1].n,
+                w[0].n
+            );
+        }
+        // The successful ones are in order (a redelivery after the kill may repeat one).
+        let ok: Vec<u64> = reqs
+            .iter()
+            .filter(|s| s.status == 200)
+            .map(|s| s.n)
+            .collect();
+        assert!(
+            ok.windows(2).all(|w| w[0] <= w[1]),
+            "key {key}: successes out of order: {ok:?}"
+        );
+        let mut distinct = ok.clone();
+        distinct.dedup();
+        assert_eq!(
+            distinct,
+            (0..updates as u64).collect::<Vec<_>>(),
+            "key {key}"
+        );
+    }
+}
