@@ -9,6 +9,7 @@
 // Ground floor: pure, imports nothing of ours but each other.
 pub mod audit;
 pub mod auth;
+pub mod budget;
 pub mod check;
 pub mod clock;
 pub mod config;

@@ -118,7 +118,7 @@ impl Runtime {
             &format!("{}:{}", std::process::id(), time::OffsetDateTime::now_utc()),
         )[..8]
             .to_string();
-        let services = services::Running::start(&bus, &http, cfg.endpoints.clone(), run_id)
+        let services = services::Running::start(&bus, &http, cfg.endpoints.clone(), run_id, 1)
             .await
             .context("start the services")?;
         let deps = Deps {

@@ -20,6 +20,7 @@ pub mod parked;
 pub mod status;
 pub use parked::{StoredJob, ORIGINAL_SUBJECT_HEADER, REPLAY_OF_HEADER, REPLAY_PREFIX};
 pub mod kv;
+pub mod limits;
 
 pub const EVENTS_STREAM: &str = "HMS_EVENTS";
 pub const PARKED_STREAM: &str = "HMS_SYNC_PARKED";

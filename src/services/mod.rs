@@ -5,8 +5,10 @@
 //! **API boundary:** deliveries and the webhook edge use the handles re-exported here.
 
 pub mod audit;
+pub mod breakers;
 pub mod endpoint;
 pub mod handles;
+pub mod shared;
 pub mod slot;
 pub mod supervisor;
 pub mod timer;
@@ -39,12 +41,13 @@ impl Running {
         http: &HttpClient,
         endpoints: std::collections::BTreeMap<String, EndpointConfig>,
         run_id: String,
+        replicas: usize,
     ) -> Result<Running, ractor::SpawnErr> {
         let timers = Timers::default();
         let services = Services {
             audit: Auditor::default(),
             tokens: Tokens::default(),
-            endpoints: Endpoints::new(endpoints, Some(bus.clone()), timers.clone()),
+            endpoints: Endpoints::new(endpoints, Some(bus.clone()), timers.clone(), replicas),
             timers,
         };
         let (supervisor, done) = Actor::spawn(
@@ -55,6 +58,7 @@ impl Running {
                 bus: bus.clone(),
                 http: http.clone(),
                 run_id,
+                replicas,
             },
         )
         .await?;

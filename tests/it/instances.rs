@@ -3,7 +3,6 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -11,6 +10,7 @@ use axum::body::Bytes;
 use axum::http::StatusCode;
 use serde_json::json;
 
+use crate::fleet::Instance;
 use crate::harness::*;
 
 /// One request a keyed target saw: its key and update number, when it started and was
@@ -78,67 +78,6 @@ impl KeyedTarget {
             .map(|s| (s.key.clone(), s.n))
             .collect();
         ok.len()
-    }
-}
-
-/// `hms-sync up` as a child process on its own HTTP port.
-struct Instance {
-    child: Child,
-    http: String,
-}
-
-impl Instance {
-    fn start(setup: &Setup) -> Instance {
-        let port = free_port();
-        let child = Command::new(env!("CARGO_BIN_EXE_hms-sync"))
-            .args(["up", "--config"])
-            .arg(setup.config_path())
-            .args(["--listen", &format!("127.0.0.1:{port}")])
-            .env(
-                "HMS_SYNC_LOG",
-                std::env::var("HMS_T_INSTANCE_LOG").unwrap_or("warn".into()),
-            )
-            .stdout(Stdio::null())
-            .stderr(
-                std::env::var("HMS_T_INSTANCE_LOG_DIR")
-                    .ok()
-                    .and_then(|d| std::fs::File::create(format!("{d}/instance-{port}.log")).ok())
-                    .map(Stdio::from)
-                    .unwrap_or_else(Stdio::null),
-            )
-            .spawn()
-            .unwrap();
-        Instance {
-            child,
-            http: format!("http://127.0.0.1:{port}"),
-        }
-    }
-
-    /// `sync_ok_total` of the connector on this instance (0 when it does not answer).
-    async fn delivered(&self, connector: &str) -> f64 {
-        let Ok(resp) = reqwest::get(format!("{}/metrics", self.http)).await else {
-            return 0.0;
-        };
-        let text = resp.text().await.unwrap_or_default();
-        let series = format!("sync_ok_total{{connector=\"{connector}\"}}");
-        text.lines()
-            .find(|l| l.starts_with(&series))
-            .and_then(|l| l.rsplit(' ').next())
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0.0)
-    }
-
-    async fn ready(&self) -> bool {
-        reqwest::get(format!("{}/readyz", self.http))
-            .await
-            .is_ok_and(|r| r.status().is_success())
-    }
-}
-
-impl Drop for Instance {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 

@@ -6,6 +6,7 @@ mod cli;
 mod crash;
 mod delivery;
 mod embedded;
+mod fleet;
 mod inbound;
 mod instances;
 mod operator;
