@@ -12,6 +12,7 @@ pub mod config;
 pub mod connector;
 pub mod delivery;
 pub mod filter;
+pub mod flood;
 pub mod http_client;
 pub mod inbound;
 pub mod metrics;
@@ -21,6 +22,7 @@ pub mod registry;
 pub mod request;
 pub mod runtime;
 pub mod server;
+pub mod sink;
 pub mod template;
 
 pub use runtime::{run, Runtime};
