@@ -1,0 +1,213 @@
+//! `hms-sync flood` and `hms-sync sink`, as a platform engineer runs them: sink, `up` with a
+//! connector pointed at it, flood; the sink's summary says what arrived.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::harness::*;
+
+const T: Duration = Duration::from_secs(90);
+
+fn hms() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_hms-sync"));
+    c.env_remove("NATS_URL");
+    c
+}
+
+/// `hms-sync sink --json --every 1` with `args`, on a free port; returns it and its URL.
+fn start_sink(args: &[&str]) -> (Child, String) {
+    let mut child = hms()
+        .args(["sink", "--listen", "127.0.0.1:0", "--json", "--every", "1"])
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stderr.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let url = line
+        .trim()
+        .strip_prefix("sink listening on ")
+        .unwrap_or_else(|| panic!("sink's first line: {line:?}"))
+        .to_string();
+    (child, url)
+}
+
+/// SIGTERM, then every JSON line it printed (the last one is the final summary).
+fn stop_sink(child: Child) -> Vec<Value> {
+    unsafe {
+        libc::kill(child.id() as i32, libc::SIGTERM);
+    }
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{out:?}");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+fn load_connector(sink: &str) -> String {
+    format!(
+        r#"id: load.v1
+type: outbound
+trigger:
+  topic: load.events
+map:
+  to:
+    url: "{sink}/items/{{id}}"
+    method: PUT
+    headers:
+      X-Flood-Seq: "{{{{ floodSeq }}}}"
+      X-Flood-Sent-At-Ns: "{{{{ floodSentAtNs }}}}"
+    body:
+      id: "{{{{ id }}}}"
+retry:
+  max: 10
+  backoffMs: 50
+"#
+    )
+}
+
+/// `up` as a child on `setup`, once its consumer is in place.
+async fn start_up(setup: &Setup, nats: &Nats) -> Child {
+    let log = std::fs::File::create(setup.dir.path().join("up.log")).unwrap();
+    let up = hms()
+        .arg("--config")
+        .arg(setup.config_path())
+        .arg("up")
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let js = async_nats::jetstream::new(nats.client().await);
+    eventually(T, "up created its consumer", || {
+        let js = js.clone();
+        async move {
+            match js.get_stream("HMS_EVENTS").await {
+                Ok(s) => s.consumer_info("load_v1").await.is_ok(),
+                Err(_) => false,
+            }
+        }
+    })
+    .await;
+    up
+}
+
+fn stop(child: Child) {
+    unsafe {
+        libc::kill(child.id() as i32, libc::SIGTERM);
+    }
+    let _ = child.wait_with_output();
+}
+
+fn flood(setup: &Setup, args: &[&str]) -> Output {
+    hms()
+        .arg("--config")
+        .arg(setup.config_path())
+        .args(["flood", "load.events", "--vary", "id=seq", "--json"])
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ten_thousand_events_at_2000_per_s_arrive_once_each_with_a_latency_summary() {
+    let nats = Nats::start().await;
+    let (sink, url) = start_sink(&[]);
+    let setup = Setup::new(&nats, &[("load.yaml", load_connector(&url))], "");
+    let up = start_up(&setup, &nats).await;
+    let out =
+        tokio::task::block_in_place(|| flood(&setup, &["--count", "10000", "--rate", "2000"]));
+    assert!(out.status.success(), "{out:?}");
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["published"], 10000);
+    assert_eq!(report["errors"], 0);
+    assert!(report["ack_p99_ms"].as_f64().unwrap() >= report["ack_p50_ms"].as_f64().unwrap());
+    let js = async_nats::jetstream::new(nats.client().await);
+    wait_idle(&js, "load_v1", T).await;
+    stop(up);
+    let lines = stop_sink(sink);
+    let last = lines.last().unwrap();
+    assert_eq!(last["final"], true);
+    assert_eq!(last["requests"], 10000);
+    assert_eq!(last["delivered"], 10000);
+    assert_eq!(last["duplicates"], 0);
+    assert_eq!(last["by_status"]["200"], 10000);
+    let latency = &last["latency"];
+    assert_eq!(latency["count"], 10000);
+    let (p50, p99) = (
+        latency["p50_ms"].as_f64().unwrap(),
+        latency["p99_ms"].as_f64().unwrap(),
+    );
+    assert!(p50 > 0.0 && p99 >= p50, "{latency}");
+    assert!(
+        lines
+            .iter()
+            .any(|l| l["final"] == false && l["arrivals_per_s"].as_f64() > Some(0.0)),
+        "a progress line while the flood ran: {lines:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_a_fail_rate_retries_show_as_duplicates_by_key_and_every_event_arrives() {
+    let nats = Nats::start().await;
+    let (sink, url) = start_sink(&["--fail-rate", "0.1"]);
+    let setup = Setup::new(&nats, &[("load.yaml", load_connector(&url))], "");
+    let up = start_up(&setup, &nats).await;
+    let out = tokio::task::block_in_place(|| flood(&setup, &["--count", "2000"]));
+    assert!(out.status.success(), "{out:?}");
+    let js = async_nats::jetstream::new(nats.client().await);
+    wait_idle(&js, "load_v1", T).await;
+    stop(up);
+    let last = stop_sink(sink).pop().unwrap();
+    assert_eq!(last["delivered"], 2000, "{last}");
+    let failed = last["by_status"]["503"].as_u64().unwrap_or(0);
+    assert!(failed > 0, "some requests were answered 503: {last}");
+    let duplicates = last["duplicates"].as_u64().unwrap();
+    assert!(
+        duplicates >= failed,
+        "every 503 was retried with the same Idempotency-Key: {last}"
+    );
+    assert_eq!(last["by_status"]["200"], 2000);
+}
+
+#[test]
+fn bad_arguments_are_named_and_exit_2() {
+    let dir = tempfile::tempdir().unwrap();
+    let not_object = dir.path().join("list.json");
+    std::fs::write(&not_object, "[1, 2]").unwrap();
+    let not_object = not_object.to_string_lossy().to_string();
+    let cases: &[(&[&str], &str)] = &[
+        (&["flood", "t"], "--count"),
+        (
+            &["flood", "t", "--count", "0"],
+            "--count must be at least 1",
+        ),
+        (&["flood", "t", "--count", "5", "--rate", "-3"], "--rate -3"),
+        (&["flood", "t", "--count", "5", "--vary", "id"], "--vary id"),
+        (&["flood", "t.*", "--count", "5"], "plain subject"),
+        (
+            &["flood", "t", "--count", "5", "--from", "/nonexistent.json"],
+            "--from",
+        ),
+        (
+            &["flood", "t", "--count", "5", "--from", &not_object],
+            "JSON object",
+        ),
+        (&["sink", "--fail-rate", "1.5"], "--fail-rate 1.5"),
+        (&["sink", "--status", "99"], "--status 99"),
+        (&["sink", "--listen", "nowhere"], "--listen"),
+        (&["sink", "--every", "0"], "--every"),
+    ];
+    for (args, says) in cases {
+        let out = hms().args(*args).output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(stderr.contains(says), "{args:?} says {says:?}: {stderr}");
+    }
+}
