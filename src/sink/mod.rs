@@ -239,10 +239,10 @@ impl Sink {
 
     /// Counts a delivery that did not come over HTTP (the flood bench's ceiling, which acks
     /// events without calling anyone), as a 200 arriving now.
-    pub fn record_arrival(&self, key: Option<&str>, stamp: Option<Stamp>) {
+    pub fn record_arrival(&self, key: Option<&str>, order_key: Option<&str>, stamp: Option<Stamp>) {
         lock(&self.shared.stats).record(&Arrival {
             key,
-            order_key: None,
+            order_key,
             stamp,
             status: 200,
             at_ns: now_ns(),
