@@ -173,6 +173,42 @@ impl Setup {
     }
 }
 
+/// A folder laid out like the repository for the embedded default: `nats-server.conf`
+/// (listening on `nats_port`, store `.data/nats`), `config/hms-sync.yaml` (embedded on, this
+/// nats-server binary, HTTP on `http_port`) and an empty `connectors/`.
+pub fn embedded_dir(nats_port: u16, http_port: u16) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().expect("temp dir");
+    for d in ["config", "connectors"] {
+        std::fs::create_dir_all(dir.path().join(d)).unwrap();
+    }
+    std::fs::write(
+        dir.path().join("nats-server.conf"),
+        format!("listen: 127.0.0.1:{nats_port}\njetstream {{\n  store_dir: \".data/nats\"\n}}\n"),
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("config/hms-sync.yaml"),
+        format!(
+            "nats:\n  url: nats://127.0.0.1:{nats_port}\n  embedded: true\n  serverConfig: ../nats-server.conf\n  serverBin: {}\nhttp:\n  listen: 127.0.0.1:{http_port}\nconnectors:\n  dir: ../connectors\n",
+            nats_server_bin().display()
+        ),
+    )
+    .unwrap();
+    dir
+}
+
+/// Sends SIGTERM to a child process (a binary under test) and waits for its exit status.
+pub async fn terminate(child: std::process::Child) -> std::process::ExitStatus {
+    unsafe {
+        libc::kill(child.id() as i32, libc::SIGTERM);
+    }
+    let mut child = child;
+    tokio::task::spawn_blocking(move || child.wait())
+        .await
+        .unwrap()
+        .unwrap()
+}
+
 /// The seed connector with its URL pointed at `target`.
 pub fn seed_connector(target: &Target) -> String {
     include_str!("../../connectors/gis-ddot.yaml")
@@ -320,6 +356,26 @@ pub async fn wait_idle(js: &async_nats::jetstream::Context, consumer: &str, time
     .await;
 }
 
+/// Starts a runtime on `nats` with these connectors in its folder (none: only the registry's)
+/// and `extra_config` appended to its config; returns the JetStream context too.
+pub async fn start_with(
+    nats: &Nats,
+    connectors: &[(&str, String)],
+    extra_config: &str,
+) -> (Setup, hms_sync::Runtime, async_nats::jetstream::Context) {
+    let setup = Setup::new(nats, connectors, extra_config);
+    let rt = setup.start().await;
+    let js = async_nats::jetstream::new(nats.client().await);
+    (setup, rt, js)
+}
+
+/// A library connection to `nats` (deploy and other library calls).
+pub async fn connect_bus(nats: &Nats) -> hms_sync::bus::Bus {
+    hms_sync::bus::Bus::connect(&nats.url())
+        .await
+        .expect("connect")
+}
+
 /// Starts a runtime with one connector built by [`simple_connector`]; returns the JetStream
 /// context too.
 pub async fn start_simple(
@@ -330,12 +386,10 @@ pub async fn start_simple(
     retry: &str,
     extra_config: &str,
 ) -> (Setup, hms_sync::Runtime, async_nats::jetstream::Context) {
-    let setup = Setup::new(
+    start_with(
         nats,
         &[("c.yaml", simple_connector(id, topic, target, retry))],
         extra_config,
-    );
-    let rt = setup.start().await;
-    let js = async_nats::jetstream::new(nats.client().await);
-    (setup, rt, js)
+    )
+    .await
 }

@@ -98,13 +98,6 @@ async fn start_up(setup: &Setup, nats: &Nats) -> Child {
     up
 }
 
-fn stop(child: Child) {
-    unsafe {
-        libc::kill(child.id() as i32, libc::SIGTERM);
-    }
-    let _ = child.wait_with_output();
-}
-
 fn flood(setup: &Setup, args: &[&str]) -> Output {
     hms()
         .arg("--config")
@@ -130,7 +123,7 @@ async fn ten_thousand_events_at_2000_per_s_arrive_once_each_with_a_latency_summa
     assert!(report["ack_p99_ms"].as_f64().unwrap() >= report["ack_p50_ms"].as_f64().unwrap());
     let js = async_nats::jetstream::new(nats.client().await);
     wait_idle(&js, "load_v1", T).await;
-    stop(up);
+    terminate(up).await;
     let lines = stop_sink(sink);
     let last = lines.last().unwrap();
     assert_eq!(last["final"], true);
@@ -163,7 +156,7 @@ async fn with_a_fail_rate_retries_show_as_duplicates_by_key_and_every_event_arri
     assert!(out.status.success(), "{out:?}");
     let js = async_nats::jetstream::new(nats.client().await);
     wait_idle(&js, "load_v1", T).await;
-    stop(up);
+    terminate(up).await;
     let last = stop_sink(sink).pop().unwrap();
     assert_eq!(last["delivered"], 2000, "{last}");
     let failed = last["by_status"]["503"].as_u64().unwrap_or(0);

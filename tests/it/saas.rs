@@ -213,9 +213,7 @@ async fn stripe_invoice_items_are_created_once_per_fee() {
     let yaml = example("stripe-lane-fee.outbound.yaml")
         .replace("https://api.stripe.com", &stripe.url)
         .replace("${STRIPE_SECRET_KEY}", "${HMS_T_STRIPE_KEY}");
-    let setup = Setup::new(&nats, &[("stripe.yaml", yaml)], "");
-    let rt = setup.start().await;
-    let js = async_nats::jetstream::new(nats.client().await);
+    let (_setup, rt, js) = start_with(&nats, &[("stripe.yaml", yaml)], "").await;
     let fee = |id: &str, customer: Option<&str>| {
         let mut v = json!({"feeId": id, "permitId": "RW-481", "kind": "special-lane",
             "amountCents": 25000, "currency": "usd"});
@@ -377,9 +375,7 @@ async fn google_calendar_events_are_patched_with_service_account_tokens() {
             &format!("{}/calendar", google.url),
         )
         .replace("${GOOGLE_SERVICE_ACCOUNT_KEY}", "${HMS_T_GOOGLE_KEY}");
-    let setup = Setup::new(&nats, &[("gcal.yaml", yaml)], "");
-    let rt = setup.start().await;
-    let js = async_nats::jetstream::new(nats.client().await);
+    let (_setup, rt, js) = start_with(&nats, &[("gcal.yaml", yaml)], "").await;
     let event = |start: &str| {
         json!({"permitId": "RW-481", "agency": "DDOT",
             "startDateTime": start, "endDateTime": "2024-05-24T17:00:00-04:00",
@@ -605,9 +601,7 @@ async fn arcgis_features_are_updated_through_lookup_and_apply_edits() {
         .replace("https://services.arcgis.com", &arcgis.url)
         .replace("${ARCGIS_USERNAME}", "${HMS_T_ARC_USER}")
         .replace("${ARCGIS_PASSWORD}", "${HMS_T_ARC_PASS}");
-    let setup = Setup::new(&nats, &[("arcgis.yaml", yaml)], "");
-    let rt = setup.start().await;
-    let js = async_nats::jetstream::new(nats.client().await);
+    let (_setup, rt, js) = start_with(&nats, &[("arcgis.yaml", yaml)], "").await;
     for i in 0..FLOOD {
         publish(
             &js,
@@ -696,9 +690,7 @@ async fn examples_without_secrets_start_and_park_with_a_clear_reason() {
                 .replace("${STRIPE_SECRET_KEY}", "${HMS_T_UNSET_STRIPE}"),
         ),
     ];
-    let setup = Setup::new(&nats, &conns, "");
-    let rt = setup.start().await;
-    let js = async_nats::jetstream::new(nats.client().await);
+    let (_setup, rt, js) = start_with(&nats, &conns, "").await;
     let sample = |f: &str| -> Json {
         serde_json::from_str(
             &std::fs::read_to_string(format!("{}/connectors/{f}", env!("CARGO_MANIFEST_DIR")))
@@ -779,16 +771,15 @@ async fn oauth2_tokens_are_shared_and_refreshed_once_after_a_401() {
             url = fake.url
         )
     };
-    let setup = Setup::new(
+    let (_setup, rt, js) = start_with(
         &nats,
         &[
             ("a.yaml", connector("oauth.a", "oauth.a")),
             ("b.yaml", connector("oauth.b", "oauth.b")),
         ],
         "",
-    );
-    let rt = setup.start().await;
-    let js = async_nats::jetstream::new(nats.client().await);
+    )
+    .await;
     for i in 0..15 {
         publish(&js, "oauth.a", json!({"id": format!("a{i}"), "n": i})).await;
         publish(&js, "oauth.b", json!({"id": format!("b{i}"), "n": i})).await;
