@@ -12,10 +12,10 @@ use tokio::runtime::Handle;
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
-use crate::opts::{FLAKY_BACKOFF_MS, IN_FLIGHT, MAX_ACK_PENDING, PULL_BATCH};
+use crate::opts::{FLAKY_BACKOFF_MS, IN_FLIGHT, PULL_BATCH};
 use crate::procfs::{pid_cpu, threads_cpu};
 use crate::report::PhaseResult;
-use crate::scenarios::{phase_limit, publish, wait_drained, Run, PERMIT_HEADER};
+use crate::scenarios::{phase_limit, publish, pull_config, wait_drained, Run, PERMIT_HEADER};
 
 const NAIVE_TEMPLATE: &str =
     r#"{"start_date":"{{startDate}}","end_date":"{{endDate}}","status":"{{status}}"}"#;
@@ -95,20 +95,15 @@ async fn baseline_consumers(
     let mut out = Vec::new();
     for (i, t) in topics.iter().enumerate() {
         let c: consumer::PullConsumer = stream
-            .create_consumer(consumer::pull::Config {
-                durable_name: Some(format!("bench_{system}_{i}")),
-                filter_subject: t.clone(),
-                deliver_policy: if backlog {
+            .create_consumer(pull_config(
+                &format!("bench_{system}_{i}"),
+                vec![t.clone()],
+                if backlog {
                     consumer::DeliverPolicy::All
                 } else {
                     consumer::DeliverPolicy::New
                 },
-                ack_policy: consumer::AckPolicy::Explicit,
-                ack_wait: Duration::from_secs(30),
-                max_deliver: -1,
-                max_ack_pending: MAX_ACK_PENDING,
-                ..Default::default()
-            })
+            ))
             .await
             .map_err(|e| format!("create consumer: {e}"))?;
         out.push(c);

@@ -232,16 +232,11 @@ async fn run_scenario(
         for (i, t) in topics.iter().enumerate() {
             let name = format!("flood_c{i}");
             events_stream
-                .create_consumer(consumer::pull::Config {
-                    durable_name: Some(name.clone()),
-                    filter_subjects: vec![t.clone(), format!("hms.replay.{name}")],
-                    deliver_policy: consumer::DeliverPolicy::All,
-                    ack_policy: consumer::AckPolicy::Explicit,
-                    ack_wait: Duration::from_secs(30),
-                    max_deliver: -1,
-                    max_ack_pending: MAX_ACK_PENDING,
-                    ..Default::default()
-                })
+                .create_consumer(pull_config(
+                    &name,
+                    vec![t.clone(), format!("hms.replay.{name}")],
+                    consumer::DeliverPolicy::All,
+                ))
                 .await
                 .map_err(|e| format!("create consumer {name}: {e}"))?;
         }
@@ -289,6 +284,25 @@ async fn run_scenario(
     }
     drop(client);
     Ok(out)
+}
+
+/// A durable pull consumer as hms-sync makes them: explicit acks, 30 s ack wait, no
+/// delivery limit, [`MAX_ACK_PENDING`].
+pub fn pull_config(
+    durable: &str,
+    filter_subjects: Vec<String>,
+    deliver_policy: consumer::DeliverPolicy,
+) -> consumer::pull::Config {
+    consumer::pull::Config {
+        durable_name: Some(durable.to_string()),
+        filter_subjects,
+        deliver_policy,
+        ack_policy: consumer::AckPolicy::Explicit,
+        ack_wait: Duration::from_secs(30),
+        max_deliver: -1,
+        max_ack_pending: MAX_ACK_PENDING,
+        ..Default::default()
+    }
 }
 
 /// What a system's phase of a scenario runs against.
