@@ -34,7 +34,7 @@ pub struct Args {
     #[arg(long, value_name = "header:NAME|field:PATH")]
     pub order_key: Option<OrderBy>,
     /// Seconds between two progress lines.
-    #[arg(long, value_name = "SECS", default_value_t = 5)]
+    #[arg(long, value_name = "SECS", default_value_t = 2)]
     pub every: u64,
     /// Print JSON lines (one per progress line, the last with "final": true).
     #[arg(long)]
@@ -138,9 +138,13 @@ fn print_line(s: &Summary, rate: f64, last: bool, json: bool) {
                 l.p50_ms, l.p90_ms, l.p99_ms, l.max_ms
             )
         });
-    let head = if last { "total:" } else { "now:" };
+    let head = if last {
+        "total:".to_string()
+    } else {
+        format!("now: {rate:.0} requests/s,")
+    };
     println!(
-        "{head} {} requests ({rate:.0}/s), {} delivered, {} duplicates ({} after a 2xx), {} order violations; answered {{{}}}; {latency}",
+        "{head} {} requests, {} delivered, {} duplicates ({} after a 2xx), {} order violations; answered {{{}}}; {latency}",
         s.requests,
         s.delivered,
         s.duplicates,

@@ -2,6 +2,7 @@
 //! connector pointed at it, flood; the sink's summary says what arrived.
 
 use std::io::{BufRead, BufReader};
+use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::Duration;
 
@@ -51,26 +52,10 @@ fn stop_sink(child: Child) -> Vec<Value> {
         .collect()
 }
 
+/// The README's load-test connector (docs/load-test/), pointed at `sink`.
 fn load_connector(sink: &str) -> String {
-    format!(
-        r#"id: load.v1
-type: outbound
-trigger:
-  topic: load.events
-map:
-  to:
-    url: "{sink}/items/{{id}}"
-    method: PUT
-    headers:
-      X-Flood-Seq: "{{{{ floodSeq }}}}"
-      X-Flood-Sent-At-Ns: "{{{{ floodSentAtNs }}}}"
-    body:
-      id: "{{{{ id }}}}"
-retry:
-  max: 10
-  backoffMs: 50
-"#
-    )
+    include_str!("../../docs/load-test/connectors/load-sink.yaml")
+        .replace("http://127.0.0.1:8080", sink)
 }
 
 /// `up` as a child on `setup`, once its consumer is in place.
@@ -89,7 +74,7 @@ async fn start_up(setup: &Setup, nats: &Nats) -> Child {
         let js = js.clone();
         async move {
             match js.get_stream("HMS_EVENTS").await {
-                Ok(s) => s.consumer_info("load_v1").await.is_ok(),
+                Ok(s) => s.consumer_info("load_sink_v1").await.is_ok(),
                 Err(_) => false,
             }
         }
@@ -102,7 +87,8 @@ fn flood(setup: &Setup, args: &[&str]) -> Output {
     hms()
         .arg("--config")
         .arg(setup.config_path())
-        .args(["flood", "load.events", "--vary", "id=seq", "--json"])
+        .args(["flood", "load.test", "--json", "--from"])
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/load-test/event.json"))
         .args(args)
         .output()
         .unwrap()
@@ -111,18 +97,29 @@ fn flood(setup: &Setup, args: &[&str]) -> Output {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ten_thousand_events_at_2000_per_s_arrive_once_each_with_a_latency_summary() {
     let nats = Nats::start().await;
-    let (sink, url) = start_sink(&[]);
+    let (sink, url) = start_sink(&["--order-key", "header:X-Permit-Id"]);
     let setup = Setup::new(&nats, &[("load.yaml", load_connector(&url))], "");
     let up = start_up(&setup, &nats).await;
-    let out =
-        tokio::task::block_in_place(|| flood(&setup, &["--count", "10000", "--rate", "2000"]));
+    let out = tokio::task::block_in_place(|| {
+        flood(
+            &setup,
+            &[
+                "--count",
+                "10000",
+                "--rate",
+                "2000",
+                "--vary",
+                "permitId=seq%100",
+            ],
+        )
+    });
     assert!(out.status.success(), "{out:?}");
     let report: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(report["published"], 10000);
     assert_eq!(report["errors"], 0);
     assert!(report["ack_p99_ms"].as_f64().unwrap() >= report["ack_p50_ms"].as_f64().unwrap());
     let js = async_nats::jetstream::new(nats.client().await);
-    wait_idle(&js, "load_v1", T).await;
+    wait_idle(&js, "load_sink_v1", T).await;
     terminate(up).await;
     let lines = stop_sink(sink);
     let last = lines.last().unwrap();
@@ -131,6 +128,7 @@ async fn ten_thousand_events_at_2000_per_s_arrive_once_each_with_a_latency_summa
     assert_eq!(last["delivered"], 10000);
     assert_eq!(last["duplicates"], 0);
     assert_eq!(last["by_status"]["200"], 10000);
+    assert_eq!(last["order_violations"], 0);
     let latency = &last["latency"];
     assert_eq!(latency["count"], 10000);
     let (p50, p99) = (
@@ -152,10 +150,12 @@ async fn with_a_fail_rate_retries_show_as_duplicates_by_key_and_every_event_arri
     let (sink, url) = start_sink(&["--fail-rate", "0.1"]);
     let setup = Setup::new(&nats, &[("load.yaml", load_connector(&url))], "");
     let up = start_up(&setup, &nats).await;
-    let out = tokio::task::block_in_place(|| flood(&setup, &["--count", "2000"]));
+    let out = tokio::task::block_in_place(|| {
+        flood(&setup, &["--count", "2000", "--vary", "permitId=seq"])
+    });
     assert!(out.status.success(), "{out:?}");
     let js = async_nats::jetstream::new(nats.client().await);
-    wait_idle(&js, "load_v1", T).await;
+    wait_idle(&js, "load_sink_v1", T).await;
     terminate(up).await;
     let last = stop_sink(sink).pop().unwrap();
     assert_eq!(last["delivered"], 2000, "{last}");
