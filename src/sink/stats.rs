@@ -231,9 +231,13 @@ impl Stats {
 pub struct Latency {
     /// Deliveries measured (those carrying a stamp).
     pub count: u64,
+    /// Median.
     pub p50_ms: f64,
+    /// 90th percentile.
     pub p90_ms: f64,
+    /// 99th percentile.
     pub p99_ms: f64,
+    /// Worst.
     pub max_ms: f64,
 }
 
