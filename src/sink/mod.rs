@@ -76,6 +76,31 @@ impl Recorded {
 /// came before it, the status and extra headers to answer with.
 pub type Responder = Arc<dyn Fn(&Recorded, usize) -> (u16, Vec<(String, String)>) + Send + Sync>;
 
+/// A whole answer, for fakes that must answer with a body (a token endpoint, an API's JSON).
+#[derive(Debug, Clone, Default)]
+pub struct Reply {
+    /// The status.
+    pub status: u16,
+    /// Headers added to the answer (`Content-Type` among them, for a body that is not text).
+    pub headers: Vec<(String, String)>,
+    /// The body.
+    pub body: Bytes,
+}
+
+/// The general answer hook (see [`Sink::reply_with`]).
+pub type ReplyHook = Arc<dyn Fn(&Recorded, usize) -> Reply + Send + Sync>;
+
+fn plain(f: Responder) -> ReplyHook {
+    Arc::new(move |r, n| {
+        let (status, headers) = f(r, n);
+        Reply {
+            status,
+            headers,
+            body: Bytes::from_static(b"{}"),
+        }
+    })
+}
+
 /// How a sink starts. Default: 127.0.0.1 on a free port, 200 for everything at once,
 /// duplicates by `Idempotency-Key`, no order check, no request log.
 #[derive(Debug, Clone)]
@@ -112,7 +137,7 @@ impl Default for SinkOptions {
 struct Shared {
     opts: SinkOptions,
     log: Mutex<Vec<Recorded>>,
-    responder: RwLock<Responder>,
+    responder: RwLock<ReplyHook>,
     delay: Mutex<Duration>,
     active: AtomicUsize,
     max_active: AtomicUsize,
@@ -149,7 +174,7 @@ impl Sink {
         })?;
         let shared = Arc::new(Shared {
             log: Mutex::default(),
-            responder: RwLock::new(Arc::new(|_, _| (200, vec![]))),
+            responder: RwLock::new(plain(Arc::new(|_, _| (200, vec![])))),
             delay: Mutex::new(opts.delay),
             active: AtomicUsize::new(0),
             max_active: AtomicUsize::new(0),
@@ -180,16 +205,25 @@ impl Sink {
         format!("http://{}", self.addr)
     }
 
-    /// Sets the answer hook (see [`Responder`]).
+    /// Sets the answer hook (see [`Responder`]); the body is `{}`.
     pub fn respond(
         &self,
         f: impl Fn(&Recorded, usize) -> (u16, Vec<(String, String)>) + Send + Sync + 'static,
     ) {
+        self.set_hook(plain(Arc::new(f)));
+    }
+
+    /// Sets an answer hook that also picks the body.
+    pub fn reply_with(&self, f: impl Fn(&Recorded, usize) -> Reply + Send + Sync + 'static) {
+        self.set_hook(Arc::new(f));
+    }
+
+    fn set_hook(&self, hook: ReplyHook) {
         *self
             .shared
             .responder
             .write()
-            .unwrap_or_else(|e| e.into_inner()) = Arc::new(f);
+            .unwrap_or_else(|e| e.into_inner()) = hook;
     }
 
     /// Every answer takes `d` from now on.
@@ -318,7 +352,8 @@ async fn answer(
         .read()
         .unwrap_or_else(|e| e.into_inner())
         .clone();
-    let (status, extra) = responder(&rec, n);
+    let reply = responder(&rec, n);
+    let status = reply.status;
     rec.status = status;
     let stamp = Stamp::from_headers(
         rec.headers.get(SEQ_HEADER).and_then(|v| v.to_str().ok()),
@@ -341,8 +376,17 @@ async fn answer(
     if shared.opts.keep_requests {
         lock(&shared.log).push(rec);
     }
-    let mut resp = (StatusCode::from_u16(status).unwrap_or(StatusCode::OK), "{}").into_response();
-    for (k, v) in extra {
+    let mut resp = (
+        StatusCode::from_u16(status).unwrap_or(StatusCode::OK),
+        reply.body,
+    )
+        .into_response();
+    // Text unless the hook names another content type (its headers replace this one).
+    resp.headers_mut().insert(
+        axum::http::header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    for (k, v) in reply.headers {
         if let (Ok(k), Ok(v)) = (
             HeaderName::from_bytes(k.as_bytes()),
             HeaderValue::from_str(&v),
@@ -363,5 +407,38 @@ mod tests {
         assert_eq!(field_text(&v, "permit.id").as_deref(), Some("RW-1"));
         assert_eq!(field_text(&v, "permit.n").as_deref(), Some("3"));
         assert_eq!(field_text(&v, "permit.x"), None);
+    }
+}
+
+#[cfg(test)]
+mod serving {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_reply_hook_answers_with_its_status_headers_and_body() {
+        let sink = Sink::start(SinkOptions {
+            keep_requests: true,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+        sink.reply_with(|r, n| Reply {
+            status: if n == 0 { 400 } else { 201 },
+            headers: vec![("content-type".into(), "application/json".into())],
+            body: format!("{{\"path\":\"{}\"}}", r.path).into(),
+        });
+        let mut stream = tokio::net::TcpStream::connect(sink.addr()).await.unwrap();
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        stream
+            .write_all(b"GET /a?b=1 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        let mut out = String::new();
+        stream.read_to_string(&mut out).await.unwrap();
+        assert!(out.starts_with("HTTP/1.1 400"), "{out}");
+        assert!(out.contains("content-type: application/json"), "{out}");
+        assert!(out.ends_with("{\"path\":\"/a?b=1\"}"), "{out}");
+        assert_eq!(sink.requests()[0].status, 400);
+        assert_eq!(sink.count(), 1);
     }
 }

@@ -5,8 +5,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use axum::body::Bytes;
-use axum::http::{HeaderMap, Method, Uri};
-use axum::response::IntoResponse;
+use axum::http::HeaderMap;
+use hms_sync::sink::{Reply, Sink, SinkOptions};
 use serde_json::{json, Value as Json};
 
 use crate::harness::*;
@@ -51,60 +51,58 @@ impl Req {
 
 type Handler = Arc<dyn Fn(&Req) -> (u16, Vec<(&'static str, String)>, Json) + Send + Sync>;
 
-/// A loopback fake: every request goes to `handler`, and is logged.
+impl From<&Recorded> for Req {
+    fn from(r: &Recorded) -> Req {
+        let (path, query) = r.path.split_once('?').unwrap_or((&r.path, ""));
+        Req {
+            method: r.method.clone(),
+            path: path.to_string(),
+            query: form_urlencoded::parse(query.as_bytes())
+                .into_owned()
+                .collect(),
+            headers: r.headers.clone(),
+            body: r.body.clone(),
+        }
+    }
+}
+
+/// A loopback fake (the library's sink, keeping every request): every request goes to
+/// `handler`, which answers with a JSON body.
 struct Fake {
     url: String,
-    log: Arc<Mutex<Vec<Req>>>,
+    sink: Sink,
 }
 
 impl Fake {
     async fn start(handler: Handler) -> Fake {
-        let log: Arc<Mutex<Vec<Req>>> = Arc::default();
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let url = format!("http://{}", listener.local_addr().unwrap());
-        let l = log.clone();
-        let app = axum::Router::new().fallback(
-            move |method: Method, uri: Uri, headers: HeaderMap, body: Bytes| {
-                let (l, h) = (l.clone(), handler.clone());
-                async move {
-                    let req = Req {
-                        method: method.to_string(),
-                        path: uri.path().to_string(),
-                        query: uri
-                            .query()
-                            .map(|q| form_urlencoded::parse(q.as_bytes()).into_owned().collect())
-                            .unwrap_or_default(),
-                        headers,
-                        body,
-                    };
-                    let (status, extra, body) = h(&req);
-                    l.lock().unwrap().push(req);
-                    let mut resp = (
-                        axum::http::StatusCode::from_u16(status).unwrap(),
-                        [("content-type", "application/json")],
-                        body.to_string(),
-                    )
-                        .into_response();
-                    for (k, v) in extra {
-                        resp.headers_mut().insert(k, v.parse().unwrap());
-                    }
-                    resp
-                }
-            },
-        );
-        tokio::spawn(async move {
-            let _ = axum::serve(listener, app).await;
+        let sink = Sink::start(SinkOptions {
+            keep_requests: true,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+        sink.reply_with(move |r, _| {
+            let (status, extra, body) = handler(&Req::from(r));
+            let mut headers = vec![("content-type".to_string(), "application/json".to_string())];
+            headers.extend(extra.into_iter().map(|(k, v)| (k.to_string(), v)));
+            Reply {
+                status,
+                headers,
+                body: body.to_string().into(),
+            }
         });
-        Fake { url, log }
+        Fake {
+            url: sink.url(),
+            sink,
+        }
     }
 
     fn requests(&self, path_contains: &str) -> Vec<Req> {
-        self.log
-            .lock()
-            .unwrap()
+        self.sink
+            .requests()
             .iter()
+            .map(Req::from)
             .filter(|r| r.path.contains(path_contains))
-            .cloned()
             .collect()
     }
 }
