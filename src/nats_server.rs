@@ -35,12 +35,14 @@ pub enum NatsServerError {
         source: std::io::Error,
     },
     /// The server stopped before it accepted connections.
-    #[error("nats-server exited at start-up ({status}); see {log}")]
+    #[error("nats-server exited at start-up ({status}); see {log}{tail}")]
     Exited {
         /// Its exit status.
         status: ExitStatus,
         /// Where its log is (or what it printed).
         log: String,
+        /// The end of a log that goes away with the launcher's temporary folder (else empty).
+        tail: String,
     },
     /// The server did not accept connections in time.
     #[error("nats-server did not answer at {url} within {} s", .within.as_secs())]
@@ -360,7 +362,16 @@ impl NatsServerBuilder {
                     .log
                     .as_ref()
                     .map_or("its stderr".to_string(), |l| l.display().to_string());
-                return Err(NatsServerError::Exited { status, log });
+                let tail = match (&server.log, &work_path) {
+                    (Some(l), Some(w)) if l.starts_with(w) => {
+                        let text = std::fs::read_to_string(l).unwrap_or_default();
+                        let lines: Vec<&str> = text.lines().collect();
+                        let last = &lines[lines.len().saturating_sub(5)..];
+                        format!(" (removed with its folder); it ended:\n{}", last.join("\n"))
+                    }
+                    _ => String::new(),
+                };
+                return Err(NatsServerError::Exited { status, log, tail });
             }
             let ports = ports_file.as_deref().and_then(Ports::read);
             let url = match (&self.listen, &ports) {
@@ -641,7 +652,20 @@ impl Cluster {
     /// Starts `n` servers from `base` (its binary, arguments and configuration text, to which
     /// each node's `server_name` and `cluster {}` block are added), and waits until
     /// JetStream is ready on every node (`/healthz`).
+    /// A node that exits at start-up (its cluster port, free when chosen, was taken since)
+    /// makes it start the whole cluster again on new ports, up to three times.
     pub async fn start(base: NatsServerBuilder, n: usize) -> Result<Cluster, NatsServerError> {
+        let mut tries = 0;
+        loop {
+            tries += 1;
+            match Self::start_once(&base, n).await {
+                Err(NatsServerError::Exited { .. }) if tries < 3 => continue,
+                other => return other,
+            }
+        }
+    }
+
+    async fn start_once(base: &NatsServerBuilder, n: usize) -> Result<Cluster, NatsServerError> {
         let name = format!("hms-{}-{}", std::process::id(), rand::random::<u32>());
         let routes = free_ports(n).map_err(io("free cluster ports"))?;
         let extra = match &base.config {

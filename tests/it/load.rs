@@ -204,3 +204,35 @@ fn bad_arguments_are_named_and_exit_2() {
         assert!(stderr.contains(says), "{args:?} says {says:?}: {stderr}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sink_answers_late_with_the_status_asked_and_counts_a_repeated_key() {
+    // reqwest here is built without a default crypto provider: give it one.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let (sink, url) = start_sink(&["--latency-ms", "100", "--status", "202"]);
+    let http = reqwest::Client::new();
+    let sent = hms_sync::flood::now_ns().to_string();
+    for _ in 0..2 {
+        let t0 = std::time::Instant::now();
+        let r = http
+            .put(format!("{url}/permits/RW-1"))
+            .header("Idempotency-Key", "k-1")
+            .header("X-Flood-Seq", "0")
+            .header("X-Flood-Sent-At-Ns", &sent)
+            .body("{}")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 202);
+        assert!(
+            t0.elapsed() >= Duration::from_millis(100),
+            "answered after --latency-ms"
+        );
+    }
+    let last = stop_sink(sink).pop().unwrap();
+    assert_eq!(last["requests"], 2, "{last}");
+    assert_eq!(last["delivered"], 1);
+    assert_eq!(last["duplicates"], 1);
+    assert_eq!(last["after_success"], 1);
+    assert_eq!(last["latency"]["count"], 1);
+}

@@ -114,3 +114,41 @@ async fn lame_duck_mode_refuses_new_clients_and_kill_stops_at_once() {
     nats.server().kill();
     assert!(!nats.server().is_running());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auth_blocks_of_conf_are_what_nats_server_enforces() {
+    use hms_sync::nats_server::conf;
+    let refused = |url: String, opts: async_nats::ConnectOptions| async move {
+        tokio::time::timeout(Duration::from_secs(5), opts.connect(url))
+            .await
+            .map_or(true, |r| r.is_err())
+    };
+    let users = NatsServer::builder()
+        .bin(nats_server_bin())
+        .config_text(conf::users(&[("ops", "s3cret")]))
+        .start()
+        .await
+        .unwrap();
+    let url = users.url().to_string();
+    assert!(refused(url.clone(), async_nats::ConnectOptions::new()).await);
+    assert!(
+        !refused(
+            url,
+            async_nats::ConnectOptions::with_user_and_password("ops".into(), "s3cret".into())
+        )
+        .await
+    );
+    let token = NatsServer::builder()
+        .bin(nats_server_bin())
+        .config_text(format!(
+            "{}{}",
+            conf::token("t0ken"),
+            conf::lame_duck(Duration::from_secs(30), Duration::from_secs(1))
+        ))
+        .start()
+        .await
+        .unwrap();
+    let url = token.url().to_string();
+    assert!(refused(url.clone(), async_nats::ConnectOptions::new()).await);
+    assert!(!refused(url, async_nats::ConnectOptions::with_token("t0ken".into())).await);
+}
