@@ -84,7 +84,7 @@ pub struct AttemptRecord {
     pub event: EventRef,
     pub idempotency_key: String,
     pub latency_ms: Option<f64>,
-    pub method: reqwest::Method,
+    pub method: http::Method,
     pub status: Option<u16>,
     pub traceparent: String,
     pub url: String,
@@ -206,13 +206,17 @@ pub struct Broken {
 }
 
 /// What an intact trail holds.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Intact {
     /// Records checked (each position of each chain once).
     pub records: u64,
     /// Exact copies of a recent record of the same chain (a store that was retried after its
     /// confirmation was lost stores some records twice): harmless, counted apart.
     pub duplicates: u64,
+    /// Sealed `gap` records: places where hms-sync knows records were lost, and says so.
+    pub gaps: u64,
+    /// How many records those gaps declare lost.
+    pub lost: u64,
 }
 
 /// How far back (per chain) an exact copy of a record is recognised as a duplicate.
@@ -224,6 +228,7 @@ pub fn verify<'a>(records: impl IntoIterator<Item = (u64, &'a [u8])>) -> Result<
     let mut recent: HashMap<String, std::collections::VecDeque<(u64, String)>> = HashMap::new();
     let mut count = 0;
     let mut duplicates = 0;
+    let (mut gaps, mut lost) = (0, 0);
     for (seq, bytes) in records {
         let broken = |reason: String| Broken {
             sequence: seq,
@@ -276,10 +281,16 @@ pub fn verify<'a>(records: impl IntoIterator<Item = (u64, &'a [u8])>) -> Result<
         }
         r.push_back((n, stored.to_string()));
         count += 1;
+        if record.get("kind").and_then(Json::as_str) == Some("gap") {
+            gaps += 1;
+            lost += record.get("dropped").and_then(Json::as_u64).unwrap_or(0);
+        }
     }
     Ok(Intact {
         records: count,
         duplicates,
+        gaps,
+        lost,
     })
 }
 
@@ -365,7 +376,7 @@ mod tests {
             },
             idempotency_key: format!("{i:032x}"),
             latency_ms: status.map(|_| 1.25 * f64::from(i) + 0.001),
-            method: reqwest::Method::PATCH,
+            method: http::Method::PATCH,
             status,
             traceparent: "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".into(),
             url: "https://gis.example/item/roadwork/RW-\u{e9}/\"x\"".into(),
@@ -412,7 +423,36 @@ mod tests {
             found,
             Ok(Intact {
                 records: 6,
-                duplicates: 2
+                duplicates: 2,
+                ..Intact::default()
+            })
+        );
+    }
+
+    #[test]
+    fn sealed_gaps_are_counted_with_what_they_declare_lost() {
+        let mut c = Chainer::default();
+        let t: Vec<Vec<u8>> = [
+            json!({"kind": "attempt", "status": 200}),
+            json!({"kind": "gap", "dropped": 37, "reason": "restarted"}),
+            json!({"kind": "attempt", "status": 200}),
+            json!({"kind": "gap", "dropped": 5}),
+        ]
+        .into_iter()
+        .map(|r| serde_json::to_vec(&c.seal("a", r)).unwrap())
+        .collect();
+        let found = verify(
+            t.iter()
+                .enumerate()
+                .map(|(i, b)| (i as u64 + 1, b.as_slice())),
+        );
+        assert_eq!(
+            found,
+            Ok(Intact {
+                records: 4,
+                duplicates: 0,
+                gaps: 2,
+                lost: 42
             })
         );
     }

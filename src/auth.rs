@@ -6,12 +6,12 @@
 use std::time::Duration;
 
 use base64::Engine as _;
-use reqwest::header::{HeaderName, HeaderValue, AUTHORIZATION, CONTENT_TYPE};
+use http::header::{HeaderName, HeaderValue, AUTHORIZATION, CONTENT_TYPE};
 use serde_json::Value as Json;
 
 use crate::check::{AnswerView, Check};
-use crate::request::Request;
 use crate::template::{RenderError, Secrets, StringTemplate};
+use crate::wire::Request;
 
 /// A secret value whose `Debug` never shows it.
 #[derive(Clone, PartialEq, Eq)]
@@ -248,8 +248,8 @@ impl Auth {
         } = &self.provider
         {
             if let Ok(v) = HeaderValue::from_str(r) {
-                req.headers.retain(|(n, _)| *n != reqwest::header::REFERER);
-                req.headers.push((reqwest::header::REFERER, v));
+                req.headers.retain(|(n, _)| *n != http::header::REFERER);
+                req.headers.push((http::header::REFERER, v));
             }
         }
         Ok(())
@@ -332,7 +332,7 @@ impl Auth {
                     }
                 }
                 Ok(Request {
-                    method: reqwest::Method::POST,
+                    method: http::Method::POST,
                     url: token_url.clone(),
                     headers,
                     body: Some(form(&pairs)),
@@ -346,7 +346,7 @@ impl Auth {
                 let key = ServiceAccountKey::parse(key)?;
                 let jwt = google_assertion(&key, scopes, subject.as_deref(), now_unix)?;
                 Ok(Request {
-                    method: reqwest::Method::POST,
+                    method: http::Method::POST,
                     url: key.token_uri.clone(),
                     headers: vec![(CONTENT_TYPE, form_type)],
                     body: Some(form(&[
@@ -379,7 +379,7 @@ impl Auth {
                     None => pairs.push(("client", "requestip")),
                 }
                 Ok(Request {
-                    method: reqwest::Method::POST,
+                    method: http::Method::POST,
                     url: url.clone(),
                     headers: vec![(CONTENT_TYPE, form_type)],
                     body: Some(form(&pairs)),

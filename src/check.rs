@@ -9,6 +9,8 @@ use std::collections::HashMap;
 use cel_interpreter::{Context, Program, Value};
 use serde_json::Value as Json;
 
+pub use crate::filter::CelError;
+
 /// A compiled expression over an answer.
 pub struct Check {
     source: String,
@@ -30,7 +32,7 @@ pub struct AnswerView<'a> {
 }
 
 impl Check {
-    pub fn compile(source: &str) -> Result<Check, String> {
+    pub fn compile(source: &str) -> Result<Check, CelError> {
         let program = crate::filter::compile_program(
             source,
             &["status", "headers", "body"],
@@ -48,23 +50,25 @@ impl Check {
 
     /// `Ok(true)` when the expression holds; `Err` says why it could not be evaluated (a
     /// missing field, a non-boolean result), which callers treat as "does not hold".
-    pub fn holds(&self, a: AnswerView<'_>) -> Result<bool, String> {
+    pub fn holds(&self, a: AnswerView<'_>) -> Result<bool, CelError> {
         let mut ctx = Context::default();
         let headers: HashMap<String, String> = a
             .headers
             .iter()
             .map(|(k, v)| (k.to_ascii_lowercase(), v.clone()))
             .collect();
+        let bind = |e: cel_interpreter::SerializationError| CelError(e.to_string());
         ctx.add_variable("status", i64::from(a.status))
-            .map_err(|e| e.to_string())?;
-        ctx.add_variable("headers", headers)
-            .map_err(|e| e.to_string())?;
-        ctx.add_variable("body", a.body)
-            .map_err(|e| e.to_string())?;
+            .map_err(bind)?;
+        ctx.add_variable("headers", headers).map_err(bind)?;
+        ctx.add_variable("body", a.body).map_err(bind)?;
         match self.program.execute(&ctx) {
             Ok(Value::Bool(b)) => Ok(b),
-            Ok(other) => Err(format!("`{}` gave {other:?}, not a boolean", self.source)),
-            Err(e) => Err(format!("`{}`: {e}", self.source)),
+            Ok(other) => Err(CelError(format!(
+                "`{}` gave {other:?}, not a boolean",
+                self.source
+            ))),
+            Err(e) => Err(CelError(format!("`{}`: {e}", self.source))),
         }
     }
 }

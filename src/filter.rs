@@ -38,6 +38,12 @@ impl std::fmt::Debug for Filter {
     }
 }
 
+/// Why a CEL expression (a filter or a response check) does not compile or cannot be
+/// evaluated; the text names line:col inside the expression.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct CelError(pub String);
+
 /// Whether an event passed the filter, and if not, why.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Verdict {
@@ -51,7 +57,7 @@ pub enum Verdict {
 
 impl Filter {
     /// Compiles a CEL expression; the error names line:col inside the expression.
-    pub fn compile(source: &str) -> Result<Filter, String> {
+    pub fn compile(source: &str) -> Result<Filter, CelError> {
         let program = compile_program(
             source,
             &["object", "event"],
@@ -210,13 +216,14 @@ pub(crate) fn compile_program(
     source: &str,
     allowed: &[&str],
     hint: &str,
-) -> Result<Program, String> {
+) -> Result<Program, CelError> {
     quiet_parser_panics();
     // cel-parser 0.10 panics on some incomplete expressions (`a ==`) instead of erroring.
     let parsed = std::panic::catch_unwind(|| Program::compile(source))
-        .map_err(|_| "CEL: syntax error (incomplete expression?)".to_string())?;
+        .map_err(|_| CelError("CEL: syntax error (incomplete expression?)".to_string()))?;
     let program = parsed.map_err(|e| {
-        e.errors
+        let text = e
+            .errors
             .iter()
             .map(|e| {
                 format!(
@@ -227,13 +234,14 @@ pub(crate) fn compile_program(
                 )
             })
             .collect::<Vec<_>>()
-            .join("; ")
+            .join("; ");
+        CelError(text)
     })?;
     let refs = program.references();
     let bound = macro_variables(source);
     for name in refs.variables() {
         if !allowed.contains(&name) && !bound.iter().any(|b| b == name) {
-            return Err(format!("CEL: unknown variable `{name}` ({hint})"));
+            return Err(CelError(format!("CEL: unknown variable `{name}` ({hint})")));
         }
     }
     Ok(program)
@@ -340,6 +348,7 @@ mod tests {
         assert!(Filter::compile("object.agency ==").is_err());
         assert!(Filter::compile("obj.agency == 1")
             .unwrap_err()
+            .0
             .contains("unknown variable"));
     }
 

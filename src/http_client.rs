@@ -3,7 +3,7 @@
 use std::time::{Duration, SystemTime};
 
 use crate::outcome::{parse_retry_after, Outcome};
-use crate::request::Request;
+use crate::wire::Request;
 
 /// Bytes of a response body kept for parked jobs and logs.
 pub const BODY_SNIPPET: usize = 2048;
@@ -18,6 +18,19 @@ pub struct Answer {
     pub body: String,
 }
 
+/// Why the HTTP client could not be built, or a tool's request failed.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum HttpError {
+    #[error("HTTP client: {0}")]
+    Build(String),
+    #[error("{0}")]
+    Transport(String),
+    #[error("answered {0}")]
+    Status(String),
+    #[error("answer is not JSON: {0}")]
+    NotJson(String),
+}
+
 /// One client for the whole process.
 #[derive(Clone)]
 pub struct HttpClient {
@@ -25,7 +38,7 @@ pub struct HttpClient {
 }
 
 impl HttpClient {
-    pub fn new() -> Result<HttpClient, String> {
+    pub fn new() -> Result<HttpClient, HttpError> {
         install_crypto();
         let client = reqwest::Client::builder()
             .user_agent(concat!("hms-sync/", env!("CARGO_PKG_VERSION")))
@@ -34,7 +47,7 @@ impl HttpClient {
             .pool_max_idle_per_host(256)
             .redirect(reqwest::redirect::Policy::none())
             .build()
-            .map_err(|e| format!("HTTP client: {e}"))?;
+            .map_err(|e| HttpError::Build(e.to_string()))?;
         Ok(HttpClient { client })
     }
 
@@ -218,20 +231,23 @@ impl HttpClient {
         &self,
         url: &str,
         timeout: Duration,
-    ) -> Result<serde_json::Value, String> {
+    ) -> Result<serde_json::Value, HttpError> {
         let resp = self
             .client
             .get(url)
             .timeout(timeout)
             .send()
             .await
-            .map_err(|e| error_chain(&e))?;
+            .map_err(|e| HttpError::Transport(error_chain(&e)))?;
         let status = resp.status();
         if !status.is_success() {
-            return Err(format!("answered {status}"));
+            return Err(HttpError::Status(status.to_string()));
         }
-        let bytes = resp.bytes().await.map_err(|e| error_chain(&e))?;
-        serde_json::from_slice(&bytes).map_err(|e| format!("answer is not JSON: {e}"))
+        let bytes = resp
+            .bytes()
+            .await
+            .map_err(|e| HttpError::Transport(error_chain(&e)))?;
+        serde_json::from_slice(&bytes).map_err(|e| HttpError::NotJson(e.to_string()))
     }
 }
 

@@ -1,32 +1,52 @@
 //! hms-sync: keeps third-party tools in lock-step with events on NATS JetStream.
 //!
-//! See ARCHITECTURE.md for the map. The pure core ([`template`], [`filter`], [`connector`],
-//! [`request`], [`outcome`]) does no I/O; actors in [`actors`] orchestrate; [`bus`] is the
-//! only module that talks to NATS and [`http_client`] the only one that sends HTTP.
+//! See ARCHITECTURE.md for the map. From the ground floor up: the pure core (templates,
+//! filters, outcome, audit chain, signatures, wire types, clock), the connector model, the
+//! edges ([`bus`] is the only module that talks to NATS, [`http_client`] the only one that
+//! sends HTTP), the services a delivery calls ([`services`]), [`delivery`] itself, the actors
+//! that orchestrate ([`actors`]), and [`runtime`] with the HTTP [`server`] on top.
 
-pub mod actors;
+// Ground floor: pure, imports nothing of ours but each other.
+pub mod audit;
 pub mod auth;
-pub mod bus;
 pub mod check;
+pub mod clock;
 pub mod config;
-pub mod connector;
-pub mod delivery;
 pub mod filter;
 pub mod flood;
-pub mod http_client;
-pub mod inbound;
 pub mod metrics;
-pub mod nats_server;
+pub mod ordering;
 pub mod outcome;
-pub mod registry;
+pub mod restart;
+pub mod schema;
+pub mod signature;
+pub mod template;
+pub mod wire;
+
+// The connector model, and requests built from it.
+pub mod connector;
 pub mod request;
+
+// Edges.
+pub mod bus;
+pub mod http_client;
+pub mod logging;
+pub mod nats_server;
+pub mod sink;
+
+// What the services and orchestration use.
+pub mod parked;
+pub mod registry;
+
+// Services, delivery, webhooks, orchestration.
+pub mod actors;
+pub mod delivery;
+pub mod inbound;
+pub mod services;
+
+// Top.
+pub mod cli;
 pub mod runtime;
 pub mod server;
-pub mod sink;
-pub mod template;
 
 pub use runtime::{run, Runtime};
-pub mod audit;
-pub mod cli;
-pub mod ordering;
-pub mod schema;

@@ -13,6 +13,7 @@ pub const SYNC_PARKED_TOTAL: &str = "sync_parked_total";
 pub const SYNC_FILTERED_TOTAL: &str = "sync_filtered_total";
 pub const SYNC_IN_FLIGHT: &str = "sync_in_flight";
 pub const CONNECTOR_RESTARTS_TOTAL: &str = "sync_connector_restarts_total";
+pub const SERVICE_RESTARTS_TOTAL: &str = "sync_service_restarts_total";
 pub const PULL_REOPENED_TOTAL: &str = "sync_pull_reopened_total";
 pub const ENDPOINT_WAITING: &str = "sync_endpoint_waiting";
 pub const ENDPOINT_IN_FLIGHT: &str = "sync_endpoint_in_flight";
@@ -85,6 +86,10 @@ fn describe() {
     describe_counter!(
         CONNECTOR_RESTARTS_TOTAL,
         "Connector actor restarts by the supervisor"
+    );
+    describe_counter!(
+        SERVICE_RESTARTS_TOTAL,
+        "Restarts of a service actor (audit, tokens, timers, an endpoint) by its supervisor"
     );
     describe_gauge!(
         ENDPOINT_WAITING,

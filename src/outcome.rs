@@ -1,11 +1,36 @@
-//! Pure delivery decisions: how one attempt's outcome is classified, what JetStream is told,
-//! and how long to wait before the next attempt.
+//! The judge: the pure rules that turn one attempt's outcome into what JetStream is told
+//! ([`decide`]: exactly one [`Action`]), what the endpoint learns ([`signal_of`]: one
+//! [`Signal`]) and how the outcome reads in logs, status and parked jobs ([`describe`]).
 //!
-//! The whole policy is [`decide`]: one outcome + the attempt number -> exactly one [`Action`].
+//! Nothing else interprets an [`Outcome`].
 
 use std::time::Duration;
 
-use crate::connector::Retry;
+/// Retry rules (`retry:` of a connector).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Retry {
+    /// Attempts in total; after the last failure the job is parked.
+    pub max: u32,
+    /// Delay after attempt n is `backoff * 2^(n-1)`, within ±20 %, capped by `max_backoff`.
+    pub backoff: Duration,
+    pub max_backoff: Duration,
+    /// Overrides of which statuses count as success, transient or permanent.
+    pub statuses: StatusRules,
+}
+
+/// Default cap of one backoff delay (and of a `Retry-After`): 10 minutes.
+pub const DEFAULT_MAX_BACKOFF: Duration = Duration::from_secs(600);
+
+impl Default for Retry {
+    fn default() -> Self {
+        Retry {
+            max: 5,
+            backoff: Duration::from_millis(3000),
+            max_backoff: DEFAULT_MAX_BACKOFF,
+            statuses: Default::default(),
+        }
+    }
+}
 
 /// What one attempt produced.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -170,6 +195,53 @@ pub fn parse_retry_after(value: &str, now: std::time::SystemTime) -> Option<Dura
     Some(when.duration_since(now).unwrap_or(Duration::ZERO))
 }
 
+/// What an attempt's outcome tells its endpoint (the endpoint actor's input).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Signal {
+    Success,
+    /// 5xx, timeout, connection error.
+    Failure,
+    /// 429 (or 503 with Retry-After): slow the whole endpoint down for this long.
+    SlowDown(Duration),
+    /// Nothing to say about the endpoint (a 4xx, an aborted delivery).
+    Neutral,
+}
+
+/// What an attempt's outcome says about its endpoint. `fallback_slowdown` applies to a 429
+/// without `Retry-After`.
+pub fn signal_of(outcome: &Outcome, fallback_slowdown: Duration) -> Signal {
+    match outcome {
+        Outcome::Status {
+            code: 200..=299, ..
+        } => Signal::Success,
+        Outcome::Status {
+            code: 429,
+            retry_after,
+        } => Signal::SlowDown(retry_after.unwrap_or(fallback_slowdown)),
+        Outcome::Status {
+            code: 503,
+            retry_after: Some(d),
+        } => Signal::SlowDown(*d),
+        Outcome::Status {
+            code: 500..=599, ..
+        }
+        | Outcome::Timeout
+        | Outcome::Connect(_) => Signal::Failure,
+        _ => Signal::Neutral,
+    }
+}
+
+/// How an outcome reads in logs, status pages and parked jobs.
+pub fn describe(outcome: &Outcome) -> String {
+    match outcome {
+        Outcome::Status { code, .. } => format!("HTTP {code}"),
+        Outcome::Timeout => "timeout".into(),
+        Outcome::Connect(e) => format!("connection failed: {e}"),
+        Outcome::Invalid(e) => format!("invalid event: {e}"),
+        Outcome::Rejected { message, .. } => message.clone(),
+    }
+}
+
 /// Label for `sync_fail_total{reason}`.
 pub fn fail_reason(outcome: &Outcome) -> &'static str {
     match outcome {
@@ -303,6 +375,32 @@ mod tests {
         assert_eq!(backoff(3, &retry, -1.0), Duration::from_millis(9600));
         assert_eq!(backoff(9, &retry, 0.0), Duration::from_secs(60));
         assert_eq!(backoff(1000, &retry, 5.0), Duration::from_secs(60));
+    }
+
+    #[test]
+    fn what_an_outcome_tells_its_endpoint() {
+        let fallback = Duration::from_secs(3);
+        let ra = |code, secs| Outcome::Status {
+            code,
+            retry_after: Some(Duration::from_secs(secs)),
+        };
+        let cases = [
+            (status(200), Signal::Success),
+            (status(204), Signal::Success),
+            (status(429), Signal::SlowDown(fallback)),
+            (ra(429, 7), Signal::SlowDown(Duration::from_secs(7))),
+            (ra(503, 9), Signal::SlowDown(Duration::from_secs(9))),
+            (status(503), Signal::Failure),
+            (status(500), Signal::Failure),
+            (Outcome::Timeout, Signal::Failure),
+            (Outcome::Connect("refused".into()), Signal::Failure),
+            (status(404), Signal::Neutral),
+            (status(301), Signal::Neutral),
+            (Outcome::Invalid("x".into()), Signal::Neutral),
+        ];
+        for (outcome, want) in cases {
+            assert_eq!(signal_of(&outcome, fallback), want, "{outcome:?}");
+        }
     }
 
     #[test]

@@ -1,22 +1,30 @@
-//! The connector registry: how a deployed connector is stored in KV, decoded, and followed live.
+//! The connector registry: how a deployed connector is stored in KV and decoded, what one
+//! write means for a running `up` ([`Change`]), and the registry commands (`deploy`,
+//! `undeploy`, `list`, `list --history`).
 //!
 //! `hms-sync deploy` writes an [`Envelope`] per connector to bucket
-//! [`crate::bus::kv::REGISTRY_BUCKET`]; every running `up` reads a snapshot at start-up and then
-//! follows the bucket with [`watch`], turning each write into a [`SupervisorMsg`].
+//! [`crate::bus::kv::REGISTRY_BUCKET`]; every running `up` reads a [`snapshot`] at start-up and
+//! then follows the bucket (the registry watch actor, `actors::watch`).
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::StreamExt;
-use ractor::ActorRef;
 use serde::{Deserialize, Serialize};
 
-use crate::actors::supervisor::{Desired, SupervisorMsg};
 use crate::bus::kv::{KvEntry, KvOp, Registry, REGISTRY_BUCKET};
 use crate::bus::ConsumerSpec;
+use crate::clock::to_second as rfc3339;
 use crate::connector::{self, AnyConnector, Connector};
 use crate::metrics::REGISTRY_INVALID_TOTAL;
+
+/// A connector to run and where its definition comes from.
+pub struct Desired {
+    /// The validated outbound connector.
+    pub connector: Arc<Connector>,
+    /// The folder file or registry revision it comes from.
+    pub origin: Origin,
+}
 
 /// The JSON value of one registry key, as `deploy` writes it. Secrets stay `${VAR}` in `yaml`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -90,16 +98,37 @@ impl Origin {
     }
 }
 
+impl Origin {
+    /// When the running registry revision was deployed (RFC 3339); `None` for a folder file.
+    pub fn deployed_at(&self) -> Option<String> {
+        match self {
+            Origin::Folder(_) => None,
+            Origin::Registry(d) => Some(d.deployed_at.clone()),
+        }
+    }
+
+    /// Where a consumer created now starts. A folder connector: when `up` started. A registry
+    /// one: normally `deploy` created its consumer already; for a value written by another
+    /// tool, where the server stored it (or when `up` started, if later).
+    pub fn start_from(&self, started_at: time::OffsetDateTime) -> time::OffsetDateTime {
+        match self {
+            Origin::Folder(_) => started_at,
+            Origin::Registry(d) => d.stored_at.max(started_at),
+        }
+    }
+
+    /// `the definition of <file>` or `registry revision N` (for logs).
+    pub fn describe(&self) -> String {
+        match self {
+            Origin::Folder(f) => format!("the definition of {f}"),
+            Origin::Registry(d) => format!("registry revision {}", d.revision),
+        }
+    }
+}
+
 /// `file` name used in problems of a registry value: `hms_sync_connectors/<key>@<revision>`.
 pub fn label(key: &str, revision: u64) -> String {
     format!("{REGISTRY_BUCKET}/{key}@{revision}")
-}
-
-/// RFC 3339 text of a time, to the second.
-pub fn rfc3339(t: time::OffsetDateTime) -> String {
-    let t = t.replace_nanosecond(0).unwrap_or(t);
-    t.format(&time::format_description::well_known::Rfc3339)
-        .unwrap_or_else(|_| t.to_string())
 }
 
 /// Decodes a put: the JSON envelope of `deploy`, or plain connector YAML written by another
@@ -200,7 +229,7 @@ pub fn change(entry: &KvEntry) -> Change {
     let compiled = decode(entry).and_then(|d| compile(&d).map(|c| (d, c)));
     match compiled {
         Ok((d, AnyConnector::Outbound(c))) => {
-            crate::runtime::warn_missing_secrets(&c);
+            connector::warn_missing_secrets(&c);
             Change::Run(Box::new(Desired {
                 connector: Arc::from(c),
                 origin: Origin::Registry(Arc::new(d)),
@@ -252,89 +281,6 @@ pub async fn snapshot(registry: &Registry) -> Result<Snapshot, crate::bus::BusEr
         seen,
         next_revision: last + 1,
     })
-}
-
-/// Follows the registry from `next_revision` on and tells the supervisor about every write,
-/// until aborted. A broken watch is re-opened after the last revision handled.
-pub async fn watch(
-    registry: Registry,
-    mut next_revision: u64,
-    mut seen: HashMap<String, u64>,
-    supervisor: ActorRef<SupervisorMsg>,
-    inbound: InboundTarget,
-) {
-    let mut warned: HashSet<String> = HashSet::new();
-    loop {
-        match registry.watch_from(next_revision).await {
-            Ok(mut entries) => {
-                while let Some(item) = entries.next().await {
-                    let entry = match item {
-                        Ok(e) => e,
-                        Err(e) => {
-                            if warned.insert(e.to_string()) {
-                                tracing::warn!("registry watch: {e}");
-                            }
-                            continue;
-                        }
-                    };
-                    next_revision = entry.revision + 1;
-                    if seen.get(&entry.key).is_some_and(|r| *r >= entry.revision) {
-                        continue;
-                    }
-                    seen.insert(entry.key.clone(), entry.revision);
-                    let msg = match change(&entry) {
-                        Change::Run(d) => {
-                            // An id that was inbound before and is outbound now stops serving.
-                            inbound.webhooks.remove(&d.connector.id);
-                            SupervisorMsg::Deploy(d)
-                        }
-                        Change::Serve(c) => {
-                            let id = c.id.clone();
-                            if let Err(e) = crate::inbound::deploy(
-                                &inbound.webhooks,
-                                &inbound.bus,
-                                &inbound.streams,
-                                *c,
-                            )
-                            .await
-                            {
-                                tracing::error!("[{id}] cannot serve this registry revision: {e}");
-                            }
-                            // An id that was outbound before stops running.
-                            SupervisorMsg::Undeploy(id)
-                        }
-                        Change::Remove(id) => {
-                            inbound.webhooks.remove(&id);
-                            SupervisorMsg::Undeploy(id)
-                        }
-                        Change::Invalid {
-                            key,
-                            revision,
-                            error,
-                        } => SupervisorMsg::Invalid {
-                            key,
-                            revision,
-                            error,
-                        },
-                    };
-                    if supervisor.send_message(msg).is_err() {
-                        return;
-                    }
-                }
-                tracing::warn!("registry watch ended; re-opening");
-            }
-            Err(e) => tracing::warn!("registry watch: {e}; retrying in 1 s"),
-        }
-        tokio::time::sleep(Duration::from_secs(1)).await;
-    }
-}
-
-/// Where registry writes of inbound connectors take effect.
-#[derive(Clone)]
-pub struct InboundTarget {
-    pub webhooks: crate::inbound::Webhooks,
-    pub bus: crate::bus::Bus,
-    pub streams: crate::config::StreamsConfig,
 }
 
 /// How long an undeployed connector's consumer is kept without a subscriber before the server

@@ -1,19 +1,12 @@
 //! Pure request building: one connector + one event -> the HTTP request to send.
 
-use reqwest::header::{HeaderName, HeaderValue, CONTENT_TYPE};
+use http::header::CONTENT_TYPE;
 use serde_json::Value as Json;
 
-use crate::connector::{Connector, Encoding, Lookup};
+use crate::connector::{Connector, Lookup};
 use crate::template::{RenderError, Secrets};
-
-/// A rendered request, ready for the HTTP client (or for printing, when built with masked secrets).
-#[derive(Debug, Clone)]
-pub struct Request {
-    pub method: reqwest::Method,
-    pub url: String,
-    pub headers: Vec<(HeaderName, HeaderValue)>,
-    pub body: Option<Vec<u8>>,
-}
+pub use crate::wire::Request;
+use crate::wire::{Encoding, HeaderName, HeaderValue};
 
 /// Builds the request for one event. With [`Secrets::Masked`] every `${VAR}` shows as `***`.
 pub fn build(
@@ -164,51 +157,6 @@ fn insert_path(node: &mut Json, path: &[&str], full: &str) {
             insert_path(o.entry(first.to_string()).or_insert(Json::Null), rest, full);
         }
     }
-}
-
-impl Request {
-    /// The request as text: request line, headers, blank line, body (as sent). A form body is
-    /// followed by its decoded fields, one `name = value` per line.
-    pub fn to_text(&self) -> String {
-        let mut out = format!("{} {}\n", self.method, self.url);
-        for (n, v) in &self.headers {
-            out.push_str(&format!(
-                "{}: {}\n",
-                title_case(n.as_str()),
-                v.to_str().unwrap_or("<binary>")
-            ));
-        }
-        out.push('\n');
-        if let Some(b) = &self.body {
-            out.push_str(&String::from_utf8_lossy(b));
-            out.push('\n');
-            let form = self.headers.iter().any(|(n, v)| {
-                *n == CONTENT_TYPE
-                    && v.to_str()
-                        .is_ok_and(|v| v.starts_with(Encoding::Form.content_type()))
-            });
-            if form {
-                out.push_str("\n# form body, decoded:\n");
-                for (k, v) in form_urlencoded::parse(b) {
-                    out.push_str(&format!("{k} = {v}\n"));
-                }
-            }
-        }
-        out
-    }
-}
-
-/// `idempotency-key` -> `Idempotency-Key` (display only; HTTP header names are case-insensitive).
-fn title_case(name: &str) -> String {
-    name.split('-')
-        .map(|w| {
-            let mut c = w.chars();
-            c.next()
-                .map(|f| f.to_uppercase().collect::<String>() + c.as_str())
-                .unwrap_or_default()
-        })
-        .collect::<Vec<_>>()
-        .join("-")
 }
 
 #[cfg(test)]

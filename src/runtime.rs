@@ -7,24 +7,25 @@
 use std::collections::HashMap;
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use anyhow::Context as _;
 use ractor::{Actor, ActorRef};
 
-use crate::actors::audit::{AuditActor, AuditArgs, AuditMsg};
 use crate::actors::connector::ConnectorMsg;
-use crate::actors::endpoint::EndpointRegistry;
 use crate::actors::supervisor::{
-    ConnectorView, Deps, Desired, RunState, Supervisor, SupervisorArgs, SupervisorMsg,
+    ConnectorView, RunState, Supervisor, SupervisorArgs, SupervisorMsg, WatchSpec,
 };
+use crate::actors::watch::{Cursor, InboundTarget, WatchArgs};
 use crate::bus::Bus;
 use crate::config::RuntimeConfig;
 use crate::connector::{self, AnyConnector};
+use crate::delivery::Deps;
 use crate::http_client::HttpClient;
 use crate::inbound::Webhooks;
 use crate::nats_server::{find_binary, EmbeddedServer};
-use crate::registry::{self, Change, Origin};
+use crate::registry::{self, Change, Desired, Origin};
+use crate::services::{self, Services};
 
 /// A running hms-sync.
 pub struct Runtime {
@@ -34,13 +35,8 @@ pub struct Runtime {
     addr: SocketAddr,
     bus: Bus,
     embedded: Option<EmbeddedServer>,
-    audit: ActorRef<AuditMsg>,
-    audit_done: tokio::task::JoinHandle<()>,
-    endpoints: Arc<EndpointRegistry>,
+    services: services::Running,
     webhooks: Webhooks,
-    /// Follows the registry bucket (aborted at shutdown).
-    registry_watch: tokio::task::JoinHandle<()>,
-    tokens: ActorRef<crate::actors::token::TokenMsg>,
 }
 
 /// Loads every connector of the configured folder (all problems at once).
@@ -71,18 +67,11 @@ impl Runtime {
         for c in all {
             match c {
                 AnyConnector::Outbound(c) => {
-                    warn_missing_secrets(&c);
+                    connector::warn_missing_secrets(&c);
                     outbound.push(Arc::<crate::connector::Connector>::from(c));
                 }
                 AnyConnector::Inbound(c) => {
-                    for s in c.secret_names() {
-                        if std::env::var_os(&s).is_none() {
-                            tracing::warn!(
-                                "[{}] uses ${{{s}}}, which is not set: its webhooks will be answered 401 until it is",
-                                c.id
-                            );
-                        }
-                    }
+                    connector::warn_missing_webhook_secrets(&c);
                     inbound.push(c);
                 }
             }
@@ -124,37 +113,36 @@ impl Runtime {
             cfg.streams.duplicate_window_sec,
         ))
         .await?;
-        let (audit, audit_done) = Actor::spawn(
-            None,
-            AuditActor,
-            AuditArgs {
-                bus: bus.clone(),
-                run_id: crate::delivery::derive_key(
-                    "run",
-                    &format!("{}:{}", std::process::id(), time::OffsetDateTime::now_utc()),
-                )[..8]
-                    .to_string(),
-            },
-        )
-        .await
-        .context("start the audit actor")?;
-        let endpoints = Arc::new(EndpointRegistry::new(
-            cfg.endpoints.clone(),
-            Some(bus.clone()),
-        ));
-        let (tokens, _) = Actor::spawn(None, crate::actors::token::TokenActor, http.clone())
+        let run_id = crate::delivery::derive_key(
+            "run",
+            &format!("{}:{}", std::process::id(), time::OffsetDateTime::now_utc()),
+        )[..8]
+            .to_string();
+        let services = services::Running::start(&bus, &http, cfg.endpoints.clone(), run_id)
             .await
-            .context("start the token actor")?;
+            .context("start the services")?;
         let deps = Deps {
-            tokens: Some(crate::actors::token::Tokens(tokens.clone())),
             bus: bus.clone(),
             http,
             delivery: cfg.delivery.clone(),
             started_at,
-            endpoints: endpoints.clone(),
-            audit: Some(audit.clone()),
+            services: services.services.clone(),
             streams: cfg.streams.clone(),
         };
+        let webhooks = Webhooks::default();
+        for c in inbound {
+            webhooks.insert(*c)?;
+        }
+        let watch = watch_spec(
+            kv,
+            snapshot.next_revision,
+            snapshot.seen,
+            InboundTarget {
+                webhooks: webhooks.clone(),
+                bus: bus.clone(),
+                streams: cfg.streams.clone(),
+            },
+        );
         let (supervisor, handle) = Actor::spawn(
             None,
             Supervisor,
@@ -163,25 +151,11 @@ impl Runtime {
                 connectors,
                 folder,
                 invalid,
+                watch: Some(watch),
             },
         )
         .await
         .context("start the supervisor")?;
-        let webhooks = Webhooks::default();
-        for c in inbound {
-            webhooks.insert(*c)?;
-        }
-        let registry_watch = tokio::spawn(registry::watch(
-            kv,
-            snapshot.next_revision,
-            snapshot.seen,
-            supervisor.clone(),
-            registry::InboundTarget {
-                webhooks: webhooks.clone(),
-                bus: bus.clone(),
-                streams: cfg.streams.clone(),
-            },
-        ));
         // Wait (bounded) until every connector has its consumer and runs.
         let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
         loop {
@@ -208,7 +182,7 @@ impl Runtime {
         .merge(crate::inbound::router(
             webhooks.clone(),
             bus.clone(),
-            Some(audit.clone()),
+            Some(services.services.audit.clone()),
         ));
         let server = tokio::spawn(async move {
             if let Err(e) = axum::serve(listener, app).await {
@@ -223,12 +197,8 @@ impl Runtime {
             addr,
             bus,
             embedded,
-            audit,
-            audit_done,
-            endpoints,
+            services,
             webhooks,
-            registry_watch,
-            tokens,
         })
     }
 
@@ -259,6 +229,11 @@ impl Runtime {
         .flatten()
     }
 
+    /// The handles of the services (audit, tokens, timers, endpoints), for tools and tests.
+    pub fn services(&self) -> &Services {
+        &self.services.services
+    }
+
     /// Every connector's state.
     pub async fn status(&self) -> Vec<ConnectorView> {
         ractor::call_t!(self.supervisor, SupervisorMsg::Status, 5_000).unwrap_or_default()
@@ -268,15 +243,12 @@ impl Runtime {
     /// nats-server if one was started.
     pub async fn shutdown(self) {
         tracing::info!("shutting down: draining in-flight deliveries");
-        self.registry_watch.abort();
+        // The registry watch stops first: no deploys while draining.
         let _ = ractor::call_t!(self.supervisor, SupervisorMsg::DrainAll, 60_000);
         self.supervisor.stop(None);
         let _ = self.supervisor_done.await;
         // The audit actor stores what it still holds as it stops.
-        self.audit.stop(None);
-        let _ = self.audit_done.await;
-        self.endpoints.stop_all().await;
-        self.tokens.stop(None);
+        self.services.shutdown().await;
         self.server.abort();
         self.bus.close().await;
         if let Some(s) = self.embedded {
@@ -286,16 +258,23 @@ impl Runtime {
     }
 }
 
-/// Warnings about a connector's keys this version parses but does not enforce, and unset secrets.
-pub fn warn_missing_secrets(c: &crate::connector::Connector) {
-    for s in connector::secrets_used(c) {
-        if std::env::var_os(&s).is_none() {
-            tracing::warn!(
-                "[{}] uses ${{{s}}}, which is not set: its events will be parked",
-                c.id
-            );
-        }
-    }
+/// How the supervisor starts (and restarts) the registry watch, from the snapshot's position.
+fn watch_spec(
+    registry: crate::bus::kv::Registry,
+    next_revision: u64,
+    seen: HashMap<String, u64>,
+    inbound: InboundTarget,
+) -> WatchSpec {
+    let cursor = Arc::new(Mutex::new(Cursor {
+        next_revision,
+        seen,
+    }));
+    Box::new(move |sink| WatchArgs {
+        registry: registry.clone(),
+        cursor: cursor.clone(),
+        inbound: inbound.clone(),
+        sink,
+    })
 }
 
 /// What runs at start-up: the folder's connectors, each replaced by the registry's definition

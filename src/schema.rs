@@ -7,6 +7,16 @@
 
 use serde_json::{json, Map, Value as Json};
 
+/// Why a schema does not compile.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid JSON Schema: {0}")]
+pub struct SchemaError(pub String);
+
+/// Every way an event violates its connector's schema, each as `path: message`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{}", .0.join("; "))]
+pub struct Violations(pub Vec<String>);
+
 /// A compiled schema and its JSON form.
 pub struct InputSchema {
     pub json: Json,
@@ -21,14 +31,13 @@ impl std::fmt::Debug for InputSchema {
 
 impl InputSchema {
     /// Compiles a schema (JSON Schema, any draft the validator knows; default 2020-12).
-    pub fn compile(json: Json) -> Result<InputSchema, String> {
-        let validator =
-            jsonschema::validator_for(&json).map_err(|e| format!("invalid JSON Schema: {e}"))?;
+    pub fn compile(json: Json) -> Result<InputSchema, SchemaError> {
+        let validator = jsonschema::validator_for(&json).map_err(|e| SchemaError(e.to_string()))?;
         Ok(InputSchema { json, validator })
     }
 
     /// `Ok` or every violation, each as `path: message`.
-    pub fn check(&self, event: &Json) -> Result<(), String> {
+    pub fn check(&self, event: &Json) -> Result<(), Violations> {
         let errors: Vec<String> = self
             .validator
             .iter_errors(event)
@@ -40,7 +49,7 @@ impl InputSchema {
         if errors.is_empty() {
             Ok(())
         } else {
-            Err(errors.join("; "))
+            Err(Violations(errors))
         }
     }
 }
@@ -131,12 +140,16 @@ mod tests {
         let schema = InputSchema::compile(s).unwrap();
         let ok = json!({"permitId": "RW-481", "data": {"object": {"id": 7}}});
         assert_eq!(schema.check(&ok), Ok(()));
-        let err = schema.check(&json!({"data": {"object": {}}})).unwrap_err();
+        let err = schema
+            .check(&json!({"data": {"object": {}}}))
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("permitId"), "{err}");
         assert!(err.contains("/data/object"), "{err}");
         let err = schema
             .check(&json!({"permitId": {"x": 1}, "data": {"object": {"id": 1}}}))
-            .unwrap_err();
+            .unwrap_err()
+            .to_string();
         assert!(err.starts_with("/permitId:"), "{err}");
         assert!(schema.check(&json!([1, 2])).is_err());
         assert!(schema.check(&json!("text")).is_err());

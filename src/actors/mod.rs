@@ -1,8 +1,9 @@
-//! Actors (ractor): they orchestrate; the work they order is in the pure core and in
-//! [`crate::delivery`].
+//! Actors that orchestrate (ractor): the connector supervisor, one actor per connector with
+//! its pump, and the registry watch. The work they order is in [`crate::delivery`]; the
+//! services deliveries call are in [`crate::services`].
 
-pub mod audit;
 pub mod connector;
-pub mod endpoint;
+pub mod pump;
+pub mod stall;
 pub mod supervisor;
-pub mod token;
+pub mod watch;

@@ -1,28 +1,25 @@
-//! Supervisor actor: one connector actor per connector; restarts, hot deploy/change/undeploy, status, drain.
+//! Connector supervisor: one connector actor per connector, plus the registry watch actor;
+//! restarts, hot deploy/change/undeploy, status, drain.
 //!
 //! It spawns one connector actor per connector, restarts a crashed one with backoff under a
 //! restart limit, starts, swaps or stops connectors as the registry changes (registry wins over
 //! the connectors folder for the same id), answers status questions and drains on shutdown.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
 use serde::Serialize;
 
 use super::connector::{ConnectorActor, ConnectorArgs, ConnectorMsg};
-use crate::bus::Bus;
-use crate::config::{DeliveryConfig, StreamsConfig};
+use super::watch::{Directive, WatchActor, WatchArgs};
+use crate::bus::BusError;
 use crate::connector::Connector;
-use crate::delivery::{ConnectorStats, Pipeline};
-use crate::http_client::HttpClient;
+use crate::delivery::{ConnectorStats, Deps, Pipeline};
 use crate::metrics::CONNECTOR_RESTARTS_TOTAL;
-use crate::registry::{consumer_spec, Origin};
-
-/// More than this many restarts within [`RESTART_WINDOW`] and the connector is given up on.
-pub const MAX_RESTARTS: usize = 10;
-pub const RESTART_WINDOW: Duration = Duration::from_secs(60);
+use crate::registry::{consumer_spec, Desired, Origin};
+use crate::restart::{Restarts, CONNECTORS, SERVICES};
 
 /// Messages to the supervisor.
 pub enum SupervisorMsg {
@@ -44,8 +41,10 @@ pub enum SupervisorMsg {
     Applied {
         id: String,
         revision: Option<u64>,
-        result: Result<(), String>,
+        result: Result<(), ApplyError>,
     },
+    /// Start the registry watch again (sent to itself after a backoff).
+    Watch,
     /// The state of every connector.
     Status(RpcReplyPort<Vec<ConnectorView>>),
     /// The actor currently running a connector (tests and tools).
@@ -100,31 +99,17 @@ pub struct ConnectorView {
     pub registry_error: Option<String>,
 }
 
-/// A connector to run and where its definition comes from.
-pub struct Desired {
-    /// The validated outbound connector.
-    pub connector: Arc<Connector>,
-    /// The folder file or registry revision it comes from.
-    pub origin: Origin,
+/// Why a swap to a new definition failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ApplyError {
+    #[error(transparent)]
+    Bus(#[from] BusError),
+    #[error("the connector actor did not answer: {0}")]
+    NoAnswer(String),
 }
 
-/// What the supervisor shares with every connector it starts.
-#[derive(Clone)]
-pub struct Deps {
-    pub bus: Bus,
-    pub http: HttpClient,
-    pub delivery: DeliveryConfig,
-    /// When the runtime started: new consumers deliver events published from then on.
-    pub started_at: time::OffsetDateTime,
-    /// Endpoint actors (rate limits, concurrency, circuit breakers), shared by all connectors.
-    pub endpoints: Arc<crate::actors::endpoint::EndpointRegistry>,
-    /// The audit actor (`None`: auditing off).
-    pub audit: Option<ActorRef<crate::actors::audit::AuditMsg>>,
-    /// `HMS_EVENTS` gets the subjects of connectors deployed while running.
-    pub streams: StreamsConfig,
-    /// The token actor (outbound `auth:`), shared by all connectors.
-    pub tokens: Option<crate::actors::token::Tokens>,
-}
+/// What the registry watch needs besides the sink (the supervisor gives it that).
+pub type WatchSpec = Box<dyn Fn(super::watch::Sink) -> WatchArgs + Send + Sync>;
 
 pub struct SupervisorArgs {
     pub deps: Deps,
@@ -134,6 +119,8 @@ pub struct SupervisorArgs {
     pub folder: HashMap<String, Arc<Connector>>,
     /// Invalid registry values at start: (key, revision, error).
     pub invalid: Vec<(String, u64, String)>,
+    /// The registry watch to run as a child (none: the registry is not followed).
+    pub watch: Option<WatchSpec>,
 }
 
 struct Slot {
@@ -142,8 +129,7 @@ struct Slot {
     origin: Origin,
     actor: Option<ActorRef<ConnectorMsg>>,
     state: RunState,
-    restarts: VecDeque<Instant>,
-    total_restarts: usize,
+    restarts: Restarts,
     /// Registry revision the actor runs now (after the last acknowledged swap).
     running: Option<u64>,
     running_deployed_at: Option<String>,
@@ -158,6 +144,10 @@ pub struct SupervisorState {
     folder: HashMap<String, Arc<Connector>>,
     /// Invalid registry values with no running version: key -> (revision, error).
     invalid: BTreeMap<String, (u64, String)>,
+    /// The registry watch child: how to (re)start it, its actor, its restarts.
+    watch: Option<WatchArgs>,
+    watch_actor: Option<ActorId>,
+    watch_restarts: Restarts,
 }
 
 pub struct Supervisor;
@@ -183,7 +173,31 @@ impl Actor for Supervisor {
                 .into_iter()
                 .map(|(k, r, e)| (k, (r, e)))
                 .collect(),
+            watch: None,
+            watch_actor: None,
+            watch_restarts: Restarts::default(),
         };
+        if let Some(spec) = args.watch {
+            let me = myself.clone();
+            let sink: super::watch::Sink = Arc::new(move |d: Directive| {
+                let msg = match d {
+                    Directive::Deploy(d) => SupervisorMsg::Deploy(d),
+                    Directive::Undeploy(id) => SupervisorMsg::Undeploy(id),
+                    Directive::Invalid {
+                        key,
+                        revision,
+                        error,
+                    } => SupervisorMsg::Invalid {
+                        key,
+                        revision,
+                        error,
+                    },
+                };
+                me.send_message(msg).is_ok()
+            });
+            state.watch = Some(spec(sink));
+            myself.send_message(SupervisorMsg::Watch)?;
+        }
         for d in args.connectors {
             let id = d.connector.id.clone();
             state.slots.insert(id.clone(), new_slot(&state.deps, d));
@@ -209,7 +223,7 @@ impl Actor for Supervisor {
                 if slot.actor.is_some() {
                     return Ok(());
                 }
-                let start_from = start_from(&slot.origin, state.deps.started_at);
+                let start_from = slot.origin.start_from(state.deps.started_at);
                 let args = ConnectorArgs {
                     pipeline: slot.pipeline.clone(),
                     delivery: state.deps.delivery.clone(),
@@ -221,7 +235,7 @@ impl Actor for Supervisor {
                         slot.actor = Some(actor);
                         slot.state = RunState::Running;
                         slot.running = slot.origin.revision();
-                        slot.running_deployed_at = deployed_at(&slot.origin);
+                        slot.running_deployed_at = slot.origin.deployed_at();
                     }
                     Err(e) => {
                         tracing::error!("[{id}] could not start: {e}");
@@ -254,8 +268,8 @@ impl Actor for Supervisor {
                     match result {
                         Ok(()) if slot.origin.revision() == revision => {
                             slot.running = revision;
-                            slot.running_deployed_at = deployed_at(&slot.origin);
-                            tracing::info!("[{id}] now runs {}", describe(&slot.origin));
+                            slot.running_deployed_at = slot.origin.deployed_at();
+                            tracing::info!("[{id}] now runs {}", slot.origin.describe());
                         }
                         Ok(()) => {}
                         Err(e) => tracing::warn!("[{id}] swap failed ({e}); restarting it"),
@@ -277,8 +291,22 @@ impl Actor for Supervisor {
             SupervisorMsg::Lookup(id, reply) => {
                 let _ = reply.send(state.slots.get(&id).and_then(|s| s.actor.clone()));
             }
+            SupervisorMsg::Watch => {
+                if state.draining {
+                    return Ok(());
+                }
+                let Some(args) = state.watch.clone() else {
+                    return Ok(());
+                };
+                match Actor::spawn_linked(None, WatchActor, args, myself.get_cell()).await {
+                    Ok((a, _)) => state.watch_actor = Some(a.get_id()),
+                    Err(e) => restart_watch(&myself, state, &e.to_string()),
+                }
+            }
             SupervisorMsg::DrainAll(reply) => {
                 state.draining = true;
+                // No more deploys while draining.
+                state.watch = None;
                 let actors: Vec<_> = state
                     .slots
                     .values()
@@ -313,6 +341,13 @@ impl Actor for Supervisor {
             }
             _ => return Ok(()),
         };
+        if state.watch_actor == Some(cell.get_id()) {
+            state.watch_actor = None;
+            if !state.draining {
+                restart_watch(&myself, state, &why);
+            }
+            return Ok(());
+        }
         let Some(id) = state.by_actor.remove(&cell.get_id()) else {
             return Ok(());
         };
@@ -330,29 +365,18 @@ impl Actor for Supervisor {
     }
 }
 
-/// Restart policy: backoff 100 ms * 2^(recent restarts), at most 30 s; more than
-/// [`MAX_RESTARTS`] within [`RESTART_WINDOW`] and the connector stays `failed`.
+/// Restarts a connector after its backoff ([`CONNECTORS`]); past the restart limit it stays
+/// `failed` (its events stay on JetStream).
 fn schedule_restart(myself: &ActorRef<SupervisorMsg>, id: &str, slot: &mut Slot) {
-    let now = Instant::now();
-    while slot
-        .restarts
-        .front()
-        .is_some_and(|t| now.duration_since(*t) > RESTART_WINDOW)
-    {
-        slot.restarts.pop_front();
-    }
-    if slot.restarts.len() >= MAX_RESTARTS {
+    let Some(delay) = slot.restarts.next(&CONNECTORS, Instant::now()) else {
         slot.state = RunState::Failed;
         tracing::error!(
-            "[{id}] gave up: {MAX_RESTARTS} restarts within {} s; its events stay on JetStream",
-            RESTART_WINDOW.as_secs()
+            "[{id}] gave up: {} restarts within {} s; its events stay on JetStream",
+            CONNECTORS.max,
+            CONNECTORS.window.as_secs()
         );
         return;
-    }
-    let delay = Duration::from_millis(100 * (1u64 << slot.restarts.len().min(9)))
-        .min(Duration::from_secs(30));
-    slot.restarts.push_back(now);
-    slot.total_restarts += 1;
+    };
     slot.state = RunState::Restarting;
     metrics::counter!(CONNECTOR_RESTARTS_TOTAL, "connector" => id.to_string()).increment(1);
     tracing::info!("[{id}] restarting in {} ms", delay.as_millis());
@@ -360,6 +384,21 @@ fn schedule_restart(myself: &ActorRef<SupervisorMsg>, id: &str, slot: &mut Slot)
         let id = id.to_string();
         move || SupervisorMsg::Start(id)
     });
+}
+
+/// Starts the registry watch again after its backoff ([`SERVICES`]: never given up on).
+fn restart_watch(myself: &ActorRef<SupervisorMsg>, state: &mut SupervisorState, why: &str) {
+    let delay = state
+        .watch_restarts
+        .next(&SERVICES, Instant::now())
+        .unwrap_or(SERVICES.cap);
+    tracing::warn!(
+        "registry watch ended ({why}); restarting it in {} ms",
+        delay.as_millis()
+    );
+    metrics::counter!(crate::metrics::SERVICE_RESTARTS_TOTAL, "service" => "registry watch")
+        .increment(1);
+    myself.send_after(delay, || SupervisorMsg::Watch);
 }
 
 fn new_slot(deps: &Deps, d: Desired) -> Slot {
@@ -372,35 +411,10 @@ fn new_slot(deps: &Deps, d: Desired) -> Slot {
         origin: d.origin,
         actor: None,
         state: RunState::Starting,
-        restarts: VecDeque::new(),
-        total_restarts: 0,
+        restarts: Restarts::default(),
         running: None,
         running_deployed_at: None,
         registry_error: None,
-    }
-}
-
-/// Where a consumer created now starts. A folder connector: when `up` started. A registry one:
-/// normally `deploy` created its consumer already; for a value written by another tool, where
-/// the server stored it (or when `up` started, if later).
-fn start_from(origin: &Origin, started_at: time::OffsetDateTime) -> time::OffsetDateTime {
-    match origin {
-        Origin::Folder(_) => started_at,
-        Origin::Registry(d) => d.stored_at.max(started_at),
-    }
-}
-
-fn deployed_at(origin: &Origin) -> Option<String> {
-    match origin {
-        Origin::Folder(_) => None,
-        Origin::Registry(d) => Some(d.deployed_at.clone()),
-    }
-}
-
-fn describe(origin: &Origin) -> String {
-    match origin {
-        Origin::Folder(f) => format!("the definition of {f}"),
-        Origin::Registry(d) => format!("registry revision {}", d.revision),
     }
 }
 
@@ -422,7 +436,7 @@ async fn deploy(myself: &ActorRef<SupervisorMsg>, state: &mut SupervisorState, d
         tracing::error!("[{id}] cannot add {topic} to the event stream: {e}");
     }
     let Some(slot) = state.slots.get_mut(&id) else {
-        tracing::info!("[{id}] starting {}", describe(&desired.origin));
+        tracing::info!("[{id}] starting {}", desired.origin.describe());
         state
             .slots
             .insert(id.clone(), new_slot(&state.deps, desired));
@@ -439,7 +453,7 @@ async fn deploy(myself: &ActorRef<SupervisorMsg>, state: &mut SupervisorState, d
     slot.pipeline = Arc::new(Pipeline::new(
         desired.connector,
         &state.deps,
-        slot.pipeline.stats.clone(),
+        slot.pipeline.stats().clone(),
     ));
     slot.origin = desired.origin;
     swap(myself, state.deps.started_at, &id, slot);
@@ -464,19 +478,19 @@ fn swap(
     };
     tracing::info!(
         "[{id}] applying {}: draining in-flight events",
-        describe(&slot.origin)
+        slot.origin.describe()
     );
     let spec = consumer_spec(
         &slot.pipeline.connector,
         &slot.origin,
-        start_from(&slot.origin, started_at),
+        slot.origin.start_from(started_at),
     );
     let pipeline = slot.pipeline.clone();
     let (me, id) = (myself.clone(), id.to_string());
     tokio::spawn(async move {
         let result = match ractor::call!(actor, ConnectorMsg::Apply, pipeline, spec) {
-            Ok(r) => r,
-            Err(e) => Err(e.to_string()),
+            Ok(r) => r.map_err(ApplyError::from),
+            Err(e) => Err(ApplyError::NoAnswer(e.to_string())),
         };
         let _ = me.send_message(SupervisorMsg::Applied {
             id,
@@ -504,7 +518,7 @@ async fn undeploy(myself: &ActorRef<SupervisorMsg>, state: &mut SupervisorState,
         slot.pipeline = Arc::new(Pipeline::new(
             c.clone(),
             &state.deps,
-            slot.pipeline.stats.clone(),
+            slot.pipeline.stats().clone(),
         ));
         slot.origin = Origin::Folder(c.origin.clone());
         swap(myself, state.deps.started_at, id, slot);
@@ -554,14 +568,14 @@ fn invalid_view(key: &str, revision: u64, error: &str) -> ConnectorView {
 fn view(id: &str, s: &Slot) -> ConnectorView {
     use std::sync::atomic::Ordering::Relaxed;
     let c = &s.pipeline.connector;
-    let st = &s.pipeline.stats;
+    let st = s.pipeline.stats();
     ConnectorView {
         id: id.to_string(),
         consumer: c.consumer.clone(),
         topic: c.trigger.topic.clone(),
         origin: c.origin.clone(),
         state: s.state.clone(),
-        restarts: s.total_restarts,
+        restarts: s.restarts.total,
         delivered: st.delivered.load(Relaxed),
         failed: st.failed.load(Relaxed),
         parked: st.parked.load(Relaxed),

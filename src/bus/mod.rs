@@ -26,17 +26,87 @@ pub const EVENTS_STREAM: &str = "HMS_EVENTS";
 pub const PARKED_STREAM: &str = "HMS_SYNC_PARKED";
 pub const REVIEW_SUBJECT: &str = "hitl.review.requested";
 
-/// A NATS failure, with what we were doing.
-#[derive(Debug, thiserror::Error)]
+/// What kind of NATS failure an error is: what retry code matches on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BusErrorKind {
+    /// No connection to a server right now (it reconnects by itself).
+    NotConnected,
+    /// No answer in time.
+    Timeout,
+    /// The stream does not exist.
+    StreamMissing,
+    /// The consumer does not exist.
+    ConsumerMissing,
+    /// A server limit refused it: a stream's `max_bytes` or `max_msgs`, storage full, the
+    /// number of consumers or streams, the message size.
+    LimitReached,
+    /// The server refused our credentials or our permissions.
+    Authorization,
+    /// Anything else.
+    Other,
+}
+
+impl BusErrorKind {
+    /// Classifies a NATS error by its text: JetStream API errors carry their error code
+    /// (`... (code 404, error code 10059)`), client errors name what happened.
+    pub fn of(message: &str) -> BusErrorKind {
+        let m = message.to_ascii_lowercase();
+        let code = |c: u32| m.contains(&format!("error code {c})"));
+        if code(10059) || m.contains("stream not found") {
+            BusErrorKind::StreamMissing
+        } else if code(10014) || m.contains("consumer not found") {
+            BusErrorKind::ConsumerMissing
+        } else if [10002, 10023, 10026, 10027, 10047, 10053, 10054, 10077]
+            .into_iter()
+            .any(code)
+            || m.contains("maximum")
+            || m.contains("exceeded")
+            || m.contains("insufficient")
+        {
+            BusErrorKind::LimitReached
+        } else if m.contains("authorization") || m.contains("permissions violation") {
+            BusErrorKind::Authorization
+        } else if m.contains("timed out") || m.contains("timeout") {
+            BusErrorKind::Timeout
+        } else if m.contains("not connected")
+            || m.contains("disconnected")
+            || m.contains("broken pipe")
+            || m.contains("connection closed")
+            || m.contains("no responders")
+        {
+            BusErrorKind::NotConnected
+        } else {
+            BusErrorKind::Other
+        }
+    }
+}
+
+/// A NATS failure: its kind, what we were doing, and what NATS said.
+#[derive(Debug, Clone, thiserror::Error)]
 #[error("NATS: {context}: {message}")]
 pub struct BusError {
+    pub kind: BusErrorKind,
     pub context: String,
     pub message: String,
 }
 
+impl BusError {
+    /// Whether trying again later may help (no connection, no answer, a limit that may lift).
+    pub fn is_transient(&self) -> bool {
+        matches!(
+            self.kind,
+            BusErrorKind::NotConnected | BusErrorKind::Timeout | BusErrorKind::LimitReached
+        )
+    }
+}
+
 pub(crate) fn err(context: impl Into<String>) -> impl FnOnce(String) -> BusError {
     let context = context.into();
-    move |message| BusError { context, message }
+    move |message| BusError {
+        kind: BusErrorKind::of(&message),
+        context,
+        message,
+    }
 }
 
 /// A connection to NATS and its JetStream context.
@@ -77,7 +147,11 @@ impl Bus {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
         while client.connection_state() != async_nats::connection::State::Connected {
             if tokio::time::Instant::now() > deadline {
-                return Err(err(format!("connect {url}"))("no answer within 5 s".into()));
+                return Err(BusError {
+                    kind: BusErrorKind::NotConnected,
+                    context: format!("connect {url}"),
+                    message: "no answer within 5 s".into(),
+                });
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
@@ -604,6 +678,42 @@ impl Delivery {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn errors_are_classified_by_what_nats_said() {
+        let cases = [
+            (
+                "stream not found (code 404, error code 10059)",
+                BusErrorKind::StreamMissing,
+            ),
+            (
+                "consumer not found (code 404, error code 10014)",
+                BusErrorKind::ConsumerMissing,
+            ),
+            (
+                "maximum consumers limit reached (code 400, error code 10026)",
+                BusErrorKind::LimitReached,
+            ),
+            ("nats: maximum bytes exceeded", BusErrorKind::LimitReached),
+            (
+                "insufficient resources (code 503, error code 10023)",
+                BusErrorKind::LimitReached,
+            ),
+            (
+                "timed out: didn't receive ack in time",
+                BusErrorKind::Timeout,
+            ),
+            ("broken pipe", BusErrorKind::NotConnected),
+            ("no responders", BusErrorKind::NotConnected),
+            ("authorization violation", BusErrorKind::Authorization),
+            ("something else", BusErrorKind::Other),
+        ];
+        for (text, want) in cases {
+            assert_eq!(BusErrorKind::of(text), want, "{text}");
+        }
+        assert!(err("x")("timed out".into()).is_transient());
+        assert!(!err("x")("stream not found".into()).is_transient());
+    }
 
     #[test]
     fn subject_cover() {

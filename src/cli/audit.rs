@@ -28,12 +28,25 @@ pub async fn exec(cli: &Cli, cmd: &Cmd) -> anyhow::Result<ExitCode> {
             if *json {
                 println!(
                     "{}",
-                    serde_json::json!({ "intact": true, "records": n, "duplicates": d })
+                    serde_json::json!({
+                        "intact": true, "records": n, "duplicates": d,
+                        "gaps": found.gaps, "lost": found.lost,
+                    })
                 );
-            } else if d > 0 {
-                println!("audit trail intact: {n} records in HMS_AUDIT (and {d} exact copies of records stored twice by a retried store)");
             } else {
-                println!("audit trail intact: {n} records in HMS_AUDIT");
+                let mut line = format!("audit trail intact: {n} records in HMS_AUDIT");
+                if d > 0 {
+                    line.push_str(&format!(
+                        " (and {d} exact copies of records stored twice by a retried store)"
+                    ));
+                }
+                println!("{line}");
+                if found.gaps > 0 {
+                    println!(
+                        "{} sealed gap record(s) declare {} records lost (see records of kind \"gap\": how many, since, until, why)",
+                        found.gaps, found.lost
+                    );
+                }
             }
             Ok(ExitCode::SUCCESS)
         }

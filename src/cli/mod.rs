@@ -103,27 +103,10 @@ impl Cli {
     }
 }
 
-fn init_logging(format: &str) {
-    use std::io::IsTerminal;
-    use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_env("HMS_SYNC_LOG")
-        .unwrap_or_else(|_| EnvFilter::new("info,ractor=warn,async_nats=warn"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_target(false);
-    if format == "json" {
-        let _ = builder.json().try_init();
-    } else {
-        let _ = builder.without_time().try_init();
-    }
-}
-
 /// Entry point of the binary.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging(&cli.log_format);
+    crate::logging::init(&cli.log_format);
     match &cli.command {
         Command::Test(a) => test::exec(a),
         Command::Validate(a) => validate::exec(a),

@@ -5,9 +5,14 @@ use std::process::ExitCode;
 use serde_json::{json, Value as Json};
 
 use super::Cli;
-use crate::bus::{Bus, StoredJob, ORIGINAL_SUBJECT_HEADER, REPLAY_OF_HEADER};
+use crate::bus::Bus;
 use crate::connector::consumer_name;
-use crate::delivery::{now_rfc3339, ParkedJob, REPLAY_KEY_HEADER};
+use crate::parked::{self, Reviewed};
+
+/// Who acts on a parked job (kept in the record of the action).
+fn who() -> String {
+    std::env::var("USER").unwrap_or_default()
+}
 
 #[derive(Debug, clap::Subcommand)]
 pub enum Cmd {
@@ -52,22 +57,6 @@ pub enum Cmd {
     },
 }
 
-fn parse(job: &StoredJob) -> Option<ParkedJob> {
-    serde_json::from_slice(&job.payload).ok()
-}
-
-fn summary(job: &StoredJob, p: &ParkedJob) -> Json {
-    json!({
-        "id": job.id,
-        "connector": p.connector,
-        "parkedAt": p.parked_at,
-        "attempts": p.attempts.len(),
-        "error": p.error,
-        "subject": p.event.subject,
-        "idempotencyKey": p.idempotency_key,
-    })
-}
-
 pub async fn exec(cli: &Cli, cmd: &Cmd) -> anyhow::Result<ExitCode> {
     let conn = super::connect::connect(&cli.runtime_config()?).await?;
     let result = run(&conn.bus, cmd).await;
@@ -78,13 +67,9 @@ pub async fn exec(cli: &Cli, cmd: &Cmd) -> anyhow::Result<ExitCode> {
 async fn run(bus: &Bus, cmd: &Cmd) -> anyhow::Result<ExitCode> {
     match cmd {
         Cmd::List { connector, json } => {
-            let jobs = bus
-                .parked_jobs(connector.as_deref().map(consumer_name).as_deref())
-                .await?;
-            let rows: Vec<Json> = jobs
-                .iter()
-                .filter_map(|j| parse(j).map(|p| summary(j, &p)))
-                .collect();
+            let jobs =
+                parked::list(bus, connector.as_deref().map(consumer_name).as_deref()).await?;
+            let rows: Vec<Json> = jobs.iter().filter_map(Reviewed::summary).collect();
             if *json {
                 println!("{}", serde_json::to_string_pretty(&rows)?);
             } else if rows.is_empty() {
@@ -112,19 +97,18 @@ async fn run(bus: &Bus, cmd: &Cmd) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Show { id, json } => {
-            let Some(job) = bus.parked_job(*id).await? else {
+            let Some(job) = parked::get(bus, *id).await? else {
                 eprintln!("no parked job {id}");
                 return Ok(ExitCode::from(1));
             };
-            let value: Json = serde_json::from_slice(&job.payload)?;
             if *json {
                 println!(
                     "{}",
-                    serde_json::to_string_pretty(&json!({ "id": id, "job": value }))?
+                    serde_json::to_string_pretty(&json!({ "id": id, "job": job.raw }))?
                 );
             } else {
-                let Some(p) = parse(&job) else {
-                    println!("{}", serde_json::to_string_pretty(&value)?);
+                let Some(p) = &job.job else {
+                    println!("{}", serde_json::to_string_pretty(&job.raw)?);
                     return Ok(ExitCode::SUCCESS);
                 };
                 println!("parked job {id}");
@@ -163,7 +147,7 @@ async fn run(bus: &Bus, cmd: &Cmd) -> anyhow::Result<ExitCode> {
             json,
         } => {
             let jobs = match id {
-                Some(id) => match bus.parked_job(*id).await? {
+                Some(id) => match parked::get(bus, *id).await? {
                     Some(j) => vec![j],
                     None => {
                         eprintln!("no parked job {id}");
@@ -171,63 +155,28 @@ async fn run(bus: &Bus, cmd: &Cmd) -> anyhow::Result<ExitCode> {
                     }
                 },
                 None if *all => {
-                    bus.parked_jobs(connector.as_deref().map(consumer_name).as_deref())
-                        .await?
+                    parked::list(bus, connector.as_deref().map(consumer_name).as_deref()).await?
                 }
                 None => vec![],
             };
             let since = match since {
                 Some(s) => Some(
-                    time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339)
-                        .map_err(|e| anyhow::anyhow!("--since {s}: expected RFC 3339 ({e})"))?,
+                    crate::clock::parse(s)
+                        .ok_or_else(|| anyhow::anyhow!("--since {s}: expected RFC 3339"))?,
                 ),
                 None => None,
             };
             let mut done = Vec::new();
             for job in &jobs {
-                let Some(p) = parse(job) else {
+                let Some(p) = &job.job else {
                     eprintln!("parked job {}: not a parked job record; skipped", job.id);
                     continue;
                 };
-                if let Some(since) = since {
-                    let at = time::OffsetDateTime::parse(
-                        &p.parked_at,
-                        &time::format_description::well_known::Rfc3339,
-                    )
-                    .ok();
-                    if at.is_some_and(|at| at < since) {
-                        continue;
-                    }
+                if since.is_some_and(|since| !parked::parked_since(p, since)) {
+                    continue;
                 }
-                let mut headers: Vec<(String, String)> = p
-                    .event
-                    .headers
-                    .iter()
-                    .filter(|(k, _)| {
-                        !k.eq_ignore_ascii_case("Nats-Msg-Id")
-                            && !k.eq_ignore_ascii_case(REPLAY_KEY_HEADER)
-                            && !k.eq_ignore_ascii_case(ORIGINAL_SUBJECT_HEADER)
-                            && !k.eq_ignore_ascii_case(REPLAY_OF_HEADER)
-                    })
-                    .cloned()
-                    .collect();
-                headers.push((REPLAY_KEY_HEADER.into(), p.idempotency_key.clone()));
-                headers.push((ORIGINAL_SUBJECT_HEADER.into(), p.event.subject.clone()));
-                headers.push((REPLAY_OF_HEADER.into(), job.id.to_string()));
-                headers.push((
-                    "Nats-Msg-Id".into(),
-                    format!("replay:{}:{}", p.consumer, job.id),
-                ));
-                let seq = bus
-                    .publish_replay(&p.consumer, &headers, p.event.payload.clone().into_bytes())
-                    .await?;
-                let record = json!({
-                    "action": "replayed", "parkedId": job.id, "connector": p.connector,
-                    "at": now_rfc3339(), "replaySequence": seq, "idempotencyKey": p.idempotency_key,
-                    "by": std::env::var("USER").unwrap_or_default(),
-                });
-                bus.resolve_parked(&p.consumer, job.id, record.to_string().as_bytes())
-                    .await?;
+                let record = parked::replay(bus, job, &who()).await?;
+                let seq = record["replaySequence"].as_u64().unwrap_or_default();
                 if !*json {
                     println!(
                         "replayed parked job {} ({}) as HMS_EVENTS seq {seq}",
@@ -244,21 +193,12 @@ async fn run(bus: &Bus, cmd: &Cmd) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Discard { id, reason, json } => {
-            let Some(job) = bus.parked_job(*id).await? else {
+            let Some(job) = parked::get(bus, *id).await? else {
                 eprintln!("no parked job {id}");
                 return Ok(ExitCode::from(1));
             };
-            let consumer = job.subject.trim_start_matches("sync.parked.").to_string();
-            let p = parse(&job);
-            let record = json!({
-                "action": "discarded", "parkedId": id,
-                "connector": p.as_ref().map(|p| p.connector.clone()),
-                "at": now_rfc3339(), "reason": reason,
-                "by": std::env::var("USER").unwrap_or_default(),
-                "job": serde_json::from_slice::<Json>(&job.payload).unwrap_or(Json::Null),
-            });
-            bus.resolve_parked(&consumer, *id, record.to_string().as_bytes())
-                .await?;
+            let consumer = job.consumer().to_string();
+            let record = parked::discard(bus, &job, reason.as_deref(), &who()).await?;
             if *json {
                 println!("{}", serde_json::to_string_pretty(&record)?);
             } else {

@@ -47,10 +47,11 @@ pub async fn exec(cli: &Cli, args: &Args) -> anyhow::Result<ExitCode> {
         .clone()
         .unwrap_or_else(|| default_url(cfg.http.listen));
     let base = base.trim_end_matches('/').to_string();
-    let http = HttpClient::new().map_err(anyhow::Error::msg)?;
+    let http = HttpClient::new()?;
     let answer = http
         .get_json(&format!("{base}/api/connectors"), Duration::from_secs(3))
         .await
+        .map_err(|e| e.to_string())
         .and_then(|v| from_instance(&v));
     let rows = match answer {
         Ok(rows) => rows,

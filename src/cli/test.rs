@@ -102,7 +102,7 @@ pub fn exec(args: &Args) -> ExitCode {
                 .clone()
                 .unwrap_or_else(|| c.trigger.topic.clone()),
             sequence: 1,
-            published: crate::delivery::now_rfc3339(),
+            published: crate::clock::now_rfc3339(),
             id: String::new(),
         };
         match f.evaluate(&event, &meta) {

@@ -1,114 +1,20 @@
-//! The `auth:`, `lookup:` and `responseCheck:` blocks of an outbound connector: as written, and their validation.
+//! Validation of the `auth:`, `lookup:` and `responseCheck:` blocks of an outbound connector.
 
-use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
 
-use serde::{Deserialize, Serialize};
-
+use super::model::{Lookup, LookupAuth};
+use super::problems::Report;
+use super::raw::{RawAuth, RawCheck, RawLookup};
+use super::rules::{url_problem, METHODS};
 use super::yaml_pos::Positions;
-use super::{Lookup, LookupAuth, Report, METHODS};
 use crate::auth::{Auth, ClientAuth, KeySource, Provider};
 use crate::check::{Check, OnFailure, ResponseCheck};
 use crate::template::{Flavor, StringTemplate};
-
-/// `auth:` as written.
-#[derive(Debug, Clone, Deserialize, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct RawAuth {
-    /// `bearer`, `oauth2-client-credentials`, `google-service-account` or `arcgis-token`.
-    #[serde(rename = "type")]
-    pub kind: String,
-    /// bearer: the token, as `${VAR}`.
-    #[serde(default)]
-    pub token: Option<String>,
-    /// oauth2-client-credentials: the token endpoint.
-    #[serde(default)]
-    pub token_url: Option<String>,
-    #[serde(default)]
-    pub client_id: Option<String>,
-    /// oauth2-client-credentials: `${VAR}`.
-    #[serde(default)]
-    pub client_secret: Option<String>,
-    /// `basic` (default) or `body`: how the client authenticates at the token endpoint.
-    #[serde(default)]
-    pub client_auth: Option<String>,
-    /// OAuth2 / Google scopes.
-    #[serde(default)]
-    pub scopes: Vec<String>,
-    /// google-service-account: the JSON key file (relative to the connector file), or
-    /// `${VAR}` holding the key JSON (or a path to it).
-    #[serde(default)]
-    pub key_file: Option<String>,
-    /// google-service-account: the user to impersonate (domain-wide delegation).
-    #[serde(default)]
-    pub subject: Option<String>,
-    /// arcgis-token: the generateToken URL (default ArcGIS Online's).
-    #[serde(default)]
-    pub url: Option<String>,
-    #[serde(default)]
-    pub username: Option<String>,
-    /// arcgis-token: `${VAR}`.
-    #[serde(default)]
-    pub password: Option<String>,
-    /// arcgis-token: the referer the token is bound to (sent as `Referer` with each request).
-    #[serde(default)]
-    pub referer: Option<String>,
-    /// arcgis-token: token lifetime asked for, minutes (default 60).
-    #[serde(default)]
-    pub expiration_minutes: Option<u32>,
-    /// arcgis-token: an API key (`${VAR}`) used as the token instead of generateToken.
-    #[serde(default)]
-    pub api_key: Option<String>,
-    /// Header carrying the token (default `Authorization`).
-    #[serde(default)]
-    pub header: Option<String>,
-    /// Text before the token (default `Bearer `).
-    #[serde(default)]
-    pub prefix: Option<String>,
-    /// CEL over `status`, `headers`, `body`: this answer means "token refused" (default
-    /// `status == 401`; arcgis-token also error codes 498/499 in the body).
-    #[serde(default)]
-    pub rejected_when: Option<String>,
-}
-
-/// `responseCheck:` as written: an expression, or `{ success, onFailure }`.
-#[derive(Debug, Clone, Deserialize, Serialize)]
-#[serde(untagged)]
-pub enum RawCheck {
-    Expr(String),
-    Full {
-        success: String,
-        #[serde(default, rename = "onFailure")]
-        on_failure: Option<String>,
-    },
-}
-
-/// `lookup:` as written.
-#[derive(Debug, Clone, Deserialize, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct RawLookup {
-    pub url: String,
-    /// Default GET.
-    #[serde(default)]
-    pub method: Option<String>,
-    #[serde(default)]
-    pub headers: BTreeMap<String, String>,
-    /// Query parameters; values are templates, form-encoded as data.
-    #[serde(default)]
-    pub query: BTreeMap<String, String>,
-    /// `inherit` (default: the connector's auth), `none`, or an auth block of its own.
-    #[serde(default)]
-    pub auth: Option<serde_yaml::Value>,
-    /// Name the JSON answer is bound under for the main templates (default `lookup`).
-    #[serde(default, rename = "as")]
-    pub bind: Option<String>,
-    #[serde(default)]
-    pub response_check: Option<RawCheck>,
-}
+use crate::wire::{HeaderName, Method};
 
 /// Compiles an `auth:` block found at `at` (a dotted path).
-pub(super) fn compile_auth(
+pub fn compile_auth(
     raw: &RawAuth,
     at: &str,
     file: &str,
@@ -138,7 +44,7 @@ pub(super) fn compile_auth(
         }
         Some(t)
     };
-    let http_url = |r: &mut Report<'_>, u: &str, key: &str| match reqwest::Url::parse(u) {
+    let http_url = |r: &mut Report<'_>, u: &str, key: &str| match url::Url::parse(u) {
         Ok(url) if url.scheme() == "https" || url.scheme() == "http" => {}
         _ => r.at(p(key), format!("`{key}` `{u}` is not an http(s) URL")),
     };
@@ -241,8 +147,8 @@ pub(super) fn compile_auth(
         }
     };
     let header = match raw.header.as_deref() {
-        None => reqwest::header::AUTHORIZATION,
-        Some(h) => match reqwest::header::HeaderName::from_bytes(h.as_bytes()) {
+        None => http::header::AUTHORIZATION,
+        Some(h) => match HeaderName::from_bytes(h.as_bytes()) {
             Ok(h) => h,
             Err(_) => {
                 r.at(p("header"), format!("`{h}` is not a valid header name"));
@@ -275,7 +181,7 @@ pub(super) fn compile_auth(
 }
 
 /// Compiles a `responseCheck:` found at `at`.
-pub(super) fn compile_check(
+pub fn compile_check(
     raw: &RawCheck,
     at: &str,
     pos: &Positions,
@@ -315,7 +221,7 @@ pub(super) fn compile_check(
 }
 
 /// Compiles `lookup:`.
-pub(super) fn compile_lookup(
+pub fn compile_lookup(
     raw: &RawLookup,
     file: &str,
     pos: &Positions,
@@ -331,14 +237,14 @@ pub(super) fn compile_lookup(
     }
     let url = r.template(&raw.url, Flavor::Url, pos.value("lookup.url"));
     if url.is_some() {
-        if let Some(msg) = super::raw::url_problem(&raw.url) {
+        if let Some(msg) = url_problem(&raw.url) {
             r.at(pos.value("lookup.url"), format!("url `{}`: {msg}", raw.url));
         }
     }
     let mut headers = Vec::new();
     for (name, value) in &raw.headers {
         let path = format!("lookup.headers.{name}");
-        match reqwest::header::HeaderName::from_bytes(name.as_bytes()) {
+        match HeaderName::from_bytes(name.as_bytes()) {
             Ok(h) => {
                 if let Some(t) = r.template(value, Flavor::Text, pos.value(&path)) {
                     headers.push((h, t));
@@ -398,7 +304,7 @@ pub(super) fn compile_lookup(
         return None;
     }
     Some(Lookup {
-        method: reqwest::Method::from_bytes(method.as_bytes()).ok()?,
+        method: Method::from_bytes(method.as_bytes()).ok()?,
         url: url?,
         headers,
         query,

@@ -1,17 +1,8 @@
-//! Connector YAML as written (camelCase keys), and its validation into a compiled connector.
+//! Connector YAML as written (camelCase keys): the serde structs, before any validation.
 
 use std::collections::BTreeMap;
-use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
-
-use super::yaml_pos::Positions;
-use super::{
-    consumer_name, AnyConnector, Connector, Encoding, Kind, RateLimit, Report, Retry, Target,
-    Trigger, DEFAULT_MAX_BACKOFF, METHODS,
-};
-use crate::filter::Filter;
-use crate::template::{BodyTemplate, Flavor};
 
 /// A connector file as written.
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -47,13 +38,13 @@ pub struct RawConnector {
     pub publish: Option<RawPublish>,
     /// Outbound: how requests authenticate (bearer, OAuth2, Google, ArcGIS).
     #[serde(default)]
-    pub auth: Option<super::extras::RawAuth>,
+    pub auth: Option<RawAuth>,
     /// Outbound: a request made first whose JSON answer feeds the templates.
     #[serde(default)]
-    pub lookup: Option<super::extras::RawLookup>,
+    pub lookup: Option<RawLookup>,
     /// Outbound: when an answer counts as success beyond its status code (CEL).
     #[serde(default)]
-    pub response_check: Option<super::extras::RawCheck>,
+    pub response_check: Option<RawCheck>,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -167,419 +158,97 @@ pub struct RawPublish {
     pub body: Option<serde_json::Value>,
 }
 
-impl RawConnector {
-    /// Validates and compiles; pushes every problem found. Returns `None` when it can't build.
-    pub(super) fn compile(self, pos: &Positions, r: &mut Report<'_>) -> Option<AnyConnector> {
-        let file = r.file;
-        let before = r.count();
-        if self.id.is_empty()
-            || !self
-                .id
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
-        {
-            r.at(
-                pos.value("id"),
-                format!(
-                    "id `{}`: use letters, digits, '.', '_' and '-' only",
-                    self.id
-                ),
-            );
-        }
-        let kind = match self.kind.as_str() {
-            "outbound" => Kind::Outbound,
-            "inbound" => Kind::Inbound,
-            other => {
-                r.at(
-                    pos.value("type"),
-                    format!("type `{other}`: expected `outbound` or `inbound`"),
-                );
-                return None;
-            }
-        };
-        if kind == Kind::Inbound {
-            return super::inbound::compile(&self, pos, r);
-        }
-
-        // Outbound.
-        let Some(trigger) = &self.trigger else {
-            r.at(pos.key(""), "an outbound connector needs `trigger.topic`");
-            return None;
-        };
-        let Some(map) = &self.map else {
-            r.at(
-                pos.key(""),
-                "an outbound connector needs `map.to` (url, method, body)",
-            );
-            return None;
-        };
-        if let Some(msg) = subject_problem(&trigger.topic) {
-            r.at(
-                pos.value("trigger.topic"),
-                format!("topic `{}`: {msg}", trigger.topic),
-            );
-        }
-        let filter = trigger
-            .filter
-            .as_deref()
-            .and_then(|f| match Filter::compile(f) {
-                Ok(f) => Some(f),
-                Err(e) => {
-                    r.at(
-                        pos.value("trigger.filter"),
-                        format!("filter does not compile: {e}"),
-                    );
-                    None
-                }
-            });
-        let ordering_key = trigger
-            .ordering_key
-            .as_deref()
-            .and_then(|k| r.template(k, Flavor::Text, pos.value("trigger.orderingKey")));
-
-        let to = &map.to;
-        let method_upper = to.method.to_ascii_uppercase();
-        let method = if METHODS.contains(&method_upper.as_str()) && method_upper == to.method {
-            reqwest::Method::from_bytes(method_upper.as_bytes()).ok()
-        } else {
-            let hint = METHODS
-                .iter()
-                .find(|m| **m == method_upper)
-                .map(|m| format!(" (did you mean `{m}`?)"))
-                .unwrap_or_default();
-            r.at(
-                pos.value("map.to.method"),
-                format!(
-                    "method `{}`: expected one of {}{hint}",
-                    to.method,
-                    METHODS.join(", ")
-                ),
-            );
-            None
-        };
-        let url = r.template(&to.url, Flavor::Url, pos.value("map.to.url"));
-        if url.is_some() {
-            if let Some(msg) = url_problem(&to.url) {
-                r.at(pos.value("map.to.url"), format!("url `{}`: {msg}", to.url));
-            }
-        }
-        let mut headers = Vec::new();
-        for (name, value) in &to.headers {
-            let path = format!("map.to.headers.{name}");
-            match reqwest::header::HeaderName::from_bytes(name.as_bytes()) {
-                Ok(h) => {
-                    if value.contains(['\r', '\n']) {
-                        r.at(
-                            pos.value(&path),
-                            format!("header `{name}`: value contains CR or LF"),
-                        );
-                    } else if let Some(t) = r.template(value, Flavor::Text, pos.value(&path)) {
-                        headers.push((h, t));
-                    }
-                }
-                Err(_) => r.at(
-                    pos.key(&path),
-                    format!("header name `{name}` is not a valid HTTP header name"),
-                ),
-            }
-        }
-        let body = match &to.body {
-            None => None,
-            Some(b) => match BodyTemplate::compile(b) {
-                Ok(t) => Some(t),
-                Err(errs) => {
-                    for (p, e) in errs {
-                        r.at(
-                            pos.value(&format!("map.to.body.{p}")),
-                            format!("body `{p}`: {}", e.0),
-                        );
-                    }
-                    None
-                }
-            },
-        };
-        let encoding = match to.encoding.as_deref() {
-            None | Some("json") => Encoding::Json,
-            Some("form") => Encoding::Form,
-            Some(other) => {
-                r.at(
-                    pos.value("map.to.encoding"),
-                    format!("encoding `{other}`: expected `json` or `form`"),
-                );
-                Encoding::Json
-            }
-        };
-        if let Some(from) = &map.from {
-            if from != "canonical" {
-                r.at(
-                    pos.value("map.from"),
-                    format!("from `{from}`: only `canonical` (the event payload as published) is supported"),
-                );
-            }
-        }
-        let mut retry = Retry::default();
-        if let Some(rr) = &self.retry {
-            if let Some(max) = rr.max {
-                if max == 0 {
-                    r.at(
-                        pos.value("retry.max"),
-                        "retry.max counts attempts in total: at least 1",
-                    );
-                }
-                retry.max = max.max(1);
-            }
-            if let Some(b) = rr.backoff_ms {
-                retry.backoff = Duration::from_millis(b);
-            }
-            retry.max_backoff = rr
-                .max_backoff_ms
-                .map(Duration::from_millis)
-                .unwrap_or(DEFAULT_MAX_BACKOFF);
-            let mut seen = std::collections::HashMap::new();
-            for (class, list) in &rr.statuses {
-                for (i, v) in list.iter().enumerate() {
-                    let path = format!("retry.statuses.{class}[{i}]");
-                    let text = match v {
-                        serde_yaml::Value::Number(n) => n.to_string(),
-                        serde_yaml::Value::String(s) => s.clone(),
-                        _ => String::new(),
-                    };
-                    let Some(p) = crate::outcome::StatusPattern::parse(&text) else {
-                        r.at(
-                            pos.value(&path),
-                            format!("`{text}`: expected a status code (404) or a class (4xx)"),
-                        );
-                        continue;
-                    };
-                    if let Some(other) = seen.insert(text.clone(), class.clone()) {
-                        r.at(
-                            pos.value(&path),
-                            format!("`{text}` is listed under both `{other}` and `{class}`"),
-                        );
-                    }
-                    match class.as_str() {
-                        "success" => retry.statuses.success.push(p),
-                        "transient" => retry.statuses.transient.push(p),
-                        "permanent" => retry.statuses.permanent.push(p),
-                        _ => {}
-                    }
-                }
-            }
-            if retry.backoff > retry.max_backoff {
-                r.at(
-                    pos.value("retry.backoffMs"),
-                    format!(
-                        "retry.backoffMs ({} ms) is above the maximum backoff ({} ms)",
-                        retry.backoff.as_millis(),
-                        retry.max_backoff.as_millis()
-                    ),
-                );
-            }
-        }
-        let rate_limit = match &self.rate_limit {
-            None => None,
-            Some(rl) if !(rl.per_second.is_finite() && rl.per_second > 0.0) => {
-                r.at(
-                    pos.value("rateLimit.perSecond"),
-                    "rateLimit.perSecond must be above 0",
-                );
-                None
-            }
-            Some(rl) => Some(RateLimit {
-                per_second: rl.per_second,
-                burst: rl
-                    .burst
-                    .unwrap_or_else(|| rl.per_second.ceil().max(1.0) as u32)
-                    .max(1),
-            }),
-        };
-        let timeout = Duration::from_millis(self.timeout_ms.unwrap_or(10_000));
-        if self.timeout_ms == Some(0) {
-            r.at(pos.value("timeoutMs"), "timeoutMs must be above 0");
-        }
-        let idempotency_header = match self.idempotency_header.as_deref() {
-            None => Some(reqwest::header::HeaderName::from_static("idempotency-key")),
-            Some("none") | Some("") => None,
-            Some(h) => match reqwest::header::HeaderName::from_bytes(h.as_bytes()) {
-                Ok(h) => Some(h),
-                Err(_) => {
-                    r.at(
-                        pos.value("idempotencyHeader"),
-                        format!("`{h}` is not a valid header name (or `none`)"),
-                    );
-                    None
-                }
-            },
-        };
-        let auth = self
-            .auth
-            .as_ref()
-            .and_then(|a| super::extras::compile_auth(a, "auth", file, pos, r));
-        let lookup = self
-            .lookup
-            .as_ref()
-            .and_then(|l| super::extras::compile_lookup(l, file, pos, r));
-        let response_check = self
-            .response_check
-            .as_ref()
-            .and_then(|c| super::extras::compile_check(c, "responseCheck", pos, r));
-        if r.count() != before {
-            return None;
-        }
-        let (Some(method), Some(url)) = (method, url) else {
-            return None;
-        };
-        let schema_json = match &map.schema {
-            None => {
-                let mut required: Vec<String> = url.fields();
-                headers
-                    .iter()
-                    .for_each(|(_, t)| required.extend(t.fields()));
-                if let Some(l) = &lookup {
-                    required.extend(l.url.fields());
-                    let templates = l
-                        .headers
-                        .iter()
-                        .map(|(_, t)| t)
-                        .chain(l.query.iter().map(|(_, t)| t));
-                    templates.for_each(|t| required.extend(t.fields()));
-                }
-                let mut optional: Vec<String> = body
-                    .as_ref()
-                    .map(|b| b.leaves().iter().flat_map(|t| t.fields()).collect())
-                    .unwrap_or_default();
-                if let Some(f) = &filter {
-                    optional.extend(f.object_fields());
-                }
-                // What the lookup's answer supplies is not the event's to carry.
-                if let Some(l) = &lookup {
-                    let prefix = format!("{}.", l.bind);
-                    let ours = |f: &String| *f == l.bind || f.starts_with(&prefix);
-                    required.retain(|f| !ours(f));
-                    optional.retain(|f| !ours(f));
-                }
-                crate::schema::generate(&self.id, &required, &optional)
-            }
-            Some(serde_json::Value::String(path)) => {
-                let base = std::path::Path::new(file)
-                    .parent()
-                    .unwrap_or(std::path::Path::new("."));
-                let full = base.join(path);
-                match std::fs::read_to_string(&full)
-                    .map_err(|e| e.to_string())
-                    .and_then(|t| serde_json::from_str(&t).map_err(|e| e.to_string()))
-                {
-                    Ok(v) => v,
-                    Err(e) => {
-                        r.at(
-                            pos.value("map.schema"),
-                            format!("schema {}: {e}", full.display()),
-                        );
-                        return None;
-                    }
-                }
-            }
-            Some(inline) => inline.clone(),
-        };
-        let schema = match crate::schema::InputSchema::compile(schema_json) {
-            Ok(s) => s,
-            Err(e) => {
-                r.at(pos.value("map.schema"), e);
-                return None;
-            }
-        };
-        Some(AnyConnector::Outbound(Box::new(Connector {
-            consumer: consumer_name(&self.id),
-            id: self.id,
-            kind,
-            trigger: Trigger {
-                topic: trigger.topic.clone(),
-                filter,
-                ordering_key,
-            },
-            target: Target {
-                method,
-                url,
-                headers,
-                body,
-                encoding,
-            },
-            retry,
-            rate_limit,
-            timeout,
-            idempotency_header,
-            schema,
-            auth,
-            lookup,
-            response_check,
-            origin: file.to_string(),
-        })))
-    }
+/// `auth:` as written.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RawAuth {
+    /// `bearer`, `oauth2-client-credentials`, `google-service-account` or `arcgis-token`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// bearer: the token, as `${VAR}`.
+    #[serde(default)]
+    pub token: Option<String>,
+    /// oauth2-client-credentials: the token endpoint.
+    #[serde(default)]
+    pub token_url: Option<String>,
+    #[serde(default)]
+    pub client_id: Option<String>,
+    /// oauth2-client-credentials: `${VAR}`.
+    #[serde(default)]
+    pub client_secret: Option<String>,
+    /// `basic` (default) or `body`: how the client authenticates at the token endpoint.
+    #[serde(default)]
+    pub client_auth: Option<String>,
+    /// OAuth2 / Google scopes.
+    #[serde(default)]
+    pub scopes: Vec<String>,
+    /// google-service-account: the JSON key file (relative to the connector file), or
+    /// `${VAR}` holding the key JSON (or a path to it).
+    #[serde(default)]
+    pub key_file: Option<String>,
+    /// google-service-account: the user to impersonate (domain-wide delegation).
+    #[serde(default)]
+    pub subject: Option<String>,
+    /// arcgis-token: the generateToken URL (default ArcGIS Online's).
+    #[serde(default)]
+    pub url: Option<String>,
+    #[serde(default)]
+    pub username: Option<String>,
+    /// arcgis-token: `${VAR}`.
+    #[serde(default)]
+    pub password: Option<String>,
+    /// arcgis-token: the referer the token is bound to (sent as `Referer` with each request).
+    #[serde(default)]
+    pub referer: Option<String>,
+    /// arcgis-token: token lifetime asked for, minutes (default 60).
+    #[serde(default)]
+    pub expiration_minutes: Option<u32>,
+    /// arcgis-token: an API key (`${VAR}`) used as the token instead of generateToken.
+    #[serde(default)]
+    pub api_key: Option<String>,
+    /// Header carrying the token (default `Authorization`).
+    #[serde(default)]
+    pub header: Option<String>,
+    /// Text before the token (default `Bearer `).
+    #[serde(default)]
+    pub prefix: Option<String>,
+    /// CEL over `status`, `headers`, `body`: this answer means "token refused" (default
+    /// `status == 401`; arcgis-token also error codes 498/499 in the body).
+    #[serde(default)]
+    pub rejected_when: Option<String>,
 }
 
-/// Why a NATS subject is not usable as a trigger topic, if it isn't.
-pub fn subject_problem(s: &str) -> Option<&'static str> {
-    if s.is_empty() {
-        return Some("empty subject");
-    }
-    let tokens: Vec<&str> = s.split('.').collect();
-    for (i, t) in tokens.iter().enumerate() {
-        if t.is_empty() {
-            return Some("empty token (two dots, or a leading/trailing dot)");
-        }
-        if t.chars().any(|c| c.is_whitespace()) {
-            return Some("subjects cannot contain spaces");
-        }
-        if *t == ">" && i != tokens.len() - 1 {
-            return Some("`>` must be the last token");
-        }
-        if t.len() > 1 && (t.contains('*') || t.contains('>')) {
-            return Some("wildcards `*` and `>` must be whole tokens");
-        }
-    }
-    if s.starts_with("$JS.") || s.starts_with("_INBOX.") {
-        return Some("reserved subject");
-    }
-    None
+/// `responseCheck:` as written: an expression, or `{ success, onFailure }`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(untagged)]
+pub enum RawCheck {
+    Expr(String),
+    Full {
+        success: String,
+        #[serde(default, rename = "onFailure")]
+        on_failure: Option<String>,
+    },
 }
 
-/// Why a URL template does not make an http(s) URL, if it doesn't.
-pub(super) fn url_problem(template: &str) -> Option<String> {
-    // Replace placeholders with a harmless value and parse what is left.
-    let mut probe = String::new();
-    let mut rest = template;
-    while let Some(i) = rest.find(['{', '$']) {
-        probe.push_str(&rest[..i]);
-        let tail = &rest[i..];
-        let close = if tail.starts_with("{{") {
-            tail.find("}}").map(|e| e + 2)
-        } else if tail.starts_with("${") || tail.starts_with('{') {
-            tail.find('}').map(|e| e + 1)
-        } else {
-            None
-        };
-        match close {
-            Some(end) => {
-                // A secret may hold a scheme/host prefix; assume the common case of a value.
-                probe.push('x');
-                rest = &tail[end..];
-            }
-            None => {
-                probe.push_str(&tail[..1]);
-                rest = &tail[1..];
-            }
-        }
-    }
-    probe.push_str(rest);
-    match reqwest::Url::parse(&probe) {
-        Ok(u) if u.scheme() == "http" || u.scheme() == "https" => {
-            if u.host_str().is_none_or(|h| h.is_empty()) {
-                Some("no host".into())
-            } else {
-                None
-            }
-        }
-        Ok(u) => Some(format!("scheme `{}`: expected http or https", u.scheme())),
-        Err(e) => Some(format!("not a valid URL ({e})")),
-    }
+/// `lookup:` as written.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RawLookup {
+    pub url: String,
+    /// Default GET.
+    #[serde(default)]
+    pub method: Option<String>,
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+    /// Query parameters; values are templates, form-encoded as data.
+    #[serde(default)]
+    pub query: BTreeMap<String, String>,
+    /// `inherit` (default: the connector's auth), `none`, or an auth block of its own.
+    #[serde(default)]
+    pub auth: Option<serde_yaml::Value>,
+    /// Name the JSON answer is bound under for the main templates (default `lookup`).
+    #[serde(default, rename = "as")]
+    pub bind: Option<String>,
+    #[serde(default)]
+    pub response_check: Option<RawCheck>,
 }

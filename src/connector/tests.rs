@@ -1,4 +1,5 @@
 use super::*;
+use std::time::Duration;
 
 const SEED: &str = include_str!("../../connectors/gis-ddot.yaml");
 
@@ -111,10 +112,10 @@ fn duplicate_ids_across_files() {
 #[test]
 fn subjects() {
     for ok in ["permit.updated", "permit.*", "permit.>", ">"] {
-        assert_eq!(raw::subject_problem(ok), None, "{ok}");
+        assert_eq!(rules::subject_problem(ok), None, "{ok}");
     }
     for bad in ["", "a..b", "a.>.b", "a.b*", "has space", ".a"] {
-        assert!(raw::subject_problem(bad).is_some(), "{bad}");
+        assert!(rules::subject_problem(bad).is_some(), "{bad}");
     }
 }
 
@@ -186,6 +187,182 @@ fn the_saas_examples_parse() {
             Ok(()),
             "{}",
             c.id
+        );
+    }
+}
+/// The inbound rules, through the whole loader.
+mod inbound {
+    use super::*;
+    use crate::connector::inbound::template_capture;
+    use crate::connector::model::DEFAULT_MAX_BODY_BYTES;
+    use crate::signature::{HmacSpec, Scheme, SigEncoding};
+
+    const STRIPE: &str = "\
+id: stripe.fees.inbound.v1
+type: inbound
+source:
+  webhookUrl: /webhooks/stripe
+  signature:
+    scheme: stripe
+    secret: ${STRIPE_WEBHOOK_SECRET}
+    toleranceSec: 300
+publish:
+  topic: fee.paid
+  idFrom: \"{{ id }}\"
+  body: { feeId: \"{{ data.object.metadata.feeId }}\" }
+";
+
+    fn problems(text: &str) -> Vec<String> {
+        match parse("c.yaml", text) {
+            Ok(_) => vec![],
+            Err(Problems(p)) => p.into_iter().map(|p| p.to_string()).collect(),
+        }
+    }
+
+    #[test]
+    fn the_product_example_compiles() {
+        let AnyConnector::Inbound(c) = parse("c.yaml", STRIPE).unwrap() else {
+            panic!("inbound expected")
+        };
+        assert_eq!(c.webhook_url, "/webhooks/stripe");
+        assert_eq!(c.signature.scheme, Scheme::Stripe);
+        assert_eq!(c.signature.tolerance_sec, 300);
+        assert_eq!(c.publish.capture, "fee.paid");
+        assert_eq!(c.max_body_bytes, DEFAULT_MAX_BODY_BYTES);
+        assert_eq!(c.secret_names(), ["STRIPE_WEBHOOK_SECRET"]);
+    }
+
+    #[test]
+    fn captures_of_templated_topics() {
+        let cases = [
+            ("stripe.{{ type }}", Some("stripe.>")),
+            ("hms.github.{{ event.kind }}.x", Some("hms.github.>")),
+            ("{{ type }}", None),
+            ("stripe{{ type }}", None),
+            ("a.*.{{ type }}", None),
+        ];
+        for (topic, want) in cases {
+            assert_eq!(template_capture(topic).as_deref(), want, "{topic}");
+        }
+    }
+
+    #[test]
+    fn inbound_problems_are_reported_with_their_position() {
+        let cases: Vec<(String, &str)> = vec![
+            (
+                STRIPE.replace("scheme: stripe", "scheme: stripey"),
+                "c.yaml:6:13: scheme `stripey`: expected one of stripe, github, standard-webhooks, hmac-sha256",
+            ),
+            (
+                STRIPE.replace("${STRIPE_WEBHOOK_SECRET}", "whsec_literal"),
+                "c.yaml:7:13: a secret is read from the environment: write exactly `${NAME}` (never the secret itself)",
+            ),
+            (
+                STRIPE.replace("toleranceSec: 300", "toleranceSec: 0"),
+                "c.yaml:8:19: toleranceSec must be above 0",
+            ),
+            (
+                STRIPE.replace("topic: fee.paid", "topic: \"{{ type }}\""),
+                "c.yaml:10:10: topic `{{ type }}`: a templated topic starts with literal tokens, e.g. `stripe.{{ type }}`, so that HMS_EVENTS captures `stripe.>`",
+            ),
+            (
+                STRIPE.replace("topic: fee.paid", "topic: sync.parked.x"),
+                "c.yaml:10:10: topic `sync.parked.x`: `sync.parked` is hms-sync's own subject",
+            ),
+            (
+                STRIPE.replace("topic: fee.paid", "topic: fee.*"),
+                "c.yaml:10:10: topic `fee.*`: an event is published on one subject: no wildcards",
+            ),
+            (
+                STRIPE.replace("\"{{ id }}\"", "\"{{ id \""),
+                "c.yaml:11:11: unclosed `{{`",
+            ),
+            (
+                STRIPE.replace("/webhooks/stripe", "webhooks/stripe"),
+                "c.yaml:4:15: webhookUrl `webhooks/stripe` must be a path starting with '/'",
+            ),
+            (
+                STRIPE.replace("/webhooks/stripe", "/metrics"),
+                "c.yaml:4:15: webhookUrl `/metrics` is served by hms-sync itself; use e.g. `/webhooks/<name>`",
+            ),
+            (
+                STRIPE.replace("    toleranceSec: 300\n", "    header: X-Sig\n"),
+                "c.yaml:8:5: `header` applies to scheme `hmac-sha256` only; `stripe` fixes its headers",
+            ),
+            (
+                STRIPE.replace("scheme: stripe", "scheme: github"),
+                "c.yaml:8:5: scheme `github` signs no timestamp: `toleranceSec` does not apply",
+            ),
+            (
+                STRIPE.replace("scheme: stripe", "scheme: hmac-sha256")
+                    .replace("    toleranceSec: 300\n", ""),
+                "c.yaml:5:3: scheme `hmac-sha256` needs `header` (the header carrying the signature)",
+            ),
+            (
+                STRIPE.replace("scheme: stripe", "scheme: hmac-sha256")
+                    .replace("    toleranceSec: 300\n", "    header: X-Sig\n    encoding: base32\n"),
+                "c.yaml:9:15: encoding `base32`: expected `hex` or `base64`",
+            ),
+            (
+                STRIPE.replace("secret: ${STRIPE_WEBHOOK_SECRET}", "secrets: [\"${A}\", \"oops\"]"),
+                "c.yaml:7:23: a secret is read from the environment: write exactly `${NAME}` (never the secret itself)",
+            ),
+            (
+                STRIPE.replace("feeId: \"{{ data.object.metadata.feeId }}\"", "k: \"${SECRET}\""),
+                "c.yaml:12:9: publish.body cannot use `${VAR}`: secrets never go on the bus",
+            ),
+            (
+                STRIPE.replace("    toleranceSec: 300\n", "    tolerance: 300\n"),
+                "c.yaml:8:5: unknown key `tolerance` in `source.signature` (did you mean `toleranceSec`?)",
+            ),
+            (
+                format!("{STRIPE}trigger: {{ topic: x }}\n"),
+                "c.yaml:13:1: `trigger` belongs to outbound connectors; an inbound one has `source` and `publish`",
+            ),
+        ];
+        for (text, want) in cases {
+            let got = problems(&text);
+            assert!(
+                got.iter().any(|g| g == want),
+                "missing {want:?} in {got:#?}"
+            );
+        }
+        let no_sig = "id: a\ntype: inbound\nsource:\n  webhookUrl: /w\npublish:\n  topic: x\n";
+        assert_eq!(
+            problems(no_sig),
+            ["c.yaml:3:1: an inbound connector needs `source.signature` (scheme and secret): unsigned webhooks are not accepted"]
+        );
+    }
+
+    #[test]
+    fn hmac_sha256_with_rotation_compiles() {
+        let text = "\
+id: shop.orders.inbound.v1
+type: inbound
+source:
+  webhookUrl: /webhooks/shop
+  maxBodyBytes: 65536
+  signature:
+    scheme: hmac-sha256
+    header: X-Shopify-Hmac-Sha256
+    encoding: base64
+    secrets: [\"${SHOP_OLD}\", \"${SHOP_NEW}\"]
+publish:
+  topic: \"shop.{{ topic }}\"
+";
+        let AnyConnector::Inbound(c) = parse("c.yaml", text).unwrap() else {
+            panic!("inbound expected")
+        };
+        assert_eq!(c.max_body_bytes, 65536);
+        assert_eq!(c.publish.capture, "shop.>");
+        assert_eq!(c.secret_names(), ["SHOP_NEW", "SHOP_OLD"]);
+        assert_eq!(
+            c.signature.scheme,
+            Scheme::HmacSha256(HmacSpec {
+                header: "x-shopify-hmac-sha256".into(),
+                encoding: SigEncoding::Base64,
+                prefix: String::new()
+            })
         );
     }
 }

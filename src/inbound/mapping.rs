@@ -5,13 +5,13 @@
 //! empty token or a space; `${VAR}` is refused at load time in every `publish` template, so no
 //! secret can reach the bus.
 
-use axum::http::HeaderMap;
 use bytes::Bytes;
+use http::HeaderMap;
 use serde_json::Value as Json;
 
-use super::signature::Scheme;
-use crate::connector::raw::subject_problem;
+use crate::connector::rules::subject_problem;
 use crate::connector::InboundConnector;
+use crate::signature::Scheme;
 use crate::template::{RenderError, Secrets};
 
 /// Header naming the inbound connector that published an event.

@@ -5,9 +5,6 @@
 //! 422, NATS unavailable 503; 200 only after JetStream acknowledged the event (a duplicate
 //! within the stream's duplicate window is answered 200 too and stored once).
 
-use ractor::ActorRef;
-
-use crate::actors::audit::AuditMsg;
 use std::time::Duration;
 
 use axum::body::Body;
@@ -22,11 +19,12 @@ use serde::Serialize;
 use serde_json::json;
 
 use super::mapping::{self, MapError};
-use super::signature::{self, SignatureError};
-use super::Webhooks;
+use super::table::Webhooks;
 use crate::bus::Bus;
 use crate::connector::InboundConnector;
 use crate::metrics::{WEBHOOK_RECEIVED_TOTAL, WEBHOOK_REJECTED_TOTAL};
+use crate::services::Auditor;
+use crate::signature::{self, SignatureError};
 use crate::template::Secrets;
 
 /// How long a sender may take to send its body.
@@ -38,13 +36,13 @@ const PUBLISH_TIMEOUT: Duration = Duration::from_secs(10);
 struct Receiver {
     webhooks: Webhooks,
     bus: Bus,
-    audit: Option<ActorRef<AuditMsg>>,
+    audit: Option<Auditor>,
 }
 
 /// Routes of inbound webhooks: every path not served by the status routes is looked up in
 /// `webhooks` (so connectors can come and go without rebuilding the router), plus
 /// `GET /api/webhooks` (JSON list). Merge into the server's router.
-pub fn router(webhooks: Webhooks, bus: Bus, audit: Option<ActorRef<AuditMsg>>) -> Router {
+pub fn router(webhooks: Webhooks, bus: Bus, audit: Option<Auditor>) -> Router {
     Router::new()
         .route("/api/webhooks", get(list))
         .fallback(receive)
@@ -123,17 +121,15 @@ pub struct WebhookRecord {
 }
 
 /// The console line, and the audit record (never waited for).
-fn record(r: &WebhookRecord, audit: Option<&ActorRef<AuditMsg>>) {
+fn record(r: &WebhookRecord, audit: Option<&Auditor>) {
     if let Some(a) = audit {
         let mut value = serde_json::to_value(r).unwrap_or_default();
         if let Some(o) = value.as_object_mut() {
             o.insert("kind".into(), json!("webhook"));
             o.insert("at".into(), json!(r.received_at));
         }
-        let _ = a.send_message(AuditMsg::Record {
-            consumer: crate::connector::consumer_name(&r.connector),
-            record: crate::audit::AuditRecord::Other(value),
-        });
+        let route = a.route(&crate::connector::consumer_name(&r.connector));
+        a.record(&route, crate::audit::AuditRecord::Other(value));
     }
     let dup = if r.duplicate { ", duplicate" } else { "" };
     tracing::info!(
@@ -179,7 +175,7 @@ async fn receive(
         )
             .into_response();
     };
-    let received_at = crate::delivery::now_rfc3339();
+    let received_at = crate::clock::now_rfc3339();
     match accept(&s.bus, &c, &method, &headers, body).await {
         Ok((event, ack)) => {
             metrics::counter!(WEBHOOK_RECEIVED_TOTAL, "connector" => c.id.clone()).increment(1);

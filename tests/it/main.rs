@@ -15,4 +15,5 @@ mod registry;
 mod saas;
 mod status;
 mod status_page;
+mod supervision;
 mod walkthrough;

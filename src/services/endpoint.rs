@@ -1,7 +1,8 @@
 //! Endpoint actor: one per endpoint (`scheme://host:port`), shared by every connector calling
 //! it. It hands out permits to send: at most `perSecond` in any 1-second window with a GCRA
 //! burst (governor), at most `maxInFlight` at once, none while a 429 asked to slow down, and
-//! only one probe at a time while its circuit breaker is open.
+//! only one probe at a time while its circuit breaker is open. Its waits (slow-down, next
+//! probe, rate window) are held by the retry-timer actor.
 //!
 //! Fast lane: while nothing limits an endpoint but its in-flight cap (no rate limit, breaker
 //! closed with no failure counted, no slow-down, nobody waiting), the actor keeps its [`Lane`]
@@ -20,7 +21,10 @@ use governor::clock::{Clock, DefaultClock};
 use governor::{Quota, RateLimiter};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 
+use super::slot::ActorSlot;
+use super::timer::Timers;
 use crate::connector::RateLimit;
+pub use crate::outcome::Signal;
 
 /// The window in which at most `perSecond` permits are granted: one second plus a 10 % margin,
 /// so that requests still fall within the quota where they arrive despite scheduling and
@@ -39,19 +43,6 @@ pub enum EndpointMsg {
     Done(Signal),
     /// Internal wake-up to serve waiters.
     Tick,
-}
-
-/// What a request sent under a permit told us about the endpoint.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Signal {
-    Success,
-    /// 5xx, timeout, connection error.
-    Failure,
-    /// 429 (or 503 with Retry-After): slow the whole endpoint down for this long.
-    SlowDown(Duration),
-    /// Ended without a report (the delivery was aborted, or its result says nothing about the
-    /// endpoint, e.g. a 4xx).
-    Neutral,
 }
 
 /// What an endpoint's callers share with its actor (see the module note).
@@ -100,7 +91,7 @@ impl Lane {
 
 /// Permission to send one request; report what happened with [`Permit::report`].
 pub struct Permit {
-    actor: ActorRef<EndpointMsg>,
+    actor: ActorSlot<EndpointMsg>,
     lane: Arc<Lane>,
     signal: Signal,
 }
@@ -117,7 +108,7 @@ impl Drop for Permit {
         self.lane.in_flight_gauge.set(left as f64);
         let quiet = matches!(self.signal, Signal::Success | Signal::Neutral);
         if !(quiet && self.lane.open.load(SeqCst)) {
-            let _ = self.actor.send_message(EndpointMsg::Done(self.signal));
+            self.actor.send(EndpointMsg::Done(self.signal));
         }
     }
 }
@@ -133,8 +124,12 @@ pub struct EndpointArgs {
     pub probe_interval: Duration,
     /// Where pause/resume alerts go (`hitl.review.requested`).
     pub alerts: Option<crate::bus::Bus>,
-    /// Shared with the callers (created with the actor by [`EndpointRegistry`]).
+    /// Shared with the callers; outlives restarts of the actor (in-flight counts stay true).
     pub lane: Arc<Lane>,
+    /// The actor's current incarnation (for the permits it hands out).
+    pub slot: ActorSlot<EndpointMsg>,
+    /// Who wakes the actor when a wait is over.
+    pub timers: Timers,
 }
 
 enum Breaker {
@@ -290,7 +285,7 @@ fn alert(args: &EndpointArgs, paused: bool, why: &str) {
         "kind": if paused { "endpoint.paused" } else { "endpoint.resumed" },
         "endpoint": args.endpoint,
         "summary": format!("{} {}: {why}", args.endpoint, if paused { "paused" } else { "resumed" }),
-        "at": crate::delivery::now_rfc3339(),
+        "at": crate::clock::now_rfc3339(),
     });
     tokio::spawn(async move {
         if let Err(e) = bus.review(body.to_string().as_bytes()).await {
@@ -360,7 +355,7 @@ fn serve(me: &ActorRef<EndpointMsg>, st: &mut EndpointState, now: Instant) {
             }
         }
         let permit = Permit {
-            actor: me.clone(),
+            actor: st.args.slot.clone(),
             lane: st.args.lane.clone(),
             signal: Signal::Neutral,
         };
@@ -376,35 +371,59 @@ fn wake_at(me: &ActorRef<EndpointMsg>, st: &mut EndpointState, at: Instant) {
         return;
     }
     st.next_tick = Some(at);
-    let delay = at.saturating_duration_since(Instant::now());
-    me.send_after(delay, || EndpointMsg::Tick);
+    let me = me.clone();
+    st.args.timers.at(at, move || {
+        let _ = me.send_message(EndpointMsg::Tick);
+    });
 }
 
-/// Finds or starts the endpoint actor of each endpoint (shared by all connectors).
-/// An endpoint's actor and the lane it shares with its callers.
-type EndpointHandle = (ActorRef<EndpointMsg>, Arc<Lane>);
+/// How long a caller waits before asking again when an endpoint's actor is being restarted.
+const RESTART_POLL: Duration = Duration::from_millis(20);
 
-pub struct EndpointRegistry {
-    actors: tokio::sync::Mutex<std::collections::HashMap<String, EndpointHandle>>,
+/// The endpoint actors of the process, one per endpoint, started on first use under the
+/// services supervisor (which restarts them). Shared by all connectors; cheap to clone.
+#[derive(Clone)]
+pub struct Endpoints {
+    inner: Arc<EndpointsInner>,
+}
+
+struct EndpointsInner {
+    slots: tokio::sync::Mutex<std::collections::HashMap<String, Arc<EndpointArgs>>>,
     config: std::collections::BTreeMap<String, crate::config::EndpointConfig>,
     alerts: Option<crate::bus::Bus>,
+    timers: Timers,
+    /// The services supervisor: endpoint actors are its children.
+    supervisor: std::sync::OnceLock<ractor::ActorCell>,
+    closed: AtomicBool,
 }
 
-impl EndpointRegistry {
+impl Endpoints {
     pub fn new(
         config: std::collections::BTreeMap<String, crate::config::EndpointConfig>,
         alerts: Option<crate::bus::Bus>,
+        timers: Timers,
     ) -> Self {
-        EndpointRegistry {
-            actors: Default::default(),
-            config,
-            alerts,
+        Endpoints {
+            inner: Arc::new(EndpointsInner {
+                slots: Default::default(),
+                config,
+                alerts,
+                timers,
+                supervisor: std::sync::OnceLock::new(),
+                closed: AtomicBool::new(false),
+            }),
         }
     }
 
+    /// Makes the endpoint actors children of `supervisor` (set once, at start).
+    pub(super) fn adopt(&self, supervisor: ractor::ActorCell) {
+        let _ = self.inner.supervisor.set(supervisor);
+    }
+
     fn args(&self, endpoint: &str) -> EndpointArgs {
-        let defaults = self.config.get("defaults");
-        let own = self.config.get(endpoint);
+        let config = &self.inner.config;
+        let defaults = config.get("defaults");
+        let own = config.get(endpoint);
         let pick = |f: &dyn Fn(&crate::config::EndpointConfig) -> Option<usize>| {
             own.and_then(f).or_else(|| defaults.and_then(f))
         };
@@ -425,68 +444,93 @@ impl EndpointRegistry {
             max_in_flight: max_in_flight.max(1),
             breaker_failures: breaker.failures,
             probe_interval: Duration::from_millis(breaker.probe_interval_ms.max(10)),
-            alerts: self.alerts.clone(),
+            alerts: self.inner.alerts.clone(),
             lane: Arc::new(Lane::new(endpoint, max_in_flight)),
+            slot: ActorSlot::default(),
+            timers: self.inner.timers.clone(),
         }
     }
 
-    /// The endpoint's actor and lane, started on first use.
-    pub async fn actor(&self, endpoint: &str) -> Option<EndpointHandle> {
-        let mut map = self.actors.lock().await;
-        if let Some((a, lane)) = map.get(endpoint) {
-            // Any status but stopping/stopped: an actor just spawned may not be `Running` yet,
-            // and a second actor for the same endpoint would double its limits.
-            if !matches!(
-                a.get_status(),
-                ractor::ActorStatus::Stopping | ractor::ActorStatus::Stopped
-            ) {
-                return Some((a.clone(), lane.clone()));
-            }
-        }
-        let args = self.args(endpoint);
-        let lane = args.lane.clone();
-        match Actor::spawn(None, EndpointActor, args).await {
-            Ok((a, _)) => {
-                map.insert(endpoint.to_string(), (a.clone(), lane.clone()));
-                Some((a, lane))
-            }
-            Err(e) => {
-                tracing::error!("endpoint {endpoint}: cannot start its actor: {e}");
-                None
-            }
-        }
+    /// Starts (or restarts) the actor of an endpoint as a child of the services supervisor.
+    pub(super) async fn spawn(&self, args: &EndpointArgs) -> Result<(), ractor::SpawnErr> {
+        let Some(supervisor) = self.inner.supervisor.get().cloned() else {
+            return Err(ractor::SpawnErr::StartupFailed(
+                "the services supervisor is not running".into(),
+            ));
+        };
+        let (actor, _) = Actor::spawn_linked(None, EndpointActor, args.clone(), supervisor).await?;
+        args.slot.set(Some(actor));
+        Ok(())
     }
 
-    /// Waits for a permit to call `endpoint`. `None` when the endpoint actor is unavailable
-    /// (the request then goes out unprotected rather than never).
+    /// The endpoint whose actor is `id`, if any (for the supervisor).
+    pub(super) async fn find(&self, id: ractor::ActorId) -> Option<Arc<EndpointArgs>> {
+        let slots = self.inner.slots.lock().await;
+        slots
+            .values()
+            .find(|a| a.slot.get().is_some_and(|r| r.get_id() == id))
+            .cloned()
+    }
+
+    /// The endpoint's settings, lane and actor, started on first use.
+    async fn endpoint(&self, endpoint: &str) -> Option<Arc<EndpointArgs>> {
+        let mut slots = self.inner.slots.lock().await;
+        if let Some(a) = slots.get(endpoint) {
+            return Some(a.clone());
+        }
+        let args = Arc::new(self.args(endpoint));
+        if let Err(e) = self.spawn(&args).await {
+            tracing::error!("endpoint {endpoint}: cannot start its actor: {e}");
+            return None;
+        }
+        slots.insert(endpoint.to_string(), args.clone());
+        Some(args)
+    }
+
+    /// Waits for a permit to call `endpoint`. While its actor is being restarted the caller
+    /// waits for the next incarnation. `None` only once the runtime shuts down (or the actor
+    /// cannot be started at all): the request then goes out unprotected rather than never.
     pub async fn acquire(&self, endpoint: &str, hint: Option<RateLimit>) -> Option<Permit> {
-        let (actor, lane) = self.actor(endpoint).await?;
+        let args = self.endpoint(endpoint).await?;
         // A connector's own rate limit must reach the actor: never the fast lane then.
-        if hint.is_none() && lane.try_take() {
+        if hint.is_none() && args.lane.try_take() {
             return Some(Permit {
-                actor,
-                lane,
+                actor: args.slot.clone(),
+                lane: args.lane.clone(),
                 signal: Signal::Neutral,
             });
         }
-        actor
-            .call(|reply| EndpointMsg::Acquire(hint, reply), None)
-            .await
-            .ok()
-            .and_then(|r| r.success_or(()).ok())
+        loop {
+            if let Some(actor) = args.slot.get() {
+                if let Ok(ractor::rpc::CallResult::Success(p)) = actor
+                    .call(|reply| EndpointMsg::Acquire(hint, reply), None)
+                    .await
+                {
+                    return Some(p);
+                }
+            }
+            if self.inner.closed.load(SeqCst) {
+                return None;
+            }
+            // The actor died while we waited: ask its next incarnation.
+            tokio::time::sleep(RESTART_POLL).await;
+        }
     }
 
-    /// Stops every endpoint actor.
-    pub async fn stop_all(&self) {
-        for (a, _) in self.actors.lock().await.values() {
-            a.stop(None);
-        }
+    /// Every endpoint's arguments (the supervisor stops their actors at shutdown).
+    pub(super) async fn all(&self) -> Vec<Arc<EndpointArgs>> {
+        self.inner.slots.lock().await.values().cloned().collect()
+    }
+
+    /// No more permits: callers waiting for a restarted actor give up.
+    pub(super) fn close(&self) {
+        self.inner.closed.store(true, SeqCst);
     }
 }
 
 /// `scheme://host:port` of a URL (the key of endpoint actors).
 pub fn endpoint_of(url: &str) -> String {
-    match reqwest::Url::parse(url) {
+    match url::Url::parse(url) {
         Ok(u) => format!(
             "{}://{}:{}",
             u.scheme(),
@@ -494,29 +538,5 @@ pub fn endpoint_of(url: &str) -> String {
             u.port_or_known_default().unwrap_or_default()
         ),
         Err(_) => url.to_string(),
-    }
-}
-
-/// What an attempt's outcome says about its endpoint.
-pub fn signal_of(outcome: &crate::outcome::Outcome, fallback_slowdown: Duration) -> Signal {
-    use crate::outcome::Outcome;
-    match outcome {
-        Outcome::Status {
-            code: 200..=299, ..
-        } => Signal::Success,
-        Outcome::Status {
-            code: 429,
-            retry_after,
-        } => Signal::SlowDown(retry_after.unwrap_or(fallback_slowdown)),
-        Outcome::Status {
-            code: 503,
-            retry_after: Some(d),
-        } => Signal::SlowDown(*d),
-        Outcome::Status {
-            code: 500..=599, ..
-        }
-        | Outcome::Timeout
-        | Outcome::Connect(_) => Signal::Failure,
-        _ => Signal::Neutral,
     }
 }

@@ -6,9 +6,9 @@
 //! match of any secret with any signature is enough. No I/O: the clock and the secrets are
 //! arguments.
 
-use axum::http::HeaderMap;
 use base64::Engine as _;
 use hmac::{Hmac, Mac};
+use http::HeaderMap;
 use sha2::Sha256;
 
 type HmacSha256 = Hmac<Sha256>;
@@ -308,7 +308,7 @@ pub mod sign {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use axum::http::HeaderValue;
+    use http::HeaderValue;
 
     /// name, headers, body, secrets, expected `reason`.
     type Case<'a> = (

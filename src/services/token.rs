@@ -10,6 +10,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 
+use super::slot::ActorSlot;
 use crate::auth::{refresh_after, Auth, AuthError, Granted, KeySource, Provider, SecretString};
 use crate::http_client::HttpClient;
 use crate::outcome::Outcome;
@@ -219,12 +220,23 @@ fn read_key(key: &KeySource) -> Result<String, AuthError> {
     }
 }
 
-/// A handle on the token actor for deliveries.
-#[derive(Clone)]
-pub struct Tokens(pub ActorRef<TokenMsg>);
+/// How long a caller waits for a restarted token actor before giving up on this attempt.
+const RESTART_WAIT: Duration = Duration::from_secs(5);
+
+/// A handle on the token actor for deliveries; follows its restarts. Cheap to clone.
+#[derive(Clone, Default)]
+pub struct Tokens {
+    pub(super) actor: ActorSlot<TokenMsg>,
+}
 
 impl Tokens {
-    /// A token for `auth`: static ones read now, fetched ones from the actor.
+    /// The token actor now (`None` while it restarts).
+    pub fn actor(&self) -> Option<ActorRef<TokenMsg>> {
+        self.actor.get()
+    }
+
+    /// A token for `auth`: static ones read now, fetched ones from the actor. While the actor
+    /// is being restarted (its cache is lost with it), the caller waits for the next one.
     pub async fn get(&self, auth: &Arc<Auth>) -> Result<Token, AuthError> {
         if let Some(t) = auth.static_token(Secrets::Env) {
             return t.map(|value| Token {
@@ -232,22 +244,32 @@ impl Tokens {
                 generation: 0,
             });
         }
-        match self
-            .0
-            .call(|r| TokenMsg::Get(auth.clone(), r), Some(TOKEN_TIMEOUT * 2))
-            .await
-        {
-            Ok(ractor::rpc::CallResult::Success(r)) => r,
-            _ => Err(AuthError::Unavailable(
-                "the token actor did not answer".into(),
-            )),
+        let deadline = Instant::now() + RESTART_WAIT;
+        loop {
+            if let Some(actor) = self.actor.get() {
+                match actor
+                    .call(|r| TokenMsg::Get(auth.clone(), r), Some(TOKEN_TIMEOUT * 2))
+                    .await
+                {
+                    Ok(ractor::rpc::CallResult::Success(r)) => return r,
+                    Ok(ractor::rpc::CallResult::Timeout) => break,
+                    _ => {} // it died while we waited: ask the next one
+                }
+            }
+            if Instant::now() > deadline {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
+        Err(AuthError::Unavailable(
+            "the token actor did not answer".into(),
+        ))
     }
 
     /// Reports a refused token; only fetched tokens are refreshed.
     pub fn rejected(&self, auth: &Auth, generation: u64) {
         if auth.is_fetched() {
-            let _ = self.0.send_message(TokenMsg::Rejected {
+            self.actor.send(TokenMsg::Rejected {
                 key: auth.cache_key(),
                 generation,
             });

@@ -1,0 +1,136 @@
+//! The pump's guard against a stalled pull subscription (seen with async-nats' continuous
+//! pull under heavy load, BENCHMARKS.md): every `stallCheckMs` without an event and with
+//! nothing in process it asks the consumer, and re-opens the subscription when work waits.
+
+use std::sync::Arc;
+
+use futures::FutureExt;
+
+use crate::bus::{ConsumerSpec, ConsumerStats, EventSource};
+use crate::config::DeliveryConfig;
+use crate::delivery::Pipeline;
+
+/// Whether a pull looks stalled: nothing arrived since the last check, nothing is in process
+/// here, and yet the consumer holds work (pending, or delivered and unacknowledged) and is not
+/// paused. Unacknowledged work may also be a retry scheduled for later or another instance's:
+/// re-opening the subscription is harmless then.
+pub fn looks_stalled(received: bool, in_process: u64, stats: &ConsumerStats) -> bool {
+    !received && in_process == 0 && !stats.paused && (stats.pending > 0 || stats.ack_pending > 0)
+}
+
+/// See the module note.
+pub struct StallWatch {
+    pipeline: Arc<Pipeline>,
+    spec: ConsumerSpec,
+    delivery: DeliveryConfig,
+    pub tick: tokio::time::Interval,
+    /// Something arrived since the last check.
+    pub received: bool,
+}
+
+impl StallWatch {
+    pub fn new(pipeline: Arc<Pipeline>, spec: ConsumerSpec, delivery: DeliveryConfig) -> Self {
+        let period = delivery.stall_check();
+        let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        StallWatch {
+            pipeline,
+            spec,
+            delivery,
+            tick,
+            received: false,
+        }
+    }
+
+    /// Swaps `source` for a fresh subscription when it looks stalled, handing back what the
+    /// old one still buffered.
+    pub async fn guard(&mut self, source: &mut EventSource) {
+        if let Some(fresh) = self.check().await {
+            let mut old = std::mem::replace(source, fresh);
+            release_buffered(&mut old).await;
+        }
+    }
+
+    /// A fresh subscription when the current one looks stalled.
+    async fn check(&mut self) -> Option<EventSource> {
+        let received = std::mem::take(&mut self.received);
+        let in_process = self
+            .pipeline
+            .stats()
+            .in_process
+            .load(std::sync::atomic::Ordering::Relaxed);
+        if received || in_process > 0 {
+            return None;
+        }
+        let stats = self
+            .pipeline
+            .bus
+            .consumer_stats(&self.spec.name)
+            .await
+            .ok()?;
+        if !looks_stalled(received, in_process, &stats) {
+            return None;
+        }
+        let id = &self.pipeline.connector.id;
+        tracing::warn!(
+            "[{id}] nothing arrived for {} s while consumer {} holds {} pending and {} unacknowledged events: re-opening its pull subscription",
+            self.delivery.stall_check().as_secs(),
+            self.spec.name,
+            stats.pending,
+            stats.ack_pending
+        );
+        metrics::counter!(crate::metrics::PULL_REOPENED_TOTAL, "connector" => id.clone())
+            .increment(1);
+        match self
+            .pipeline
+            .bus
+            .open_consumer(&self.spec, &self.delivery)
+            .await
+        {
+            Ok(fresh) => Some(fresh),
+            Err(e) => {
+                tracing::warn!("[{id}] re-opening the pull subscription: {e}");
+                None
+            }
+        }
+    }
+}
+
+/// Hands events a subscription already pulled back to JetStream (redelivered at once),
+/// instead of letting them wait for the ack timeout.
+pub async fn release_buffered(source: &mut EventSource) {
+    while let Some(Some(Ok(d))) = source.next().now_or_never() {
+        let _ = d.retry_after(std::time::Duration::ZERO).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn when_a_pull_looks_stalled() {
+        let stats = |pending, ack_pending, paused| ConsumerStats {
+            pending,
+            ack_pending,
+            paused,
+            ..Default::default()
+        };
+        // (received since the last check, in process, consumer) -> stalled?
+        let cases = [
+            (false, 0, stats(5, 0, false), true),
+            (false, 0, stats(0, 54, false), true),
+            (true, 0, stats(5, 0, false), false),
+            (false, 1, stats(5, 0, false), false),
+            (false, 0, stats(0, 0, false), false),
+            (false, 0, stats(5, 3, true), false),
+        ];
+        for (received, in_process, s, want) in cases {
+            assert_eq!(
+                looks_stalled(received, in_process, &s),
+                want,
+                "{received} {in_process} {s:?}"
+            );
+        }
+    }
+}

@@ -1,0 +1,318 @@
+//! Stage 2 of a delivery, send: the lookup (when there is one), the token, the endpoint's
+//! permit, the HTTP exchange (once more with a refreshed token when the target refused it),
+//! and the connector's response check. Ends with the [`Attempted`] that settle acts on.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use serde_json::Value as Json;
+
+use super::attempt::Attempted;
+use super::keys::child_traceparent;
+use super::pipeline::Pipeline;
+use super::prepare::{self, Ready, Rendered};
+use crate::auth::Auth;
+use crate::bus::Delivery;
+use crate::check::{self, AnswerView, OnFailure};
+use crate::connector::Lookup;
+use crate::http_client::{snippet, Answer, Exchange};
+use crate::outcome::{backoff, classify, describe, signal_of, Class, Outcome};
+use crate::request;
+use crate::services::{endpoint_of, Permit, Token};
+use crate::template::Secrets;
+use crate::wire::{HeaderName, HeaderValue, Request};
+
+/// Sends a prepared delivery; every way it can end is an [`Attempted`].
+pub async fn send(p: &Pipeline, ready: Ready, d: &Delivery, key: &str) -> Attempted {
+    let c = &*p.connector;
+    let Ready {
+        event,
+        started,
+        request,
+    } = ready;
+    let rendered = match (request, &c.lookup) {
+        (Some(r), _) => r,
+        (None, Some(l)) => {
+            let answer = match lookup(p, l, &event, d, started).await {
+                Ok(a) => a,
+                Err(failed) => return *failed,
+            };
+            let ctx = request::bind(&event, &l.bind, answer);
+            match prepare::render(c, &ctx, key, started) {
+                Ok(r) => r,
+                Err(failed) => return *failed,
+            }
+        }
+        (None, None) => match prepare::render(c, &event, key, started) {
+            Ok(r) => r,
+            Err(failed) => return *failed,
+        },
+    };
+    let Rendered {
+        mut request,
+        shown_url,
+    } = rendered;
+    let traceparent = child_traceparent(d.header("traceparent").as_deref());
+    if let Ok(v) = HeaderValue::from_str(&traceparent) {
+        request
+            .headers
+            .push((HeaderName::from_static("traceparent"), v));
+    }
+    let endpoint = match &p.fixed_endpoint {
+        Some(e) => e.clone(),
+        None => endpoint_of(&request.url),
+    };
+    tracing::Span::current().record("endpoint", endpoint.as_str());
+    let method = c.target.method.clone();
+    let sent_at = Instant::now();
+    let ex = match call(p, c.auth.as_ref(), request, &endpoint, d).await {
+        Ok(ex) => ex,
+        Err(outcome) => {
+            let line = format!("{method} {shown_url} {}", describe(&outcome));
+            return Attempted {
+                outcome,
+                url: shown_url,
+                method,
+                traceparent,
+                body: String::new(),
+                latency: None,
+                started,
+                line: Some(line),
+            };
+        }
+    };
+    let Answer {
+        outcome,
+        reason,
+        body,
+    } = ex.answer;
+    // A 2xx that the connector's response check does not accept is a failure.
+    let (outcome, body) = match (&c.response_check, &outcome) {
+        (Some(check), Outcome::Status { code, .. })
+            if classify(&outcome, &c.retry.statuses) == Class::Success =>
+        {
+            let json = check::body_json(&ex.body);
+            let view = AnswerView {
+                status: *code,
+                headers: &ex.headers,
+                body: &json,
+            };
+            match check.failure(view) {
+                None => (outcome, body),
+                Some(msg) => (
+                    Outcome::Rejected {
+                        reason: "response_check",
+                        transient: check.on_failure == OnFailure::Transient,
+                        message: format!("HTTP {code}, but {msg}"),
+                    },
+                    snippet(&ex.body),
+                ),
+            }
+        }
+        _ => (outcome, body),
+    };
+    let line = match &outcome {
+        Outcome::Status { code, .. } => format!("{method} {shown_url} {code} {reason}"),
+        Outcome::Rejected { message, .. } => format!("{method} {shown_url} {message}"),
+        _ => format!("{method} {shown_url} {reason}"),
+    };
+    Attempted {
+        outcome,
+        url: shown_url,
+        method,
+        traceparent,
+        body,
+        latency: Some(sent_at.elapsed()),
+        started,
+        line: Some(line),
+    }
+}
+
+/// A token for `auth`, or the outcome that says why there is none.
+async fn token(p: &Pipeline, auth: &Arc<Auth>) -> Result<Token, Outcome> {
+    p.services
+        .tokens
+        .get(auth)
+        .await
+        .map_err(|e| Outcome::Rejected {
+            reason: "auth",
+            transient: e.is_transient(),
+            message: format!("{} token: {e}", auth.kind()),
+        })
+}
+
+/// Waits for the endpoint's permit, telling JetStream the event is still being worked on
+/// meanwhile (so waiting never causes a redelivery or burns an attempt).
+async fn permit(p: &Pipeline, endpoint: &str, d: &Delivery) -> Option<Permit> {
+    let acquire = p
+        .services
+        .endpoints
+        .acquire(endpoint, p.connector.rate_limit);
+    tokio::pin!(acquire);
+    // Usually ready at once (the endpoint's fast lane): no heartbeat timer then.
+    if let Some(permit) = futures::FutureExt::now_or_never(&mut acquire) {
+        return permit;
+    }
+    let metrics = &p.telemetry.metrics;
+    let mut beat = tokio::time::interval(p.heartbeat);
+    beat.tick().await;
+    let mut waiting = false;
+    let permit = loop {
+        tokio::select! {
+            permit = &mut acquire => break permit,
+            _ = beat.tick() => {
+                if !waiting {
+                    waiting = true;
+                    metrics.waiting.increment(1.0);
+                }
+                if let Err(e) = d.in_progress().await {
+                    tracing::warn!(connector = %p.connector.id, "{e}");
+                }
+            }
+        }
+    };
+    if waiting {
+        metrics.waiting.decrement(1.0);
+    }
+    permit
+}
+
+/// Sends one request under the endpoint's permit, with the token of `auth`. When the target
+/// refuses a fetched token, the token is refreshed once and the request sent again at once
+/// (the same attempt: JetStream's delivery count does not change).
+async fn call(
+    p: &Pipeline,
+    auth: Option<&Arc<Auth>>,
+    req: Request,
+    endpoint: &str,
+    d: &Delivery,
+) -> Result<Exchange, Outcome> {
+    let c = &*p.connector;
+    let mut current = match auth {
+        Some(a) => Some(token(p, a).await?),
+        None => None,
+    };
+    let mut refreshed = false;
+    loop {
+        let mut r = req.clone();
+        if let (Some(a), Some(t)) = (auth, &current) {
+            a.apply(&mut r, t.value.expose())
+                .map_err(|e| Outcome::Invalid(e.to_string()))?;
+        }
+        let mut permit = permit(p, endpoint, d).await;
+        let metrics = &p.telemetry.metrics;
+        metrics.in_flight.increment(1.0);
+        let ex = p.http.exchange_on(r, p.url_base.as_ref(), c.timeout).await;
+        metrics.in_flight.decrement(1.0);
+        if let Some(permit) = permit.as_mut() {
+            permit.report(signal_of(&ex.answer.outcome, backoff(1, &c.retry, 0.0)));
+        }
+        drop(permit);
+        if let (Some(a), Some(t), Some(status)) = (auth, &current, ex.status()) {
+            if a.is_fetched() && !refreshed {
+                let json = check::body_json(&ex.body);
+                let view = AnswerView {
+                    status,
+                    headers: &ex.headers,
+                    body: &json,
+                };
+                if a.rejected(view) {
+                    tracing::info!(
+                        "[{}] {} token refused (HTTP {status}): refreshing it and sending again",
+                        c.id,
+                        a.kind()
+                    );
+                    p.services.tokens.rejected(a, t.generation);
+                    current = Some(token(p, a).await?);
+                    refreshed = true;
+                    continue;
+                }
+            }
+        }
+        return Ok(ex);
+    }
+}
+
+/// Runs the connector's lookup: its parsed JSON answer, or the attempt that ended on it
+/// (classified like any other outcome).
+async fn lookup(
+    p: &Pipeline,
+    l: &Lookup,
+    event: &Json,
+    d: &Delivery,
+    started: Instant,
+) -> Result<Json, Box<Attempted>> {
+    let c = &*p.connector;
+    let shown = request::build_lookup(l, event, Secrets::Masked)
+        .map(|r| r.url)
+        .unwrap_or_else(|_| l.url.source().to_string());
+    let failed = |outcome: Outcome, body: String| {
+        let line = format!("{} {shown} {}", l.method, describe(&outcome));
+        Box::new(Attempted {
+            outcome,
+            url: shown.clone(),
+            method: l.method.clone(),
+            traceparent: String::new(),
+            body,
+            latency: None,
+            started,
+            line: Some(line),
+        })
+    };
+    let req = match request::build_lookup(l, event, Secrets::Env) {
+        Ok(r) => r,
+        Err(e) => {
+            return Err(failed(
+                Outcome::Invalid(format!("lookup: {e}")),
+                String::new(),
+            ))
+        }
+    };
+    let endpoint = endpoint_of(&req.url);
+    let ex = call(p, l.effective_auth(c.auth.as_ref()), req, &endpoint, d)
+        .await
+        .map_err(|o| failed(o, String::new()))?;
+    let Some(status) = ex.status() else {
+        return Err(failed(ex.answer.outcome, String::new()));
+    };
+    let class = classify(&ex.answer.outcome, &c.retry.statuses);
+    if class != Class::Success {
+        return Err(failed(
+            Outcome::Rejected {
+                reason: "lookup",
+                transient: class == Class::Transient,
+                message: format!("lookup {} {shown}: HTTP {status}", l.method),
+            },
+            snippet(&ex.body),
+        ));
+    }
+    let json = check::body_json(&ex.body);
+    if let Some(check) = &l.check {
+        let view = AnswerView {
+            status,
+            headers: &ex.headers,
+            body: &json,
+        };
+        if let Some(msg) = check.failure(view) {
+            return Err(failed(
+                Outcome::Rejected {
+                    reason: "lookup",
+                    transient: check.on_failure == OnFailure::Transient,
+                    message: format!("lookup {shown}: {msg}"),
+                },
+                snippet(&ex.body),
+            ));
+        }
+    }
+    if json.is_null() {
+        return Err(failed(
+            Outcome::Rejected {
+                reason: "lookup",
+                transient: false,
+                message: format!("lookup {shown}: the answer is not JSON"),
+            },
+            snippet(&ex.body),
+        ));
+    }
+    Ok(json)
+}

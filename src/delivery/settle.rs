@@ -1,0 +1,170 @@
+//! Stage 4 of a delivery, settle: the one place that acts on an attempt. It writes the audit
+//! record, the console line, the metrics and status numbers, then acks, schedules the event
+//! again (NAK with the judged delay) or parks it (then acks).
+
+use std::time::Duration;
+
+use super::attempt::{Attempted, Finished};
+use super::pipeline::Pipeline;
+use crate::audit::{AttemptRecord, AuditRecord, EventRef};
+use crate::bus::{BusError, Delivery};
+use crate::clock::now_rfc3339;
+use crate::outcome::{describe, Action, Outcome};
+use crate::parked::{Attempt, ParkedEvent, ParkedJob};
+
+/// Wait before offering an event again when parking it failed (NATS trouble).
+const PARK_RETRY: Duration = Duration::from_secs(5);
+
+/// The filter excluded the event: counted and acked.
+pub async fn filtered(p: &Pipeline, d: &Delivery) -> Finished {
+    p.telemetry.filtered();
+    if let Err(e) = d.ack().await {
+        tracing::warn!(connector = %p.connector.id, "{e}");
+    }
+    Finished::Done
+}
+
+/// Acts on one attempt as the judge decided (`action`).
+pub async fn settle(
+    p: &Pipeline,
+    d: &Delivery,
+    key: &str,
+    a: Attempted,
+    action: Action,
+) -> Finished {
+    let c = &*p.connector;
+    audit(p, d, key, &a);
+    if let Some(line) = &a.line {
+        tracing::info!("[{}] {line}", c.id);
+    }
+    match action {
+        Action::Ack => {
+            p.history.forget(d.stream_sequence);
+            let since_publish =
+                (time::OffsetDateTime::now_utc() - d.published).as_seconds_f64() * 1000.0;
+            let latency_ms = since_publish.max(a.started.elapsed().as_secs_f64() * 1000.0);
+            p.telemetry.delivered(latency_ms);
+            if let Err(e) = d.ack().await {
+                tracing::warn!(connector = %c.id, "{e}");
+            }
+            Finished::Done
+        }
+        Action::Retry(delay) => {
+            let error = describe(&a.outcome);
+            p.history.record(
+                d.stream_sequence,
+                Attempt::new(d.delivered, &a.outcome, &error, &a.body),
+            );
+            p.telemetry.failed(&a.outcome, &a.url, &error, true);
+            tracing::warn!(
+                "[{}] attempt {}/{} failed ({error}); next in {} ms",
+                c.id,
+                d.delivered,
+                c.retry.max,
+                delay.as_millis()
+            );
+            if let Err(e) = d.retry_after(delay).await {
+                tracing::warn!(connector = %c.id, "{e}");
+            }
+            Finished::Retry(delay)
+        }
+        Action::Park => {
+            let error = describe(&a.outcome);
+            p.telemetry.failed(&a.outcome, &a.url, &error, false);
+            let mut attempts = p.history.forget(d.stream_sequence);
+            if !matches!(a.outcome, Outcome::Invalid(_)) || attempts.is_empty() {
+                attempts.push(Attempt::new(d.delivered, &a.outcome, &error, &a.body));
+            }
+            if let Err(e) = park(p, d, key, &error, &a.url, attempts.clone()).await {
+                // Not parked: not acked either. JetStream will offer it again.
+                tracing::error!(
+                    "[{}] could not park event seq {}: {e}; retrying later",
+                    c.id,
+                    d.stream_sequence
+                );
+                p.history.restore(d.stream_sequence, attempts);
+                let _ = d.retry_after(PARK_RETRY).await;
+                return Finished::Retry(PARK_RETRY);
+            }
+            p.telemetry.parked();
+            if let Err(e) = d.ack().await {
+                tracing::warn!(connector = %c.id, "{e}");
+            }
+            Finished::Done
+        }
+    }
+}
+
+/// Hands the attempt's record to the audit actor (never waits for it).
+fn audit(p: &Pipeline, d: &Delivery, key: &str, a: &Attempted) {
+    let c = &*p.connector;
+    let (status, error) = match &a.outcome {
+        Outcome::Status { code, .. } => (Some(*code), None),
+        other => (None, Some(describe(other))),
+    };
+    let record = AttemptRecord {
+        at: now_rfc3339(),
+        attempt: d.delivered,
+        connector: c.id.clone(),
+        error,
+        event: EventRef {
+            msg_id: d.msg_id.clone(),
+            stream_sequence: d.stream_sequence,
+            subject: d.original_subject(),
+        },
+        idempotency_key: key.to_string(),
+        latency_ms: a.latency.map(|l| l.as_secs_f64() * 1000.0),
+        method: a.method.clone(),
+        status,
+        traceparent: a.traceparent.clone(),
+        url: a.url.clone(),
+    };
+    p.services
+        .audit
+        .record(&p.audit, AuditRecord::Attempt(Box::new(record)));
+}
+
+/// Stores the parked job (awaiting JetStream's ack) and announces it to reviewers.
+async fn park(
+    p: &Pipeline,
+    d: &Delivery,
+    key: &str,
+    error: &str,
+    url: &str,
+    attempts: Vec<Attempt>,
+) -> Result<u64, BusError> {
+    let c = &*p.connector;
+    let job = ParkedJob {
+        connector: c.id.clone(),
+        consumer: c.consumer.clone(),
+        parked_at: now_rfc3339(),
+        error: error.to_string(),
+        method: c.target.method.to_string(),
+        url: url.to_string(),
+        idempotency_key: key.to_string(),
+        attempts,
+        event: ParkedEvent {
+            subject: d.original_subject(),
+            stream_sequence: d.stream_sequence,
+            published: crate::clock::format(d.published),
+            msg_id: d.msg_id.clone(),
+            headers: d.headers(),
+            payload: String::from_utf8_lossy(d.payload()).into_owned(),
+        },
+    };
+    let bytes = serde_json::to_vec(&job).unwrap_or_default();
+    let seq = p
+        .bus
+        .park(&c.consumer, &job.dedup_id(d.delivered), &bytes)
+        .await?;
+    tracing::warn!(
+        "[{}] parked event seq {} as parked job {seq}: {error}",
+        c.id,
+        d.stream_sequence
+    );
+    let review = job.review_alert(seq);
+    if let Err(e) = p.bus.review(review.to_string().as_bytes()).await {
+        tracing::warn!("[{}] review alert not sent: {e}", c.id);
+    }
+    Ok(seq)
+}

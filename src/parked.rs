@@ -1,0 +1,301 @@
+//! Parked jobs: the record stored on `HMS_SYNC_PARKED` when an event is given up on, and the
+//! review rules (list, replay with the original idempotency key, discard) that the CLI and
+//! other tools call.
+//!
+//! A parked job lives on `sync.parked.<consumer>`; replaying publishes its event again on
+//! `hms.replay.<consumer>` (so only its connector sees it) with the headers of
+//! [`replay_headers`]; replaying or discarding records the action on `sync.resolved.<consumer>`
+//! and deletes the job.
+
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value as Json};
+
+use crate::bus::{Bus, BusError, StoredJob, ORIGINAL_SUBJECT_HEADER, REPLAY_OF_HEADER};
+use crate::clock::now_rfc3339;
+use crate::outcome::Outcome;
+
+/// Header that carries an idempotency key set earlier (parked replay); wins over derivation.
+pub const REPLAY_KEY_HEADER: &str = "Hms-Idempotency-Key";
+
+/// A parked job as stored on `HMS_SYNC_PARKED` (JSON).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ParkedJob {
+    pub connector: String,
+    pub consumer: String,
+    pub parked_at: String,
+    pub error: String,
+    pub method: String,
+    pub url: String,
+    pub idempotency_key: String,
+    pub attempts: Vec<Attempt>,
+    pub event: ParkedEvent,
+}
+
+/// The event of a parked job, as it was on `HMS_EVENTS`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ParkedEvent {
+    pub subject: String,
+    pub stream_sequence: u64,
+    pub published: String,
+    pub msg_id: Option<String>,
+    pub headers: Vec<(String, String)>,
+    pub payload: String,
+}
+
+/// One attempt, as recorded in a parked job.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Attempt {
+    pub attempt: u32,
+    pub at: String,
+    pub status: Option<u16>,
+    pub error: String,
+    /// Start of the response body (truncated).
+    #[serde(default)]
+    pub body: String,
+}
+
+impl Attempt {
+    /// Attempt number `n`, which ended with `outcome` (described as `error`) now.
+    pub fn new(n: u32, outcome: &Outcome, error: &str, body: &str) -> Attempt {
+        Attempt {
+            attempt: n,
+            at: now_rfc3339(),
+            status: match outcome {
+                Outcome::Status { code, .. } => Some(*code),
+                _ => None,
+            },
+            error: error.to_string(),
+            body: body.to_string(),
+        }
+    }
+}
+
+impl ParkedJob {
+    /// Its `Nats-Msg-Id` on `HMS_SYNC_PARKED`: parking the same delivery again (a crash
+    /// between the park and the ack) is stored once.
+    pub fn dedup_id(&self, delivered: u32) -> String {
+        format!(
+            "{}:{}:{delivered}",
+            self.consumer, self.event.stream_sequence
+        )
+    }
+
+    /// The `hitl.review.requested` alert announcing this job (parked as `parked_id`).
+    pub fn review_alert(&self, parked_id: u64) -> Json {
+        json!({
+            "kind": "sync.parked",
+            "connector": self.connector,
+            "parkedId": parked_id,
+            "summary": format!("{} {} failed: {}", self.method, self.url, self.error),
+            "idempotencyKey": self.idempotency_key,
+            "at": self.parked_at,
+        })
+    }
+}
+
+/// The headers of a replayed event: the original ones, minus those hms-sync sets itself, plus
+/// the original idempotency key, the original subject, the parked job's id, and a
+/// `Nats-Msg-Id` that stores one replay of a job once.
+pub fn replay_headers(job: &ParkedJob, parked_id: u64) -> Vec<(String, String)> {
+    let ours = [
+        "Nats-Msg-Id",
+        REPLAY_KEY_HEADER,
+        ORIGINAL_SUBJECT_HEADER,
+        REPLAY_OF_HEADER,
+    ];
+    let mut headers: Vec<(String, String)> = job
+        .event
+        .headers
+        .iter()
+        .filter(|(k, _)| !ours.iter().any(|o| k.eq_ignore_ascii_case(o)))
+        .cloned()
+        .collect();
+    headers.push((REPLAY_KEY_HEADER.into(), job.idempotency_key.clone()));
+    headers.push((ORIGINAL_SUBJECT_HEADER.into(), job.event.subject.clone()));
+    headers.push((REPLAY_OF_HEADER.into(), parked_id.to_string()));
+    headers.push((
+        "Nats-Msg-Id".into(),
+        format!("replay:{}:{parked_id}", job.consumer),
+    ));
+    headers
+}
+
+/// One stored parked job as read back for review.
+#[derive(Debug, Clone)]
+pub struct Reviewed {
+    /// Its id: the sequence on `HMS_SYNC_PARKED`.
+    pub id: u64,
+    /// `sync.parked.<consumer>`.
+    pub subject: String,
+    /// The record as JSON (whatever is stored).
+    pub raw: Json,
+    /// The record, when it is a parked job hms-sync wrote.
+    pub job: Option<ParkedJob>,
+}
+
+impl Reviewed {
+    fn from_stored(s: StoredJob) -> Reviewed {
+        Reviewed {
+            id: s.id,
+            raw: serde_json::from_slice(&s.payload).unwrap_or(Json::Null),
+            job: serde_json::from_slice(&s.payload).ok(),
+            subject: s.subject,
+        }
+    }
+
+    /// The consumer whose job it is (from its subject).
+    pub fn consumer(&self) -> &str {
+        self.subject
+            .strip_prefix("sync.parked.")
+            .unwrap_or(&self.subject)
+    }
+
+    /// One line of a listing (JSON).
+    pub fn summary(&self) -> Option<Json> {
+        let p = self.job.as_ref()?;
+        Some(json!({
+            "id": self.id,
+            "connector": p.connector,
+            "parkedAt": p.parked_at,
+            "attempts": p.attempts.len(),
+            "error": p.error,
+            "subject": p.event.subject,
+            "idempotencyKey": p.idempotency_key,
+        }))
+    }
+}
+
+/// Why a review action failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ReviewError {
+    #[error("parked job {0}: not a parked job record")]
+    NotAJob(u64),
+    #[error(transparent)]
+    Bus(#[from] BusError),
+}
+
+/// Every parked job, oldest first; only those of the consumer `consumer` when given.
+pub async fn list(bus: &Bus, consumer: Option<&str>) -> Result<Vec<Reviewed>, BusError> {
+    Ok(bus
+        .parked_jobs(consumer)
+        .await?
+        .into_iter()
+        .map(Reviewed::from_stored)
+        .collect())
+}
+
+/// One parked job by id.
+pub async fn get(bus: &Bus, id: u64) -> Result<Option<Reviewed>, BusError> {
+    Ok(bus.parked_job(id).await?.map(Reviewed::from_stored))
+}
+
+/// Whether a job was parked at or after `since` (jobs whose time cannot be read count as
+/// recent).
+pub fn parked_since(job: &ParkedJob, since: time::OffsetDateTime) -> bool {
+    crate::clock::parse(&job.parked_at).is_none_or(|at| at >= since)
+}
+
+/// Sends a parked job through its connector again, with its original idempotency key, and
+/// records who did it. Returns the record of the action.
+pub async fn replay(bus: &Bus, r: &Reviewed, by: &str) -> Result<Json, ReviewError> {
+    let p = r.job.as_ref().ok_or(ReviewError::NotAJob(r.id))?;
+    let seq = bus
+        .publish_replay(
+            &p.consumer,
+            &replay_headers(p, r.id),
+            p.event.payload.clone().into_bytes(),
+        )
+        .await?;
+    let record = json!({
+        "action": "replayed", "parkedId": r.id, "connector": p.connector,
+        "at": now_rfc3339(), "replaySequence": seq, "idempotencyKey": p.idempotency_key,
+        "by": by,
+    });
+    bus.resolve_parked(&p.consumer, r.id, record.to_string().as_bytes())
+        .await?;
+    Ok(record)
+}
+
+/// Drops a parked job for good, keeping it (and why) in the record of the action.
+pub async fn discard(
+    bus: &Bus,
+    r: &Reviewed,
+    reason: Option<&str>,
+    by: &str,
+) -> Result<Json, ReviewError> {
+    let record = json!({
+        "action": "discarded", "parkedId": r.id,
+        "connector": r.job.as_ref().map(|p| p.connector.clone()),
+        "at": now_rfc3339(), "reason": reason,
+        "by": by,
+        "job": r.raw,
+    });
+    bus.resolve_parked(r.consumer(), r.id, record.to_string().as_bytes())
+        .await?;
+    Ok(record)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn job(headers: &[(&str, &str)]) -> ParkedJob {
+        ParkedJob {
+            connector: "a.v1".into(),
+            consumer: "a_v1".into(),
+            parked_at: "2026-01-02T03:04:05Z".into(),
+            error: "HTTP 400".into(),
+            method: "PATCH".into(),
+            url: "http://127.0.0.1/x".into(),
+            idempotency_key: "k1".into(),
+            attempts: vec![],
+            event: ParkedEvent {
+                subject: "permit.updated".into(),
+                stream_sequence: 7,
+                published: "2026-01-02T03:04:00Z".into(),
+                msg_id: None,
+                headers: headers
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect(),
+                payload: "{}".into(),
+            },
+        }
+    }
+
+    #[test]
+    fn a_replay_keeps_the_key_and_the_event_headers_but_not_ours() {
+        let j = job(&[
+            ("traceparent", "00-abc-def-01"),
+            ("nats-msg-id", "orig"),
+            ("Hms-Idempotency-Key", "stale"),
+            ("Hms-Replay-Of", "3"),
+        ]);
+        let h = replay_headers(&j, 42);
+        let want: Vec<(String, String)> = [
+            ("traceparent", "00-abc-def-01"),
+            (REPLAY_KEY_HEADER, "k1"),
+            (ORIGINAL_SUBJECT_HEADER, "permit.updated"),
+            (REPLAY_OF_HEADER, "42"),
+            ("Nats-Msg-Id", "replay:a_v1:42"),
+        ]
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        assert_eq!(h, want);
+        assert_eq!(j.dedup_id(3), "a_v1:7:3");
+    }
+
+    #[test]
+    fn since_filters_by_parked_time() {
+        let j = job(&[]);
+        let t = |s| crate::clock::parse(s).unwrap();
+        assert!(parked_since(&j, t("2026-01-01T00:00:00Z")));
+        assert!(!parked_since(&j, t("2026-01-03T00:00:00Z")));
+        let mut odd = j.clone();
+        odd.parked_at = "?".into();
+        assert!(parked_since(&odd, t("2026-01-03T00:00:00Z")));
+    }
+}

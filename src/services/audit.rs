@@ -1,0 +1,526 @@
+//! Audit actor: receives one record per attempt (and per accepted webhook), seals it into its
+//! hash chain and stores it on `HMS_AUDIT` in batches, never holding a delivery up.
+//!
+//! Records are sealed (chained) only when a batch is about to be stored. Every record a caller
+//! hands over is counted in a [`Ledger`] shared by every incarnation of the actor, per
+//! consumer: accepted, lost on the way (no actor to take it), and covered (stored, or declared
+//! lost in a stored `gap` record). Whatever is never stored (the in-memory backlog overflowed
+//! while `HMS_AUDIT` was unavailable, or the actor was killed with records in memory) is
+//! declared in one sealed `gap` record per consumer (how many, since, until, why): the chain
+//! still verifies and the loss is on record.
+//!
+//! Chains are `<consumer>/<run>`, `run` new for every incarnation of the actor, so a restarted
+//! actor never has to guess where its predecessor's chains ended.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering::SeqCst};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use bytes::Bytes;
+use ractor::{Actor, ActorProcessingErr, ActorRef};
+use serde_json::json;
+
+use super::slot::ActorSlot;
+use crate::audit::{AuditRecord, Chainer};
+use crate::bus::{AuditEntry, Bus};
+use crate::clock::now_rfc3339;
+
+/// Records kept in memory while `HMS_AUDIT` is unavailable; beyond it the oldest are dropped.
+pub const MAX_BACKLOG: usize = 100_000;
+/// Largest batch stored at once.
+pub const BATCH: usize = 512;
+/// How long a record may wait for its batch to fill.
+pub const LINGER: Duration = Duration::from_millis(50);
+
+/// What one consumer's records came to, across incarnations of the audit actor.
+#[derive(Debug, Default)]
+pub struct Account {
+    /// Handed to an audit actor's mailbox.
+    accepted: AtomicU64,
+    /// Could not be handed over (no audit actor at that moment).
+    lost: AtomicU64,
+    /// Stored on `HMS_AUDIT`, or declared lost in a stored `gap` record.
+    covered: AtomicU64,
+}
+
+impl Account {
+    /// Records neither stored nor declared lost yet.
+    fn outstanding(&self) -> u64 {
+        (self.accepted.load(SeqCst) + self.lost.load(SeqCst))
+            .saturating_sub(self.covered.load(SeqCst))
+    }
+}
+
+/// Every consumer's [`Account`]; outlives the actor. Also counts the stores under way, so a
+/// new actor can wait for its predecessor's last store before it reckons what was lost.
+#[derive(Debug, Default)]
+pub struct Ledger {
+    accounts: Mutex<HashMap<String, Arc<Account>>>,
+    stores: AtomicU64,
+    stored: tokio::sync::Notify,
+}
+
+/// How long a new audit actor waits for its predecessor's store before reckoning the loss.
+const PREDECESSOR_STORE_WAIT: Duration = Duration::from_secs(10);
+
+impl Ledger {
+    fn account(&self, consumer: &str) -> Arc<Account> {
+        let mut map = self.accounts.lock().unwrap_or_else(PoisonError::into_inner);
+        map.entry(consumer.to_string()).or_default().clone()
+    }
+
+    /// Waits (bounded) until no store is under way.
+    async fn stores_done(&self) {
+        let wait = async {
+            loop {
+                let notified = self.stored.notified();
+                if self.stores.load(SeqCst) == 0 {
+                    return;
+                }
+                notified.await;
+            }
+        };
+        let _ = tokio::time::timeout(PREDECESSOR_STORE_WAIT, wait).await;
+    }
+
+    fn all(&self) -> Vec<(String, Arc<Account>)> {
+        let map = self.accounts.lock().unwrap_or_else(PoisonError::into_inner);
+        map.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
+    }
+}
+
+/// Where one consumer's records go; get it once ([`Auditor::route`]) and keep it.
+#[derive(Debug, Clone)]
+pub struct AuditRoute {
+    consumer: Arc<str>,
+    account: Arc<Account>,
+}
+
+/// Records handed over while no audit actor runs (it is being restarted); the next one takes
+/// them. Bounded like the actor's backlog.
+type Waiting = Arc<Mutex<VecDeque<(AuditRoute, AuditRecord)>>>;
+
+/// The handle deliveries and the webhook edge record through; follows the actor's restarts.
+/// Recording never waits. Cheap to clone.
+#[derive(Clone, Default)]
+pub struct Auditor {
+    pub(super) actor: ActorSlot<AuditMsg>,
+    pub(super) ledger: Arc<Ledger>,
+    waiting: Waiting,
+}
+
+impl Auditor {
+    /// The audit actor now (`None` while it restarts).
+    pub fn actor(&self) -> Option<ActorRef<AuditMsg>> {
+        self.actor.get()
+    }
+
+    /// The route of a consumer's records.
+    pub fn route(&self, consumer: &str) -> AuditRoute {
+        AuditRoute {
+            consumer: consumer.into(),
+            account: self.ledger.account(consumer),
+        }
+    }
+
+    /// Hands one record over (never waits). While the actor is being restarted, records wait
+    /// for the next one (at most [`MAX_BACKLOG`]; beyond, they are counted as lost and declared
+    /// in a `gap` record).
+    pub fn record(&self, route: &AuditRoute, record: AuditRecord) {
+        // Counted before it is sent, so that `covered` never runs ahead of `accepted`.
+        route.account.accepted.fetch_add(1, SeqCst);
+        let Some(actor) = self.actor.get() else {
+            return self.wait(route, record);
+        };
+        let msg = AuditMsg::Record {
+            route: route.clone(),
+            record,
+        };
+        if let Err(ractor::MessagingErr::SendErr(AuditMsg::Record { route, record })) =
+            actor.send_message(msg)
+        {
+            self.wait(&route, record);
+        }
+    }
+
+    fn wait(&self, route: &AuditRoute, record: AuditRecord) {
+        let mut waiting = self.waiting.lock().unwrap_or_else(PoisonError::into_inner);
+        if waiting.len() >= MAX_BACKLOG {
+            route.account.accepted.fetch_sub(1, SeqCst);
+            route.account.lost.fetch_add(1, SeqCst);
+        } else {
+            waiting.push_back((route.clone(), record));
+        }
+    }
+
+    /// Takes the records that waited for an actor.
+    fn take_waiting(&self) -> VecDeque<(AuditRoute, AuditRecord)> {
+        std::mem::take(&mut *self.waiting.lock().unwrap_or_else(PoisonError::into_inner))
+    }
+}
+
+/// Messages to the audit actor.
+pub enum AuditMsg {
+    /// One attempt (or accepted webhook), for the chain of its route's consumer.
+    Record {
+        route: AuditRoute,
+        record: AuditRecord,
+    },
+    /// Store what is buffered (timer, or after a batch ended).
+    Flush,
+    /// A store finished: how many of the batch are stored.
+    Stored {
+        batch: Vec<Sealed>,
+        stored: usize,
+        error: Option<String>,
+    },
+}
+
+/// A sealed record and how many of its consumer's records it covers (1; a gap: how many it
+/// declares lost).
+pub struct Sealed {
+    entry: AuditEntry,
+    account: Arc<Account>,
+    covers: u64,
+}
+
+/// Where one consumer's records go in this incarnation: its subject and its chain.
+struct Chain {
+    consumer: Arc<str>,
+    subject: Arc<str>,
+    chain: Arc<str>,
+    account: Arc<Account>,
+}
+
+/// Records of a consumer declared lost, not yet sealed into a gap record.
+struct Gap {
+    count: u64,
+    since: String,
+    reason: &'static str,
+}
+
+pub struct AuditActor;
+
+pub struct AuditArgs {
+    pub bus: Bus,
+    /// Distinguishes this incarnation's chains from others (instances, restarts).
+    pub run_id: String,
+    /// The handle callers record through (its ledger and its waiting records).
+    pub auditor: Auditor,
+}
+
+pub struct AuditState {
+    bus: Bus,
+    run_id: String,
+    auditor: Auditor,
+    ledger: Arc<Ledger>,
+    chainer: Chainer,
+    /// Subject and chain of each consumer seen, built once.
+    chains: HashMap<Arc<str>, Arc<Chain>>,
+    /// Unsealed records.
+    backlog: VecDeque<(Arc<Chain>, AuditRecord)>,
+    /// Declared losses to seal first, per consumer.
+    gaps: HashMap<Arc<str>, Gap>,
+    /// `lost` of each account already declared (so each lost record is declared once).
+    lost_seen: HashMap<Arc<str>, u64>,
+    /// Size of the sealed batch being stored (0: none).
+    in_flight: usize,
+    /// A sealed batch to be stored again after a failure.
+    retry_batch: Option<Vec<Sealed>>,
+    flush_scheduled: bool,
+    failures_in_a_row: u32,
+    pending: metrics::Gauge,
+}
+
+impl AuditState {
+    fn chain(&mut self, consumer: &Arc<str>, account: &Arc<Account>) -> Arc<Chain> {
+        if let Some(c) = self.chains.get(consumer) {
+            return c.clone();
+        }
+        let c = Arc::new(Chain {
+            consumer: consumer.clone(),
+            subject: format!("external.sync.{consumer}").into(),
+            chain: format!("{consumer}/{}", self.run_id).into(),
+            account: account.clone(),
+        });
+        self.chains.insert(consumer.clone(), c.clone());
+        c
+    }
+
+    fn declare(&mut self, consumer: &Arc<str>, count: u64, reason: &'static str) {
+        if count == 0 {
+            return;
+        }
+        let gap = self.gaps.entry(consumer.clone()).or_insert_with(|| Gap {
+            count: 0,
+            since: now_rfc3339(),
+            reason,
+        });
+        gap.count += count;
+    }
+
+    /// Puts one record in the backlog (dropping the oldest when it is full).
+    fn take(&mut self, route: AuditRoute, record: AuditRecord) {
+        if self.backlog.len() >= MAX_BACKLOG {
+            if let Some((dropped, _)) = self.backlog.pop_front() {
+                self.declare(
+                    &dropped.consumer,
+                    1,
+                    "HMS_AUDIT was unavailable and the in-memory backlog was full",
+                );
+                metrics::counter!(crate::metrics::AUDIT_DROPPED_TOTAL).increment(1);
+            }
+        }
+        let chain = self.chain(&route.consumer, &route.account);
+        self.backlog.push_back((chain, record));
+    }
+
+    /// Records callers could not hand over since the last look become declared losses.
+    fn declare_lost_sends(&mut self) {
+        for (consumer, account) in self.ledger.all() {
+            let lost = account.lost.load(SeqCst);
+            let consumer: Arc<str> = consumer.into();
+            let seen = self.lost_seen.entry(consumer.clone()).or_insert(0);
+            if lost > *seen {
+                let new = lost - *seen;
+                *seen = lost;
+                self.declare(&consumer, new, "no audit actor was running to take them");
+            }
+        }
+    }
+}
+
+impl Actor for AuditActor {
+    type Msg = AuditMsg;
+    type State = AuditState;
+    type Arguments = AuditArgs;
+
+    async fn pre_start(
+        &self,
+        me: ActorRef<AuditMsg>,
+        args: AuditArgs,
+    ) -> Result<AuditState, ActorProcessingErr> {
+        let mut st = AuditState {
+            bus: args.bus,
+            run_id: args.run_id,
+            ledger: args.auditor.ledger.clone(),
+            auditor: args.auditor,
+            chainer: Chainer::default(),
+            chains: HashMap::new(),
+            backlog: VecDeque::new(),
+            gaps: HashMap::new(),
+            lost_seen: HashMap::new(),
+            in_flight: 0,
+            retry_batch: None,
+            flush_scheduled: false,
+            failures_in_a_row: 0,
+            pending: metrics::gauge!(crate::metrics::AUDIT_PENDING),
+        };
+        // Whatever a predecessor was handed and did not store is lost with it: declare it,
+        // once its last store is done (what that store confirms is not lost). Records that
+        // waited for this actor are not lost either: they are taken first.
+        st.ledger.stores_done().await;
+        let waiting = st.auditor.take_waiting();
+        let mut waiting_per: HashMap<Arc<str>, u64> = HashMap::new();
+        for (route, _) in &waiting {
+            *waiting_per.entry(route.consumer.clone()).or_default() += 1;
+        }
+        for (consumer, account) in st.ledger.all() {
+            let consumer: Arc<str> = consumer.into();
+            st.lost_seen
+                .insert(consumer.clone(), account.lost.load(SeqCst));
+            let missing = account
+                .outstanding()
+                .saturating_sub(waiting_per.get(&consumer).copied().unwrap_or(0));
+            if missing > 0 {
+                tracing::warn!(
+                    "audit: {missing} records of {consumer} were lost with the previous audit actor; a sealed gap record says so"
+                );
+                st.declare(
+                    &consumer,
+                    missing,
+                    "the audit actor stopped with records not yet stored",
+                );
+            }
+        }
+        for (route, record) in waiting {
+            st.take(route, record);
+        }
+        // Soon: what is declared, what was taken, and what waits until this actor is in its
+        // slot.
+        schedule(&me, &mut st, LINGER);
+        Ok(st)
+    }
+
+    async fn handle(
+        &self,
+        me: ActorRef<AuditMsg>,
+        msg: AuditMsg,
+        st: &mut AuditState,
+    ) -> Result<(), ActorProcessingErr> {
+        match msg {
+            AuditMsg::Record { route, record } => {
+                st.take(route, record);
+                if st.backlog.len() >= BATCH {
+                    flush(&me, st);
+                } else {
+                    schedule(&me, st, LINGER);
+                }
+            }
+            AuditMsg::Flush => {
+                st.flush_scheduled = false;
+                flush(&me, st);
+            }
+            AuditMsg::Stored {
+                batch,
+                stored,
+                error,
+            } => {
+                metrics::counter!(crate::metrics::AUDIT_WRITTEN_TOTAL).increment(stored as u64);
+                st.in_flight = 0;
+                if stored < batch.len() {
+                    st.failures_in_a_row += 1;
+                    if st.failures_in_a_row == 1 || st.failures_in_a_row % 20 == 0 {
+                        tracing::warn!(
+                            "audit: HMS_AUDIT unavailable ({}); {} records waiting; deliveries go on",
+                            error.unwrap_or_default(),
+                            st.backlog.len() + batch.len() - stored
+                        );
+                    }
+                    st.retry_batch = Some(batch.into_iter().skip(stored).collect());
+                    let delay =
+                        Duration::from_millis(100 * u64::from(st.failures_in_a_row.min(50)));
+                    schedule(&me, st, delay);
+                } else {
+                    if st.failures_in_a_row > 0 {
+                        tracing::info!("audit: HMS_AUDIT available again");
+                    }
+                    st.failures_in_a_row = 0;
+                    if !st.backlog.is_empty() || !st.gaps.is_empty() {
+                        flush(&me, st);
+                    }
+                }
+            }
+        }
+        let waiting = st.backlog.len() + st.retry_batch.as_ref().map_or(0, Vec::len) + st.in_flight;
+        st.pending.set(waiting as f64);
+        Ok(())
+    }
+
+    async fn post_stop(
+        &self,
+        _me: ActorRef<AuditMsg>,
+        st: &mut AuditState,
+    ) -> Result<(), ActorProcessingErr> {
+        // Last chance on shutdown: store what is left (bounded wait).
+        let mut batch = st.retry_batch.take().unwrap_or_default();
+        batch.extend(seal(st, usize::MAX));
+        if !batch.is_empty() {
+            let entries: Vec<AuditEntry> = batch.iter().map(|s| s.entry.clone()).collect();
+            let stored =
+                tokio::time::timeout(Duration::from_secs(5), st.bus.store_audit(&entries, true))
+                    .await
+                    .ok()
+                    .and_then(Result::ok)
+                    .unwrap_or(0);
+            for s in &batch[..stored.min(batch.len())] {
+                s.account.covered.fetch_add(s.covers, SeqCst);
+            }
+        }
+        Ok(())
+    }
+}
+
+fn schedule(me: &ActorRef<AuditMsg>, st: &mut AuditState, after: Duration) {
+    if !st.flush_scheduled {
+        st.flush_scheduled = true;
+        me.send_after(after, || AuditMsg::Flush);
+    }
+}
+
+/// Seals up to `max` backlog records, after one `gap` record per consumer with declared losses.
+fn seal(st: &mut AuditState, max: usize) -> Vec<Sealed> {
+    st.declare_lost_sends();
+    // Records that waited while this actor was not yet in its slot.
+    for (route, record) in st.auditor.take_waiting() {
+        st.take(route, record);
+    }
+    let mut batch = Vec::with_capacity(st.backlog.len().min(max) + st.gaps.len());
+    let gaps: Vec<(Arc<str>, Gap)> = st.gaps.drain().collect();
+    for (consumer, gap) in gaps {
+        let account = st.ledger.account(&consumer);
+        let chain = st.chain(&consumer, &account);
+        let record = json!({
+            "kind": "gap",
+            "dropped": gap.count,
+            "since": gap.since,
+            "until": now_rfc3339(),
+            "reason": gap.reason,
+        });
+        batch.push(pack(
+            &mut st.chainer,
+            &chain,
+            AuditRecord::Other(record),
+            gap.count,
+        ));
+    }
+    while batch.len() < max {
+        let Some((chain, record)) = st.backlog.pop_front() else {
+            break;
+        };
+        batch.push(pack(&mut st.chainer, &chain, record, 1));
+    }
+    batch
+}
+
+/// Seals one record into its chain.
+fn pack(chainer: &mut Chainer, chain: &Chain, record: AuditRecord, covers: u64) -> Sealed {
+    let (n, bytes) = chainer.seal_bytes(&chain.chain, record);
+    Sealed {
+        entry: AuditEntry {
+            subject: chain.subject.clone(),
+            chain: chain.chain.clone(),
+            n,
+            bytes: Bytes::from(bytes),
+        },
+        account: chain.account.clone(),
+        covers,
+    }
+}
+
+/// Starts storing the next batch in the background, unless one is in flight.
+fn flush(me: &ActorRef<AuditMsg>, st: &mut AuditState) {
+    if st.in_flight > 0 {
+        return;
+    }
+    // A batch stored again after a failure is stored the careful way (every record confirmed).
+    let (batch, careful) = match st.retry_batch.take() {
+        Some(b) if !b.is_empty() => (b, true),
+        _ => (seal(st, BATCH), false),
+    };
+    if batch.is_empty() {
+        return;
+    }
+    st.in_flight = batch.len();
+    let (bus, me, ledger) = (st.bus.clone(), me.clone(), st.ledger.clone());
+    ledger.stores.fetch_add(1, SeqCst);
+    tokio::spawn(async move {
+        let entries: Vec<AuditEntry> = batch.iter().map(|s| s.entry.clone()).collect();
+        let (stored, error) = match bus.store_audit(&entries, careful).await {
+            Ok(n) => (n, None),
+            Err((n, e)) => (n, Some(e.to_string())),
+        };
+        // Counted here, not by the actor: it holds even when the actor died meanwhile.
+        for s in &batch[..stored.min(batch.len())] {
+            s.account.covered.fetch_add(s.covers, SeqCst);
+        }
+        ledger.stores.fetch_sub(1, SeqCst);
+        ledger.stored.notify_waiters();
+        let _ = me.send_message(AuditMsg::Stored {
+            batch,
+            stored,
+            error,
+        });
+    });
+}
