@@ -270,11 +270,7 @@ impl EventTemplate {
 
 fn rfc3339(ns: u64) -> String {
     time::OffsetDateTime::from_unix_timestamp_nanos(ns as i128)
-        .ok()
-        .and_then(|t| {
-            t.format(&time::format_description::well_known::Rfc3339)
-                .ok()
-        })
+        .map(crate::clock::format)
         .unwrap_or_default()
 }
 
