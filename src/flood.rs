@@ -1,6 +1,7 @@
-//! The flood publisher's logic (`hms-sync flood`, the flood bench): synthetic events from a
-//! template, the end-to-end latency stamp, pacing, and the publish statistics. No I/O: the
-//! publishing itself is `Bus::flood` (src/bus/flood.rs).
+//! The flood publisher's logic, for `hms-sync flood` and the flood bench.
+//!
+//! Synthetic events from a template, the end-to-end latency stamp, pacing, and the publish
+//! statistics. No I/O: the publishing itself is `Bus::flood` (src/bus/flood.rs).
 //!
 //! ## The stamp
 //! Every flood event carries two top-level JSON fields: [`SEQ_FIELD`] (`floodSeq`, 0, 1, 2, ...)

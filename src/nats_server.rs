@@ -1,6 +1,7 @@
-//! The one nats-server launcher: the embedded default of `up`, every test and every bench start
-//! nats-server through [`NatsServerBuilder`] (binary lookup, config file or text, port, store,
-//! log), wait for it with a plain TCP/`INFO` check, and stop or kill it.
+//! The one nats-server launcher, shared by the embedded default, the tests and the benches.
+//!
+//! Every caller starts nats-server through [`NatsServerBuilder`] (binary lookup, config file or
+//! text, port, store, log), waits for it with a plain TCP/`INFO` check, and stops or kills it.
 //!
 //! **Architecture invariant:** this module imports nothing of ours (it sits on the ground floor;
 //! [`crate::bus`] is the one that talks NATS). Readiness is "the server accepted a TCP connection

@@ -1,5 +1,7 @@
-//! `audit-store`: what storing one audit record costs, by way of storing (JetStream publish
-//! with `Nats-Msg-Id`, without it, plain publish), in CPU of nats-server and of the publisher.
+//! `audit-store`: what storing one audit record costs, by way of storing.
+//!
+//! JetStream publish with `Nats-Msg-Id`, without it, plain publish; in CPU of nats-server and
+//! of the publisher.
 
 use std::time::{Duration, Instant};
 

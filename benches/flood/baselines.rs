@@ -1,5 +1,7 @@
-//! The flood bench's baselines: (a) `ceiling`, a pull consumer that only acks; (b) `naive`,
-//! pull -> string-replace template -> reqwest PATCH -> ack, 64 in flight.
+//! The flood bench's baselines: `ceiling` and `naive`.
+//!
+//! (a) `ceiling`, a pull consumer that only acks; (b) `naive`, pull -> string-replace template
+//! -> reqwest PATCH -> ack, 64 in flight.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};

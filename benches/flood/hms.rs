@@ -1,5 +1,7 @@
-//! The flood bench's system under test: the release binary `hms-sync up` as a child process
-//! (its own CPU time and peak RSS), with one connector per topic pointed at the target.
+//! The flood bench's system under test: `hms-sync up` as a child process.
+//!
+//! The release binary, so that its CPU time and peak RSS are its own, with one connector per
+//! topic pointed at the target.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};

@@ -1,5 +1,6 @@
-//! The flood bench's results: one row per scenario and system, ratios between systems, the
-//! median of repeated rounds, and the table.
+//! The flood bench's results and their table.
+//!
+//! One row per scenario and system, ratios between systems, the median of repeated rounds.
 
 use std::fmt::Write as _;
 

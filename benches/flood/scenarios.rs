@@ -1,5 +1,6 @@
-//! The flood bench's scenarios: what each asks for, and one run of it (nats-server, target,
-//! published events, the three systems one after the other).
+//! The flood bench's scenarios: what each asks for, and one run of it.
+//!
+//! A run: nats-server, target, published events, the three systems one after the other.
 
 use std::io::Write as _;
 use std::path::PathBuf;

@@ -1,6 +1,7 @@
-//! `Bus::flood`: a synthetic flood published with JetStream acks, a window of acks in flight,
-//! paced or as fast as the server takes them (the plan, payloads and statistics are
-//! [`crate::flood`]'s).
+//! `Bus::flood`: a synthetic flood published with JetStream acks.
+//!
+//! A window of acks in flight, paced or as fast as the server takes them; the plan, payloads
+//! and statistics are [`crate::flood`]'s.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};

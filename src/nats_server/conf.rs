@@ -1,5 +1,6 @@
-//! Pieces of nats-server configuration text (TLS, auth, cluster, lame duck), to join and pass
-//! to [`super::NatsServerBuilder::config_text`].
+//! Pieces of nats-server configuration text: TLS, auth, cluster, lame duck.
+//!
+//! Join them and pass them to [`super::NatsServerBuilder::config_text`].
 
 use std::path::Path;
 use std::time::Duration;

@@ -1,7 +1,8 @@
-//! A programmable loopback HTTP target: `hms-sync sink`, the test harness's `Target` and the
-//! flood bench's target. It answers every request (after a delay, with a status an answer hook
-//! picks), counts requests, duplicates by key and per-key order, measures end-to-end latency
-//! from the flood stamp ([`crate::flood`]), and optionally keeps every request.
+//! A programmable loopback HTTP target: `hms-sync sink`, the harness's `Target`, the bench's.
+//!
+//! It answers every request (after a delay, with what an answer hook picks), counts requests,
+//! duplicates by key and per-key order, measures end-to-end latency from the flood stamp
+//! ([`crate::flood`]), and optionally keeps every request.
 
 pub mod stats;
 

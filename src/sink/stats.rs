@@ -1,5 +1,7 @@
-//! What a sink counts: requests, deliveries and duplicates by key, per-key order, and the
-//! end-to-end latency from the flood stamp. Pure: no I/O, no clock of its own.
+//! What a sink counts: requests, deliveries, duplicates, per-key order, latency.
+//!
+//! Duplicates are told by key, the latency comes from the flood stamp. Pure: no I/O, no clock
+//! of its own.
 
 use std::collections::hash_map::DefaultHasher;
 use std::collections::{BTreeMap, HashMap};

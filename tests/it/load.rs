@@ -1,5 +1,6 @@
-//! `hms-sync flood` and `hms-sync sink`, as a platform engineer runs them: sink, `up` with a
-//! connector pointed at it, flood; the sink's summary says what arrived.
+//! `hms-sync flood` and `hms-sync sink`, as a platform engineer runs them.
+//!
+//! Sink, `up` with a connector pointed at it, flood; the sink's summary says what arrived.
 
 use std::io::{BufRead, BufReader};
 use std::path::Path;

@@ -1,5 +1,7 @@
-//! The nats-server launcher: a 3-node JetStream cluster forms (R3 stream, published on one
-//! node, read on another), a server restarts on its own store, lame-duck mode refuses clients.
+//! The nats-server launcher: clusters, restarts, lame duck, auth blocks.
+//!
+//! A 3-node JetStream cluster forms (R3 stream, published on one node, read on another), a
+//! server restarts on its own store, lame-duck mode refuses clients.
 
 use std::time::Duration;
 
