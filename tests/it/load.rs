@@ -19,8 +19,26 @@ fn hms() -> Command {
     c
 }
 
+/// A child process of a test, killed if the test ends without stopping it (a failed assertion).
+struct Running(Option<Child>);
+
+impl Running {
+    fn take(mut self) -> Child {
+        self.0.take().expect("running")
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if let Some(c) = &mut self.0 {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
 /// `hms-sync sink --json --every 1` with `args`, on a free port; returns it and its URL.
-fn start_sink(args: &[&str]) -> (Child, String) {
+fn start_sink(args: &[&str]) -> (Running, String) {
     let mut child = hms()
         .args(["sink", "--listen", "127.0.0.1:0", "--json", "--every", "1"])
         .args(args)
@@ -28,10 +46,10 @@ fn start_sink(args: &[&str]) -> (Child, String) {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let child = Running(Some(child));
     let mut line = String::new();
-    BufReader::new(child.stderr.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
+    BufReader::new(stderr).read_line(&mut line).unwrap();
     let url = line
         .trim()
         .strip_prefix("sink listening on ")
@@ -41,7 +59,8 @@ fn start_sink(args: &[&str]) -> (Child, String) {
 }
 
 /// SIGTERM, then every JSON line it printed (the last one is the final summary).
-fn stop_sink(child: Child) -> Vec<Value> {
+fn stop_sink(child: Running) -> Vec<Value> {
+    let child = child.take();
     unsafe {
         libc::kill(child.id() as i32, libc::SIGTERM);
     }
@@ -60,7 +79,7 @@ fn load_connector(sink: &str) -> String {
 }
 
 /// `up` as a child on `setup`, once its consumer is in place.
-async fn start_up(setup: &Setup, nats: &Nats) -> Child {
+async fn start_up(setup: &Setup, nats: &Nats) -> Running {
     let log = std::fs::File::create(setup.dir.path().join("up.log")).unwrap();
     let up = hms()
         .arg("--config")
@@ -70,6 +89,7 @@ async fn start_up(setup: &Setup, nats: &Nats) -> Child {
         .stderr(log)
         .spawn()
         .unwrap();
+    let up = Running(Some(up));
     let js = async_nats::jetstream::new(nats.client().await);
     eventually(T, "up created its consumer", || {
         let js = js.clone();
@@ -121,7 +141,7 @@ async fn ten_thousand_events_at_2000_per_s_arrive_once_each_with_a_latency_summa
     assert!(report["ack_p99_ms"].as_f64().unwrap() >= report["ack_p50_ms"].as_f64().unwrap());
     let js = async_nats::jetstream::new(nats.client().await);
     wait_idle(&js, "load_sink_v1", T).await;
-    terminate(up).await;
+    terminate(up.take()).await;
     let lines = stop_sink(sink);
     let last = lines.last().unwrap();
     assert_eq!(last["final"], true);
@@ -157,7 +177,7 @@ async fn with_a_fail_rate_retries_show_as_duplicates_by_key_and_every_event_arri
     assert!(out.status.success(), "{out:?}");
     let js = async_nats::jetstream::new(nats.client().await);
     wait_idle(&js, "load_sink_v1", T).await;
-    terminate(up).await;
+    terminate(up.take()).await;
     let last = stop_sink(sink).pop().unwrap();
     assert_eq!(last["delivered"], 2000, "{last}");
     let failed = last["by_status"]["503"].as_u64().unwrap_or(0);
