@@ -94,7 +94,7 @@ fn go_duration(d: Duration) -> String {
 }
 
 /// Lame-duck timings: after SIGUSR2 the server closes its clients over `duration`, starting
-/// after `grace`.
+/// after `grace`. nats-server refuses a `duration` under 30 s (its configuration check says so).
 pub fn lame_duck(duration: Duration, grace: Duration) -> String {
     format!(
         "lame_duck_duration: {}\nlame_duck_grace_period: {}\n",
