@@ -9,6 +9,8 @@ mod embedded;
 mod fleet;
 mod inbound;
 mod instances;
+mod load;
+mod nats_server;
 mod operator;
 mod protection;
 mod registry;
