@@ -174,3 +174,113 @@ async fn per_key_order_holds_across_three_instances_and_a_kill_9() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_breaker_for_every_instance_one_probe_at_a_time_one_alert() {
+    init_logs();
+    let nats = Nats::start().await;
+    let target = Target::start().await;
+    target.set_delay(Duration::from_millis(300));
+    let down = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let d = down.clone();
+    target.respond(move |_, _| {
+        if d.load(std::sync::atomic::Ordering::SeqCst) {
+            (500, vec![])
+        } else {
+            (200, vec![])
+        }
+    });
+    let config = format!(
+        "delivery:\n  pullBatch: 4\n  maxInFlight: 4\nendpoints:\n  \"http://{}\":\n    breaker: {{ failures: 5, probeIntervalMs: 500 }}\n",
+        target.addr
+    );
+    let setup = Setup::new(
+        &nats,
+        &[(
+            "c.yaml",
+            simple_connector(
+                "broken.v1",
+                "broken.in",
+                &target,
+                "retry:\n  max: 1000\n  backoffMs: 50\n  maxBackoffMs: 200\n",
+            ),
+        )],
+        &config,
+    );
+    let rt = setup.start().await;
+    rt.shutdown().await;
+    let client = nats.client().await;
+    let mut alerts = client
+        .subscribe("hitl.review.requested")
+        .await
+        .unwrap();
+    let seen: Arc<Mutex<Vec<(Instant, serde_json::Value)>>> = Arc::default();
+    let log = seen.clone();
+    tokio::spawn(async move {
+        use futures::StreamExt;
+        while let Some(m) = alerts.next().await {
+            let v: serde_json::Value = serde_json::from_slice(&m.payload).unwrap_or_default();
+            log.lock().unwrap().push((Instant::now(), v));
+        }
+    });
+    let kinds = |kind: &str| -> Vec<Instant> {
+        seen.lock()
+            .unwrap()
+            .iter()
+            .filter(|(_, v)| v["kind"] == kind)
+            .map(|(t, _)| *t)
+            .collect()
+    };
+    let instances: Vec<Instance> = (0..3).map(|_| Instance::start(&setup)).collect();
+    for i in &instances {
+        eventually(Duration::from_secs(30), "instance ready", || i.ready()).await;
+    }
+    let js = async_nats::jetstream::new(client.clone());
+    publish_many(
+        &js,
+        "broken.in",
+        (0..60).map(|i| json!({"id": format!("e{i}"), "n": i})),
+    )
+    .await;
+    eventually(Duration::from_secs(30), "the breaker opened", || async {
+        !kinds("endpoint.paused").is_empty()
+    })
+    .await;
+    let opened = kinds("endpoint.paused")[0];
+    let before = target.count();
+    // While open, every instance holds back: the requests that start now are probes, one at
+    // a time for all three instances (each takes 300 ms, so two at once would end closer).
+    eventually(Duration::from_secs(30), "three probes", || async {
+        target.count() >= before + 3
+    })
+    .await;
+    let settled = opened + Duration::from_millis(400);
+    let probes: Vec<Instant> = target
+        .requests()
+        .iter()
+        .filter(|r| r.at > settled)
+        .map(|r| r.at)
+        .collect();
+    assert!(probes.len() >= 2, "{} probes", probes.len());
+    for w in probes.windows(2) {
+        assert!(
+            w[1].duration_since(w[0]) >= Duration::from_millis(300),
+            "two probes overlapped: answered {:?} apart",
+            w[1].duration_since(w[0])
+        );
+    }
+    down.store(false, std::sync::atomic::Ordering::SeqCst);
+    eventually(Duration::from_secs(60), "all delivered", || async {
+        target.requests().iter().filter(|r| r.status == 200).count() >= 60
+    })
+    .await;
+    assert_eq!(kinds("endpoint.paused").len(), 1, "paused once for all");
+    assert_eq!(kinds("endpoint.resumed").len(), 1, "resumed once for all");
+    let mut delivering = 0;
+    for i in &instances {
+        if i.delivered("broken.v1").await > 0.0 {
+            delivering += 1;
+        }
+    }
+    assert!(delivering >= 2, "the instances resumed ({delivering} delivered)");
+}
