@@ -99,6 +99,8 @@ async fn run(
     let mut takeover = Takeover::new(ack_wait);
     let mut takeover_poll = tokio::time::interval(TAKEOVER_POLL);
     let mut pin_check = tokio::time::interval(pin_check_every);
+    let mut reconnects = pipeline.bus.reconnects();
+    reconnects.mark_unchanged();
     let mut heartbeat = tokio::time::interval(keep_alive(ack_wait));
     let mut health = PullHealth::default();
     // A delivery slot taken before pulling: the next event may start at once.
@@ -162,6 +164,10 @@ async fn run(
                         }
                     }
                 }
+            }
+            Ok(()) = reconnects.changed() => {
+                // The server may have dropped the pull requests while we were away.
+                watch.reopen(&mut source, "NATS reconnected").await;
             }
             _ = watch.tick.tick() => {
                 // Held events wait for their key's turn: not a stall.

@@ -5,6 +5,7 @@
 //! [`Delivery`] values and tell them how to end (ack, retry later, park).
 
 use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::jetstream::{self, consumer, stream, AckKind};
@@ -118,6 +119,10 @@ pub(crate) fn err(context: impl Into<String>) -> impl FnOnce(String) -> BusError
 pub struct Bus {
     pub(crate) client: async_nats::Client,
     pub(crate) js: jetstream::Context,
+    /// Keeps the client the event callback reaches weakly (see [`Bus::connect`]).
+    _own: Arc<std::sync::OnceLock<async_nats::Client>>,
+    /// How many times the connection was re-established.
+    reconnects: tokio::sync::watch::Receiver<u64>,
 }
 
 /// What a connector needs to own its durable consumer.
@@ -142,19 +147,49 @@ pub const PIN_HEADER: &str = "Nats-Pin-Id";
 impl Bus {
     /// Connects (retrying in the background after the first success).
     pub async fn connect(url: &str) -> Result<Bus, BusError> {
+        // A server going into lame-duck mode closes its clients within its lame-duck duration
+        // (30 s or more): move to another server of the cluster at once instead.
+        // The client, for the event callback, held weakly (no cycle: the connection ends
+        // when the last Bus is dropped).
+        let own: Arc<std::sync::OnceLock<async_nats::Client>> = Arc::default();
+        let weak = Arc::downgrade(&own);
+        // Counts reconnections (not the first connection): pulls re-create their requests.
+        let (reconnected, reconnects) = tokio::sync::watch::channel(0u64);
+        let connected_once = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let client = async_nats::ConnectOptions::new()
             .name("hms-sync")
             .retry_on_initial_connect()
             .connection_timeout(Duration::from_secs(2))
-            .event_callback(|event| async move {
-                match event {
-                    async_nats::Event::Connected => tracing::info!("NATS: connected"),
-                    other => tracing::warn!("NATS: {other}"),
+            .event_callback(move |event| {
+                let weak = weak.clone();
+                let (reconnected, once) = (reconnected.clone(), connected_once.clone());
+                async move {
+                    match event {
+                        async_nats::Event::Connected => {
+                            tracing::info!("NATS: connected");
+                            if once.swap(true, std::sync::atomic::Ordering::SeqCst) {
+                                reconnected.send_modify(|n| *n += 1);
+                            }
+                        }
+                        async_nats::Event::LameDuckMode => {
+                            tracing::warn!(
+                                "NATS: the server went into lame-duck mode: moving to another server"
+                            );
+                            let client = weak.upgrade().and_then(|c| c.get().cloned());
+                            if let Some(c) = client {
+                                if let Err(e) = c.force_reconnect().await {
+                                    tracing::warn!("NATS: reconnect: {e}");
+                                }
+                            }
+                        }
+                        other => tracing::warn!("NATS: {other}"),
+                    }
                 }
             })
             .connect(url)
             .await
             .map_err(|e| err(format!("connect {url}"))(e.to_string()))?;
+        let _ = own.set(client.clone());
         // retry_on_initial_connect returns at once: wait for the first connection.
         let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
         while client.connection_state() != async_nats::connection::State::Connected {
@@ -168,7 +203,12 @@ impl Bus {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         let js = jetstream::new(client.clone());
-        Ok(Bus { client, js })
+        Ok(Bus {
+            client,
+            js,
+            _own: own,
+            reconnects,
+        })
     }
 
     /// Whether something answers at `url` right now (one quick try, no retries).
@@ -192,6 +232,12 @@ impl Bus {
             .await,
             Ok(Ok(_))
         )
+    }
+
+    /// Changes whenever the connection to NATS is re-established (a server restarted, went
+    /// into lame-duck mode, or the network came back).
+    pub fn reconnects(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.reconnects.clone()
     }
 
     pub fn is_connected(&self) -> bool {

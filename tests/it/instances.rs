@@ -210,10 +210,7 @@ async fn one_breaker_for_every_instance_one_probe_at_a_time_one_alert() {
     let rt = setup.start().await;
     rt.shutdown().await;
     let client = nats.client().await;
-    let mut alerts = client
-        .subscribe("hitl.review.requested")
-        .await
-        .unwrap();
+    let mut alerts = client.subscribe("hitl.review.requested").await.unwrap();
     let seen: Arc<Mutex<Vec<(Instant, serde_json::Value)>>> = Arc::default();
     let log = seen.clone();
     tokio::spawn(async move {
@@ -282,5 +279,8 @@ async fn one_breaker_for_every_instance_one_probe_at_a_time_one_alert() {
             delivering += 1;
         }
     }
-    assert!(delivering >= 2, "the instances resumed ({delivering} delivered)");
+    assert!(
+        delivering >= 2,
+        "the instances resumed ({delivering} delivered)"
+    );
 }

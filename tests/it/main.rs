@@ -3,6 +3,7 @@
 mod harness;
 
 mod cli;
+mod cluster;
 mod crash;
 mod delivery;
 mod embedded;

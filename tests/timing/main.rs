@@ -98,12 +98,18 @@ async fn one_rate_budget_for_three_instances() {
             .count();
         worst = worst.max(n);
     }
-    assert!(worst <= 12, "{worst} requests within one second, all instances together");
+    assert!(
+        worst <= 12,
+        "{worst} requests within one second, all instances together"
+    );
     let mut delivering = 0;
     for i in &instances {
         if i.delivered("shared.budget.v1").await > 0.0 {
             delivering += 1;
         }
     }
-    assert!(delivering >= 2, "the instances share the work ({delivering} delivered)");
+    assert!(
+        delivering >= 2,
+        "the instances share the work ({delivering} delivered)"
+    );
 }
