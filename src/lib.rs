@@ -9,12 +9,12 @@
 // Ground floor: pure, imports nothing of ours but each other.
 pub mod audit;
 pub mod auth;
-pub mod budget;
 pub mod check;
 pub mod clock;
 pub mod config;
 pub mod filter;
 pub mod flood;
+pub mod limits;
 pub mod metrics;
 pub mod ordering;
 pub mod outcome;

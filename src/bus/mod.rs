@@ -490,6 +490,21 @@ impl Bus {
         }
     }
 
+    /// The names of every consumer of `HMS_EVENTS` (one request per 1,024 names).
+    pub async fn consumer_names(&self) -> Result<std::collections::HashSet<String>, BusError> {
+        use futures::TryStreamExt;
+        let stream = self
+            .js
+            .get_stream(EVENTS_STREAM)
+            .await
+            .map_err(|e| err("stream HMS_EVENTS")(e.to_string()))?;
+        stream
+            .consumer_names()
+            .try_collect()
+            .await
+            .map_err(|e| err("consumer names of HMS_EVENTS")(e.to_string()))
+    }
+
     /// Stores a parked job durably (JetStream ack awaited). Returns its stream sequence.
     pub async fn park(&self, consumer: &str, dedup_id: &str, job: &[u8]) -> Result<u64, BusError> {
         let mut headers = HeaderMap::new();

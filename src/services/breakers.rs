@@ -9,8 +9,8 @@ use ractor::{Actor, ActorProcessingErr, ActorRef};
 
 use super::endpoint::{EndpointMsg, Endpoints};
 use super::shared::BREAKER_PREFIX;
-use crate::budget::Breaker;
 use crate::bus::Bus;
+use crate::limits::Breaker;
 
 /// Messages to the breaker watch actor.
 pub enum BreakerWatchMsg {

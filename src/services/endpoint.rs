@@ -63,7 +63,7 @@ pub enum EndpointMsg {
     /// the shared state could not be reached (`None`).
     ProbeClaimed(Option<Option<u64>>),
     /// The shared breaker changed (from the breaker watch; `None`: closed).
-    Shared(Option<crate::budget::Breaker>),
+    Shared(Option<crate::limits::Breaker>),
 }
 
 /// What an endpoint's callers share with its actor (see the module note).
@@ -429,7 +429,7 @@ fn on_probe_claim(st: &mut EndpointState, claim: Option<Option<u64>>, now: Insta
 }
 
 /// Another instance opened or closed the breaker.
-fn on_shared(st: &mut EndpointState, b: Option<crate::budget::Breaker>, now: Instant) {
+fn on_shared(st: &mut EndpointState, b: Option<crate::limits::Breaker>, now: Instant) {
     let open = b.as_ref().is_some_and(|b| b.open);
     match (&st.breaker, open) {
         (Breaker::Closed { .. }, true) => {

@@ -1,5 +1,5 @@
 //! An endpoint's state shared with every other instance (KV `hms_sync_limits`): its rate
-//! budget's grants and its circuit breaker. The rules are pure ([`crate::budget`]); this file
+//! budget's grants and its circuit breaker. The rules are pure ([`crate::limits`]); this file
 //! reads and writes them with compare-and-set. Endpoint actors call it from tasks, never from
 //! their handlers.
 
@@ -8,9 +8,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use sha2::{Digest, Sha256};
 
-use crate::budget::{Breaker, Grants, Probe};
 use crate::bus::limits::Limits;
 use crate::bus::BusError;
+use crate::limits::{Breaker, Grants, Probe};
 
 /// Key prefix of the circuit breakers (watched by every instance).
 pub const BREAKER_PREFIX: &str = "breaker.";
