@@ -194,9 +194,10 @@ async fn run(
                     }
                     Ok(Pulled::Event(d)) if keyed && (takeover.new_pin(&d) || takeover.waiting()) => {
                         // Held until the earlier holder's events are back (see `Takeover`).
-                        takeover.held.push(d);
+                        takeover.held.push(*d);
                     }
                     Ok(Pulled::Event(d)) => {
+                        let d = *d;
                         let key = if keyed { ordering_key(&pipeline, &d) } else { None };
                         match key {
                             None => spawner.now(&mut tasks, slot.take(), None, d),
@@ -425,7 +426,7 @@ fn ordering_key(pipeline: &Pipeline, d: &Delivery) -> Option<String> {
 
 /// What one pull brought.
 enum Pulled {
-    Event(Delivery),
+    Event(Box<Delivery>),
     /// A passing error (logged).
     Passing,
     /// The pull is gone (its heartbeats stopped): re-create it now.
@@ -461,7 +462,7 @@ impl PullHealth {
             }
             Some(Ok(d)) => {
                 self.errors_in_a_row = 0;
-                Ok(Pulled::Event(d))
+                Ok(Pulled::Event(Box::new(d)))
             }
         }
     }

@@ -449,16 +449,14 @@ fn on_shared(st: &mut EndpointState, b: Option<crate::limits::Breaker>, now: Ins
             };
             st.probe = ProbeClaim::Idle;
         }
-        (Breaker::Open { probing, .. }, false) => {
-            if !probing {
-                tracing::info!(
-                    "endpoint {} resumed: another instance's probe succeeded",
-                    st.args.endpoint
-                );
-                st.open_gauge.set(0.0);
-                st.breaker = Breaker::Closed { failures: 0 };
-                st.probe = ProbeClaim::Idle;
-            }
+        (Breaker::Open { probing: false, .. }, false) => {
+            tracing::info!(
+                "endpoint {} resumed: another instance's probe succeeded",
+                st.args.endpoint
+            );
+            st.open_gauge.set(0.0);
+            st.breaker = Breaker::Closed { failures: 0 };
+            st.probe = ProbeClaim::Idle;
         }
         _ => {}
     }

@@ -206,8 +206,9 @@ impl Actor for ServicesSupervisor {
                 if let Some(a) = &st.breakers {
                     a.stop(None);
                 }
-                // The audit actor stores what it still holds as it stops (bounded).
+                // The audit actor stores what it still holds, then stops (bounded).
                 if let Some(a) = s.audit.actor.get() {
+                    let _ = ractor::call_t!(a, super::audit::AuditMsg::Drain, 10_000);
                     let _ = a
                         .stop_and_wait(None, Some(std::time::Duration::from_secs(10)))
                         .await;
