@@ -64,11 +64,42 @@ fn flood(js: jetstream::Context, n: usize) -> tokio::task::JoinHandle<()> {
     })
 }
 
-/// Waits until deliveries resume: within `budget` of now, more than `from` are delivered.
-async fn resumes(target: &Target, from: usize, budget: Duration, what: &str) {
-    let since = Instant::now();
-    eventually(budget, what, || async { delivered(target) > from }).await;
-    eprintln!("{what}: resumed after {:?}", since.elapsed());
+/// Waits until the cluster is available again (the connector's consumer has a leader that
+/// answers, not `gone`), then until deliveries resume: within 10 s of that, more than `from`
+/// are delivered.
+async fn resumes(
+    js: &jetstream::Context,
+    gone: Option<&str>,
+    target: &Target,
+    from: usize,
+    what: &str,
+) {
+    let began = Instant::now();
+    eventually(Duration::from_secs(60), "the cluster available", || async {
+        let Ok(s) = js.get_stream("HMS_EVENTS").await else {
+            return false;
+        };
+        let Ok(info) = s.consumer_info(CONSUMER).await else {
+            return false;
+        };
+        // A single server has no leader to wait for; a cluster a new one, not `gone`.
+        gone.is_none()
+            || info
+                .cluster
+                .and_then(|c| c.leader)
+                .is_some_and(|l| Some(l.as_str()) != gone)
+    })
+    .await;
+    let available = Instant::now();
+    eventually(Duration::from_secs(10), what, || async {
+        delivered(target) > from
+    })
+    .await;
+    eprintln!(
+        "{what}: cluster available after {:?}, deliveries resumed {:?} later",
+        available - began,
+        available.elapsed()
+    );
 }
 
 /// Re-created pulls notice a gone server within a couple of seconds.
@@ -109,7 +140,7 @@ async fn a_lame_duck_node_mid_flood_loses_nothing() {
     .await;
     cluster.node_mut(0).unwrap().lame_duck();
     let at = delivered(&target);
-    resumes(&target, at, Duration::from_secs(10), "after lame duck").await;
+    resumes(&js, None, &target, at, "after lame duck").await;
     publisher.await.unwrap();
     eventually(Duration::from_secs(60), "every event delivered", || async {
         delivered(&target) == n
@@ -166,13 +197,7 @@ async fn a_killed_stream_leader_mid_flood_loses_nothing() {
         .expect("the leader is a node");
     cluster.node_mut(i).unwrap().kill();
     let at = delivered(&target);
-    resumes(
-        &target,
-        at,
-        Duration::from_secs(10),
-        "after the leader's kill",
-    )
-    .await;
+    resumes(&js, Some(&leader), &target, at, "after the leader's kill").await;
     eventually(Duration::from_secs(60), "every event delivered", || async {
         delivered(&target) == n
     })
@@ -209,7 +234,8 @@ async fn a_restarted_server_mid_flood_loses_nothing() {
     .await;
     let server = server.restart().await.expect("restarted");
     let at = delivered(&target);
-    resumes(&target, at, Duration::from_secs(10), "after the restart").await;
+    let js = jetstream::new(async_nats::connect(&url).await.unwrap());
+    resumes(&js, None, &target, at, "after the restart").await;
     eventually(Duration::from_secs(60), "every event delivered", || async {
         delivered(&target) == n
     })
