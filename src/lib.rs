@@ -16,6 +16,7 @@ pub mod filter;
 pub mod metrics;
 pub mod ordering;
 pub mod outcome;
+pub mod policy;
 pub mod restart;
 pub mod schema;
 pub mod signature;
@@ -31,6 +32,7 @@ pub mod bus;
 pub mod http_client;
 pub mod logging;
 pub mod nats_server;
+pub mod tls;
 
 // What the services and orchestration use.
 pub mod parked;

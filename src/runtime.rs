@@ -21,7 +21,7 @@ use crate::bus::Bus;
 use crate::config::RuntimeConfig;
 use crate::connector::{self, AnyConnector};
 use crate::delivery::Deps;
-use crate::http_client::HttpClient;
+use crate::http_client::{HttpClient, Outbound};
 use crate::inbound::Webhooks;
 use crate::nats_server::{find_binary, EmbeddedServer};
 use crate::registry::{self, Change, Desired, Origin};
@@ -76,7 +76,12 @@ impl Runtime {
                 }
             }
         }
-        let url = cfg.nats.url.clone();
+        let env = |name: &str| std::env::var(name).ok();
+        let nats = cfg
+            .nats
+            .connect_options(&env)
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        let url = nats.shown();
         let mut embedded = None;
         if !Bus::reachable(&url).await {
             if cfg.nats.embedded {
@@ -86,8 +91,9 @@ impl Runtime {
                     bin.display(),
                     cfg.nats.server_config.display()
                 );
+                let first = nats.servers.first().cloned().unwrap_or_default();
                 embedded = Some(
-                    EmbeddedServer::start(&bin, &cfg.nats.server_config, &url)
+                    EmbeddedServer::start(&bin, &cfg.nats.server_config, &first)
                         .await
                         .map_err(|e| anyhow::anyhow!(e))?,
                 );
@@ -95,7 +101,7 @@ impl Runtime {
                 anyhow::bail!("nothing answers at {url} and nats.embedded is off");
             }
         }
-        let bus = Bus::connect(&url).await?;
+        let bus = Bus::connect_with(&nats).await?;
         let kv = bus.registry().await?;
         let snapshot = registry::snapshot(&kv).await?;
         let (connectors, folder, invalid, registry_inbound) = merge(outbound, snapshot.changes);
@@ -108,7 +114,9 @@ impl Runtime {
             .collect();
         topics.extend(inbound.iter().map(|c| c.publish.capture.clone()));
         bus.ensure_streams(&topics, &cfg.streams).await?;
-        let http = HttpClient::new().map_err(|e| anyhow::anyhow!(e))?;
+        let outbound =
+            Outbound::from_config(&cfg.outbound, &env).map_err(|e| anyhow::anyhow!(e))?;
+        let http = HttpClient::with_outbound(outbound).map_err(|e| anyhow::anyhow!(e))?;
         bus.ensure_audit_stream(std::time::Duration::from_secs(
             cfg.streams.duplicate_window_sec,
         ))
