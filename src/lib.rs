@@ -23,7 +23,8 @@ pub mod signature;
 pub mod template;
 pub mod wire;
 
-// The connector model, and requests built from it.
+// The connector model, and requests built from it; the runtime config checked.
+pub mod config_check;
 pub mod connector;
 pub mod request;
 

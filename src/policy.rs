@@ -314,6 +314,80 @@ impl AddressPolicy {
     }
 }
 
+/// An entry of `allowHosts`: a host pattern (or IP address) with an optional `:port`. Without
+/// a port only the scheme's default port (443 for https, 80 for http) matches.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostPort {
+    host: HostPattern,
+    /// An IP address entry, compared as an address.
+    ip: Option<IpAddr>,
+    port: Option<u16>,
+}
+
+impl HostPort {
+    /// Parses `host`, `*.host`, `host:port`, `10.0.0.1:8080`, `[fd00::1]:8443`.
+    pub fn parse(s: &str) -> Option<HostPort> {
+        let s = s.trim();
+        let (host, port) = if let Some(rest) = s.strip_prefix('[') {
+            let (h, tail) = rest.split_once(']')?;
+            let port = match tail.strip_prefix(':') {
+                Some(p) => Some(p.parse().ok()?),
+                None if tail.is_empty() => None,
+                None => return None,
+            };
+            (h, port)
+        } else {
+            match s.rsplit_once(':') {
+                Some((h, p)) if !h.contains(':') => (h, Some(p.parse().ok()?)),
+                _ => (s, None),
+            }
+        };
+        let ip = host.parse::<IpAddr>().ok();
+        let pattern = match ip {
+            Some(a) => HostPattern {
+                name: a.to_string(),
+                wildcard: false,
+            },
+            None => HostPattern::parse(host)?,
+        };
+        Some(HostPort {
+            host: pattern,
+            ip,
+            port,
+        })
+    }
+
+    /// Whether a URL's host and port (its scheme's default when none is written) match.
+    pub fn matches(&self, host: &str, port: Option<u16>, scheme: &str) -> bool {
+        let default = match scheme {
+            "https" => Some(443),
+            "http" => Some(80),
+            _ => None,
+        };
+        let port_ok = match self.port {
+            Some(p) => port.or(default) == Some(p),
+            None => port.is_none() || port == default,
+        };
+        let bare = host.trim_matches(['[', ']']);
+        let host_ok = match (self.ip, bare.parse::<IpAddr>().ok()) {
+            (Some(want), Some(got)) => canonical(want) == canonical(got),
+            (Some(_), None) | (None, Some(_)) => false,
+            (None, None) => self.host.matches(host),
+        };
+        port_ok && host_ok
+    }
+}
+
+impl fmt::Display for HostPort {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match (self.ip, self.port) {
+            (Some(IpAddr::V6(a)), Some(p)) => write!(f, "[{a}]:{p}"),
+            (_, Some(p)) => write!(f, "{}:{p}", self.host),
+            (_, None) => write!(f, "{}", self.host),
+        }
+    }
+}
+
 /// Which targets bypass the proxy: `NO_PROXY` syntax (comma-separated; `*` for all; a name
 /// matches itself and every name below it, a leading `.` or `*.` changes nothing; IP
 /// addresses and CIDR networks match addresses written in the URL).
@@ -485,6 +559,21 @@ mod tests {
         assert_eq!(errors.len(), 2);
         assert!(errors[0].starts_with("deny[0]:"), "{errors:?}");
         assert!(errors[1].starts_with("allow[0]:"), "{errors:?}");
+    }
+
+    #[test]
+    fn allow_host_entries() {
+        let p = |s: &str| HostPort::parse(s).unwrap();
+        assert!(p("*.arcgis.com").matches("services.arcgis.com", None, "https"));
+        assert!(p("*.arcgis.com").matches("services.arcgis.com", Some(443), "https"));
+        assert!(!p("*.arcgis.com").matches("services.arcgis.com", Some(8443), "https"));
+        assert!(p("gis.agency:8443").matches("gis.agency", Some(8443), "https"));
+        assert!(!p("gis.agency:8443").matches("gis.agency", None, "https"));
+        assert!(p("10.0.0.5:8080").matches("10.0.0.5", Some(8080), "http"));
+        assert!(p("[fd00::1]:8443").matches("[fd00::1]", Some(8443), "https"));
+        assert!(!p("api.example.com").matches("evil.example", None, "https"));
+        assert!(HostPort::parse("a b").is_none());
+        assert!(HostPort::parse("host:port").is_none());
     }
 
     #[test]

@@ -53,7 +53,11 @@ pub fn load_connectors(cfg: &RuntimeConfig) -> anyhow::Result<Vec<AnyConnector>>
         }
         Err(e) => return Err(e).with_context(|| format!("{}: cannot list", dir.display())),
     };
-    connector::load_files(&files).map_err(|p| anyhow::anyhow!("invalid connectors:\n{p}"))
+    let loaded =
+        connector::load_sources(&files).map_err(|p| anyhow::anyhow!("invalid connectors:\n{p}"))?;
+    connector::check_policy(&loaded, &crate::config_check::policy(cfg))
+        .map_err(|p| anyhow::anyhow!("invalid connectors:\n{p}"))?;
+    Ok(loaded.into_iter().map(|(c, _)| c).collect())
 }
 
 impl Runtime {
@@ -61,6 +65,8 @@ impl Runtime {
     pub async fn start(cfg: RuntimeConfig) -> anyhow::Result<Runtime> {
         let started_at = time::OffsetDateTime::now_utc() - std::time::Duration::from_secs(1);
         let prom = crate::metrics::install();
+        crate::config_check::check(&cfg)
+            .map_err(|p| anyhow::anyhow!("invalid runtime config:\n{p}"))?;
         let all = load_connectors(&cfg)?;
         let mut outbound = Vec::new();
         let mut inbound = Vec::new();
