@@ -161,6 +161,15 @@ impl fmt::Display for Rule {
     }
 }
 
+/// How every refusal's text begins.
+pub const REFUSAL: &str = "refused by the outbound address policy";
+
+/// Whether an error text carries a refusal of the policy (a token endpoint's failure, told by
+/// the token service as text).
+pub fn is_refusal(text: &str) -> bool {
+    text.contains(REFUSAL)
+}
+
 /// Why a call was refused by the policy. Names the host and the rule, never anything else.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("refused by the outbound address policy: {host}{} {why}", .addr.map(|a| format!(" ({a})")).unwrap_or_default())]

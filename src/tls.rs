@@ -214,10 +214,14 @@ pub fn explain(err: &(dyn StdError + 'static)) -> Option<String> {
         if let Some(r) = e.downcast_ref::<rustls::Error>() {
             return Some(explain_rustls(r));
         }
-        if let Some(io) = e.downcast_ref::<std::io::Error>() {
-            if let Some(r) = io.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>()) {
-                return Some(explain_rustls(r));
-            }
+        // An io::Error's `source()` skips the error it wraps (and TLS errors are wrapped in
+        // one, sometimes twice): look inside.
+        if let Some(inner) = e
+            .downcast_ref::<std::io::Error>()
+            .and_then(|io| io.get_ref())
+        {
+            cur = Some(inner as &(dyn StdError + 'static));
+            continue;
         }
         cur = e.source();
     }
