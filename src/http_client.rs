@@ -181,7 +181,7 @@ impl reqwest::dns::Resolve for PolicyResolver {
     fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
         let host = name.as_str().to_ascii_lowercase();
         let policy = self.policy.clone();
-        let exempt = self.exempt.iter().any(|h| *h == host);
+        let exempt = self.exempt.contains(&host);
         Box::pin(async move {
             let addrs: Vec<SocketAddr> =
                 tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
