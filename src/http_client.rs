@@ -549,7 +549,60 @@ impl HttpClient {
 
 #[cfg(test)]
 mod tests {
-    use super::UrlBase;
+    use super::{Outbound, UrlBase};
+    use crate::config::OutboundConfig;
+
+    #[test]
+    fn the_proxy_comes_from_the_config_else_from_the_environment() {
+        let url = |s: &str| reqwest::Url::parse(s).unwrap();
+        let env = |n: &str| match n {
+            "HTTPS_PROXY" => Some("http://env-proxy:3128".to_string()),
+            "http_proxy" => Some("http://plain-proxy:8080".to_string()),
+            "NO_PROXY" => Some("localhost,.agency.internal,10.0.0.0/8".to_string()),
+            "PROXY_PW" => Some("pw".to_string()),
+            _ => None,
+        };
+        let o = Outbound::from_config(&OutboundConfig::default(), &env).unwrap();
+        let via = |u: &str| {
+            o.proxy
+                .for_url(&url(u))
+                .map(|p| p.host_str().unwrap().to_string())
+        };
+        assert_eq!(
+            via("https://api.stripe.com/x").as_deref(),
+            Some("env-proxy")
+        );
+        assert_eq!(
+            via("http://api.stripe.com/x").as_deref(),
+            Some("plain-proxy")
+        );
+        assert_eq!(via("https://gis.agency.internal/x"), None);
+        assert_eq!(via("https://10.1.2.3/x"), None);
+        assert_eq!(via("http://localhost:7500/x"), None);
+        let cfg = OutboundConfig {
+            proxy: Some("http://hms:${PROXY_PW}@cfg-proxy:3128".into()),
+            no_proxy: Some(vec!["internal.example".into()]),
+            ..OutboundConfig::default()
+        };
+        let o = Outbound::from_config(&cfg, &env).unwrap();
+        let p = o.proxy.for_url(&url("https://api.stripe.com/x")).unwrap();
+        assert_eq!(
+            (p.host_str(), p.password()),
+            (Some("cfg-proxy"), Some("pw"))
+        );
+        assert!(!format!("{o:?}").contains("pw@"), "{o:?}");
+        assert!(o
+            .proxy
+            .for_url(&url("https://a.internal.example/x"))
+            .is_none());
+        // The environment's NO_PROXY does not apply once outbound.noProxy is set.
+        assert!(o.proxy.for_url(&url("https://localhost/x")).is_some());
+        let bad = OutboundConfig {
+            proxy: Some("not a url".into()),
+            ..OutboundConfig::default()
+        };
+        assert!(Outbound::from_config(&bad, &env).is_err());
+    }
 
     #[test]
     fn a_url_joined_on_its_parsed_base_equals_the_url_parsed_whole() {

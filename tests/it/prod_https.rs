@@ -190,3 +190,36 @@ async fn https_through_a_connect_proxy() {
     );
     rt.shutdown().await;
 }
+
+/// `SSL_CERT_FILE` adds roots to the system's (it does not replace them).
+#[tokio::test]
+async fn ssl_cert_file_adds_roots() {
+    let nats = Nats::start().await;
+    let pki = Pki::new("ssl-cert-file");
+    let target = HttpsTarget::start(&pki.server("env-trusted"), None).await;
+    // Only this test's CA is in it, and no other test's target is signed by it.
+    std::env::set_var("SSL_CERT_FILE", pki.ca_file());
+    let roots = hms_sync::tls::root_store(&[]).unwrap();
+    std::env::remove_var("SSL_CERT_FILE");
+    let system = hms_sync::tls::root_store(&[]).unwrap();
+    assert_eq!(roots.len(), system.len() + 1, "added to the system's roots");
+    std::env::set_var("SSL_CERT_FILE", pki.ca_file());
+    let dir = Dir::new(
+        &config(&nats, ""),
+        &[(
+            "c.yaml",
+            connector("envca.v1", "envca.in", &target.url(), "", ""),
+        )],
+    );
+    let rt = dir.start().await;
+    std::env::remove_var("SSL_CERT_FILE");
+    let js = async_nats::jetstream::new(nats.client().await);
+    publish(&js, "envca.in", json!({"id": "E-1"})).await;
+    eventually(
+        Duration::from_secs(10),
+        "delivered with SSL_CERT_FILE's CA",
+        || async { target.requests().len() == 1 },
+    )
+    .await;
+    rt.shutdown().await;
+}

@@ -19,14 +19,22 @@ fn config(url: &str, nats_extra: &str, extra: &str) -> String {
 /// Starts the runtime from `dir`, publishes one event through `client` and waits for the
 /// target to get it.
 async fn delivers(dir: &Dir, client: async_nats::Client, target: &Target, topic: &str) {
+    delivers_within(dir, client, target, topic, Duration::from_secs(10)).await
+}
+
+async fn delivers_within(
+    dir: &Dir,
+    client: async_nats::Client,
+    target: &Target,
+    topic: &str,
+    within: Duration,
+) {
     let rt = dir.start().await;
     let js = async_nats::jetstream::new(client);
     publish(&js, topic, json!({"id": "A-1"})).await;
-    eventually(
-        Duration::from_secs(10),
-        "the target got the event",
-        || async { target.count() == 1 },
-    )
+    eventually(within, "the target got the event", || async {
+        target.count() == 1
+    })
     .await;
     assert_eq!(target.requests()[0].path, "/items/A-1");
     rt.shutdown().await;
@@ -332,7 +340,8 @@ async fn replicas_on_a_three_node_cluster() {
     );
     let client = async_nats::connect(nodes[1].url()).await.unwrap();
     let js = async_nats::jetstream::new(client.clone());
-    delivers(&dir, client, &target, "r3.in").await;
+    // Replicated streams and consumers elect their leaders first: allow for a loaded machine.
+    delivers_within(&dir, client, &target, "r3.in", Duration::from_secs(45)).await;
     for stream in [
         "HMS_EVENTS",
         "HMS_SYNC_PARKED",
