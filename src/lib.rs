@@ -18,13 +18,15 @@ pub mod limits;
 pub mod metrics;
 pub mod ordering;
 pub mod outcome;
+pub mod policy;
 pub mod restart;
 pub mod schema;
 pub mod signature;
 pub mod template;
 pub mod wire;
 
-// The connector model, and requests built from it.
+// The connector model, and requests built from it; the runtime config checked.
+pub mod config_check;
 pub mod connector;
 pub mod request;
 
@@ -34,6 +36,7 @@ pub mod http_client;
 pub mod logging;
 pub mod nats_server;
 pub mod sink;
+pub mod tls;
 
 // What the services and orchestration use.
 pub mod parked;

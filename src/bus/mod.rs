@@ -17,6 +17,7 @@ use crate::config::{DeliveryConfig, StreamsConfig};
 
 pub mod audit;
 pub use audit::AuditEntry;
+pub mod connect;
 pub mod parked;
 pub mod status;
 pub use parked::{StoredJob, ORIGINAL_SUBJECT_HEADER, REPLAY_OF_HEADER, REPLAY_PREFIX};
@@ -119,10 +120,12 @@ pub(crate) fn err(context: impl Into<String>) -> impl FnOnce(String) -> BusError
 pub struct Bus {
     pub(crate) client: async_nats::Client,
     pub(crate) js: jetstream::Context,
-    /// Keeps the client the event callback reaches weakly (see [`Bus::connect`]).
-    _own: Arc<std::sync::OnceLock<async_nats::Client>>,
+    /// Replicas of the streams and the bucket this process creates (`nats.replicas`).
+    pub(crate) replicas: usize,
+    /// Keeps the client the event callback reaches weakly (see [`Bus::connect_with`]).
+    pub(crate) _own: Arc<std::sync::OnceLock<async_nats::Client>>,
     /// How many times the connection was re-established.
-    reconnects: tokio::sync::watch::Receiver<u64>,
+    pub(crate) reconnects: tokio::sync::watch::Receiver<u64>,
 }
 
 /// What a connector needs to own its durable consumer.
@@ -145,93 +148,15 @@ pub const PIN_GROUP: &str = "hms-sync";
 pub const PIN_HEADER: &str = "Nats-Pin-Id";
 
 impl Bus {
-    /// Connects (retrying in the background after the first success).
+    /// Connects to `url` (a comma-separated list of seed URLs) without credentials or TLS
+    /// settings; see [`Bus::connect_with`].
     pub async fn connect(url: &str) -> Result<Bus, BusError> {
-        // A server going into lame-duck mode closes its clients within its lame-duck duration
-        // (30 s or more): move to another server of the cluster at once instead.
-        // The client, for the event callback, held weakly (no cycle: the connection ends
-        // when the last Bus is dropped).
-        let own: Arc<std::sync::OnceLock<async_nats::Client>> = Arc::default();
-        let weak = Arc::downgrade(&own);
-        // Counts reconnections (not the first connection): pulls re-create their requests.
-        let (reconnected, reconnects) = tokio::sync::watch::channel(0u64);
-        let connected_once = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let client = async_nats::ConnectOptions::new()
-            .name("hms-sync")
-            .retry_on_initial_connect()
-            .connection_timeout(Duration::from_secs(2))
-            .event_callback(move |event| {
-                let weak = weak.clone();
-                let (reconnected, once) = (reconnected.clone(), connected_once.clone());
-                async move {
-                    match event {
-                        async_nats::Event::Connected => {
-                            tracing::info!("NATS: connected");
-                            if once.swap(true, std::sync::atomic::Ordering::SeqCst) {
-                                reconnected.send_modify(|n| *n += 1);
-                            }
-                        }
-                        async_nats::Event::LameDuckMode => {
-                            tracing::warn!(
-                                "NATS: the server went into lame-duck mode: moving to another server"
-                            );
-                            let client = weak.upgrade().and_then(|c| c.get().cloned());
-                            if let Some(c) = client {
-                                if let Err(e) = c.force_reconnect().await {
-                                    tracing::warn!("NATS: reconnect: {e}");
-                                }
-                            }
-                        }
-                        other => tracing::warn!("NATS: {other}"),
-                    }
-                }
-            })
-            .connect(url)
-            .await
-            .map_err(|e| err(format!("connect {url}"))(e.to_string()))?;
-        let _ = own.set(client.clone());
-        // retry_on_initial_connect returns at once: wait for the first connection.
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-        while client.connection_state() != async_nats::connection::State::Connected {
-            if tokio::time::Instant::now() > deadline {
-                return Err(BusError {
-                    kind: BusErrorKind::NotConnected,
-                    context: format!("connect {url}"),
-                    message: "no answer within 5 s".into(),
-                });
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        let js = jetstream::new(client.clone());
-        Ok(Bus {
-            client,
-            js,
-            _own: own,
-            reconnects,
-        })
+        Bus::connect_with(&crate::config::NatsConnect::plain(url)).await
     }
 
-    /// Whether something answers at `url` right now (one quick try, no retries).
-    pub async fn reachable(url: &str) -> bool {
-        let addr = url
-            .split("://")
-            .last()
-            .unwrap_or(url)
-            .split(',')
-            .next()
-            .unwrap_or_default()
-            .rsplit('@')
-            .next()
-            .unwrap_or_default()
-            .to_string();
-        matches!(
-            tokio::time::timeout(
-                Duration::from_millis(500),
-                tokio::net::TcpStream::connect(addr)
-            )
-            .await,
-            Ok(Ok(_))
-        )
+    /// Replicas of what this process creates (`nats.replicas`).
+    pub fn replicas(&self) -> usize {
+        self.replicas
     }
 
     /// Changes whenever the connection to NATS is re-established (a server restarted, went
@@ -253,12 +178,24 @@ impl Bus {
     ) -> Result<(), BusError> {
         let mut wanted: BTreeSet<String> = topics.iter().cloned().collect();
         wanted.insert(format!("{REPLAY_PREFIX}>"));
+        let events_wanted = stream::Config {
+            name: EVENTS_STREAM.into(),
+            description: Some("hms-sync: events that outbound connectors deliver".into()),
+            storage: stream::StorageType::File,
+            retention: stream::RetentionPolicy::Limits,
+            max_age: Duration::from_secs(cfg.events_max_age_hours * 3600),
+            duplicate_window: Duration::from_secs(cfg.duplicate_window_sec),
+            num_replicas: self.replicas,
+            max_consumers: cfg.max_consumers,
+            ..Default::default()
+        };
         match self.js.get_stream(EVENTS_STREAM).await {
             Ok(mut s) => {
                 let info = s
                     .info()
                     .await
                     .map_err(|e| err("stream info HMS_EVENTS")(e.to_string()))?;
+                warn_differences(&info.config, &events_wanted);
                 let mut config = info.config.clone();
                 let mut all: BTreeSet<String> = config.subjects.iter().cloned().collect();
                 all.extend(wanted);
@@ -284,40 +221,37 @@ impl Bus {
                 let subjects = minimal_cover(&wanted);
                 self.js
                     .get_or_create_stream(stream::Config {
-                        name: EVENTS_STREAM.into(),
-                        description: Some(
-                            "hms-sync: events that outbound connectors deliver".into(),
-                        ),
                         subjects,
-                        storage: stream::StorageType::File,
-                        retention: stream::RetentionPolicy::Limits,
-                        max_age: Duration::from_secs(cfg.events_max_age_hours * 3600),
-                        duplicate_window: Duration::from_secs(cfg.duplicate_window_sec),
-                        max_consumers: cfg.max_consumers,
-                        ..Default::default()
+                        ..events_wanted
                     })
                     .await
                     .map_err(|e| err("create stream HMS_EVENTS")(e.to_string()))?;
             }
         }
         let parked_subjects = vec!["sync.parked.>".to_string(), "sync.resolved.>".to_string()];
+        let parked_wanted = stream::Config {
+            name: PARKED_STREAM.into(),
+            description: Some("hms-sync: parked jobs waiting for human review".into()),
+            subjects: parked_subjects.clone(),
+            storage: stream::StorageType::File,
+            retention: stream::RetentionPolicy::Limits,
+            duplicate_window: Duration::from_secs(cfg.duplicate_window_sec),
+            num_replicas: self.replicas,
+            ..Default::default()
+        };
+        let existed = self.js.get_stream(PARKED_STREAM).await.is_ok();
         let mut parked = self
             .js
-            .get_or_create_stream(stream::Config {
-                name: PARKED_STREAM.into(),
-                description: Some("hms-sync: parked jobs waiting for human review".into()),
-                subjects: parked_subjects.clone(),
-                storage: stream::StorageType::File,
-                retention: stream::RetentionPolicy::Limits,
-                duplicate_window: Duration::from_secs(cfg.duplicate_window_sec),
-                ..Default::default()
-            })
+            .get_or_create_stream(parked_wanted.clone())
             .await
             .map_err(|e| err("create stream HMS_SYNC_PARKED")(e.to_string()))?;
         let info = parked
             .info()
             .await
             .map_err(|e| err("stream info HMS_SYNC_PARKED")(e.to_string()))?;
+        if existed {
+            warn_differences(&info.config, &parked_wanted);
+        }
         if info.config.subjects != parked_subjects {
             let mut config = info.config.clone();
             config.subjects = parked_subjects;
@@ -652,6 +586,64 @@ pub struct ConsumerStats {
     /// The `Nats-Pin-Id` of the client holding the pin, if any.
     #[serde(skip)]
     pub pin_id: Option<String>,
+}
+
+/// What differs between an existing stream's settings and those hms-sync would create it
+/// with (replicas, storage, retention, age limit, duplicate window): empty when nothing does.
+pub fn stream_differences(have: &stream::Config, want: &stream::Config) -> Vec<String> {
+    let mut out = Vec::new();
+    if have.num_replicas.max(1) != want.num_replicas.max(1) {
+        out.push(format!(
+            "replicas {} (nats.replicas: {})",
+            have.num_replicas.max(1),
+            want.num_replicas.max(1)
+        ));
+    }
+    if have.storage != want.storage {
+        out.push(format!(
+            "storage {:?} (hms-sync creates {:?})",
+            have.storage, want.storage
+        ));
+    }
+    if have.retention != want.retention {
+        out.push(format!(
+            "retention {:?} (hms-sync creates {:?})",
+            have.retention, want.retention
+        ));
+    }
+    if have.max_age != want.max_age {
+        out.push(format!(
+            "max age {} s (hms-sync creates {} s)",
+            have.max_age.as_secs(),
+            want.max_age.as_secs()
+        ));
+    }
+    if have.duplicate_window != want.duplicate_window {
+        out.push(format!(
+            "duplicate window {} s (hms-sync creates {} s)",
+            have.duplicate_window.as_secs(),
+            want.duplicate_window.as_secs()
+        ));
+    }
+    out
+}
+
+/// One warning line when an existing stream's settings differ from what hms-sync would
+/// create: the stream is left as it is.
+pub(crate) fn warn_differences(have: &stream::Config, want: &stream::Config) {
+    static WARNED: std::sync::Mutex<BTreeSet<String>> = std::sync::Mutex::new(BTreeSet::new());
+    let diff = stream_differences(have, want);
+    let first = WARNED
+        .lock()
+        .map(|mut w| w.insert(have.name.clone()))
+        .unwrap_or(true);
+    if !diff.is_empty() && first {
+        tracing::warn!(
+            "stream {} exists with other settings, left as it is: {}",
+            have.name,
+            diff.join(", ")
+        );
+    }
 }
 
 /// Subjects with every subject covered by a wildcard of another removed.
