@@ -132,10 +132,9 @@ impl Runtime {
             &format!("{}:{}", std::process::id(), time::OffsetDateTime::now_utc()),
         )[..8]
             .to_string();
-        let services =
-            services::Running::start(&bus, &http, cfg.endpoints.clone(), run_id, bus.replicas())
-                .await
-                .context("start the services")?;
+        let services = services::Running::start(&bus, &http, cfg.endpoints.clone(), run_id)
+            .await
+            .context("start the services")?;
         let deps = Deps {
             bus: bus.clone(),
             http,

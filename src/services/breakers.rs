@@ -2,14 +2,11 @@
 //! `hms_sync_limits`, keys `breaker.*`) and tells this process's endpoint actors when another
 //! instance opened or closed one.
 
-use std::time::Duration;
-
 use futures::StreamExt;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 
 use super::endpoint::{EndpointMsg, Endpoints};
 use super::shared::BREAKER_PREFIX;
-use crate::bus::Bus;
 use crate::limits::Breaker;
 
 /// Messages to the breaker watch actor.
@@ -21,10 +18,7 @@ pub enum BreakerWatchMsg {
 /// What the breaker watch starts with.
 #[derive(Clone)]
 pub struct BreakerWatchArgs {
-    pub bus: Bus,
     pub endpoints: Endpoints,
-    /// Replicas of the bucket, when hms-sync creates it.
-    pub replicas: usize,
 }
 
 pub struct BreakerWatch;
@@ -67,16 +61,11 @@ impl Actor for BreakerWatch {
     }
 }
 
-/// Follows the breakers until the watch ends; returns why. Waits for NATS when it is away.
+/// Follows the breakers until the watch ends; returns why. Without shared state (breakers
+/// per instance) there is nothing to follow: it waits for ever.
 async fn follow(args: &BreakerWatchArgs) -> String {
-    let limits = loop {
-        match args.bus.limits(args.replicas).await {
-            Ok(l) => break l,
-            Err(e) => {
-                tracing::debug!("breaker watch: {e}; trying again in 1 s");
-                tokio::time::sleep(Duration::from_secs(1)).await;
-            }
-        }
+    let Some(limits) = args.endpoints.limits() else {
+        return std::future::pending().await;
     };
     let mut changes = match limits.watch::<Breaker>(&format!("{BREAKER_PREFIX}>")).await {
         Ok(w) => Box::pin(w),

@@ -629,10 +629,8 @@ struct EndpointsInner {
     config: std::collections::BTreeMap<String, crate::config::EndpointConfig>,
     alerts: Option<crate::bus::Bus>,
     timers: Timers,
-    /// The state shared with other instances (opened on first use; `None`: unavailable).
-    limits: tokio::sync::OnceCell<Option<crate::bus::limits::Limits>>,
-    /// Replicas of the bucket holding it, when hms-sync creates it.
-    replicas: usize,
+    /// The state shared with other instances (`None`: this process alone decides).
+    limits: Option<crate::bus::limits::Limits>,
     /// This process's name in shared state.
     instance: Arc<str>,
     /// The services supervisor: endpoint actors are its children.
@@ -641,12 +639,13 @@ struct EndpointsInner {
 }
 
 impl Endpoints {
-    /// `bus`: where alerts go and the shared state lives (`None`: this process alone).
+    /// `bus`: where alerts go; `limits`: the state shared with other instances (`None`: this
+    /// process alone decides).
     pub fn new(
         config: std::collections::BTreeMap<String, crate::config::EndpointConfig>,
         bus: Option<crate::bus::Bus>,
+        limits: Option<crate::bus::limits::Limits>,
         timers: Timers,
-        replicas: usize,
     ) -> Self {
         Endpoints {
             inner: Arc::new(EndpointsInner {
@@ -654,8 +653,7 @@ impl Endpoints {
                 config,
                 alerts: bus,
                 timers,
-                limits: tokio::sync::OnceCell::new(),
-                replicas,
+                limits,
                 instance: instance_name().into(),
                 supervisor: std::sync::OnceLock::new(),
                 closed: AtomicBool::new(false),
@@ -669,27 +667,18 @@ impl Endpoints {
     }
 
     /// The shared state of `endpoint`, when the bucket can be opened.
-    async fn shared(&self, endpoint: &str) -> Option<SharedEndpoint> {
-        let bus = self.inner.alerts.as_ref()?;
-        let limits = self
-            .inner
-            .limits
-            .get_or_init(|| async {
-                match bus.limits(self.inner.replicas).await {
-                    Ok(l) => Some(l),
-                    Err(e) => {
-                        tracing::warn!("rate budgets and breakers are per instance: {e}");
-                        None
-                    }
-                }
-            })
-            .await
-            .clone()?;
+    fn shared(&self, endpoint: &str) -> Option<SharedEndpoint> {
+        let limits = self.inner.limits.clone()?;
         Some(SharedEndpoint::new(
             limits,
             endpoint,
             self.inner.instance.clone(),
         ))
+    }
+
+    /// The bucket of shared state (for the breaker watch).
+    pub(super) fn limits(&self) -> Option<crate::bus::limits::Limits> {
+        self.inner.limits.clone()
     }
 
     /// The endpoint whose breaker key is `key` (for the breaker watch).
@@ -763,7 +752,7 @@ impl Endpoints {
         if let Some(a) = slots.get(endpoint) {
             return Some(a.clone());
         }
-        let shared = self.shared(endpoint).await;
+        let shared = self.shared(endpoint);
         let args = Arc::new(self.args(endpoint, shared));
         if let Err(e) = self.spawn(&args).await {
             tracing::error!("endpoint {endpoint}: cannot start its actor: {e}");

@@ -27,6 +27,29 @@ use crate::bus::Bus;
 use crate::config::EndpointConfig;
 use crate::http_client::HttpClient;
 
+/// How long start-up waits for the bucket of shared endpoint state.
+const LIMITS_WAIT: std::time::Duration = std::time::Duration::from_secs(3);
+
+/// The bucket of endpoint state shared with other instances; `None` (each instance keeps its
+/// own rate budgets and breakers) when it cannot be opened now, e.g. without the permissions.
+async fn shared_limits(bus: &Bus) -> Option<crate::bus::limits::Limits> {
+    match tokio::time::timeout(LIMITS_WAIT, bus.limits(bus.replicas())).await {
+        Ok(Ok(l)) => Some(l),
+        Ok(Err(e)) => {
+            tracing::warn!("rate budgets and circuit breakers are per instance: {e}");
+            None
+        }
+        Err(_) => {
+            tracing::warn!(
+                "rate budgets and circuit breakers are per instance: KV {} did not answer within {} s",
+                crate::bus::limits::LIMITS_BUCKET,
+                LIMITS_WAIT.as_secs()
+            );
+            None
+        }
+    }
+}
+
 /// The running services: their handles and their supervisor.
 pub struct Running {
     pub services: Services,
@@ -41,13 +64,13 @@ impl Running {
         http: &HttpClient,
         endpoints: std::collections::BTreeMap<String, EndpointConfig>,
         run_id: String,
-        replicas: usize,
     ) -> Result<Running, ractor::SpawnErr> {
         let timers = Timers::default();
+        let limits = shared_limits(bus).await;
         let services = Services {
             audit: Auditor::default(),
             tokens: Tokens::default(),
-            endpoints: Endpoints::new(endpoints, Some(bus.clone()), timers.clone(), replicas),
+            endpoints: Endpoints::new(endpoints, Some(bus.clone()), limits, timers.clone()),
             timers,
         };
         let (supervisor, done) = Actor::spawn(
@@ -58,7 +81,6 @@ impl Running {
                 bus: bus.clone(),
                 http: http.clone(),
                 run_id,
-                replicas,
             },
         )
         .await?;

@@ -56,8 +56,6 @@ pub struct ServicesArgs {
     pub http: HttpClient,
     /// Distinguishes this process's audit chains from other processes'.
     pub run_id: String,
-    /// Replicas of the buckets the services create.
-    pub replicas: usize,
 }
 
 pub struct ServicesState {
@@ -114,9 +112,7 @@ impl ServicesState {
             }
             Child::Breakers => {
                 let args = BreakerWatchArgs {
-                    bus: self.args.bus.clone(),
                     endpoints: s.endpoints.clone(),
-                    replicas: self.args.replicas,
                 };
                 let (a, _) = Actor::spawn_linked(None, BreakerWatch, args, cell).await?;
                 self.breakers = Some(a.clone());

@@ -167,8 +167,8 @@ async fn a_killed_stream_leader_mid_flood_loses_nothing() {
     let js = jetstream::new(async_nats::connect(seeds).await.unwrap());
     r3_streams(&js).await;
     let target = Target::start().await;
-    // One seed: the client learns the other nodes from it (and moves there if it dies).
-    let (_setup, rt) = start_at(cluster.nodes()[0].url(), &target).await;
+    // Every node as a seed (nats.url takes a list).
+    let (_setup, rt) = start_at(&cluster.urls(), &target).await;
     let n = 3_000;
     // All published first: the publisher may be connected to the node that is killed.
     publish_many(

@@ -18,6 +18,7 @@ fn authorization_block() -> String {
 
 #[tokio::test]
 async fn the_documented_permissions_are_enough_to_deliver_park_and_deploy() {
+    crate::harness::init_logs();
     std::env::set_var("HMS_SYNC_NATS_PASSWORD", "svc-pw-1");
     std::env::set_var("HMS_DEPLOYER_NATS_PASSWORD", "dep-pw-2");
     std::env::set_var("HMS_PUBLISHER_NATS_PASSWORD", "pub-pw-3");
