@@ -197,11 +197,13 @@ impl Chainer {
     }
 }
 
-/// The first problem found while walking the trail.
+/// The first problem found in the trail, where it is stored.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Broken {
-    /// Stream sequence of the first record that does not fit.
+    /// Stream sequence of the message holding the first record that does not fit.
     pub sequence: u64,
+    /// That record's line in its message (1 for the first).
+    pub line: usize,
     pub reason: String,
 }
 
@@ -210,8 +212,8 @@ pub struct Broken {
 pub struct Intact {
     /// Records checked (each position of each chain once).
     pub records: u64,
-    /// Exact copies of a recent record of the same chain (a store that was retried after its
-    /// confirmation was lost stores some records twice): harmless, counted apart.
+    /// Exact copies of a record of the same chain (a store that was retried after its
+    /// confirmation was lost may store some twice): harmless, counted apart.
     pub duplicates: u64,
     /// Sealed `gap` records: places where hms-sync knows records were lost, and says so.
     pub gaps: u64,
@@ -219,79 +221,109 @@ pub struct Intact {
     pub lost: u64,
 }
 
-/// How far back (per chain) an exact copy of a record is recognised as a duplicate.
-const DUPLICATE_WINDOW: usize = 4096;
+/// One record as verify reads it.
+struct Read {
+    at: (u64, usize),
+    n: u64,
+    prev: String,
+    hash: String,
+    gap: Option<u64>,
+}
 
-/// Walks records in stream order: `(sequence, raw bytes)`. What was found when intact.
-pub fn verify<'a>(records: impl IntoIterator<Item = (u64, &'a [u8])>) -> Result<Intact, Broken> {
-    let mut last: HashMap<String, (u64, String)> = HashMap::new();
-    let mut recent: HashMap<String, std::collections::VecDeque<(u64, String)>> = HashMap::new();
-    let mut count = 0;
-    let mut duplicates = 0;
-    let (mut gaps, mut lost) = (0, 0);
-    for (seq, bytes) in records {
-        let broken = |reason: String| Broken {
-            sequence: seq,
-            reason,
-        };
-        let record: Json =
-            serde_json::from_slice(bytes).map_err(|e| broken(format!("not JSON: {e}")))?;
-        let stored = record
-            .get("hash")
-            .and_then(Json::as_str)
-            .ok_or_else(|| broken("no hash".into()))?;
-        if hash_of(&record) != stored {
-            return Err(broken(
-                "its content does not match its hash (changed)".into(),
-            ));
-        }
-        let chain = record
-            .get("chain")
-            .and_then(Json::as_str)
-            .ok_or_else(|| broken("no chain".into()))?;
-        let n = record
-            .get("n")
-            .and_then(Json::as_u64)
-            .ok_or_else(|| broken("no position n".into()))?;
-        let prev = record
-            .get("prev")
-            .and_then(Json::as_str)
-            .unwrap_or_default();
-        let (want_n, want_prev) = last
-            .get(chain)
-            .map(|(n, h)| (n + 1, h.as_str()))
-            .unwrap_or((1, GENESIS));
-        if n < want_n
-            && recent
-                .get(chain)
-                .is_some_and(|r| r.iter().any(|(rn, rh)| *rn == n && rh == stored))
-        {
-            duplicates += 1;
-            continue;
-        }
-        if n != want_n || prev != want_prev {
-            return Err(broken(format!(
-                "chain {chain}: expected record {want_n} after the previous one, found record {n} whose prev does not match (a record before it was deleted or changed)"
-            )));
-        }
-        last.insert(chain.to_string(), (n, stored.to_string()));
-        let r = recent.entry(chain.to_string()).or_default();
-        if r.len() >= DUPLICATE_WINDOW {
-            r.pop_front();
-        }
-        r.push_back((n, stored.to_string()));
-        count += 1;
-        if record.get("kind").and_then(Json::as_str) == Some("gap") {
-            gaps += 1;
-            lost += record.get("dropped").and_then(Json::as_u64).unwrap_or(0);
+/// Checks every record of every message (`(stream sequence, payload)`; a payload is a block of
+/// records, one per line): each record's own hash, and each chain, in the order of its
+/// positions `n` (a retried store may have stored a later block first): starting at 1, no
+/// position missing, each `prev` the hash of the record before it. What was found when
+/// intact; otherwise the first record (in stream order) that does not fit.
+pub fn verify<'a>(messages: impl IntoIterator<Item = (u64, &'a [u8])>) -> Result<Intact, Broken> {
+    let mut chains: HashMap<String, Vec<Read>> = HashMap::new();
+    for (seq, payload) in messages {
+        let lines = payload.split(|b| *b == b'\n').filter(|l| !l.is_empty());
+        for (i, bytes) in lines.enumerate() {
+            let broken = |reason: String| Broken {
+                sequence: seq,
+                line: i + 1,
+                reason,
+            };
+            let record: Json =
+                serde_json::from_slice(bytes).map_err(|e| broken(format!("not JSON: {e}")))?;
+            let hash = record
+                .get("hash")
+                .and_then(Json::as_str)
+                .ok_or_else(|| broken("no hash".into()))?;
+            if hash_of(&record) != hash {
+                return Err(broken(
+                    "its content does not match its hash (changed)".into(),
+                ));
+            }
+            let chain = record
+                .get("chain")
+                .and_then(Json::as_str)
+                .ok_or_else(|| broken("no chain".into()))?;
+            let n = record
+                .get("n")
+                .and_then(Json::as_u64)
+                .ok_or_else(|| broken("no position n".into()))?;
+            let gap = (record.get("kind").and_then(Json::as_str) == Some("gap"))
+                .then(|| record.get("dropped").and_then(Json::as_u64).unwrap_or(0));
+            chains.entry(chain.to_string()).or_default().push(Read {
+                at: (seq, i + 1),
+                n,
+                prev: record
+                    .get("prev")
+                    .and_then(Json::as_str)
+                    .unwrap_or_default()
+                    .to_string(),
+                hash: hash.to_string(),
+                gap,
+            });
         }
     }
-    Ok(Intact {
-        records: count,
-        duplicates,
-        gaps,
-        lost,
-    })
+    let mut found = Intact::default();
+    let mut first_break: Option<Broken> = None;
+    for (chain, mut records) in chains {
+        records.sort_by_key(|r| (r.n, r.at));
+        let (mut want_n, mut want_prev) = (1, GENESIS.to_string());
+        let mut last_hash: Option<&str> = None;
+        let mut fault = None;
+        for r in &records {
+            if r.n + 1 == want_n && last_hash == Some(r.hash.as_str()) {
+                found.duplicates += 1;
+                continue;
+            }
+            if r.n != want_n || r.prev != want_prev {
+                fault = Some((r.at, format!(
+                    "chain {chain}: expected record {want_n} after the previous one, found record {} whose prev does not match (a record before it was deleted or changed)",
+                    r.n
+                )));
+                break;
+            }
+            found.records += 1;
+            if let Some(d) = r.gap {
+                found.gaps += 1;
+                found.lost += d;
+            }
+            want_n = r.n + 1;
+            want_prev = r.hash.clone();
+            last_hash = Some(r.hash.as_str());
+        }
+        if let Some(((sequence, line), reason)) = fault {
+            let earlier = first_break
+                .as_ref()
+                .is_none_or(|b| (sequence, line) < (b.sequence, b.line));
+            if earlier {
+                first_break = Some(Broken {
+                    sequence,
+                    line,
+                    reason,
+                });
+            }
+        }
+    }
+    match first_break {
+        Some(b) => Err(b),
+        None => Ok(found),
+    }
 }
 
 #[cfg(test)]
@@ -427,6 +459,30 @@ mod tests {
                 ..Intact::default()
             })
         );
+    }
+
+    #[test]
+    fn blocks_of_records_verify_in_any_order_and_a_missing_one_breaks() {
+        let mut c = Chainer::default();
+        let lines: Vec<Vec<u8>> = (0..6)
+            .map(|i| c.seal_bytes("a", json!({"event": i})).1)
+            .collect();
+        let block = |recs: &[Vec<u8>]| -> Vec<u8> {
+            recs.iter()
+                .flat_map(|r| r.iter().copied().chain([b'\n']))
+                .collect()
+        };
+        let (b1, b2) = (block(&lines[..3]), block(&lines[3..]));
+        // Stored in order, or the second block first (a retried store).
+        for msgs in [vec![(1, &b1), (2, &b2)], vec![(1, &b2), (2, &b1)]] {
+            let found = verify(msgs.iter().map(|(s, b)| (*s, b.as_slice())));
+            assert_eq!(found.map(|f| f.records), Ok(6));
+        }
+        // A record taken out of a block: the next one is the first that does not fit.
+        let holed = [lines[0].clone(), lines[2].clone()];
+        let msgs = [(1, block(&holed)), (2, b2.clone())];
+        let err = verify(msgs.iter().map(|(s, b)| (*s, b.as_slice()))).unwrap_err();
+        assert_eq!((err.sequence, err.line), (1, 2), "{err:?}");
     }
 
     #[test]

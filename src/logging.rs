@@ -41,21 +41,47 @@ where
     }
 }
 
+/// Keeps the console writer running; dropping it writes out every line still queued (hold
+/// it until the process exits).
+pub struct Guard {
+    _worker: Option<tracing_appender::non_blocking::WorkerGuard>,
+}
+
+/// Lines the console writer may queue before a logging call waits (it never drops one).
+const QUEUED_LINES: usize = 64 * 1024;
+
 /// Installs the process's logger on stderr: `format` is `text` or `json`; the filter comes
 /// from `HMS_SYNC_LOG` (default `info`, ractor and async-nats at `warn`).
-pub fn init(format: &str) {
+///
+/// Lines are written by a thread of their own through a buffer, so a flood of delivery lines
+/// costs the delivery a queue push instead of a `write` each; the buffer is written out
+/// whenever the queue runs empty, and at exit (the returned [`Guard`]). The queue is not
+/// lossy: when it is full, logging waits.
+pub fn init(format: &str) -> Guard {
     use std::io::IsTerminal;
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_env("HMS_SYNC_LOG")
         .unwrap_or_else(|_| EnvFilter::new("info,ractor=warn,async_nats=warn"));
+    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+        .lossy(false)
+        .buffered_lines_limit(QUEUED_LINES)
+        .thread_name("hms-sync-log")
+        .finish(std::io::BufWriter::with_capacity(
+            64 * 1024,
+            std::io::stderr(),
+        ));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+        .with_writer(writer)
         .with_ansi(std::io::stderr().is_terminal())
         .with_target(false);
-    if format == "json" {
-        let _ = builder.json().try_init();
+    let installed = if format == "json" {
+        builder.json().try_init()
     } else {
-        let _ = builder.event_format(Plain).try_init();
+        builder.event_format(Plain).try_init()
+    };
+    // Another logger already runs (tests): this one's writer is not needed.
+    Guard {
+        _worker: installed.is_ok().then_some(guard),
     }
 }

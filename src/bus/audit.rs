@@ -1,4 +1,11 @@
-//! `HMS_AUDIT`: storing audit records and reading them back for `audit verify`.
+//! `HMS_AUDIT`: storing audit records in blocks and reading them back for `audit verify` and
+//! `audit show`.
+//!
+//! A block is one message on `external.sync.<consumer>`: consecutive records of one chain,
+//! one per line (each its own canonical JSON with its hash, readable one by one), stored with
+//! one acknowledged publish whose `Nats-Msg-Id` (`<chain>:<first>-<last>`) stores a repeat
+//! once. One message per block instead of one per record spares nats-server a message, an
+//! index entry and an ack per record (BENCHMARKS.md).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -11,21 +18,34 @@ use super::{err, Bus, BusError};
 
 pub const AUDIT_STREAM: &str = "HMS_AUDIT";
 
-/// One sealed audit record, ready to store.
+/// Largest block stored in one message (records beyond start the next block).
+pub const MAX_BLOCK_BYTES: usize = 256 * 1024;
+
+/// Consecutive sealed records of one chain, stored as one message.
 #[derive(Debug, Clone)]
-pub struct AuditEntry {
+pub struct AuditBlock {
     pub subject: Arc<str>,
     pub chain: Arc<str>,
-    /// Position in its chain.
-    pub n: u64,
+    /// Positions in the chain of its first and last record.
+    pub first: u64,
+    pub last: u64,
+    /// The records, one per line.
     pub bytes: Bytes,
 }
 
-impl AuditEntry {
-    /// Its `Nats-Msg-Id`: chain and position, the same when stored again.
+impl AuditBlock {
+    /// Its `Nats-Msg-Id`: chain and positions, the same when stored again.
     pub fn msg_id(&self) -> String {
-        format!("{}:{}", self.chain, self.n)
+        format!("{}:{}-{}", self.chain, self.first, self.last)
     }
+}
+
+/// Splits a stored message into its records (one per line; a message of one record, as
+/// older versions stored them, is one line too).
+pub fn records_of(payload: &[u8]) -> impl Iterator<Item = &[u8]> {
+    payload
+        .split(|b| *b == b'\n')
+        .filter(|line| !line.is_empty())
 }
 
 impl Bus {
@@ -54,72 +74,39 @@ impl Bus {
         Ok(())
     }
 
-    /// Stores a batch of sealed audit records (in order). Returns how many (from the start of
-    /// the batch) are stored for sure.
-    ///
-    /// `careful`: every record is a JetStream publish with its own `Nats-Msg-Id` and awaited ack
-    /// (used to store a batch again after a failure). Otherwise only the first record and the
-    /// last are acked publishes, and those between are plain publishes on the same
-    /// connection: the first ack proves the stream is there, and the server stores one
-    /// connection's messages in order, so the last ack confirms the whole batch. This saves a
-    /// JetStream ack (and a dedup entry) per record: about two thirds of what a record costs
-    /// nats-server and hms-sync together (BENCHMARKS.md). If the last ack does not come, the
-    /// batch after the first record is stored again carefully; records that had landed are
-    /// then stored twice, exact copies that `audit verify` counts apart.
-    pub async fn store_audit(
-        &self,
-        batch: &[AuditEntry],
-        careful: bool,
-    ) -> Result<usize, (usize, BusError)> {
-        if careful || batch.len() <= 2 {
-            return self.store_audit_acked(batch).await;
-        }
-        let (Some(first), Some(last)) = (batch.first(), batch.last()) else {
-            return Ok(0);
-        };
-        self.store_audit_acked(std::slice::from_ref(first)).await?;
-        for e in &batch[1..batch.len() - 1] {
-            if let Err(x) = self
-                .client
-                .publish(e.subject.to_string(), e.bytes.clone())
-                .await
-            {
-                return Err((1, err("audit publish")(x.to_string())));
-            }
-        }
-        match self.store_audit_acked(std::slice::from_ref(last)).await {
-            Ok(_) => Ok(batch.len()),
-            Err((_, e)) => Err((1, e)),
-        }
-    }
-
-    /// Every record a JetStream publish with its `Nats-Msg-Id`; all sent, then every ack awaited.
-    async fn store_audit_acked(&self, batch: &[AuditEntry]) -> Result<usize, (usize, BusError)> {
-        let mut pending = Vec::with_capacity(batch.len());
-        for e in batch {
+    /// Stores blocks: every block one JetStream publish with its `Nats-Msg-Id`, all sent, then
+    /// every ack awaited (5 s at most). Says for each block whether it is stored for sure.
+    pub async fn store_audit(&self, blocks: &[AuditBlock]) -> (Vec<bool>, Option<BusError>) {
+        let mut stored = vec![false; blocks.len()];
+        let mut pending = Vec::with_capacity(blocks.len());
+        let mut failure = None;
+        for (i, b) in blocks.iter().enumerate() {
             let mut headers = HeaderMap::new();
-            headers.insert("Nats-Msg-Id", e.msg_id().as_str());
+            headers.insert("Nats-Msg-Id", b.msg_id().as_str());
             match self
                 .js
-                .publish_with_headers(e.subject.to_string(), headers, e.bytes.clone())
+                .publish_with_headers(b.subject.to_string(), headers, b.bytes.clone())
                 .await
             {
-                Ok(ack) => pending.push(ack),
-                Err(x) => return Err((0, err("audit publish")(x.to_string()))),
+                Ok(ack) => pending.push((i, ack)),
+                Err(x) => {
+                    failure = Some(err("audit publish")(x.to_string()));
+                    break;
+                }
             }
         }
-        for (i, ack) in pending.into_iter().enumerate() {
+        for (i, ack) in pending {
             match tokio::time::timeout(Duration::from_secs(5), ack).await {
-                Ok(Ok(_)) => {}
-                Ok(Err(e)) => return Err((i, err("audit ack")(e.to_string()))),
-                Err(_) => return Err((i, err("audit ack")("no answer within 5 s".into()))),
+                Ok(Ok(_)) => stored[i] = true,
+                Ok(Err(e)) => failure = Some(err("audit ack")(e.to_string())),
+                Err(_) => failure = Some(err("audit ack")("no answer within 5 s".into())),
             }
         }
-        Ok(batch.len())
+        (stored, failure)
     }
 
-    /// Every record on `HMS_AUDIT` in stream order: (sequence, payload). Deleted sequences are
-    /// skipped (the chain shows them).
+    /// Every message on `HMS_AUDIT` in stream order: (sequence, payload: a block of records,
+    /// see [`records_of`]). Deleted sequences are skipped (the chain shows them).
     pub async fn audit_records(&self) -> Result<Vec<(u64, Bytes)>, BusError> {
         let mut s = self
             .js

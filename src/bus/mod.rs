@@ -16,7 +16,7 @@ use futures::StreamExt;
 use crate::config::{DeliveryConfig, StreamsConfig};
 
 pub mod audit;
-pub use audit::AuditEntry;
+pub use audit::{records_of, AuditBlock};
 pub mod connect;
 pub mod parked;
 pub mod status;

@@ -107,7 +107,8 @@ impl Cli {
 /// Entry point of the binary.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    crate::logging::init(&cli.log_format);
+    // Held to the end of main: every queued console line is written before the exit.
+    let _log = crate::logging::init(&cli.log_format);
     match &cli.command {
         Command::Test(a) => test::exec(a),
         Command::Validate(a) => validate::exec(&cli, a),

@@ -23,7 +23,8 @@ use serde_json::json;
 
 use super::slot::ActorSlot;
 use crate::audit::{AuditRecord, Chainer};
-use crate::bus::{AuditEntry, Bus};
+use crate::bus::audit::MAX_BLOCK_BYTES;
+use crate::bus::{AuditBlock, Bus};
 use crate::clock::now_rfc3339;
 
 /// Records kept in memory while `HMS_AUDIT` is unavailable; beyond it the oldest are dropped.
@@ -169,10 +170,10 @@ pub enum AuditMsg {
     },
     /// Store what is buffered (timer, or after a batch ended).
     Flush,
-    /// A store finished: how many of the batch are stored.
+    /// A store finished: the blocks not stored (to store again), how many records are.
     Stored {
-        batch: Vec<Sealed>,
-        stored: usize,
+        unstored: Vec<Block>,
+        stored: u64,
         error: Option<String>,
     },
     /// Shutdown: store everything held (one store at a time, as always), then reply.
@@ -182,9 +183,58 @@ pub enum AuditMsg {
 /// A sealed record and how many of its consumer's records it covers (1; a gap: how many it
 /// declares lost).
 pub struct Sealed {
-    entry: AuditEntry,
-    account: Arc<Account>,
+    chain: Arc<Chain>,
+    n: u64,
+    bytes: Vec<u8>,
     covers: u64,
+}
+
+/// Records of one chain stored as one message, with what they cover.
+pub struct Block {
+    block: AuditBlock,
+    account: Arc<Account>,
+    records: u64,
+    covers: u64,
+}
+
+/// Groups sealed records into blocks: consecutive records of one chain, at most
+/// [`MAX_BLOCK_BYTES`] each, in the order the chains first appear (each chain's records stay
+/// in order).
+fn blocks(batch: Vec<Sealed>) -> Vec<Block> {
+    let mut out: Vec<(Arc<Chain>, Vec<Sealed>)> = Vec::new();
+    for s in batch {
+        let open = out.iter_mut().rev().find(|(c, recs)| {
+            Arc::ptr_eq(c, &s.chain)
+                && recs.iter().map(|r| r.bytes.len() + 1).sum::<usize>() + s.bytes.len()
+                    <= MAX_BLOCK_BYTES
+        });
+        match open {
+            Some((_, recs)) => recs.push(s),
+            None => out.push((s.chain.clone(), vec![s])),
+        }
+    }
+    out.into_iter()
+        .filter_map(|(chain, recs)| {
+            let (first, last) = (recs.first()?.n, recs.last()?.n);
+            let mut bytes = Vec::with_capacity(recs.iter().map(|r| r.bytes.len() + 1).sum());
+            for r in &recs {
+                bytes.extend_from_slice(&r.bytes);
+                bytes.push(b'\n');
+            }
+            Some(Block {
+                block: AuditBlock {
+                    subject: chain.subject.clone(),
+                    chain: chain.chain.clone(),
+                    first,
+                    last,
+                    bytes: Bytes::from(bytes),
+                },
+                account: chain.account.clone(),
+                records: recs.len() as u64,
+                covers: recs.iter().map(|r| r.covers).sum(),
+            })
+        })
+        .collect()
 }
 
 /// Where one consumer's records go in this incarnation: its subject and its chain.
@@ -226,10 +276,10 @@ pub struct AuditState {
     gaps: HashMap<Arc<str>, Gap>,
     /// `lost` of each account already declared (so each lost record is declared once).
     lost_seen: HashMap<Arc<str>, u64>,
-    /// Size of the sealed batch being stored (0: none).
-    in_flight: usize,
-    /// A sealed batch to be stored again after a failure.
-    retry_batch: Option<Vec<Sealed>>,
+    /// Records in the blocks being stored (0: none).
+    in_flight: u64,
+    /// Blocks to be stored again after a failure (before anything newer).
+    retry: Vec<Block>,
     flush_scheduled: bool,
     failures_in_a_row: u32,
     pending: metrics::Gauge,
@@ -316,7 +366,7 @@ impl Actor for AuditActor {
             gaps: HashMap::new(),
             lost_seen: HashMap::new(),
             in_flight: 0,
-            retry_batch: None,
+            retry: Vec::new(),
             flush_scheduled: false,
             failures_in_a_row: 0,
             pending: metrics::gauge!(crate::metrics::AUDIT_PENDING),
@@ -382,22 +432,23 @@ impl Actor for AuditActor {
                 flush(&me, st);
             }
             AuditMsg::Stored {
-                batch,
+                unstored,
                 stored,
                 error,
             } => {
-                metrics::counter!(crate::metrics::AUDIT_WRITTEN_TOTAL).increment(stored as u64);
+                metrics::counter!(crate::metrics::AUDIT_WRITTEN_TOTAL).increment(stored);
                 st.in_flight = 0;
-                if stored < batch.len() {
+                if !unstored.is_empty() {
                     st.failures_in_a_row += 1;
                     if st.failures_in_a_row == 1 || st.failures_in_a_row % 20 == 0 {
+                        let held: u64 = unstored.iter().map(|b| b.records).sum();
                         tracing::warn!(
                             "audit: HMS_AUDIT unavailable ({}); {} records waiting; deliveries go on",
                             error.unwrap_or_default(),
-                            st.backlog.len() + batch.len() - stored
+                            st.backlog.len() as u64 + held
                         );
                     }
-                    st.retry_batch = Some(batch.into_iter().skip(stored).collect());
+                    st.retry = unstored;
                     let delay =
                         Duration::from_millis(100 * u64::from(st.failures_in_a_row.min(50)));
                     schedule(&me, st, delay);
@@ -412,7 +463,9 @@ impl Actor for AuditActor {
                 }
             }
         }
-        let waiting = st.backlog.len() + st.retry_batch.as_ref().map_or(0, Vec::len) + st.in_flight;
+        let waiting = st.backlog.len() as u64
+            + st.retry.iter().map(|b| b.records).sum::<u64>()
+            + st.in_flight;
         st.pending.set(waiting as f64);
         if waiting == 0 && st.gaps.is_empty() {
             if let Some(reply) = st.draining.take() {
@@ -430,18 +483,18 @@ impl Actor for AuditActor {
         // Last chance when stopped without a drain: after the store under way (so records
         // land in chain order), store what is left (bounded wait).
         st.ledger.stores_done().await;
-        let mut batch = st.retry_batch.take().unwrap_or_default();
-        batch.extend(seal(st, usize::MAX));
-        if !batch.is_empty() {
-            let entries: Vec<AuditEntry> = batch.iter().map(|s| s.entry.clone()).collect();
-            let stored =
-                tokio::time::timeout(Duration::from_secs(5), st.bus.store_audit(&entries, true))
-                    .await
-                    .ok()
-                    .and_then(Result::ok)
-                    .unwrap_or(0);
-            for s in &batch[..stored.min(batch.len())] {
-                s.account.covered.fetch_add(s.covers, SeqCst);
+        let mut all = std::mem::take(&mut st.retry);
+        all.extend(blocks(seal(st, usize::MAX)));
+        if !all.is_empty() {
+            let list: Vec<AuditBlock> = all.iter().map(|b| b.block.clone()).collect();
+            if let Ok((stored, _)) =
+                tokio::time::timeout(Duration::from_secs(5), st.bus.store_audit(&list)).await
+            {
+                for (b, ok) in all.iter().zip(stored) {
+                    if ok {
+                        b.account.covered.fetch_add(b.covers, SeqCst);
+                    }
+                }
             }
         }
         Ok(())
@@ -491,52 +544,53 @@ fn seal(st: &mut AuditState, max: usize) -> Vec<Sealed> {
 }
 
 /// Seals one record into its chain.
-fn pack(chainer: &mut Chainer, chain: &Chain, record: AuditRecord, covers: u64) -> Sealed {
+fn pack(chainer: &mut Chainer, chain: &Arc<Chain>, record: AuditRecord, covers: u64) -> Sealed {
     let (n, bytes) = chainer.seal_bytes(&chain.chain, record);
     Sealed {
-        entry: AuditEntry {
-            subject: chain.subject.clone(),
-            chain: chain.chain.clone(),
-            n,
-            bytes: Bytes::from(bytes),
-        },
-        account: chain.account.clone(),
+        chain: chain.clone(),
+        n,
+        bytes,
         covers,
     }
 }
 
-/// Starts storing the next batch in the background, unless one is in flight.
+/// Starts storing the next blocks in the background, unless a store is under way. Blocks
+/// that failed go first, so each chain lands in order.
 fn flush(me: &ActorRef<AuditMsg>, st: &mut AuditState) {
     if st.in_flight > 0 {
         return;
     }
-    // A batch stored again after a failure is stored the careful way (every record confirmed).
-    let (batch, careful) = match st.retry_batch.take() {
-        Some(b) if !b.is_empty() => (b, true),
-        _ => (seal(st, BATCH), false),
+    let list = if st.retry.is_empty() {
+        blocks(seal(st, BATCH))
+    } else {
+        std::mem::take(&mut st.retry)
     };
-    if batch.is_empty() {
+    if list.is_empty() {
         return;
     }
-    st.in_flight = batch.len();
+    st.in_flight = list.iter().map(|b| b.records).sum();
     let (bus, me, ledger) = (st.bus.clone(), me.clone(), st.ledger.clone());
     ledger.stores.fetch_add(1, SeqCst);
     tokio::spawn(async move {
-        let entries: Vec<AuditEntry> = batch.iter().map(|s| s.entry.clone()).collect();
-        let (stored, error) = match bus.store_audit(&entries, careful).await {
-            Ok(n) => (n, None),
-            Err((n, e)) => (n, Some(e.to_string())),
-        };
+        let blocks: Vec<AuditBlock> = list.iter().map(|b| b.block.clone()).collect();
+        let (stored, error) = bus.store_audit(&blocks).await;
         // Counted here, not by the actor: it holds even when the actor died meanwhile.
-        for s in &batch[..stored.min(batch.len())] {
-            s.account.covered.fetch_add(s.covers, SeqCst);
+        let mut records = 0;
+        let mut unstored = Vec::new();
+        for (b, ok) in list.into_iter().zip(stored) {
+            if ok {
+                b.account.covered.fetch_add(b.covers, SeqCst);
+                records += b.records;
+            } else {
+                unstored.push(b);
+            }
         }
         ledger.stores.fetch_sub(1, SeqCst);
         ledger.stored.notify_waiters();
         let _ = me.send_message(AuditMsg::Stored {
-            batch,
-            stored,
-            error,
+            unstored,
+            stored: records,
+            error: error.map(|e| e.to_string()),
         });
     });
 }

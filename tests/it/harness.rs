@@ -285,6 +285,20 @@ pub fn init_logs() {
         .try_init();
 }
 
+/// Every audit record on `HMS_AUDIT`, in stream order (a message holds a block of records,
+/// one per line).
+pub async fn audit_records(js: &async_nats::jetstream::Context) -> Vec<serde_json::Value> {
+    stream_raw(js, "HMS_AUDIT")
+        .await
+        .iter()
+        .flat_map(|m| {
+            hms_sync::bus::records_of(&m.payload)
+                .filter_map(|line| serde_json::from_slice(line).ok())
+                .collect::<Vec<serde_json::Value>>()
+        })
+        .collect()
+}
+
 /// Every message stored on a stream, raw (subject, headers, payload).
 pub async fn stream_raw(
     js: &async_nats::jetstream::Context,

@@ -673,7 +673,7 @@ async fn stripe_invoice_paid_marks_the_fee_paid_in_another_system() {
     );
     // Both halves are on the audit trail: the accepted webhooks and the outbound call.
     eventually(T, "audit records of the webhooks and the call", || async {
-        let audit = stream_messages(&s.js, "HMS_AUDIT").await;
+        let audit = audit_records(&s.js).await;
         audit.iter().filter(|r| r["kind"] == "webhook").count() == 2
             && audit
                 .iter()

@@ -184,10 +184,10 @@ async fn every_attempt_is_audited_and_tampering_is_detected() {
     }
     // 6 events, each failing once then delivered: 12 attempts.
     eventually(T, "12 audit records", || async {
-        stream_messages(&js, "HMS_AUDIT").await.len() == 12
+        audit_records(&js).await.len() == 12
     })
     .await;
-    let records = stream_messages(&js, "HMS_AUDIT").await;
+    let records = audit_records(&js).await;
     let first = &records[0];
     for field in [
         "connector",
@@ -237,20 +237,50 @@ async fn every_attempt_is_audited_and_tampering_is_detected() {
     assert_eq!(code, 0, "{out}");
     assert!(out.contains("intact: 12 records"), "{out}");
 
-    // Rewrite: delete record 5 and store a changed copy of it at the end.
-    let stream = js.get_stream("HMS_AUDIT").await.unwrap();
-    let original = stream.get_raw_message(5).await.unwrap();
-    let mut changed: serde_json::Value = serde_json::from_slice(&original.payload).unwrap();
-    changed["status"] = json!(200);
-    stream.delete_message(5).await.unwrap();
-    js.publish(original.subject.to_string(), changed.to_string().into())
+    // Rewrite: take the block holding record 5 out and store it again with that record's
+    // status changed (its hash left as it was).
+    let (subject, seq, block) = block_holding(&js, 5).await;
+    let changed: Vec<String> = block
+        .iter()
+        .map(|r| {
+            let mut r = r.clone();
+            if r["n"] == 5 {
+                r["status"] = json!(200);
+            }
+            r.to_string()
+        })
+        .collect();
+    js.get_stream("HMS_AUDIT")
+        .await
+        .unwrap()
+        .delete_message(seq)
+        .await
+        .unwrap();
+    js.publish(subject, (changed.join("\n") + "\n").into())
         .await
         .unwrap()
         .await
         .unwrap();
     let (code, out) = verify(&nats);
     assert_eq!(code, 1, "{out}");
-    assert!(out.contains("BROKEN at HMS_AUDIT record"), "{out}");
+    assert!(out.contains("BROKEN at HMS_AUDIT message"), "{out}");
+    assert!(out.contains("changed"), "{out}");
+}
+
+/// The stored block (subject, stream sequence, records) holding the record at position `n`.
+async fn block_holding(
+    js: &async_nats::jetstream::Context,
+    n: u64,
+) -> (String, u64, Vec<serde_json::Value>) {
+    for m in stream_raw(js, "HMS_AUDIT").await {
+        let records: Vec<serde_json::Value> = hms_sync::bus::records_of(&m.payload)
+            .map(|l| serde_json::from_slice(l).unwrap())
+            .collect();
+        if records.iter().any(|r| r["n"] == n) {
+            return (m.subject.to_string(), m.sequence, records);
+        }
+    }
+    panic!("no block holds record {n}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -263,21 +293,35 @@ async fn a_deleted_audit_record_is_detected() {
         publish(&js, "del.in", json!({"id": format!("e{i}"), "n": i})).await;
     }
     eventually(T, "5 audit records", || async {
-        stream_messages(&js, "HMS_AUDIT").await.len() == 5
+        audit_records(&js).await.len() == 5
     })
     .await;
     rt.shutdown().await;
     assert_eq!(verify(&nats).0, 0);
+    // Delete record 3: store its block again without it.
+    let (subject, seq, block) = block_holding(&js, 3).await;
+    let kept: Vec<String> = block
+        .iter()
+        .filter(|r| r["n"] != 3)
+        .map(|r| r.to_string())
+        .collect();
     js.get_stream("HMS_AUDIT")
         .await
         .unwrap()
-        .delete_message(3)
+        .delete_message(seq)
         .await
         .unwrap();
+    if !kept.is_empty() {
+        js.publish(subject, (kept.join("\n") + "\n").into())
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+    }
     let (code, out) = verify(&nats);
     assert_eq!(code, 1, "{out}");
     assert!(
-        out.contains("record 4"),
+        out.contains("found record 4"),
         "the first broken record is the one after the deleted one: {out}"
     );
 }
@@ -322,7 +366,7 @@ async fn deliveries_go_on_while_the_audit_stream_is_unavailable() {
     .await
     .unwrap();
     eventually(Duration::from_secs(30), "backlog stored", || async {
-        stream_messages(&js, "HMS_AUDIT").await.len() == 20
+        audit_records(&js).await.len() == 20
     })
     .await;
     rt.shutdown().await;
@@ -345,14 +389,12 @@ async fn a_flood_of_attempts_is_audited_whole_in_batches() {
     )
     .await;
     eventually(T, "all delivered", || async { target.count() >= n }).await;
-    let stream = js.get_stream("HMS_AUDIT").await.unwrap();
-    eventually(T, "every attempt on HMS_AUDIT", || {
-        let mut stream = stream.clone();
-        async move { stream.info().await.unwrap().state.messages as usize >= n }
+    eventually(T, "every attempt on HMS_AUDIT", || async {
+        audit_records(&js).await.len() >= n
     })
     .await;
     rt.shutdown().await;
-    let records = stream_messages(&js, "HMS_AUDIT").await;
+    let records = audit_records(&js).await;
     assert_eq!(records.len(), n, "each attempt stored once");
     let positions: Vec<u64> = records.iter().map(|r| r["n"].as_u64().unwrap()).collect();
     assert_eq!(

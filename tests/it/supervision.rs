@@ -92,7 +92,7 @@ async fn a_killed_audit_actor_is_restarted_and_its_loss_is_a_sealed_gap() {
     assert!(metric(&rt, "sync_service_restarts_total{service=\"audit\"}").await >= 2.0);
     rt.shutdown().await;
     // Every attempt is on record: stored, or declared lost in a sealed gap record.
-    let records = stream_messages(&js, "HMS_AUDIT").await;
+    let records = audit_records(&js).await;
     // Each (chain, position) once: a store retried after a lost confirmation may store twice.
     let attempts = records
         .iter()
