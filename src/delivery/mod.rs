@@ -26,9 +26,11 @@ use prepare::Prepared;
 
 impl Pipeline {
     /// Handles one delivery to the end: acked (delivered, filtered out or parked) or
-    /// scheduled again. Runs in a span carrying connector, endpoint and stream sequence.
+    /// scheduled again. Runs in a span carrying connector, endpoint and stream sequence (at
+    /// debug level, so that it costs nothing unless `HMS_SYNC_LOG` asks for it; log events
+    /// of a delivery carry those fields themselves).
     pub async fn handle(&self, d: Delivery) -> Finished {
-        let span = tracing::info_span!(
+        let span = tracing::debug_span!(
             "delivery",
             connector = %self.connector.id,
             stream_seq = d.stream_sequence,
@@ -41,13 +43,15 @@ impl Pipeline {
     async fn stages(&self, d: Delivery) -> Finished {
         let c = &*self.connector;
         let key = idempotency_key(&c.id, &d);
+        // The send and settle futures are large (HTTP, token, permit, parking): boxed, so that
+        // a delivery task stays small to spawn and to move.
         let attempted = match prepare::prepare(c, &d, &key) {
             Prepared::Filtered => return settle::filtered(self, &d).await,
             Prepared::Invalid(a) => *a,
-            Prepared::Ready(ready) => send::send(self, ready, &d, &key).await,
+            Prepared::Ready(ready) => Box::pin(send::send(self, ready, &d, &key)).await,
         };
         let jitter = rand::random::<f64>() * 2.0 - 1.0;
         let action = decide(&attempted.outcome, d.delivered, &c.retry, jitter);
-        settle::settle(self, &d, &key, attempted, action).await
+        Box::pin(settle::settle(self, &d, &key, attempted, action)).await
     }
 }

@@ -193,8 +193,19 @@ async fn call(
         None => None,
     };
     let mut refreshed = false;
+    // Kept for a resend only when a fetched token may be refused (no copy otherwise).
+    let mut req = Some(req);
     loop {
-        let mut r = req.clone();
+        let resend_possible = auth.is_some_and(|a| a.is_fetched()) && !refreshed;
+        let mut r = match (resend_possible, req.take()) {
+            (true, Some(q)) => {
+                let copy = q.clone();
+                req = Some(q);
+                copy
+            }
+            (_, Some(q)) => q,
+            (_, None) => return Err(Outcome::Invalid("no request to send".into())),
+        };
         if let (Some(a), Some(t)) = (auth, &current) {
             a.apply(&mut r, t.value.expose())
                 .map_err(|e| Outcome::Invalid(e.to_string()))?;
