@@ -160,6 +160,9 @@ pub struct DeliveryConfig {
     /// the pin of the consumer's priority group); when it stops pulling for this long, another
     /// instance takes over.
     pub pin_timeout_ms: u64,
+    /// Console lines printed one by one per connector and second (default 100; 0: every
+    /// line). Beyond it, the deliveries of that second are summed up in one line.
+    pub console_lines_per_second: u32,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -219,6 +222,7 @@ impl Default for DeliveryConfig {
             stall_check_ms: 300_000,
             heartbeat_ms: 2_000,
             pin_timeout_ms: 10_000,
+            console_lines_per_second: 100,
         }
     }
 }

@@ -2,6 +2,10 @@
 //! JSON lines whose fields include the delivery's span (connector, endpoint, stream sequence).
 
 use std::fmt;
+use std::io::Write;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
 
 use tracing::{Event, Subscriber};
 use tracing_subscriber::fmt::format::Writer;
@@ -41,38 +45,122 @@ where
     }
 }
 
-/// Keeps the console writer running; dropping it writes out every line still queued (hold
+/// Keeps the console writer running; dropping it writes out every line still buffered (hold
 /// it until the process exits).
 pub struct Guard {
-    _worker: Option<tracing_appender::non_blocking::WorkerGuard>,
+    console: Option<Arc<Console>>,
+    flusher: Option<std::thread::JoinHandle<()>>,
 }
 
-/// Lines the console writer may queue before a logging call waits (it never drops one).
-const QUEUED_LINES: usize = 64 * 1024;
+impl Drop for Guard {
+    fn drop(&mut self) {
+        if let Some(c) = self.console.take() {
+            c.stop.store(true, Ordering::SeqCst);
+            if let Some(t) = self.flusher.take() {
+                t.thread().unpark();
+                let _ = t.join();
+            }
+            c.flush();
+        }
+    }
+}
+
+/// How often buffered console lines are written out.
+const FLUSH_EVERY: Duration = Duration::from_millis(50);
+/// A writer whose buffer holds more writes it out itself (a slow stderr slows logging down;
+/// no line is dropped).
+const MAX_BUFFERED: usize = 1 << 20;
+
+/// The console (stderr) behind a buffer: a log line costs a copy into memory; a thread writes
+/// the buffer out every [`FLUSH_EVERY`] (one `write` for many lines), and at exit.
+pub struct Console {
+    buffer: Mutex<Vec<u8>>,
+    /// Held while writing to stderr, so that buffers go out in order.
+    out: Mutex<std::io::Stderr>,
+    stop: AtomicBool,
+}
+
+impl Console {
+    fn new() -> Console {
+        Console {
+            buffer: Mutex::new(Vec::with_capacity(64 * 1024)),
+            out: Mutex::new(std::io::stderr()),
+            stop: AtomicBool::new(false),
+        }
+    }
+
+    /// Writes out what is buffered.
+    fn flush(&self) {
+        let mut out = self.out.lock().unwrap_or_else(PoisonError::into_inner);
+        let taken = {
+            let mut b = self.buffer.lock().unwrap_or_else(PoisonError::into_inner);
+            if b.is_empty() {
+                return;
+            }
+            std::mem::replace(&mut *b, Vec::with_capacity(64 * 1024))
+        };
+        let _ = out.write_all(&taken);
+        let _ = out.flush();
+    }
+}
+
+/// The installed console, for [`flush`].
+static INSTALLED: std::sync::OnceLock<Arc<Console>> = std::sync::OnceLock::new();
+
+/// Writes out the buffered console lines now: call it before printing to stderr directly
+/// (an error message, a panic), so that lines stay in the order they were made.
+pub fn flush() {
+    if let Some(c) = INSTALLED.get() {
+        c.flush();
+    }
+}
+
+/// One log line's writer.
+pub struct ConsoleWriter(Arc<Console>);
+
+impl Write for ConsoleWriter {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        let full = {
+            let mut b = self.0.buffer.lock().unwrap_or_else(PoisonError::into_inner);
+            b.extend_from_slice(data);
+            b.len() >= MAX_BUFFERED
+        };
+        if full {
+            self.0.flush();
+        }
+        Ok(data.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for ConsoleMaker {
+    type Writer = ConsoleWriter;
+
+    fn make_writer(&'a self) -> ConsoleWriter {
+        ConsoleWriter(self.0.clone())
+    }
+}
+
+/// Makes the writer of each line.
+pub struct ConsoleMaker(Arc<Console>);
 
 /// Installs the process's logger on stderr: `format` is `text` or `json`; the filter comes
 /// from `HMS_SYNC_LOG` (default `info`, ractor and async-nats at `warn`).
 ///
-/// Lines are written by a thread of their own through a buffer, so a flood of delivery lines
-/// costs the delivery a queue push instead of a `write` each; the buffer is written out
-/// whenever the queue runs empty, and at exit (the returned [`Guard`]). The queue is not
-/// lossy: when it is full, logging waits.
+/// Lines go through a buffer written out every 50 ms by a thread of its own (one `write` for
+/// many lines under a flood) and at exit (the returned [`Guard`]); none is dropped.
 pub fn init(format: &str) -> Guard {
     use std::io::IsTerminal;
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_env("HMS_SYNC_LOG")
         .unwrap_or_else(|_| EnvFilter::new("info,ractor=warn,async_nats=warn"));
-    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
-        .lossy(false)
-        .buffered_lines_limit(QUEUED_LINES)
-        .thread_name("hms-sync-log")
-        .finish(std::io::BufWriter::with_capacity(
-            64 * 1024,
-            std::io::stderr(),
-        ));
+    let console = Arc::new(Console::new());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(writer)
+        .with_writer(ConsoleMaker(console.clone()))
         .with_ansi(std::io::stderr().is_terminal())
         .with_target(false);
     let installed = if format == "json" {
@@ -80,8 +168,32 @@ pub fn init(format: &str) -> Guard {
     } else {
         builder.event_format(Plain).try_init()
     };
-    // Another logger already runs (tests): this one's writer is not needed.
+    if installed.is_err() {
+        // Another logger already runs (tests): this one's writer is not needed.
+        return Guard {
+            console: None,
+            flusher: None,
+        };
+    }
+    let _ = INSTALLED.set(console.clone());
+    let previous = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        // The lines before a panic come before its message.
+        flush();
+        previous(info);
+    }));
+    let c = console.clone();
+    let flusher = std::thread::Builder::new()
+        .name("hms-sync-log".into())
+        .spawn(move || {
+            while !c.stop.load(Ordering::SeqCst) {
+                std::thread::park_timeout(FLUSH_EVERY);
+                c.flush();
+            }
+        })
+        .ok();
     Guard {
-        _worker: installed.is_ok().then_some(guard),
+        console: Some(console),
+        flusher,
     }
 }

@@ -140,6 +140,7 @@ fn block_on(f: impl std::future::Future<Output = anyhow::Result<ExitCode>>) -> E
     match rt.block_on(f) {
         Ok(code) => code,
         Err(e) => {
+            crate::logging::flush();
             eprintln!("error: {e:#}");
             ExitCode::FAILURE
         }

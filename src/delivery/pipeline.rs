@@ -66,7 +66,7 @@ impl Pipeline {
         Pipeline {
             fixed_endpoint: fixed.then(|| endpoint_of(authority)),
             url_base: fixed.then(|| UrlBase::new(authority)).flatten(),
-            telemetry: Telemetry::new(&connector.id, stats),
+            telemetry: Telemetry::new(&connector.id, stats, deps.delivery.console_lines_per_second),
             audit: deps.services.audit.route(&connector.consumer),
             connector,
             bus: deps.bus.clone(),

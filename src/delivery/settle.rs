@@ -35,7 +35,19 @@ pub async fn settle(
     let c = &*p.connector;
     audit(p, d, key, &a);
     if let Some(line) = &a.line {
-        tracing::info!("[{}] {line}", c.id);
+        let how = || match &a.outcome {
+            Outcome::Status { code, .. } => {
+                let reason = http::StatusCode::from_u16(*code)
+                    .ok()
+                    .and_then(|s| s.canonical_reason())
+                    .unwrap_or("");
+                format!("{code} {reason}").trim_end().to_string()
+            }
+            other => describe(other),
+        };
+        if let Some((due, summary)) = p.telemetry.console(&c.id, line, how) {
+            p.services.timers.at(due, summary);
+        }
     }
     match action {
         Action::Ack => {

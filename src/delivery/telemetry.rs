@@ -3,9 +3,10 @@
 //! [`Telemetry::parked`]) records its metrics and its status numbers together, so a count is
 //! never kept in one place and forgotten in the other.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
@@ -101,18 +102,137 @@ impl Drop for InProcess {
     }
 }
 
-/// A connector's metrics and status numbers, recorded together.
+/// A connector's metrics and status numbers, recorded together; and its console lines.
 pub struct Telemetry {
     pub metrics: ConnectorMetrics,
     pub stats: Arc<ConnectorStats>,
+    console: Arc<Mutex<ConsoleLines>>,
 }
 
+/// The console lines of one connector's deliveries in the current second: up to the limit
+/// printed one by one; beyond it counted by how they ended, and printed as one summary line
+/// when the second is over (`delivery.consoleLinesPerSecond`). Pure: the caller brings the
+/// time and prints what it is told to.
+struct ConsoleLines {
+    limit: u32,
+    second: Option<Instant>,
+    printed: u32,
+    folded: BTreeMap<String, u64>,
+}
+
+/// What to do with one delivery's console line.
+#[derive(Debug, PartialEq)]
+enum Verdict {
+    /// Print it (after the summary of the second that just ended, if any).
+    Print { summary: Option<String> },
+    /// Counted in the second's summary; `first`: the first one folded this second, so the
+    /// caller schedules the summary for `due`.
+    Fold {
+        summary: Option<String>,
+        first: bool,
+        due: Instant,
+    },
+}
+
+impl ConsoleLines {
+    fn new(limit: u32) -> ConsoleLines {
+        ConsoleLines {
+            limit,
+            second: None,
+            printed: 0,
+            folded: BTreeMap::new(),
+        }
+    }
+
+    /// One delivery's line at `now`; `how` names how it ended (asked only when folding).
+    fn note(&mut self, now: Instant, how: impl FnOnce() -> String) -> Verdict {
+        let mut summary = None;
+        let second = match self.second {
+            Some(s) if now.duration_since(s) < Duration::from_secs(1) => s,
+            _ => {
+                summary = self.take_summary();
+                self.second = Some(now);
+                self.printed = 0;
+                now
+            }
+        };
+        if self.limit == 0 || self.printed < self.limit {
+            self.printed += 1;
+            return Verdict::Print { summary };
+        }
+        let first = self.folded.is_empty();
+        *self.folded.entry(how()).or_insert(0) += 1;
+        Verdict::Fold {
+            summary,
+            first,
+            due: second + Duration::from_secs(1),
+        }
+    }
+
+    /// `... and N more in that second: n1 × how1, n2 × how2`, when lines were folded.
+    fn take_summary(&mut self) -> Option<String> {
+        if self.folded.is_empty() {
+            return None;
+        }
+        let total: u64 = self.folded.values().sum();
+        let mut parts: Vec<(String, u64)> = std::mem::take(&mut self.folded).into_iter().collect();
+        parts.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+        let parts: Vec<String> = parts.iter().map(|(h, n)| format!("{n} × {h}")).collect();
+        Some(format!(
+            "... and {total} more deliveries in that second: {} (delivery.consoleLinesPerSecond: {})",
+            parts.join(", "),
+            self.limit
+        ))
+    }
+}
+
+/// A task that prints a second's summary when that second is over.
+pub type Summary = Box<dyn FnOnce() + Send>;
+
 impl Telemetry {
-    pub fn new(connector_id: &str, stats: Arc<ConnectorStats>) -> Telemetry {
+    /// `lines_per_second`: console lines printed one by one per second (0: every line).
+    pub fn new(connector_id: &str, stats: Arc<ConnectorStats>, lines_per_second: u32) -> Telemetry {
         Telemetry {
             metrics: ConnectorMetrics::new(connector_id),
             stats,
+            console: Arc::new(Mutex::new(ConsoleLines::new(lines_per_second))),
         }
+    }
+
+    /// The console line of one attempt (`line` after `[connector]`; `how` is how it ended,
+    /// asked for only when lines are folded). When this starts folding a second's lines it
+    /// returns when that second is over and a task to print its summary then (the caller has
+    /// the retry-timer actor run it).
+    pub fn console(
+        &self,
+        id: &str,
+        line: &str,
+        how: impl FnOnce() -> String,
+    ) -> Option<(Instant, Summary)> {
+        let verdict = self.console.lock().ok()?.note(Instant::now(), how);
+        let (summary, print, schedule) = match verdict {
+            Verdict::Print { summary } => (summary, true, None),
+            Verdict::Fold {
+                summary,
+                first,
+                due,
+            } => (summary, false, first.then_some(due)),
+        };
+        if let Some(s) = summary {
+            tracing::info!("[{id}] {s}");
+        }
+        if print {
+            tracing::info!("[{id}] {line}");
+        }
+        let due = schedule?;
+        let (lines, id) = (self.console.clone(), id.to_string());
+        let task: Summary = Box::new(move || {
+            let summary = lines.lock().ok().and_then(|mut c| c.take_summary());
+            if let Some(s) = summary {
+                tracing::info!("[{id}] {s}");
+            }
+        });
+        Some((due, task))
     }
 
     /// The filter excluded an event (acked at once).
@@ -143,5 +263,85 @@ impl Telemetry {
     pub fn parked(&self) {
         self.metrics.parked.increment(1);
         self.stats.parked.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ok() -> String {
+        "200 OK".into()
+    }
+
+    #[test]
+    fn lines_up_to_the_limit_print_then_fold_into_one_summary_per_second() {
+        let t0 = Instant::now();
+        let at = |ms: u64| t0 + Duration::from_millis(ms);
+        let mut c = ConsoleLines::new(2);
+        assert_eq!(c.note(at(0), ok), Verdict::Print { summary: None });
+        assert_eq!(c.note(at(10), ok), Verdict::Print { summary: None });
+        let due = at(1000);
+        assert_eq!(
+            c.note(at(20), ok),
+            Verdict::Fold {
+                summary: None,
+                first: true,
+                due
+            }
+        );
+        assert_eq!(
+            c.note(at(30), || "503 Service Unavailable".into()),
+            Verdict::Fold {
+                summary: None,
+                first: false,
+                due
+            }
+        );
+        assert_eq!(
+            c.note(at(999), ok),
+            Verdict::Fold {
+                summary: None,
+                first: false,
+                due
+            }
+        );
+        // The next second prints again, after the last one's summary (when no timer took it).
+        assert_eq!(
+            c.note(at(1000), ok),
+            Verdict::Print {
+                summary: Some(
+                    "... and 3 more deliveries in that second: 2 × 200 OK, \
+                     1 × 503 Service Unavailable (delivery.consoleLinesPerSecond: 2)"
+                        .into()
+                )
+            }
+        );
+        assert_eq!(c.take_summary(), None);
+    }
+
+    #[test]
+    fn zero_prints_every_line_and_never_asks_how_it_ended() {
+        let t0 = Instant::now();
+        let mut c = ConsoleLines::new(0);
+        for i in 0..1000 {
+            let v = c.note(t0 + Duration::from_micros(i), || {
+                unreachable!("not folding")
+            });
+            assert_eq!(v, Verdict::Print { summary: None });
+        }
+    }
+
+    #[test]
+    fn a_summary_taken_by_its_timer_is_not_printed_twice() {
+        let t0 = Instant::now();
+        let mut c = ConsoleLines::new(1);
+        c.note(t0, ok);
+        c.note(t0, ok);
+        assert!(c.take_summary().is_some(), "the timer prints it");
+        assert_eq!(
+            c.note(t0 + Duration::from_secs(2), ok),
+            Verdict::Print { summary: None }
+        );
     }
 }
