@@ -11,6 +11,7 @@ use super::model::{consumer_name, Connector, Kind, Lookup, RateLimit, Target, Tr
 use super::problems::Report;
 use super::raw::{RawConnector, RawMap, RawRateLimit, RawRetry, RawTo, RawTrigger};
 use super::rules::{subject_problem, url_problem, METHODS};
+use super::standards;
 use super::yaml_pos::Positions;
 use crate::filter::Filter;
 use crate::outcome::{Retry, StatusPattern, DEFAULT_MAX_BACKOFF};
@@ -41,7 +42,7 @@ pub fn compile(
         return None;
     };
     let trigger = compile_trigger(trigger, pos, r);
-    let target = compile_target(&map.to, pos, r);
+    let target = compile_target(&map.to, &raw.id, pos, r);
     check_from(map, pos, r);
     let retry = compile_retry(raw.retry.as_ref(), pos, r);
     let rate_limit = compile_rate_limit(raw.rate_limit.as_ref(), pos, r);
@@ -125,8 +126,8 @@ fn compile_trigger(t: &RawTrigger, pos: &Positions, r: &mut Report<'_>) -> Optio
     })
 }
 
-/// `map.to`: method, URL, headers, body, encoding.
-fn compile_target(to: &RawTo, pos: &Positions, r: &mut Report<'_>) -> Option<Target> {
+/// `map.to`: method, URL, headers, body, encoding, format, signature.
+fn compile_target(to: &RawTo, id: &str, pos: &Positions, r: &mut Report<'_>) -> Option<Target> {
     let method = compile_method(&to.method, pos, r);
     let url = r.template(&to.url, Flavor::Url, pos.value("map.to.url"));
     if url.is_some() {
@@ -180,12 +181,16 @@ fn compile_target(to: &RawTo, pos: &Positions, r: &mut Report<'_>) -> Option<Tar
             Encoding::Json
         }
     };
+    let format = standards::compile_format(to, id, encoding, &headers, pos, r);
+    let sign = standards::compile_sign(to, &headers, pos, r);
     Some(Target {
         method: method?,
         url: url?,
         headers,
         body,
         encoding,
+        format,
+        sign,
     })
 }
 

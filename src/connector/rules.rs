@@ -62,11 +62,43 @@ pub const KNOWN_KEYS: &[(&str, &[&str])] = &[
     ("lookup.responseCheck", &["success", "onFailure"]),
     ("trigger", &["topic", "filter", "orderingKey"]),
     ("map", &["from", "to", "schema"]),
-    ("map.to", &["url", "method", "headers", "body", "encoding"]),
+    (
+        "map.to",
+        &[
+            "url",
+            "method",
+            "headers",
+            "body",
+            "encoding",
+            "format",
+            "cloudevents",
+            "sign",
+        ],
+    ),
+    (
+        "map.to.cloudevents",
+        &["source", "type", "subject", "extensions"],
+    ),
+    (
+        "map.to.sign",
+        &[
+            "scheme", "secret", "secrets", "header", "encoding", "prefix",
+        ],
+    ),
     ("retry", &["max", "backoffMs", "maxBackoffMs", "statuses"]),
     ("retry.statuses", &["success", "transient", "permanent"]),
     ("rateLimit", &["perSecond", "burst"]),
-    ("source", &["webhookUrl", "maxBodyBytes", "signature"]),
+    (
+        "source",
+        &[
+            "webhookUrl",
+            "maxBodyBytes",
+            "signature",
+            "format",
+            "allowedOrigins",
+            "allowedRate",
+        ],
+    ),
     (
         "source.signature",
         &[

@@ -5,6 +5,7 @@
 //! **API boundary:** deliveries and the webhook edge use the handles re-exported here.
 
 pub mod audit;
+pub mod budget;
 pub mod endpoint;
 pub mod handles;
 pub mod slot;
