@@ -151,7 +151,7 @@ fn ietf_budget(fields: &[&str], policies: &[&str], now: SystemTime) -> Option<Bu
         };
         let limit = policy.and_then(|p| {
             p.param("q")
-                .or_else(|| Some(p.item.as_str()))
+                .or(Some(p.item.as_str()))
                 .and_then(first_integer)
         });
         let candidate = Budget {
@@ -286,7 +286,8 @@ mod tests {
         use Family::*;
         let later = (NOW_UNIX + 30).to_string();
         let past = (NOW_UNIX - 30).to_string();
-        let cases: Vec<(&str, Vec<(&str, &str)>, Option<Budget>)> = vec![
+        type Case<'a> = (&'a str, Vec<(&'a str, &'a str)>, Option<Budget>);
+        let cases: Vec<Case> = vec![
             ("none", vec![("content-type", "application/json")], None),
             (
                 "IETF current form",

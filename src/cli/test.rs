@@ -207,12 +207,13 @@ pub fn exec(args: &Args) -> ExitCode {
         .topic
         .clone()
         .unwrap_or_else(|| c.trigger.topic.clone());
+    // CloudEvents attributes are percent-encoded: placeholders without spaces.
     let origin = request::EventOrigin {
         topic: &topic,
-        time: "<publish time of the event>",
+        time: "<publish-time>",
     };
     let built = request::build(&c, ctx, Some(key), Secrets::Masked).and_then(|mut r| {
-        request::cloud_event(&c, &mut r, ctx, key, origin)?;
+        request::cloud_event(&c, &mut r, ctx, "<idempotency-key>", origin)?;
         if let Some(a) = &c.auth {
             let _ = a.apply(&mut r, "***");
         }

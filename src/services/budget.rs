@@ -41,20 +41,27 @@ pub enum Gate {
     Go,
     /// Wait for an answer (a permit returning), or until this instant if given.
     WaitAnswer(Option<Instant>),
-    /// The budget is spent: wait until its reset.
-    WaitReset(Instant),
+    /// The budget is spent: wait until its reset (`first`: the first time this reset is
+    /// waited for).
+    WaitReset {
+        until: Instant,
+        first: bool,
+    },
 }
 
 /// An endpoint's view of its target's budget.
 #[derive(Debug, Clone)]
 pub struct TargetBudget {
     state: State,
+    /// The reset last waited for (so each wait is told once).
+    waited: Option<Instant>,
 }
 
 impl TargetBudget {
     /// A budget that learns from the first answer (`enabled`), or one that ignores the headers.
     pub fn new(enabled: bool, now: Instant) -> TargetBudget {
         TargetBudget {
+            waited: None,
             state: if enabled {
                 State::Learning {
                     until: Some(now + FIRST_CONTACT),
@@ -91,10 +98,14 @@ impl TargetBudget {
                         self.state = State::Learning { until: None };
                         continue;
                     }
-                    return if left > 0 {
-                        Gate::Go
-                    } else {
-                        Gate::WaitReset(reset_at)
+                    if left > 0 {
+                        return Gate::Go;
+                    }
+                    let first = self.waited != Some(reset_at);
+                    self.waited = Some(reset_at);
+                    return Gate::WaitReset {
+                        until: reset_at,
+                        first,
                     };
                 }
             }
@@ -108,16 +119,12 @@ impl TargetBudget {
         }
     }
 
-    /// What an answer announced; `in_flight`: requests still out. Returns the reset to wait
-    /// for when this announcement spent the budget.
-    pub fn heard(&mut self, news: Announced, in_flight: usize, now: Instant) -> Option<Instant> {
+    /// What an answer announced; `in_flight`: requests still out.
+    pub fn heard(&mut self, news: Announced, in_flight: usize, now: Instant) {
         match (self.state, news) {
-            (State::Off, _) | (_, Announced::NoAnswer) => None,
-            (State::Learning { .. }, Announced::Nothing) => {
-                self.state = State::Unlimited;
-                None
-            }
-            (_, Announced::Nothing) => None,
+            (State::Off, _) | (_, Announced::NoAnswer) => {}
+            (State::Learning { .. }, Announced::Nothing) => self.state = State::Unlimited,
+            (_, Announced::Nothing) => {}
             (state, Announced::Budget(b)) => {
                 let fresh_left = b.remaining.saturating_sub(in_flight as u64);
                 let fresh_reset = now + b.reset + b.reset / 10 + Duration::from_millis(50);
@@ -127,10 +134,7 @@ impl TargetBudget {
                     }
                     _ => (fresh_left, fresh_reset),
                 };
-                let was_spent =
-                    matches!(state, State::Known { left: 0, reset_at } if now < reset_at);
                 self.state = State::Known { left, reset_at };
-                (left == 0 && !was_spent).then_some(reset_at)
             }
         }
     }
@@ -150,6 +154,10 @@ mod tests {
         })
     }
 
+    fn wait(until: Instant, first: bool) -> Gate {
+        Gate::WaitReset { until, first }
+    }
+
     #[test]
     fn first_contact_sends_one_then_learns() {
         let t0 = Instant::now();
@@ -164,7 +172,7 @@ mod tests {
 
         let mut b = TargetBudget::new(true, t0);
         b.started();
-        assert_eq!(b.heard(Announced::NoAnswer, 0, t0), None);
+        b.heard(Announced::NoAnswer, 0, t0);
         assert_eq!(b.gate(0, t0), Gate::Go, "a lost probe is replaced");
         b.heard(Announced::Nothing, 0, t0);
         assert!(!b.watching(), "a target that announces nothing: fast lane");
@@ -177,18 +185,18 @@ mod tests {
         let mut b = TargetBudget::new(true, t0);
         assert_eq!(b.gate(0, t0), Gate::Go);
         b.started();
-        // The probe's answer: 4 left, reset in 2 s.
-        assert_eq!(b.heard(budget(4, 2), 0, t0), None);
+        // The probe's answer: 4 left, reset in 2 s (plus 10 % and 50 ms).
+        b.heard(budget(4, 2), 0, t0);
         let reset_at = t0 + Duration::from_millis(2250);
         for n in 0..4 {
             assert_eq!(b.gate(n, t0), Gate::Go, "{n}");
             b.started();
         }
-        assert_eq!(b.gate(4, t0), Gate::WaitReset(reset_at));
+        assert_eq!(b.gate(4, t0), wait(reset_at, true));
         // Answers in any order never raise what is left within the window.
-        assert_eq!(b.heard(budget(1, 2), 3, t0), None);
-        assert_eq!(b.heard(budget(3, 2), 2, t0), None);
-        assert_eq!(b.gate(0, t0), Gate::WaitReset(reset_at));
+        b.heard(budget(1, 2), 3, t0);
+        b.heard(budget(3, 2), 2, t0);
+        assert_eq!(b.gate(0, t0), wait(reset_at, false));
         // At the reset: one probe, whose answer opens the next window.
         assert_eq!(b.gate(0, reset_at), Gate::Go);
         b.started();
@@ -203,18 +211,15 @@ mod tests {
         let mut b = TargetBudget::new(true, t0);
         b.heard(Announced::Nothing, 0, t0);
         // Unlimited so far; then a target with 3 left answers while 5 are out.
-        let spent = b.heard(budget(3, 10), 5, t0);
-        assert_eq!(spent, Some(t0 + Duration::from_millis(11_050)));
+        b.heard(budget(3, 10), 5, t0);
         assert!(b.watching());
-        assert_eq!(
-            b.gate(5, t0),
-            Gate::WaitReset(t0 + Duration::from_millis(11_050))
-        );
-        // Said once per window.
-        assert_eq!(b.heard(budget(0, 10), 4, t0), None);
+        let until = t0 + Duration::from_millis(11_050);
+        assert_eq!(b.gate(5, t0), wait(until, true));
+        b.heard(budget(0, 10), 4, t0);
+        assert_eq!(b.gate(4, t0), wait(until, false), "told once per reset");
         // A target that stops announcing keeps its last budget until the reset.
         b.heard(Announced::Nothing, 0, t0);
-        assert!(matches!(b.gate(0, t0), Gate::WaitReset(_)));
+        assert_eq!(b.gate(0, t0), wait(until, false));
     }
 
     #[test]

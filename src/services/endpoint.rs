@@ -236,14 +236,7 @@ impl Actor for EndpointActor {
             EndpointMsg::Done(signal, announced) => {
                 on_signal(st, signal, now);
                 let in_flight = st.args.lane.in_flight.load(SeqCst);
-                if let Some(reset_at) = st.budget.heard(announced, in_flight, now) {
-                    tracing::debug!(
-                        "endpoint {}: its budget is spent; waiting {} ms for its reset",
-                        st.args.endpoint,
-                        reset_at.saturating_duration_since(now).as_millis()
-                    );
-                    metrics::counter!(crate::metrics::ENDPOINT_BUDGET_WAITS_TOTAL, "endpoint" => st.args.endpoint.clone()).increment(1);
-                }
+                st.budget.heard(announced, in_flight, now);
             }
             EndpointMsg::Tick => st.next_tick = None,
         }
@@ -364,7 +357,18 @@ fn serve(me: &ActorRef<EndpointMsg>, st: &mut EndpointState, now: Instant) {
         match st.budget.gate(in_flight, now) {
             Gate::Go => {}
             Gate::WaitAnswer(None) => return, // a Done wakes us
-            Gate::WaitAnswer(Some(at)) | Gate::WaitReset(at) => return wake_at(me, st, at),
+            Gate::WaitAnswer(Some(at)) => return wake_at(me, st, at),
+            Gate::WaitReset { until, first } => {
+                if first {
+                    tracing::debug!(
+                        "endpoint {}: the budget its target announced is spent; waiting {} ms for its reset",
+                        st.args.endpoint,
+                        until.saturating_duration_since(now).as_millis()
+                    );
+                    metrics::counter!(crate::metrics::ENDPOINT_BUDGET_WAITS_TOTAL, "endpoint" => st.args.endpoint.clone()).increment(1);
+                }
+                return wake_at(me, st, until);
+            }
         }
         if let Some(rate) = st.rate {
             while st

@@ -11,6 +11,7 @@ mod operator;
 mod protection;
 mod registry;
 mod saas;
+mod standards;
 mod status;
 mod status_page;
 mod supervision;
