@@ -32,8 +32,10 @@ struct Seen {
     status: u16,
 }
 
-type Answerer =
-    Arc<dyn Fn(&HeaderMap, &Bytes, usize) -> (u16, Vec<(String, String)>) + Send + Sync>;
+/// What a server answers to (path, headers, body, requests before): status, headers, body.
+type Answerer = Arc<
+    dyn Fn(&str, &HeaderMap, &Bytes, usize) -> (u16, Vec<(String, String)>, String) + Send + Sync,
+>;
 
 /// A loopback HTTP server whose answers a test computes from each request.
 struct Server {
@@ -47,19 +49,19 @@ impl Server {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let log = seen.clone();
-        let app =
-            axum::Router::new().fallback(move |method: Method, headers: HeaderMap, body: Bytes| {
+        let app = axum::Router::new().fallback(
+            move |method: Method, uri: axum::http::Uri, headers: HeaderMap, body: Bytes| {
                 let (log, answer) = (log.clone(), answer.clone());
                 async move {
                     let n = log.lock().unwrap().len();
-                    let (status, extra) = answer(&headers, &body, n);
+                    let (status, extra, text) = answer(uri.path(), &headers, &body, n);
                     log.lock().unwrap().push(Seen {
                         method,
                         headers,
                         body,
                         status,
                     });
-                    let mut resp = StatusCode::from_u16(status).unwrap().into_response();
+                    let mut resp = (StatusCode::from_u16(status).unwrap(), text).into_response();
                     for (k, v) in extra {
                         resp.headers_mut().insert(
                             axum::http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
@@ -68,7 +70,8 @@ impl Server {
                     }
                     resp
                 }
-            });
+            },
+        );
         tokio::spawn(async move {
             let _ = axum::serve(listener, app).await;
         });
@@ -104,12 +107,12 @@ async fn signed_calls_verify_with_the_standard_webhooks_library_on_every_attempt
     let wh = Arc::new(standardwebhooks::Webhook::new(SECRET).unwrap());
     let verifier = wh.clone();
     // Verifies every request with the library; the first attempt of each event fails (500).
-    let target = Server::start(Arc::new(move |h, body, _| {
+    let target = Server::start(Arc::new(move |_, h, body, _| {
         if verifier.verify(body, h).is_err() {
-            return (401, vec![]);
+            return (401, vec![], String::new());
         }
-        let first = !FIRST_SEEN.lock().unwrap().insert(header(h, "webhook-id"));
-        (if first { 200 } else { 500 }, vec![])
+        let retried = !FIRST_SEEN.lock().unwrap().insert(header(h, "webhook-id"));
+        (if retried { 200 } else { 500 }, vec![], String::new())
     }))
     .await;
     static FIRST_SEEN: Mutex<std::collections::BTreeSet<String>> =
@@ -156,6 +159,23 @@ async fn signed_calls_verify_with_the_standard_webhooks_library_on_every_attempt
         assert!(wh.verify(&tampered, &s.headers).is_err());
         assert!(wh.verify(&s.body, &s.headers).is_ok());
     }
+    // Sent to the receiver, a tampered copy is refused by it.
+    let s = &seen[0];
+    let mut tampered = s.body.to_vec();
+    let i = tampered.iter().position(|b| *b == b'1').unwrap();
+    tampered[i] = b'2';
+    let mut req = reqwest::Client::new()
+        .post(format!("{}/hooks/RW-0", target.url()))
+        .body(tampered);
+    for name in [
+        "webhook-id",
+        "webhook-timestamp",
+        "webhook-signature",
+        "content-type",
+    ] {
+        req = req.header(name, header(&s.headers, name));
+    }
+    assert_eq!(req.send().await.unwrap().status().as_u16(), 401);
     // Each attempt is signed when it is sent: the retry (over a second later) carries a new
     // timestamp and a new signature.
     for id in seen.iter().map(|s| header(&s.headers, "webhook-id")) {
@@ -175,6 +195,66 @@ async fn signed_calls_verify_with_the_standard_webhooks_library_on_every_attempt
             header(&attempts[1].headers, "webhook-signature")
         );
     }
+    rt.shutdown().await;
+}
+
+#[tokio::test]
+async fn the_resend_after_a_token_refresh_is_signed_afresh() {
+    init_logs();
+    std::env::set_var("HMS_IT_REFRESH_SECRET", SECRET);
+    std::env::set_var("HMS_IT_REFRESH_CLIENT", "client-secret");
+    let wh = standardwebhooks::Webhook::new(SECRET).unwrap();
+    let tokens = Arc::new(AtomicUsize::new(0));
+    let issued = tokens.clone();
+    // The token endpoint issues tok-1, tok-2, ...; the API refuses tok-1 (401) and checks the
+    // signature of everything else.
+    let server = Server::start(Arc::new(move |path, h, body, _| {
+        if path == "/oauth/token" {
+            let n = issued.fetch_add(1, SeqCst) + 1;
+            let token =
+                format!(r#"{{"access_token":"tok-{n}","expires_in":3600,"token_type":"Bearer"}}"#);
+            let json = vec![("content-type".into(), "application/json".into())];
+            return (200, json, token);
+        }
+        if header(h, "authorization") == "Bearer tok-1" {
+            return (401, vec![], String::new());
+        }
+        let status = if wh.verify(body, h).is_ok() { 200 } else { 400 };
+        (status, vec![], String::new())
+    }))
+    .await;
+    let nats = Nats::start().await;
+    let url = server.url();
+    let c = format!(
+        "id: partner.refresh.v1\ntype: outbound\ntrigger: {{ topic: permit.refresh }}\nauth:\n  type: oauth2-client-credentials\n  tokenUrl: {url}/oauth/token\n  clientId: hms-sync\n  clientSecret: ${{HMS_IT_REFRESH_CLIENT}}\nmap:\n  to:\n    url: \"{url}/hooks/{{permitId}}\"\n    method: POST\n    body: {{ permitId: \"{{{{ permitId }}}}\" }}\n    sign: {{ scheme: standard-webhooks, secret: \"${{HMS_IT_REFRESH_SECRET}}\" }}\nretry: {{ max: 1 }}\n"
+    );
+    let setup = Setup::new(&nats, &[("c.yaml", c)], "");
+    let rt = setup.start().await;
+    let js = async_nats::jetstream::new(nats.client().await);
+    publish(&js, "permit.refresh", json!({"permitId": "RW-7"})).await;
+    eventually(T, "the resend delivered", || async {
+        server
+            .seen()
+            .iter()
+            .any(|s| s.status == 200 && s.headers.contains_key("webhook-id"))
+    })
+    .await;
+    let calls: Vec<Seen> = server
+        .seen()
+        .into_iter()
+        .filter(|s| s.headers.contains_key("webhook-id"))
+        .collect();
+    assert_eq!(
+        calls.iter().map(|s| s.status).collect::<Vec<_>>(),
+        vec![401, 200],
+        "refused with the old token, accepted (signature verified) with the new one"
+    );
+    assert_eq!(header(&calls[1].headers, "authorization"), "Bearer tok-2");
+    assert_eq!(
+        header(&calls[0].headers, "webhook-id"),
+        header(&calls[1].headers, "webhook-id")
+    );
+    assert_eq!(tokens.load(SeqCst), 2);
     rt.shutdown().await;
 }
 
@@ -515,7 +595,7 @@ async fn budgeted_target(family: Family, quota: u64, window_s: u64) -> (Server, 
     let too_many = Arc::new(AtomicUsize::new(0));
     let counter = too_many.clone();
     let windows: Arc<Mutex<(u64, u64)>> = Arc::default();
-    let server = Server::start(Arc::new(move |_, _, _| {
+    let server = Server::start(Arc::new(move |_, _, _, _| {
         let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap();
         let window = now.as_secs() / window_s;
         let end = (window + 1) * window_s;
@@ -546,9 +626,9 @@ async fn budgeted_target(family: Family, quota: u64, window_s: u64) -> (Server, 
         };
         if used > quota {
             counter.fetch_add(1, SeqCst);
-            return (429, headers);
+            return (429, headers, String::new());
         }
-        (200, headers)
+        (200, headers, String::new())
     }))
     .await;
     (server, too_many)
