@@ -87,14 +87,17 @@ impl CloudEvent {
             .map(|(_, v)| v.as_str())
     }
 
+    /// The `id` attribute.
     pub fn id(&self) -> &str {
         self.attr("id").unwrap_or_default()
     }
 
+    /// The `source` attribute.
     pub fn source(&self) -> &str {
         self.attr("source").unwrap_or_default()
     }
 
+    /// The `type` attribute.
     pub fn event_type(&self) -> &str {
         self.attr("type").unwrap_or_default()
     }
@@ -382,11 +385,15 @@ fn finish(
 /// The attributes of an outgoing event (`map.to.format: cloudevents...`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Outgoing {
+    /// `id`: the idempotency key.
     pub id: String,
+    /// `source`: a URI reference.
     pub source: String,
+    /// `type`.
     pub event_type: String,
-    /// RFC 3339.
+    /// `time`, RFC 3339: when the event was published.
     pub time: String,
+    /// `subject`, when set.
     pub subject: Option<String>,
     /// Extension attributes (names checked at load).
     pub extensions: Vec<(String, String)>,

@@ -82,7 +82,9 @@ fn encode(body: &Json, encoding: Encoding) -> Result<Vec<u8>, RenderError> {
 /// default) and its publish time (`ce-time`, RFC 3339).
 #[derive(Debug, Clone, Copy)]
 pub struct EventOrigin<'a> {
+    /// The subject the event arrived on (the original one, for a replay).
     pub topic: &'a str,
+    /// When it was published, RFC 3339.
     pub time: &'a str,
 }
 

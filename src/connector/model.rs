@@ -82,7 +82,9 @@ pub struct CloudEventsSpec {
 /// during a rotation, standard-webhooks only).
 #[derive(Debug)]
 pub struct Sign {
+    /// `standard-webhooks` or `hmac-sha256` (with its header, encoding and prefix).
     pub scheme: Scheme,
+    /// Each exactly one `${VAR}`.
     pub secrets: Vec<StringTemplate>,
 }
 

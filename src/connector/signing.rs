@@ -8,9 +8,13 @@ use crate::template::{Flavor, StringTemplate};
 
 /// The keys of a signing block as written.
 pub struct SchemeKeys<'a> {
+    /// `scheme`.
     pub scheme: &'a str,
+    /// `header` (hmac-sha256).
     pub header: Option<&'a str>,
+    /// `encoding` (hmac-sha256).
     pub encoding: Option<&'a str>,
+    /// `prefix` (hmac-sha256).
     pub prefix: Option<&'a str>,
 }
 
