@@ -3,8 +3,9 @@
 //! See ARCHITECTURE.md for the map. From the ground floor up: the pure core (templates,
 //! filters, outcome, audit chain, signatures, CloudEvents, rate-limit headers, wire types,
 //! clock), the connector model, the edges ([`bus`] is the only module that talks to NATS,
-//! [`http_client`] the only one that sends HTTP), the services a delivery calls ([`services`]), [`delivery`] itself, the actors
-//! that orchestrate ([`actors`]), and [`runtime`] with the HTTP [`server`] on top.
+//! [`http_client`] the only one that sends HTTP), the services a delivery calls
+//! ([`services`]), [`delivery`] itself, the actors that orchestrate ([`actors`]), and
+//! [`runtime`] with the HTTP [`server`] on top.
 
 // Ground floor: pure, imports nothing of ours but each other.
 pub mod audit;
