@@ -249,6 +249,37 @@ mod tests {
     }
 
     #[test]
+    fn inbound_cloudevents_keys() {
+        let inbound = |source_extra: &str| {
+            format!(
+                "id: ce.in\ntype: inbound\nsource:\n  webhookUrl: /webhooks/ce\n{source_extra}  signature: {{ scheme: standard-webhooks, secret: \"${{S}}\" }}\npublish: {{ topic: ce.in }}\n"
+            )
+        };
+        let cases = [
+            ("  format: cloudevent\n", "c.yaml:5:11: format `cloudevent`: expected `json` (default) or `cloudevents`"),
+            ("  allowedRate: 10\n", "c.yaml:5:3: `allowedRate` belongs to the CloudEvents handshake: it needs `format: cloudevents`"),
+            ("  format: cloudevents\n  allowedRate: 0\n", "c.yaml:6:16: allowedRate is requests per minute: above 0"),
+            ("  format: cloudevents\n  allowedOrigins: [\"a b\"]\n", "origin `a b`"),
+        ];
+        for (extra, want) in cases {
+            let got = problems(&inbound(extra));
+            assert!(got.contains(want), "{extra}\n got: {got}\nwant: {want}");
+        }
+        let ok =
+            "  format: cloudevents\n  allowedOrigins: [Events.Example.org]\n  allowedRate: 120\n";
+        match parse("c.yaml", &inbound(ok)) {
+            Ok(AnyConnector::Inbound(c)) => assert_eq!(
+                c.format,
+                crate::connector::InboundFormat::CloudEvents {
+                    allowed_origins: Some(vec!["events.example.org".into()]),
+                    allowed_rate: Some(120),
+                }
+            ),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
     fn a_binary_cloudevent_request() {
         let c = outbound(&yaml(
             "    format: cloudevents\n    cloudevents:\n      subject: \"{{ permitId }}\"\n      extensions: { agency: DDOT }\n",
