@@ -15,6 +15,7 @@ pub mod clock;
 pub mod cloudevents;
 pub mod config;
 pub mod filter;
+pub mod flood;
 pub mod metrics;
 pub mod ordering;
 pub mod outcome;
@@ -34,6 +35,7 @@ pub mod bus;
 pub mod http_client;
 pub mod logging;
 pub mod nats_server;
+pub mod sink;
 
 // What the services and orchestration use.
 pub mod parked;

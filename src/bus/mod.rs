@@ -19,6 +19,7 @@ pub use audit::AuditEntry;
 pub mod parked;
 pub mod status;
 pub use parked::{StoredJob, ORIGINAL_SUBJECT_HEADER, REPLAY_OF_HEADER, REPLAY_PREFIX};
+pub mod flood;
 pub mod kv;
 
 pub const EVENTS_STREAM: &str = "HMS_EVENTS";

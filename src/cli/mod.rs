@@ -3,10 +3,12 @@
 mod audit;
 mod connect;
 mod deploy;
+mod flood;
 mod list;
 mod parked;
 mod publish;
 mod schema;
+mod sink;
 mod status;
 mod test;
 mod undeploy;
@@ -78,6 +80,15 @@ pub enum Command {
     Undeploy(undeploy::Args),
     /// The registry: id, type, topic, revision, deployed at; `--history ID` for earlier revisions.
     List(list::Args),
+    /// Load test: publish N synthetic events with JetStream acks, steady at --rate or as fast
+    /// as acked, each stamped (floodSeq, floodSentAtNs) for end-to-end latency; prints
+    /// published/s, publish-ack p50/p99 and errors.
+    Flood(flood::Args),
+    /// Load test: a fake HTTP target that answers every request (after --latency-ms, a
+    /// --fail-rate of 503s, else --status) and prints requests/s, duplicates by
+    /// Idempotency-Key, order violations and end-to-end latency every few seconds and on
+    /// Ctrl-C.
+    Sink(sink::Args),
 }
 
 impl Cli {
@@ -108,6 +119,8 @@ pub fn main() -> ExitCode {
         Command::Deploy(a) => block_on(deploy::exec(&cli, a)),
         Command::Undeploy(a) => block_on(undeploy::exec(&cli, a)),
         Command::List(a) => block_on(list::exec(&cli, a)),
+        Command::Flood(a) => block_on(flood::exec(&cli, a)),
+        Command::Sink(a) => block_on(sink::exec(a)),
     }
 }
 

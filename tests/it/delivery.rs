@@ -324,7 +324,7 @@ async fn replayed_parked_job_is_delivered_once_with_its_original_key() {
     let nats = Nats::start().await;
     let target = Target::start().await;
     target.respond(|_, _| (500, vec![]));
-    let setup = Setup::new(
+    let (_setup, rt, js) = start_with(
         &nats,
         &[
             (
@@ -342,9 +342,8 @@ async fn replayed_parked_job_is_delivered_once_with_its_original_key() {
             ),
         ],
         "",
-    );
-    let rt = setup.start().await;
-    let js = async_nats::jetstream::new(nats.client().await);
+    )
+    .await;
     publish(&js, "replay.in", json!({"id": "p1", "n": 1})).await;
     eventually(T, "parked by both", || async {
         stream_messages(&js, "HMS_SYNC_PARKED").await.len() == 2
@@ -437,9 +436,8 @@ async fn per_key_ordering_survives_random_503s() {
         "id: ordered.v1\ntype: outbound\ntrigger:\n  topic: ordered.in\n  orderingKey: \"{{{{ key }}}}\"\nmap:\n  to:\n    url: \"{}/items/{{key}}\"\n    method: PUT\n    body:\n      key: \"{{{{ key }}}}\"\n      n: \"{{{{ n }}}}\"\nretry:\n  max: 20\n  backoffMs: 5\n  maxBackoffMs: 50\n",
         target.url()
     );
-    let setup = Setup::new(&nats, &[("c.yaml", yaml)], "delivery:\n  ackWaitMs: 3000\n");
-    let rt = setup.start().await;
-    let js = async_nats::jetstream::new(nats.client().await);
+    let (_setup, rt, js) =
+        start_with(&nats, &[("c.yaml", yaml)], "delivery:\n  ackWaitMs: 3000\n").await;
     let events =
         (0..50).flat_map(|n| (0..10).map(move |k| json!({"key": format!("k{k}"), "n": n})));
     publish_many(&js, "ordered.in", events).await;

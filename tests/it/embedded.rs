@@ -8,30 +8,15 @@ use crate::harness::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn up_starts_and_stops_its_own_nats_server() {
-    let dir = tempfile::tempdir().unwrap();
     let nats_port = free_port();
     let http_port = free_port();
-    std::fs::create_dir_all(dir.path().join("config")).unwrap();
-    std::fs::create_dir_all(dir.path().join("connectors")).unwrap();
-    std::fs::write(
-        dir.path().join("nats-server.conf"),
-        format!("listen: 127.0.0.1:{nats_port}\njetstream {{\n  store_dir: \".data/nats\"\n}}\n"),
-    )
-    .unwrap();
-    std::fs::write(
-        dir.path().join("config/hms-sync.yaml"),
-        format!(
-            "nats:\n  url: nats://127.0.0.1:{nats_port}\n  embedded: true\n  serverConfig: ../nats-server.conf\n  serverBin: {}\nhttp:\n  listen: 127.0.0.1:{http_port}\nconnectors:\n  dir: ../connectors\n",
-            nats_server_bin().display()
-        ),
-    )
-    .unwrap();
+    let dir = embedded_dir(nats_port, http_port);
     std::fs::write(
         dir.path().join("connectors/gis.yaml"),
         include_str!("../../connectors/gis-ddot.yaml"),
     )
     .unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_hms-sync"))
+    let child = Command::new(env!("CARGO_BIN_EXE_hms-sync"))
         .args(["up", "--config", "config/hms-sync.yaml"])
         .current_dir(dir.path())
         .env_remove("NATS_URL")
@@ -52,13 +37,7 @@ async fn up_starts_and_stops_its_own_nats_server() {
         "store dir beside nats-server.conf"
     );
     // SIGTERM: drains, stops its nats-server, exits 0.
-    unsafe {
-        libc::kill(child.id() as i32, libc::SIGTERM);
-    }
-    let status = tokio::task::spawn_blocking(move || child.wait())
-        .await
-        .unwrap()
-        .unwrap();
+    let status = terminate(child).await;
     assert!(status.success(), "{status:?}");
     eventually(
         Duration::from_secs(10),

@@ -1,16 +1,17 @@
-//! Test harness: a nats-server per test (free port, own store dir, killed on drop), a
-//! programmable loopback HTTP target that records requests, and `eventually`.
+//! Test harness: a nats-server per test (the library's launcher: free port, own store dir,
+//! killed on drop), a programmable loopback HTTP target that records requests (the library's
+//! sink), and `eventually`.
 
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use axum::body::Bytes;
-use axum::http::{HeaderMap, Method, StatusCode, Uri};
-use axum::response::IntoResponse;
+use hms_sync::nats_server::NatsServer;
+use hms_sync::sink::{Sink, SinkOptions};
+// `Responder` is part of the harness API, for tests that name the answer hook's type.
+#[allow(unused_imports)]
+pub use hms_sync::sink::{Recorded, Responder};
 
 /// Path of the project's nats-server (installed by scripts/install-nats-server.sh).
 pub fn nats_server_bin() -> PathBuf {
@@ -34,41 +35,21 @@ pub fn free_port() -> u16 {
 
 /// A nats-server of this test alone.
 pub struct Nats {
-    child: Child,
+    server: NatsServer,
     pub port: u16,
-    _store: tempfile::TempDir,
 }
 
 impl Nats {
     pub async fn start() -> Nats {
-        let store = tempfile::tempdir().expect("temp dir");
-        let port = free_port();
-        let child = Command::new(nats_server_bin())
-            .args([
-                "-a",
-                "127.0.0.1",
-                "-p",
-                &port.to_string(),
-                "-js",
-                "--store_dir",
-            ])
-            .arg(store.path())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
+        let server = NatsServer::builder()
+            .bin(nats_server_bin())
+            .start()
+            .await
             .expect("start nats-server (run scripts/install-nats-server.sh)");
-        let nats = Nats {
-            child,
-            port,
-            _store: store,
-        };
-        let url = nats.url();
-        eventually(Duration::from_secs(10), "nats-server answers", || {
-            let url = url.clone();
-            async move { hms_sync::bus::Bus::reachable(&url).await }
-        })
-        .await;
-        nats
+        Nats {
+            port: server.port(),
+            server,
+        }
     }
 
     pub fn url(&self) -> String {
@@ -78,12 +59,10 @@ impl Nats {
     pub async fn client(&self) -> async_nats::Client {
         async_nats::connect(self.url()).await.expect("connect")
     }
-}
 
-impl Drop for Nats {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+    /// The launcher's handle (pid, store, stop, kill, lame duck).
+    pub fn server(&mut self) -> &mut NatsServer {
+        &mut self.server
     }
 }
 
@@ -105,129 +84,36 @@ where
     }
 }
 
-/// One request the target received.
-#[derive(Debug, Clone)]
-pub struct Recorded {
-    pub method: String,
-    pub path: String,
-    pub headers: HeaderMap,
-    pub body: Bytes,
-    pub at: Instant,
-    /// What the target answered.
-    pub status: u16,
-}
-
-impl Recorded {
-    pub fn json(&self) -> serde_json::Value {
-        serde_json::from_slice(&self.body).expect("JSON body")
-    }
-    pub fn header(&self, name: &str) -> Option<String> {
-        self.headers
-            .get(name)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_string)
-    }
-}
-
-/// What the target answers: (status, extra headers).
-pub type Responder = Arc<dyn Fn(&Recorded, usize) -> (u16, Vec<(String, String)>) + Send + Sync>;
-
-/// A loopback HTTP server that records every request and answers as told.
+/// A loopback HTTP server that records every request and answers as told (the library's
+/// [`Sink`], keeping every request).
 #[derive(Clone)]
 pub struct Target {
     pub addr: SocketAddr,
-    log: Arc<Mutex<Vec<Recorded>>>,
-    responder: Arc<Mutex<Responder>>,
-    /// How long each answer takes (default: at once).
-    delay: Arc<Mutex<Duration>>,
-    /// Requests being answered now, and the most ever at once.
-    active: Arc<(
-        std::sync::atomic::AtomicUsize,
-        std::sync::atomic::AtomicUsize,
-    )>,
+    sink: Sink,
 }
 
 impl Target {
     pub async fn start() -> Target {
-        let log: Arc<Mutex<Vec<Recorded>>> = Arc::default();
-        let responder: Arc<Mutex<Responder>> = Arc::new(Mutex::new(Arc::new(|_, _| (200, vec![]))));
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
-        let addr = listener.local_addr().expect("addr");
-        let delay: Arc<Mutex<Duration>> = Arc::default();
-        let active: Arc<(
-            std::sync::atomic::AtomicUsize,
-            std::sync::atomic::AtomicUsize,
-        )> = Arc::default();
-        let (l, r, dl, ac) = (
-            log.clone(),
-            responder.clone(),
-            delay.clone(),
-            active.clone(),
-        );
-        let app = axum::Router::new().fallback(
-            move |method: Method, uri: Uri, headers: HeaderMap, body: Bytes| {
-                let (l, r, dl, ac) = (l.clone(), r.clone(), dl.clone(), ac.clone());
-                async move {
-                    use std::sync::atomic::Ordering::SeqCst;
-                    let now = ac.0.fetch_add(1, SeqCst) + 1;
-                    ac.1.fetch_max(now, SeqCst);
-                    let wait = *dl.lock().unwrap();
-                    if !wait.is_zero() {
-                        tokio::time::sleep(wait).await; // the target's answer time
-                    }
-                    ac.0.fetch_sub(1, SeqCst);
-                    let mut rec = Recorded {
-                        method: method.to_string(),
-                        path: uri.to_string(),
-                        headers,
-                        body,
-                        at: Instant::now(),
-                        status: 0,
-                    };
-                    let responder = r.lock().unwrap().clone();
-                    let n = l
-                        .lock()
-                        .unwrap()
-                        .iter()
-                        .filter(|x| x.body == rec.body && x.path == rec.path)
-                        .count();
-                    let (status, extra) = responder(&rec, n);
-                    rec.status = status;
-                    l.lock().unwrap().push(rec);
-                    let mut resp = (StatusCode::from_u16(status).unwrap_or(StatusCode::OK), "{}")
-                        .into_response();
-                    for (k, v) in extra {
-                        resp.headers_mut().insert(
-                            axum::http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
-                            v.parse().unwrap(),
-                        );
-                    }
-                    resp
-                }
-            },
-        );
-        tokio::spawn(async move {
-            let _ = axum::serve(listener, app).await;
-        });
+        let sink = Sink::start(SinkOptions {
+            keep_requests: true,
+            ..Default::default()
+        })
+        .await
+        .expect("bind");
         Target {
-            addr,
-            log,
-            responder,
-            delay,
-            active,
+            addr: sink.addr(),
+            sink,
         }
     }
 
     /// Every answer takes `d` from now on.
     pub fn set_delay(&self, d: Duration) {
-        *self.delay.lock().unwrap() = d;
+        self.sink.set_delay(d);
     }
 
     /// The most requests it was answering at once.
     pub fn max_concurrent(&self) -> usize {
-        self.active.1.load(std::sync::atomic::Ordering::SeqCst)
+        self.sink.max_concurrent()
     }
 
     pub fn url(&self) -> String {
@@ -239,15 +125,15 @@ impl Target {
         &self,
         f: impl Fn(&Recorded, usize) -> (u16, Vec<(String, String)>) + Send + Sync + 'static,
     ) {
-        *self.responder.lock().unwrap() = Arc::new(f);
+        self.sink.respond(f);
     }
 
     pub fn requests(&self) -> Vec<Recorded> {
-        self.log.lock().unwrap().clone()
+        self.sink.requests()
     }
 
     pub fn count(&self) -> usize {
-        self.log.lock().unwrap().len()
+        self.sink.count()
     }
 }
 
@@ -285,6 +171,42 @@ impl Setup {
             .await
             .expect("runtime starts")
     }
+}
+
+/// A folder laid out like the repository for the embedded default: `nats-server.conf`
+/// (listening on `nats_port`, store `.data/nats`), `config/hms-sync.yaml` (embedded on, this
+/// nats-server binary, HTTP on `http_port`) and an empty `connectors/`.
+pub fn embedded_dir(nats_port: u16, http_port: u16) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().expect("temp dir");
+    for d in ["config", "connectors"] {
+        std::fs::create_dir_all(dir.path().join(d)).unwrap();
+    }
+    std::fs::write(
+        dir.path().join("nats-server.conf"),
+        format!("listen: 127.0.0.1:{nats_port}\njetstream {{\n  store_dir: \".data/nats\"\n}}\n"),
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("config/hms-sync.yaml"),
+        format!(
+            "nats:\n  url: nats://127.0.0.1:{nats_port}\n  embedded: true\n  serverConfig: ../nats-server.conf\n  serverBin: {}\nhttp:\n  listen: 127.0.0.1:{http_port}\nconnectors:\n  dir: ../connectors\n",
+            nats_server_bin().display()
+        ),
+    )
+    .unwrap();
+    dir
+}
+
+/// Sends SIGTERM to a child process (a binary under test) and waits for its exit status.
+pub async fn terminate(child: std::process::Child) -> std::process::ExitStatus {
+    unsafe {
+        libc::kill(child.id() as i32, libc::SIGTERM);
+    }
+    let mut child = child;
+    tokio::task::spawn_blocking(move || child.wait())
+        .await
+        .unwrap()
+        .unwrap()
 }
 
 /// The seed connector with its URL pointed at `target`.
@@ -434,6 +356,26 @@ pub async fn wait_idle(js: &async_nats::jetstream::Context, consumer: &str, time
     .await;
 }
 
+/// Starts a runtime on `nats` with these connectors in its folder (none: only the registry's)
+/// and `extra_config` appended to its config; returns the JetStream context too.
+pub async fn start_with(
+    nats: &Nats,
+    connectors: &[(&str, String)],
+    extra_config: &str,
+) -> (Setup, hms_sync::Runtime, async_nats::jetstream::Context) {
+    let setup = Setup::new(nats, connectors, extra_config);
+    let rt = setup.start().await;
+    let js = async_nats::jetstream::new(nats.client().await);
+    (setup, rt, js)
+}
+
+/// A library connection to `nats` (deploy and other library calls).
+pub async fn connect_bus(nats: &Nats) -> hms_sync::bus::Bus {
+    hms_sync::bus::Bus::connect(&nats.url())
+        .await
+        .expect("connect")
+}
+
 /// Starts a runtime with one connector built by [`simple_connector`]; returns the JetStream
 /// context too.
 pub async fn start_simple(
@@ -444,12 +386,10 @@ pub async fn start_simple(
     retry: &str,
     extra_config: &str,
 ) -> (Setup, hms_sync::Runtime, async_nats::jetstream::Context) {
-    let setup = Setup::new(
+    start_with(
         nats,
         &[("c.yaml", simple_connector(id, topic, target, retry))],
         extra_config,
-    );
-    let rt = setup.start().await;
-    let js = async_nats::jetstream::new(nats.client().await);
-    (setup, rt, js)
+    )
+    .await
 }

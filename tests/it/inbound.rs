@@ -29,9 +29,7 @@ impl Inbound {
     async fn start(connectors: &[(&str, String)]) -> Inbound {
         init_logs();
         let nats = Nats::start().await;
-        let setup = Setup::new(&nats, connectors, "");
-        let rt = setup.start().await;
-        let js = async_nats::jetstream::new(nats.client().await);
+        let (setup, rt, js) = start_with(&nats, connectors, "").await;
         Inbound {
             nats,
             _setup: setup,

@@ -7,6 +7,8 @@ mod crash;
 mod delivery;
 mod embedded;
 mod inbound;
+mod load;
+mod nats_server;
 mod operator;
 mod protection;
 mod registry;

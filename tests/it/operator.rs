@@ -234,13 +234,7 @@ async fn up_with_log_format_json_logs_json_lines() {
         }
     }
     // SIGTERM: the shutdown lines are JSON too.
-    unsafe {
-        libc::kill(child.id() as i32, libc::SIGTERM);
-    }
-    let status = tokio::task::spawn_blocking(move || child.wait())
-        .await
-        .unwrap()
-        .unwrap();
+    let status = terminate(child).await;
     assert!(status.success(), "{status}");
     lines.extend(rx.try_iter());
     assert!(

@@ -378,7 +378,7 @@ async fn an_endpoint_in_flight_cap_holds_across_its_connectors() {
     let nats = Nats::start().await;
     let target = Target::start().await;
     target.set_delay(Duration::from_millis(20));
-    let setup = Setup::new(
+    let (_setup, rt, js) = start_with(
         &nats,
         &[
             ("a.yaml", simple_connector("cap-a.v1", "cap.a", &target, "")),
@@ -388,9 +388,8 @@ async fn an_endpoint_in_flight_cap_holds_across_its_connectors() {
             "endpoints:\n  \"http://{}\":\n    maxInFlight: 3\n",
             target.addr
         ),
-    );
-    let rt = setup.start().await;
-    let js = async_nats::jetstream::new(nats.client().await);
+    )
+    .await;
     publish_many(
         &js,
         "cap.a",

@@ -306,10 +306,8 @@ async fn hot_start_change_and_stop_while_events_flow() {
     init_logs();
     let nats = Nats::start().await;
     let target = Target::start().await;
-    let setup = Setup::new(&nats, &[], "");
-    let rt = setup.start().await;
-    let bus = hms_sync::bus::Bus::connect(&nats.url()).await.unwrap();
-    let js = async_nats::jetstream::new(nats.client().await);
+    let (_setup, rt, js) = start_with(&nats, &[], "").await;
+    let bus = connect_bus(&nats).await;
     let id = "flow.v1";
     let v1 = simple_connector(id, "flow.in", &target, "");
 
@@ -398,10 +396,8 @@ async fn topic_change_moves_the_consumer_and_the_stream_follows() {
     let target = Target::start().await;
     // An event in transit to the old subscription when the topic changes is redelivered after
     // ackWait (not lost): keep that short here.
-    let setup = Setup::new(&nats, &[], "delivery:\n  ackWaitMs: 2000\n");
-    let rt = setup.start().await;
-    let bus = hms_sync::bus::Bus::connect(&nats.url()).await.unwrap();
-    let js = async_nats::jetstream::new(nats.client().await);
+    let (_setup, rt, js) = start_with(&nats, &[], "delivery:\n  ackWaitMs: 2000\n").await;
+    let bus = connect_bus(&nats).await;
     let id = "move.v1";
     let rev1 = deploy_lib(
         &bus,
@@ -441,14 +437,13 @@ async fn invalid_bucket_entries_are_reported_and_harm_nothing() {
     init_logs();
     let nats = Nats::start().await;
     let target = Target::start().await;
-    let setup = Setup::new(
+    let (_setup, rt, js) = start_with(
         &nats,
         &[("a.yaml", simple_connector("folder.a", "inv.a", &target, ""))],
         "",
-    );
-    let rt = setup.start().await;
-    let bus = hms_sync::bus::Bus::connect(&nats.url()).await.unwrap();
-    let js = async_nats::jetstream::new(nats.client().await);
+    )
+    .await;
+    let bus = connect_bus(&nats).await;
     let b = simple_connector("reg.b", "inv.b", &target, "");
     let rev_b = deploy_lib(&bus, "b.yaml", &b).await;
     runs_revision(&rt, "reg.b", rev_b, HOT).await;
@@ -565,7 +560,7 @@ async fn registry_wins_over_the_folder_and_undeploy_falls_back() {
     let target = Target::start().await;
     let seed = seed_as(&target, "ddot.gis.wins.v1");
     let setup = Setup::new(&nats, &[("gis-ddot.yaml", seed.clone())], "");
-    let bus = hms_sync::bus::Bus::connect(&nats.url()).await.unwrap();
+    let bus = connect_bus(&nats).await;
     let js = async_nats::jetstream::new(nats.client().await);
     let deployed = seed.replace("/item/roadwork/", "/registry/roadwork/");
     let rev = deploy_lib(&bus, "gis-ddot.yaml", &deployed).await;
@@ -683,25 +678,9 @@ async fn seed_sequence_up_then_deploy() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn seed_sequence_with_the_embedded_default() {
     let target = Target::start().await;
-    let dir = tempfile::tempdir().unwrap();
     let nats_port = free_port();
     let http_port = free_port();
-    for d in ["config", "connectors"] {
-        std::fs::create_dir_all(dir.path().join(d)).unwrap();
-    }
-    std::fs::write(
-        dir.path().join("nats-server.conf"),
-        format!("listen: 127.0.0.1:{nats_port}\njetstream {{\n  store_dir: \".data/nats\"\n}}\n"),
-    )
-    .unwrap();
-    std::fs::write(
-        dir.path().join("config/hms-sync.yaml"),
-        format!(
-            "nats:\n  url: nats://127.0.0.1:{nats_port}\n  embedded: true\n  serverConfig: ../nats-server.conf\n  serverBin: {}\nhttp:\n  listen: 127.0.0.1:{http_port}\nconnectors:\n  dir: ../connectors\n",
-            nats_server_bin().display()
-        ),
-    )
-    .unwrap();
+    let dir = embedded_dir(nats_port, http_port);
     write(
         dir.path(),
         "connectors/gis-ddot.yaml",
@@ -718,7 +697,7 @@ async fn seed_sequence_with_the_embedded_default() {
         "deploy stopped its server"
     );
 
-    let mut up = Command::new(env!("CARGO_BIN_EXE_hms-sync"))
+    let up = Command::new(env!("CARGO_BIN_EXE_hms-sync"))
         .args(["up"])
         .current_dir(dir.path())
         .env_remove("NATS_URL")
@@ -755,13 +734,7 @@ async fn seed_sequence_with_the_embedded_default() {
     client.flush().await.unwrap();
     eventually(T, "the PATCH", || async { target.count() >= 1 }).await;
     assert_eq!(target.requests()[0].path, "/item/roadwork/RW-481");
-    unsafe {
-        libc::kill(up.id() as i32, libc::SIGTERM);
-    }
-    let status = tokio::task::spawn_blocking(move || up.wait())
-        .await
-        .unwrap()
-        .unwrap();
+    let status = terminate(up).await;
     assert!(status.success(), "{status:?}");
 }
 
@@ -770,10 +743,8 @@ async fn rapid_redeploys_settle_on_the_last_revision() {
     init_logs();
     let nats = Nats::start().await;
     let target = Target::start().await;
-    let setup = Setup::new(&nats, &[], "");
-    let rt = setup.start().await;
-    let bus = hms_sync::bus::Bus::connect(&nats.url()).await.unwrap();
-    let js = async_nats::jetstream::new(nats.client().await);
+    let (_setup, rt, js) = start_with(&nats, &[], "").await;
+    let bus = connect_bus(&nats).await;
     let id = "rapid.v1";
     let base = simple_connector(id, "rapid.in", &target, "");
     let mut last = 0;
@@ -799,7 +770,7 @@ async fn inbound_connectors_deployed_to_the_registry_are_served_without_a_restar
     let nats = Nats::start().await;
     let setup = Setup::new(&nats, &[], "");
     let rt = setup.start().await;
-    let bus = hms_sync::bus::Bus::connect(&nats.url()).await.unwrap();
+    let bus = connect_bus(&nats).await;
     let yaml = "id: reg.hook.inbound.v1\ntype: inbound\nsource:\n  webhookUrl: /webhooks/reg\n  signature:\n    scheme: hmac-sha256\n    header: X-Signature\n    encoding: hex\n    secret: ${HMS_TEST_REGISTRY_HOOK_SECRET}\npublish:\n  topic: reg.hook.received\n  idFrom: \"{{ id }}\"\n";
     let url = format!("http://{}/webhooks/reg", rt.http_addr());
     let body = br#"{"id":"h1","amount":5}"#;

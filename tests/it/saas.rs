@@ -5,8 +5,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use axum::body::Bytes;
-use axum::http::{HeaderMap, Method, Uri};
-use axum::response::IntoResponse;
+use axum::http::HeaderMap;
+use hms_sync::sink::{Reply, Sink, SinkOptions};
 use serde_json::{json, Value as Json};
 
 use crate::harness::*;
@@ -51,60 +51,58 @@ impl Req {
 
 type Handler = Arc<dyn Fn(&Req) -> (u16, Vec<(&'static str, String)>, Json) + Send + Sync>;
 
-/// A loopback fake: every request goes to `handler`, and is logged.
+impl From<&Recorded> for Req {
+    fn from(r: &Recorded) -> Req {
+        let (path, query) = r.path.split_once('?').unwrap_or((&r.path, ""));
+        Req {
+            method: r.method.clone(),
+            path: path.to_string(),
+            query: form_urlencoded::parse(query.as_bytes())
+                .into_owned()
+                .collect(),
+            headers: r.headers.clone(),
+            body: r.body.clone(),
+        }
+    }
+}
+
+/// A loopback fake (the library's sink, keeping every request): every request goes to
+/// `handler`, which answers with a JSON body.
 struct Fake {
     url: String,
-    log: Arc<Mutex<Vec<Req>>>,
+    sink: Sink,
 }
 
 impl Fake {
     async fn start(handler: Handler) -> Fake {
-        let log: Arc<Mutex<Vec<Req>>> = Arc::default();
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let url = format!("http://{}", listener.local_addr().unwrap());
-        let l = log.clone();
-        let app = axum::Router::new().fallback(
-            move |method: Method, uri: Uri, headers: HeaderMap, body: Bytes| {
-                let (l, h) = (l.clone(), handler.clone());
-                async move {
-                    let req = Req {
-                        method: method.to_string(),
-                        path: uri.path().to_string(),
-                        query: uri
-                            .query()
-                            .map(|q| form_urlencoded::parse(q.as_bytes()).into_owned().collect())
-                            .unwrap_or_default(),
-                        headers,
-                        body,
-                    };
-                    let (status, extra, body) = h(&req);
-                    l.lock().unwrap().push(req);
-                    let mut resp = (
-                        axum::http::StatusCode::from_u16(status).unwrap(),
-                        [("content-type", "application/json")],
-                        body.to_string(),
-                    )
-                        .into_response();
-                    for (k, v) in extra {
-                        resp.headers_mut().insert(k, v.parse().unwrap());
-                    }
-                    resp
-                }
-            },
-        );
-        tokio::spawn(async move {
-            let _ = axum::serve(listener, app).await;
+        let sink = Sink::start(SinkOptions {
+            keep_requests: true,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+        sink.reply_with(move |r, _| {
+            let (status, extra, body) = handler(&Req::from(r));
+            let mut headers = vec![("content-type".to_string(), "application/json".to_string())];
+            headers.extend(extra.into_iter().map(|(k, v)| (k.to_string(), v)));
+            Reply {
+                status,
+                headers,
+                body: body.to_string().into(),
+            }
         });
-        Fake { url, log }
+        Fake {
+            url: sink.url(),
+            sink,
+        }
     }
 
     fn requests(&self, path_contains: &str) -> Vec<Req> {
-        self.log
-            .lock()
-            .unwrap()
+        self.sink
+            .requests()
             .iter()
+            .map(Req::from)
             .filter(|r| r.path.contains(path_contains))
-            .cloned()
             .collect()
     }
 }
@@ -213,9 +211,7 @@ async fn stripe_invoice_items_are_created_once_per_fee() {
     let yaml = example("stripe-lane-fee.outbound.yaml")
         .replace("https://api.stripe.com", &stripe.url)
         .replace("${STRIPE_SECRET_KEY}", "${HMS_T_STRIPE_KEY}");
-    let setup = Setup::new(&nats, &[("stripe.yaml", yaml)], "");
-    let rt = setup.start().await;
-    let js = async_nats::jetstream::new(nats.client().await);
+    let (_setup, rt, js) = start_with(&nats, &[("stripe.yaml", yaml)], "").await;
     let fee = |id: &str, customer: Option<&str>| {
         let mut v = json!({"feeId": id, "permitId": "RW-481", "kind": "special-lane",
             "amountCents": 25000, "currency": "usd"});
@@ -377,9 +373,7 @@ async fn google_calendar_events_are_patched_with_service_account_tokens() {
             &format!("{}/calendar", google.url),
         )
         .replace("${GOOGLE_SERVICE_ACCOUNT_KEY}", "${HMS_T_GOOGLE_KEY}");
-    let setup = Setup::new(&nats, &[("gcal.yaml", yaml)], "");
-    let rt = setup.start().await;
-    let js = async_nats::jetstream::new(nats.client().await);
+    let (_setup, rt, js) = start_with(&nats, &[("gcal.yaml", yaml)], "").await;
     let event = |start: &str| {
         json!({"permitId": "RW-481", "agency": "DDOT",
             "startDateTime": start, "endDateTime": "2024-05-24T17:00:00-04:00",
@@ -605,9 +599,7 @@ async fn arcgis_features_are_updated_through_lookup_and_apply_edits() {
         .replace("https://services.arcgis.com", &arcgis.url)
         .replace("${ARCGIS_USERNAME}", "${HMS_T_ARC_USER}")
         .replace("${ARCGIS_PASSWORD}", "${HMS_T_ARC_PASS}");
-    let setup = Setup::new(&nats, &[("arcgis.yaml", yaml)], "");
-    let rt = setup.start().await;
-    let js = async_nats::jetstream::new(nats.client().await);
+    let (_setup, rt, js) = start_with(&nats, &[("arcgis.yaml", yaml)], "").await;
     for i in 0..FLOOD {
         publish(
             &js,
@@ -696,9 +688,7 @@ async fn examples_without_secrets_start_and_park_with_a_clear_reason() {
                 .replace("${STRIPE_SECRET_KEY}", "${HMS_T_UNSET_STRIPE}"),
         ),
     ];
-    let setup = Setup::new(&nats, &conns, "");
-    let rt = setup.start().await;
-    let js = async_nats::jetstream::new(nats.client().await);
+    let (_setup, rt, js) = start_with(&nats, &conns, "").await;
     let sample = |f: &str| -> Json {
         serde_json::from_str(
             &std::fs::read_to_string(format!("{}/connectors/{f}", env!("CARGO_MANIFEST_DIR")))
@@ -779,16 +769,15 @@ async fn oauth2_tokens_are_shared_and_refreshed_once_after_a_401() {
             url = fake.url
         )
     };
-    let setup = Setup::new(
+    let (_setup, rt, js) = start_with(
         &nats,
         &[
             ("a.yaml", connector("oauth.a", "oauth.a")),
             ("b.yaml", connector("oauth.b", "oauth.b")),
         ],
         "",
-    );
-    let rt = setup.start().await;
-    let js = async_nats::jetstream::new(nats.client().await);
+    )
+    .await;
     for i in 0..15 {
         publish(&js, "oauth.a", json!({"id": format!("a{i}"), "n": i})).await;
         publish(&js, "oauth.b", json!({"id": format!("b{i}"), "n": i})).await;

@@ -33,7 +33,7 @@ pub async fn scene() -> Scene {
         }
     });
     let retry = "retry:\n  max: 2\n  backoffMs: 10\n";
-    let setup = Setup::new(
+    let (setup, rt, js) = start_with(
         &nats,
         &[
             (
@@ -46,9 +46,8 @@ pub async fn scene() -> Scene {
             ),
         ],
         "",
-    );
-    let rt = setup.start().await;
-    let js = async_nats::jetstream::new(nats.client().await);
+    )
+    .await;
     for i in 1..=3 {
         publish(
             &js,

@@ -14,9 +14,8 @@ async fn seed_walkthrough_patches_ddot_events_and_skips_others() {
     std::env::set_var("ARC_TOKEN", "arc-secret-token");
     let nats = Nats::start().await;
     let target = Target::start().await;
-    let setup = Setup::new(&nats, &[("gis-ddot.yaml", seed_connector(&target))], "");
-    let rt = setup.start().await;
-    let js = async_nats::jetstream::new(nats.client().await);
+    let (_setup, rt, js) =
+        start_with(&nats, &[("gis-ddot.yaml", seed_connector(&target))], "").await;
 
     // Plain core NATS publish, like `nats pub permit.updated '{...}'`.
     let client = nats.client().await;
@@ -184,13 +183,12 @@ async fn a_killed_connector_actor_is_restarted_and_loses_nothing() {
             simple_connector("steady.v1", "steady.in", &target, ""),
         ),
     ];
-    let setup = Setup::new(
+    let (_setup, rt, js) = start_with(
         &nats,
         &connectors,
         "delivery:\n  ackWaitMs: 2000\n  maxInFlight: 8\n",
-    );
-    let rt = setup.start().await;
-    let js = async_nats::jetstream::new(nats.client().await);
+    )
+    .await;
     for i in 0..200 {
         publish(&js, "crash.in", json!({"id": format!("c{i}"), "n": i})).await;
         publish(&js, "steady.in", json!({"id": format!("s{i}"), "n": i})).await;

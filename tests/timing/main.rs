@@ -22,9 +22,7 @@ async fn rate_limit_holds_in_every_one_second_window() {
         &target,
         "rateLimit: { perSecond: 20, burst: 5 }\n",
     );
-    let setup = Setup::new(&nats, &[("c.yaml", limited)], "");
-    let rt = setup.start().await;
-    let js = async_nats::jetstream::new(nats.client().await);
+    let (_setup, rt, js) = start_with(&nats, &[("c.yaml", limited)], "").await;
     publish_many(
         &js,
         "limited.in",
