@@ -57,7 +57,9 @@ impl Check {
             .iter()
             .map(|(k, v)| (k.to_ascii_lowercase(), v.clone()))
             .collect();
-        let bind = |e: cel_interpreter::SerializationError| CelError(e.to_string());
+        let bind = |_: cel_interpreter::SerializationError| {
+            CelError("the answer cannot be bound for the check".into())
+        };
         ctx.add_variable("status", i64::from(a.status))
             .map_err(bind)?;
         ctx.add_variable("headers", headers).map_err(bind)?;
@@ -65,10 +67,15 @@ impl Check {
         match self.program.execute(&ctx) {
             Ok(Value::Bool(b)) => Ok(b),
             Ok(other) => Err(CelError(format!(
-                "`{}` gave {other:?}, not a boolean",
-                self.source
+                "`{}` gave a {}, not a boolean",
+                self.source,
+                crate::filter::type_name(&other)
             ))),
-            Err(e) => Err(CelError(format!("`{}`: {e}", self.source))),
+            Err(e) => Err(CelError(format!(
+                "`{}`: {}",
+                self.source,
+                crate::filter::describe_execution(&e)
+            ))),
         }
     }
 }

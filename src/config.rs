@@ -6,6 +6,8 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::auth::SecretString;
+
 /// The whole runtime configuration, with every path made absolute.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase", default)]
@@ -15,8 +17,13 @@ pub struct RuntimeConfig {
     pub connectors: ConnectorsConfig,
     pub delivery: DeliveryConfig,
     pub streams: StreamsConfig,
+    /// HTTPS trust, proxy and the address policy of every outbound call.
+    pub outbound: OutboundConfig,
     /// Per-endpoint protection (`scheme://host:port` keys, plus `defaults`).
     pub endpoints: std::collections::BTreeMap<String, EndpointConfig>,
+    /// The file it was read from and its text (for positions in later checks).
+    #[serde(skip)]
+    pub source: Option<(PathBuf, String)>,
 }
 
 /// Protection of one endpoint (or `defaults` for all).
@@ -74,6 +81,51 @@ pub struct NatsConfig {
     /// nats-server binary; default: `NATS_SERVER_BIN`, then `.tools/nats-server/bin/nats-server`
     /// beside `server_config`, then `nats-server` on PATH.
     pub server_bin: Option<PathBuf>,
+    /// User name (user/password auth); `${VAR}` allowed.
+    pub user: Option<String>,
+    /// Password (user/password auth); `${VAR}` allowed.
+    pub password: Option<String>,
+    /// Token auth; `${VAR}` allowed.
+    pub token: Option<String>,
+    /// NKey auth: a file holding the user's NKey seed (`SU...`).
+    pub nkey_seed_file: Option<PathBuf>,
+    /// Decentralised auth: a `.creds` file (user JWT and NKey seed).
+    pub creds_file: Option<PathBuf>,
+    /// TLS to the servers: extra CA, client certificate.
+    pub tls: Option<NatsTlsConfig>,
+    /// Replicas of the streams and the bucket hms-sync creates (1 to 5).
+    pub replicas: usize,
+}
+
+/// `nats.tls`: the CA that signed the servers' certificates and a client certificate (mutual
+/// TLS). Setting it makes TLS required, as a `tls://` URL does.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct NatsTlsConfig {
+    /// Trust this CA (PEM) for the server certificate, besides the system's roots.
+    pub ca_file: Option<PathBuf>,
+    /// Client certificate (PEM), for servers that verify clients.
+    pub cert_file: Option<PathBuf>,
+    /// Its private key (PEM).
+    pub key_file: Option<PathBuf>,
+}
+
+/// `outbound`: how HTTP calls to targets, lookups and token endpoints leave the process.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase", default)]
+pub struct OutboundConfig {
+    /// Extra trusted roots (PEM) for HTTPS targets, besides the system's (and `SSL_CERT_FILE`).
+    pub ca_file: Option<PathBuf>,
+    /// Proxy for every target (`http://host:port`, credentials allowed, `${VAR}` too); default:
+    /// `HTTPS_PROXY` / `HTTP_PROXY` from the environment.
+    pub proxy: Option<String>,
+    /// Hosts reached without the proxy (`NO_PROXY` syntax); default: `NO_PROXY`.
+    pub no_proxy: Option<Vec<String>>,
+    /// When set, only these may be called: host names (`*.` allowed in front), IP addresses,
+    /// CIDR networks.
+    pub allow: Option<Vec<String>>,
+    /// Never called, besides the built-in list (link-local, `0.0.0.0/8`, `fd00:ec2::254`).
+    pub deny: Vec<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -104,6 +156,13 @@ pub struct DeliveryConfig {
     /// How often a connector that received nothing, with nothing in process, asks its consumer
     /// whether work is waiting (then it re-opens its pull subscription: a stalled pull).
     pub stall_check_ms: u64,
+    /// Idle heartbeat of pull requests: two missed in a row and the pull is re-created
+    /// (a server restart, a lame-duck shutdown, a stream leader change).
+    pub heartbeat_ms: u64,
+    /// Connectors with `orderingKey`: one instance at a time receives their events (it holds
+    /// the pin of the consumer's priority group); when it stops pulling for this long, another
+    /// instance takes over.
+    pub pin_timeout_ms: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -113,6 +172,10 @@ pub struct StreamsConfig {
     pub events_max_age_hours: u64,
     /// Window in which a repeated `Nats-Msg-Id` is stored once (seconds).
     pub duplicate_window_sec: u64,
+    /// Consumers `HMS_EVENTS` may hold (one per outbound connector). Set on the stream, also
+    /// an existing one: a stream that sets none gets nats-server's default limit (1,000 in
+    /// 2.15).
+    pub max_consumers: i32,
 }
 
 impl Default for NatsConfig {
@@ -122,6 +185,13 @@ impl Default for NatsConfig {
             embedded: true,
             server_config: PathBuf::from("../nats-server.conf"),
             server_bin: None,
+            user: None,
+            password: None,
+            token: None,
+            nkey_seed_file: None,
+            creds_file: None,
+            tls: None,
+            replicas: 1,
         }
     }
 }
@@ -150,6 +220,8 @@ impl Default for DeliveryConfig {
             max_ack_pending: 10_000,
             pull_batch: 128,
             stall_check_ms: 300_000,
+            heartbeat_ms: 2_000,
+            pin_timeout_ms: 10_000,
         }
     }
 }
@@ -159,6 +231,7 @@ impl Default for StreamsConfig {
         StreamsConfig {
             events_max_age_hours: 24 * 7,
             duplicate_window_sec: 120,
+            max_consumers: 100_000,
         }
     }
 }
@@ -170,6 +243,26 @@ impl DeliveryConfig {
 
     pub fn stall_check(&self) -> Duration {
         Duration::from_millis(self.stall_check_ms.max(200))
+    }
+
+    /// The pull requests' idle heartbeat (at least 100 ms, at most half a pull's expiry).
+    pub fn heartbeat(&self, pinned: bool) -> Duration {
+        Duration::from_millis(self.heartbeat_ms.max(100)).min(self.pull_expires(pinned) / 2)
+    }
+
+    /// How long a silent pinned instance keeps a keyed connector (at least 1 s).
+    pub fn pin_timeout(&self) -> Duration {
+        Duration::from_millis(self.pin_timeout_ms.max(1000))
+    }
+
+    /// How long one pull request waits for events: 30 s, or half the pin timeout for pinned
+    /// (keyed) consumers, so that their pin is renewed well in time.
+    pub fn pull_expires(&self, pinned: bool) -> Duration {
+        if pinned {
+            (self.pin_timeout() / 2).min(Duration::from_secs(30))
+        } else {
+            Duration::from_secs(30)
+        }
     }
 }
 
@@ -217,8 +310,234 @@ impl RuntimeConfig {
         let base = std::path::absolute(base).unwrap_or_else(|_| base.to_path_buf());
         cfg.nats.server_config = base.join(&cfg.nats.server_config);
         cfg.nats.server_bin = cfg.nats.server_bin.map(|b| base.join(b));
+        let join = |p: &mut Option<PathBuf>| {
+            if let Some(x) = p.as_mut() {
+                *x = base.join(&*x);
+            }
+        };
+        join(&mut cfg.nats.nkey_seed_file);
+        join(&mut cfg.nats.creds_file);
+        if let Some(t) = cfg.nats.tls.as_mut() {
+            join(&mut t.ca_file);
+            join(&mut t.cert_file);
+            join(&mut t.key_file);
+        }
+        join(&mut cfg.outbound.ca_file);
         cfg.connectors.dir = base.join(&cfg.connectors.dir);
+        cfg.source = Some((path.to_path_buf(), text));
         Ok(cfg)
+    }
+}
+
+/// How to reach NATS, with `${VAR}` resolved: what [`crate::bus::Bus::connect_with`] takes.
+#[derive(Debug, Clone)]
+pub struct NatsConnect {
+    /// Seed URLs without credentials (safe to print).
+    pub servers: Vec<String>,
+    pub auth: NatsAuth,
+    pub tls: NatsTlsConfig,
+    /// TLS is required (a `tls://` URL, or `nats.tls` set).
+    pub require_tls: bool,
+    /// Replicas of the streams and the bucket hms-sync creates.
+    pub replicas: usize,
+}
+
+impl NatsConnect {
+    /// The seed URLs as one line (credentials never included).
+    pub fn shown(&self) -> String {
+        self.servers.join(",")
+    }
+
+    /// Plain connection to `url` (no credentials, no TLS settings): tests and tools.
+    pub fn plain(url: &str) -> NatsConnect {
+        let (servers, _) = split_servers(url).unwrap_or_else(|_| (vec![url.to_string()], None));
+        NatsConnect {
+            require_tls: servers.iter().any(|s| s.starts_with("tls://")),
+            servers,
+            auth: NatsAuth::None,
+            tls: NatsTlsConfig::default(),
+            replicas: 1,
+        }
+    }
+}
+
+/// How hms-sync proves who it is to NATS.
+#[derive(Debug, Clone)]
+pub enum NatsAuth {
+    None,
+    UserPassword {
+        user: String,
+        password: SecretString,
+    },
+    Token(SecretString),
+    /// A file holding an NKey seed.
+    NKeySeedFile(PathBuf),
+    /// A `.creds` file: user JWT and NKey seed.
+    CredsFile(PathBuf),
+}
+
+impl NatsAuth {
+    /// What the method is, for messages (never a secret).
+    pub fn describe(&self) -> String {
+        match self {
+            NatsAuth::None => "no credentials".into(),
+            NatsAuth::UserPassword { .. } => "user and password".into(),
+            NatsAuth::Token(_) => "a token".into(),
+            NatsAuth::NKeySeedFile(p) => format!("the NKey seed in {}", p.display()),
+            NatsAuth::CredsFile(p) => format!("the credentials file {}", p.display()),
+        }
+    }
+}
+
+/// Resolves `${VAR}` in one config value with `env`; `key` names it in errors.
+pub fn resolve_vars(
+    value: &str,
+    key: &str,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<String, String> {
+    let mut out = String::new();
+    let mut rest = value;
+    while let Some(i) = rest.find("${") {
+        out.push_str(&rest[..i]);
+        let after = &rest[i + 2..];
+        let end = after
+            .find('}')
+            .ok_or_else(|| format!("{key}: unclosed `${{`"))?;
+        let name = &after[..end];
+        if name.is_empty() || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
+            return Err(format!(
+                "{key}: `${{{name}}}`: an environment variable name has only letters, digits and `_`"
+            ));
+        }
+        let v =
+            env(name).ok_or_else(|| format!("{key}: environment variable {name} is not set"))?;
+        out.push_str(&v);
+        rest = &after[end + 1..];
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
+/// Credentials found in a URL (`nats://user:pass@host`, or `nats://token@host`).
+type UrlCredentials = Option<(String, Option<String>)>;
+
+/// Splits a comma-separated list of NATS URLs into URLs without credentials (scheme `nats://`
+/// when none is written) and the credentials of the first URL that has some.
+pub fn split_servers(list: &str) -> Result<(Vec<String>, UrlCredentials), String> {
+    let mut servers = Vec::new();
+    let mut creds: UrlCredentials = None;
+    for (i, raw) in list.split(',').map(str::trim).enumerate() {
+        if raw.is_empty() {
+            return Err(format!("nats.url: server {} of the list is empty", i + 1));
+        }
+        let with_scheme = if raw.contains("://") {
+            raw.to_string()
+        } else {
+            format!("nats://{raw}")
+        };
+        let mut url = url::Url::parse(&with_scheme)
+            .map_err(|e| format!("nats.url: server {} is not a valid URL ({e})", i + 1))?;
+        if !matches!(url.scheme(), "nats" | "tls" | "ws" | "wss") {
+            return Err(format!(
+                "nats.url: scheme `{}`: expected nats://, tls://, ws:// or wss://",
+                url.scheme()
+            ));
+        }
+        if url.host_str().is_none_or(str::is_empty) {
+            return Err(format!("nats.url: server {} has no host", i + 1));
+        }
+        if !url.username().is_empty() {
+            let decode = |s: &str| {
+                percent_encoding::percent_decode_str(s)
+                    .decode_utf8_lossy()
+                    .into_owned()
+            };
+            if creds.is_none() {
+                creds = Some((decode(url.username()), url.password().map(decode)));
+            }
+            let _ = url.set_username("");
+            let _ = url.set_password(None);
+        }
+        let shown = url.to_string();
+        // `Url` adds a `/` to an empty path; NATS URLs are written without one.
+        let shown = match shown.strip_suffix('/') {
+            Some(s) if url.path() == "/" => s.to_string(),
+            _ => shown,
+        };
+        servers.push(shown);
+    }
+    Ok((servers, creds))
+}
+
+impl NatsConfig {
+    /// Resolves `${VAR}` (read through `env`) in the URL and the secrets, takes credentials out
+    /// of the URL, and checks that one auth method is chosen. Errors name the key and the
+    /// variable, never a value.
+    pub fn connect_options(
+        &self,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<NatsConnect, String> {
+        let url = resolve_vars(&self.url, "nats.url", env)?;
+        let (servers, url_creds) = split_servers(&url)?;
+        let secret = |v: &Option<String>, key: &str| -> Result<Option<String>, String> {
+            v.as_deref().map(|s| resolve_vars(s, key, env)).transpose()
+        };
+        let user = secret(&self.user, "nats.user")?;
+        let password = secret(&self.password, "nats.password")?;
+        let token = secret(&self.token, "nats.token")?;
+        let mut chosen = Vec::new();
+        if user.is_some() || password.is_some() {
+            chosen.push("user/password");
+        }
+        if token.is_some() {
+            chosen.push("token");
+        }
+        if self.nkey_seed_file.is_some() {
+            chosen.push("nkeySeedFile");
+        }
+        if self.creds_file.is_some() {
+            chosen.push("credsFile");
+        }
+        if chosen.len() > 1 {
+            return Err(format!(
+                "nats: choose one way to authenticate, not {}",
+                chosen.join(" and ")
+            ));
+        }
+        // Credentials written in the URL win, as the URL itself overrides the config.
+        let auth = match (url_creds, user, password, token) {
+            (Some((u, Some(p))), ..) => NatsAuth::UserPassword {
+                user: u,
+                password: SecretString::new(p),
+            },
+            (Some((t, None)), ..) => NatsAuth::Token(SecretString::new(t)),
+            (None, Some(u), Some(p), _) => NatsAuth::UserPassword {
+                user: u,
+                password: SecretString::new(p),
+            },
+            (None, Some(_), None, _) => return Err("nats.user needs nats.password".into()),
+            (None, None, Some(_), _) => return Err("nats.password needs nats.user".into()),
+            (None, None, None, Some(t)) => NatsAuth::Token(SecretString::new(t)),
+            (None, None, None, None) => match (&self.nkey_seed_file, &self.creds_file) {
+                (Some(f), _) => NatsAuth::NKeySeedFile(f.clone()),
+                (_, Some(f)) => NatsAuth::CredsFile(f.clone()),
+                _ => NatsAuth::None,
+            },
+        };
+        if !(1..=5).contains(&self.replicas) {
+            return Err(format!(
+                "nats.replicas: {} (expected 1 to 5)",
+                self.replicas
+            ));
+        }
+        let tls = self.tls.clone().unwrap_or_default();
+        Ok(NatsConnect {
+            require_tls: self.tls.is_some() || servers.iter().any(|s| s.starts_with("tls://")),
+            servers,
+            auth,
+            tls,
+            replicas: self.replicas,
+        })
     }
 }
 
@@ -239,6 +558,70 @@ mod tests {
         assert_eq!(cfg.nats.url, "nats://127.0.0.1:1");
         assert_eq!(cfg.connectors.dir, dir.path().join("../conn"));
         assert!(cfg.nats.embedded);
+    }
+
+    fn env(name: &str) -> Option<String> {
+        match name {
+            "NATS_PASSWORD" => Some("s3cret".into()),
+            "NATS_USER" => Some("hms".into()),
+            "NATS_TOKEN" => Some("t0ken".into()),
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn nats_urls_lose_their_credentials_and_lists_are_split() {
+        let (servers, creds) =
+            split_servers("nats://alice:p%40ss@n1:4222, n2:4222,tls://n3").unwrap();
+        assert_eq!(servers, ["nats://n1:4222", "nats://n2:4222", "tls://n3"]);
+        assert_eq!(creds, Some(("alice".into(), Some("p@ss".into()))));
+        let (_, creds) = split_servers("nats://tok@n1").unwrap();
+        assert_eq!(creds, Some(("tok".into(), None)));
+        assert!(split_servers("http://n1").is_err());
+        assert!(split_servers("nats://n1,,nats://n2").is_err());
+    }
+
+    #[test]
+    fn secrets_are_resolved_from_the_environment_and_never_shown() {
+        let mut n = NatsConfig {
+            url: "nats://n1:4222,nats://n2:4222".into(),
+            user: Some("${NATS_USER}".into()),
+            password: Some("${NATS_PASSWORD}".into()),
+            ..NatsConfig::default()
+        };
+        let c = n.connect_options(&env).unwrap();
+        assert_eq!(c.shown(), "nats://n1:4222,nats://n2:4222");
+        let NatsAuth::UserPassword { user, password } = &c.auth else {
+            panic!("{:?}", c.auth)
+        };
+        assert_eq!((user.as_str(), password.expose()), ("hms", "s3cret"));
+        assert!(!format!("{c:?}").contains("s3cret"));
+        n.password = Some("${NOT_SET_HERE}".into());
+        let err = n.connect_options(&env).unwrap_err();
+        assert_eq!(
+            err,
+            "nats.password: environment variable NOT_SET_HERE is not set"
+        );
+        n.password = Some("x".into());
+        n.token = Some("${NATS_TOKEN}".into());
+        assert!(n.connect_options(&env).unwrap_err().contains("choose one"));
+        let url = NatsConfig {
+            url: "nats://${NATS_USER}:${NATS_PASSWORD}@n1:4222".into(),
+            ..NatsConfig::default()
+        };
+        let c = url.connect_options(&env).unwrap();
+        assert_eq!(c.shown(), "nats://n1:4222");
+        assert!(matches!(c.auth, NatsAuth::UserPassword { .. }));
+        let tls = NatsConfig {
+            url: "tls://n1:4222".into(),
+            ..NatsConfig::default()
+        };
+        assert!(tls.connect_options(&env).unwrap().require_tls);
+        let bad = NatsConfig {
+            replicas: 7,
+            ..NatsConfig::default()
+        };
+        assert!(bad.connect_options(&env).is_err());
     }
 
     #[test]

@@ -123,9 +123,9 @@ impl Filter {
                     if let Some(v) = map.get(f) {
                         match cel_interpreter::to_value(v) {
                             Ok(v) => part.insert(f.clone(), v),
-                            Err(e) => {
+                            Err(_) => {
                                 return Verdict::NotEvaluable(format!(
-                                    "payload cannot be bound: {e}"
+                                    "payload field `{f}` cannot be bound"
                                 ))
                             }
                         };
@@ -137,7 +137,8 @@ impl Filter {
             _ => ctx.add_variable("object", object),
         };
         if let Err(e) = bound {
-            return Verdict::NotEvaluable(format!("payload cannot be bound: {e}"));
+            let _ = e;
+            return Verdict::NotEvaluable("the payload cannot be bound".into());
         }
         if self.uses_event {
             if let Err(e) = ctx.add_variable("event", meta) {
@@ -148,10 +149,15 @@ impl Filter {
             Ok(Value::Bool(true)) => Verdict::Pass,
             Ok(Value::Bool(false)) => Verdict::Excluded,
             Ok(other) => Verdict::NotEvaluable(format!(
-                "filter `{}` gave {other:?}, not a boolean",
-                self.source
+                "filter `{}` gave a {}, not a boolean",
+                self.source,
+                type_name(&other)
             )),
-            Err(e) => Verdict::NotEvaluable(format!("filter `{}`: {e}", self.source)),
+            Err(e) => Verdict::NotEvaluable(format!(
+                "filter `{}`: {}",
+                self.source,
+                describe_execution(&e)
+            )),
         }
     }
 }
@@ -281,6 +287,71 @@ fn quiet_parser_panics() {
             }
         }));
     });
+}
+
+/// The type of a CEL value, by name (never the value).
+pub fn type_name(v: &Value) -> &'static str {
+    match v {
+        Value::List(_) => "list",
+        Value::Map(_) => "map",
+        Value::Function(..) => "function",
+        Value::Int(_) => "int",
+        Value::UInt(_) => "uint",
+        Value::Float(_) => "double",
+        Value::String(_) => "string",
+        Value::Bytes(_) => "bytes",
+        Value::Bool(_) => "bool",
+        Value::Null => "null",
+        #[allow(unreachable_patterns)]
+        _ => "value",
+    }
+}
+
+/// A CEL evaluation error told without the values involved (they come from events and
+/// answers): the operator, function, key or types, never the data.
+pub fn describe_execution(e: &cel_interpreter::ExecutionError) -> String {
+    use cel_interpreter::ExecutionError as E;
+    match e {
+        E::InvalidArgumentCount { expected, actual } => {
+            format!("expected {expected} argument(s), got {actual}")
+        }
+        E::UnsupportedTargetType { target } => {
+            format!("a {} is not a valid argument here", type_name(target))
+        }
+        E::NotSupportedAsMethod { method, target } => {
+            format!(
+                "method `{method}` does not apply to a {}",
+                type_name(target)
+            )
+        }
+        E::UnsupportedKeyType(v) => format!("a {} cannot be used as a key", type_name(v)),
+        E::UnexpectedType { got, want } => format!("unexpected type: got {got}, want {want}"),
+        E::NoSuchKey(k) => format!("no such key: {k}"),
+        E::UndeclaredReference(r) => format!("undeclared reference to `{r}`"),
+        E::MissingArgumentOrTarget => "missing argument or target".into(),
+        E::ValuesNotComparable(a, b) => format!(
+            "a {} cannot be compared to a {}",
+            type_name(a),
+            type_name(b)
+        ),
+        E::UnsupportedUnaryOperator(op, v) => {
+            format!("operator `{op}` does not apply to a {}", type_name(v))
+        }
+        E::UnsupportedBinaryOperator(op, a, b) => format!(
+            "operator `{op}` does not apply to a {} and a {}",
+            type_name(a),
+            type_name(b)
+        ),
+        E::UnsupportedMapIndex(v) | E::UnsupportedListIndex(v) => {
+            format!("a {} cannot be used as an index", type_name(v))
+        }
+        E::UnsupportedIndex(i, v) => format!("a {} cannot index a {}", type_name(i), type_name(v)),
+        E::FunctionError { function, .. } => format!("function `{function}` failed"),
+        E::DivisionByZero(_) => "division by zero".into(),
+        E::RemainderByZero(_) => "remainder by zero".into(),
+        E::Overflow(op, ..) => format!("overflow in `{op}`"),
+        _ => "cannot be evaluated".into(),
+    }
 }
 
 #[cfg(test)]

@@ -1,8 +1,19 @@
-//! The only module that sends HTTP: one shared reqwest client (keep-alive, timeouts).
+//! The only module that sends HTTP: one shared reqwest client per client certificate
+//! (keep-alive, timeouts), with the process's trusted roots, proxy and outbound address policy.
+//!
+//! **Architecture invariant:** every outbound call (targets, lookups, token endpoints) goes
+//! through [`HttpClient::exchange_on`], which checks the address policy before any connection
+//! and again on every address a name resolves to, at connect time (a custom resolver).
 
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
+use crate::config::{resolve_vars, OutboundConfig};
 use crate::outcome::{parse_retry_after, Outcome};
+use crate::policy::{AddressPolicy, Denied, NoProxy};
+use crate::tls::{self, ClientIdentity};
 use crate::wire::Request;
 
 /// Bytes of a response body kept for parked jobs and logs.
@@ -31,31 +42,215 @@ pub enum HttpError {
     NotJson(String),
 }
 
-/// One client for the whole process.
+/// Which proxy a target goes through: `outbound.proxy`, else `HTTPS_PROXY` / `HTTP_PROXY`;
+/// hosts of `outbound.noProxy` (else `NO_PROXY`) go straight.
+#[derive(Clone, Default)]
+pub struct ProxyRules {
+    https: Option<reqwest::Url>,
+    http: Option<reqwest::Url>,
+    no_proxy: NoProxy,
+}
+
+impl std::fmt::Debug for ProxyRules {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "ProxyRules(https: {:?}, http: {:?})",
+            self.https.as_ref().map(shown_proxy),
+            self.http.as_ref().map(shown_proxy)
+        )
+    }
+}
+
+/// A proxy URL without its credentials.
+fn shown_proxy(u: &reqwest::Url) -> String {
+    let mut u = u.clone();
+    let _ = u.set_username("");
+    let _ = u.set_password(None);
+    u.to_string()
+}
+
+impl ProxyRules {
+    /// The proxy for `url`, if it goes through one.
+    pub fn for_url(&self, url: &reqwest::Url) -> Option<&reqwest::Url> {
+        let proxy = match url.scheme() {
+            "https" => self.https.as_ref(),
+            _ => self.http.as_ref(),
+        }?;
+        let host = url.host_str()?;
+        (!self.no_proxy.bypasses(host)).then_some(proxy)
+    }
+
+    /// Host names of the proxies (the resolver lets them through: the operator chose them).
+    fn hosts(&self) -> Vec<String> {
+        [&self.https, &self.http]
+            .into_iter()
+            .flatten()
+            .filter_map(|u| u.host_str().map(|h| h.to_ascii_lowercase()))
+            .collect()
+    }
+}
+
+/// How outbound calls leave the process: trusted roots, proxy, address policy.
+#[derive(Clone)]
+pub struct Outbound {
+    roots: Arc<rustls::RootCertStore>,
+    proxy: ProxyRules,
+    policy: Arc<AddressPolicy>,
+}
+
+impl std::fmt::Debug for Outbound {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Outbound({} roots, {:?})", self.roots.len(), self.proxy)
+    }
+}
+
+impl Outbound {
+    /// From the runtime config's `outbound` block; `env` reads `${VAR}` (in the proxy URL) and
+    /// `HTTPS_PROXY` / `HTTP_PROXY` / `NO_PROXY` when the config sets no proxy.
+    pub fn from_config(
+        cfg: &OutboundConfig,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Outbound, HttpError> {
+        let extra: Vec<&std::path::Path> = cfg.ca_file.iter().map(|p| p.as_path()).collect();
+        let roots = tls::root_store(&extra).map_err(|e| HttpError::Build(e.to_string()))?;
+        let parse_proxy = |raw: &str, what: &str| -> Result<reqwest::Url, HttpError> {
+            let url = reqwest::Url::parse(raw)
+                .map_err(|e| HttpError::Build(format!("{what}: not a valid proxy URL ({e})")))?;
+            if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
+                return Err(HttpError::Build(format!(
+                    "{what}: expected http://host:port"
+                )));
+            }
+            Ok(url)
+        };
+        let env_any = |names: &[&str]| names.iter().find_map(|n| env(n).filter(|v| !v.is_empty()));
+        let proxy = match &cfg.proxy {
+            Some(p) => {
+                let raw = resolve_vars(p, "outbound.proxy", env).map_err(HttpError::Build)?;
+                let u = parse_proxy(&raw, "outbound.proxy")?;
+                ProxyRules {
+                    https: Some(u.clone()),
+                    http: Some(u),
+                    no_proxy: NoProxy::default(),
+                }
+            }
+            None => ProxyRules {
+                https: env_any(&["HTTPS_PROXY", "https_proxy"])
+                    .map(|v| parse_proxy(&v, "HTTPS_PROXY"))
+                    .transpose()?,
+                http: env_any(&["HTTP_PROXY", "http_proxy"])
+                    .map(|v| parse_proxy(&v, "HTTP_PROXY"))
+                    .transpose()?,
+                no_proxy: NoProxy::default(),
+            },
+        };
+        let no_proxy = match &cfg.no_proxy {
+            Some(list) => NoProxy::parse(&list.join(",")),
+            None => NoProxy::parse(&env_any(&["NO_PROXY", "no_proxy"]).unwrap_or_default()),
+        };
+        let policy = AddressPolicy::new(&cfg.deny, cfg.allow.as_deref())
+            .map_err(|e| HttpError::Build(format!("outbound: {}", e.join("; "))))?;
+        Ok(Outbound {
+            roots: Arc::new(roots),
+            proxy: ProxyRules { no_proxy, ..proxy },
+            policy: Arc::new(policy),
+        })
+    }
+
+    /// The defaults: the system's roots, the environment's proxy, the built-in deny list.
+    pub fn from_env() -> Result<Outbound, HttpError> {
+        Outbound::from_config(&OutboundConfig::default(), &|n| std::env::var(n).ok())
+    }
+
+    /// The address policy in force.
+    pub fn policy(&self) -> &AddressPolicy {
+        &self.policy
+    }
+}
+
+/// Resolves names for reqwest and refuses any name that resolves to an address the policy
+/// denies (so a name that changes its answer between checks is caught where it connects).
+struct PolicyResolver {
+    policy: Arc<AddressPolicy>,
+    /// Proxy hosts: resolved without the policy.
+    exempt: Vec<String>,
+}
+
+impl reqwest::dns::Resolve for PolicyResolver {
+    fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
+        let host = name.as_str().to_ascii_lowercase();
+        let policy = self.policy.clone();
+        let exempt = self.exempt.contains(&host);
+        Box::pin(async move {
+            let addrs: Vec<SocketAddr> =
+                tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
+            if !exempt {
+                let ips: Vec<IpAddr> = addrs.iter().map(SocketAddr::ip).collect();
+                policy.check(&host, &ips)?;
+            }
+            Ok(Box::new(addrs.into_iter()) as reqwest::dns::Addrs)
+        })
+    }
+}
+
+/// One client for the whole process (and one more per client certificate in use).
 #[derive(Clone)]
 pub struct HttpClient {
     client: reqwest::Client,
+    outbound: Arc<Outbound>,
+    /// Clients presenting a client certificate, by identity.
+    by_identity: Arc<Mutex<HashMap<[u8; 32], reqwest::Client>>>,
 }
 
 impl HttpClient {
+    /// A client with the defaults ([`Outbound::from_env`]): for tools.
     pub fn new() -> Result<HttpClient, HttpError> {
+        HttpClient::with_outbound(Outbound::from_env()?)
+    }
+
+    /// A client for the runtime: the config's roots, proxy and address policy.
+    pub fn with_outbound(outbound: Outbound) -> Result<HttpClient, HttpError> {
         install_crypto();
-        let client = reqwest::Client::builder()
-            .user_agent(concat!("hms-sync/", env!("CARGO_PKG_VERSION")))
-            .connect_timeout(Duration::from_secs(5))
-            .pool_idle_timeout(Duration::from_secs(60))
-            .pool_max_idle_per_host(256)
-            .redirect(reqwest::redirect::Policy::none())
-            .build()
-            .map_err(|e| HttpError::Build(e.to_string()))?;
-        Ok(HttpClient { client })
+        let client = build_client(&outbound, None)?;
+        Ok(HttpClient {
+            client,
+            outbound: Arc::new(outbound),
+            by_identity: Arc::default(),
+        })
+    }
+
+    /// The same client, presenting `identity` to servers that ask for a client certificate
+    /// (one reqwest client per identity, built once).
+    pub fn with_identity(&self, identity: &ClientIdentity) -> Result<HttpClient, HttpError> {
+        let mut map = self
+            .by_identity
+            .lock()
+            .map_err(|_| HttpError::Build("client table poisoned".into()))?;
+        let client = match map.get(&identity.fingerprint) {
+            Some(c) => c.clone(),
+            None => {
+                let c = build_client(&self.outbound, Some(identity))?;
+                map.insert(identity.fingerprint, c.clone());
+                c
+            }
+        };
+        Ok(HttpClient {
+            client,
+            outbound: self.outbound.clone(),
+            by_identity: self.by_identity.clone(),
+        })
+    }
+
+    /// The outbound settings in force.
+    pub fn outbound(&self) -> &Outbound {
+        &self.outbound
     }
 
     /// Sends `req`; never fails: every failure is an [`Outcome`].
     pub async fn send(&self, req: Request, timeout: Duration) -> Answer {
         self.exchange(req, timeout).await.answer
     }
-
     /// Sends `req` and keeps the answer's headers and body (at most [`MAX_BODY`] bytes), for
     /// response checks, lookups and token endpoints. Never fails: every failure is an
     /// [`Outcome`].
@@ -71,10 +266,23 @@ impl HttpClient {
         base: Option<&UrlBase>,
         timeout: Duration,
     ) -> Exchange {
-        let builder = match base.and_then(|b| b.join(&req.url)) {
-            Some(url) => self.client.request(req.method, url),
-            None => self.client.request(req.method, &req.url),
+        let url = match base.and_then(|b| b.join(&req.url)) {
+            Some(url) => url,
+            None => match reqwest::Url::parse(&req.url) {
+                Ok(u) => u,
+                Err(e) => {
+                    return Exchange::failed(Answer {
+                        outcome: Outcome::Invalid(format!("the URL is not valid ({e})")),
+                        reason: "invalid URL".into(),
+                        body: String::new(),
+                    })
+                }
+            },
         };
+        if let Err(denied) = self.precheck(&url).await {
+            return Exchange::failed(refused(&denied));
+        }
+        let builder = self.client.request(req.method, url);
         let mut builder = builder.timeout(timeout);
         for (name, value) in req.headers {
             builder = builder.header(name, value);
@@ -128,7 +336,10 @@ impl HttpClient {
                 body: String::new(),
             }),
             Err(e) => {
-                let text = error_chain(&e);
+                if let Some(denied) = find_denied(&e) {
+                    return Exchange::failed(refused(denied));
+                }
+                let text = connect_error_text(&e);
                 Exchange::failed(Answer {
                     outcome: Outcome::Connect(text.clone()),
                     reason: text,
@@ -137,6 +348,91 @@ impl HttpClient {
             }
         }
     }
+
+    /// The policy checks that come before any connection: the host as written (an IP address
+    /// the policy refuses, a denied name) and, when the request goes through a proxy (which
+    /// resolves the name itself), the addresses the name resolves to here, when it does.
+    async fn precheck(&self, url: &reqwest::Url) -> Result<(), Denied> {
+        let Some(host) = url.host_str() else {
+            return Ok(());
+        };
+        let policy = &self.outbound.policy;
+        let is_ip = policy.check_host(host)?;
+        if is_ip || self.outbound.proxy.for_url(url).is_none() {
+            // Direct: the resolver checks every address at connect time.
+            return Ok(());
+        }
+        let lookup = tokio::net::lookup_host((host, 0));
+        if let Ok(Ok(addrs)) = tokio::time::timeout(Duration::from_secs(2), lookup).await {
+            let ips: Vec<IpAddr> = addrs.map(|a| a.ip()).collect();
+            if !ips.is_empty() {
+                policy.check(host, &ips)?;
+                return Ok(());
+            }
+        }
+        // Not resolvable here: the proxy resolves it. The name rules apply; an allow list
+        // passes it only by name (its networks cannot be checked without an address).
+        policy.check(host, &[])
+    }
+}
+
+/// A refused call: permanent (parked at once), no connection opened.
+fn refused(denied: &Denied) -> Answer {
+    Answer {
+        outcome: Outcome::Rejected {
+            reason: "address_policy",
+            transient: false,
+            message: denied.to_string(),
+        },
+        reason: denied.to_string(),
+        body: String::new(),
+    }
+}
+
+/// The policy's refusal somewhere in an error's chain (raised by the resolver).
+fn find_denied<'a>(e: &'a (dyn std::error::Error + 'static)) -> Option<&'a Denied> {
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(x) = cur {
+        if let Some(d) = x.downcast_ref::<Denied>() {
+            return Some(d);
+        }
+        cur = x.source();
+    }
+    None
+}
+
+/// Why a request got no answer: a TLS failure in plain words, else the error chain.
+fn connect_error_text(e: &reqwest::Error) -> String {
+    match tls::explain(e) {
+        Some(why) => why,
+        None => error_chain(e),
+    }
+}
+
+/// A reqwest client with `outbound`'s roots, proxy and resolver, presenting `identity`.
+fn build_client(
+    outbound: &Outbound,
+    identity: Option<&ClientIdentity>,
+) -> Result<reqwest::Client, HttpError> {
+    let tls = tls::client_config(outbound.roots.clone(), identity)
+        .map_err(|e| HttpError::Build(e.to_string()))?;
+    let rules = outbound.proxy.clone();
+    let exempt = rules.hosts();
+    let proxy = reqwest::Proxy::custom(move |url| rules.for_url(url).cloned());
+    reqwest::Client::builder()
+        .user_agent(concat!("hms-sync/", env!("CARGO_PKG_VERSION")))
+        .connect_timeout(Duration::from_secs(5))
+        .pool_idle_timeout(Duration::from_secs(60))
+        .pool_max_idle_per_host(256)
+        .redirect(reqwest::redirect::Policy::none())
+        .tls_backend_preconfigured(tls)
+        .proxy(proxy)
+        .dns_resolver(PolicyResolver {
+            policy: outbound.policy.clone(),
+            exempt,
+        })
+        .build()
+        .map_err(|e| HttpError::Build(e.to_string()))
 }
 
 /// A URL template's fixed `scheme://authority` part, parsed once.
@@ -253,7 +549,60 @@ impl HttpClient {
 
 #[cfg(test)]
 mod tests {
-    use super::UrlBase;
+    use super::{Outbound, UrlBase};
+    use crate::config::OutboundConfig;
+
+    #[test]
+    fn the_proxy_comes_from_the_config_else_from_the_environment() {
+        let url = |s: &str| reqwest::Url::parse(s).unwrap();
+        let env = |n: &str| match n {
+            "HTTPS_PROXY" => Some("http://env-proxy:3128".to_string()),
+            "http_proxy" => Some("http://plain-proxy:8080".to_string()),
+            "NO_PROXY" => Some("localhost,.agency.internal,10.0.0.0/8".to_string()),
+            "PROXY_PW" => Some("pw".to_string()),
+            _ => None,
+        };
+        let o = Outbound::from_config(&OutboundConfig::default(), &env).unwrap();
+        let via = |u: &str| {
+            o.proxy
+                .for_url(&url(u))
+                .map(|p| p.host_str().unwrap().to_string())
+        };
+        assert_eq!(
+            via("https://api.stripe.com/x").as_deref(),
+            Some("env-proxy")
+        );
+        assert_eq!(
+            via("http://api.stripe.com/x").as_deref(),
+            Some("plain-proxy")
+        );
+        assert_eq!(via("https://gis.agency.internal/x"), None);
+        assert_eq!(via("https://10.1.2.3/x"), None);
+        assert_eq!(via("http://localhost:7500/x"), None);
+        let cfg = OutboundConfig {
+            proxy: Some("http://hms:${PROXY_PW}@cfg-proxy:3128".into()),
+            no_proxy: Some(vec!["internal.example".into()]),
+            ..OutboundConfig::default()
+        };
+        let o = Outbound::from_config(&cfg, &env).unwrap();
+        let p = o.proxy.for_url(&url("https://api.stripe.com/x")).unwrap();
+        assert_eq!(
+            (p.host_str(), p.password()),
+            (Some("cfg-proxy"), Some("pw"))
+        );
+        assert!(!format!("{o:?}").contains("pw@"), "{o:?}");
+        assert!(o
+            .proxy
+            .for_url(&url("https://a.internal.example/x"))
+            .is_none());
+        // The environment's NO_PROXY does not apply once outbound.noProxy is set.
+        assert!(o.proxy.for_url(&url("https://localhost/x")).is_some());
+        let bad = OutboundConfig {
+            proxy: Some("not a url".into()),
+            ..OutboundConfig::default()
+        };
+        assert!(Outbound::from_config(&bad, &env).is_err());
+    }
 
     #[test]
     fn a_url_joined_on_its_parsed_base_equals_the_url_parsed_whole() {

@@ -16,9 +16,11 @@ pub mod cloudevents;
 pub mod config;
 pub mod filter;
 pub mod flood;
+pub mod limits;
 pub mod metrics;
 pub mod ordering;
 pub mod outcome;
+pub mod policy;
 pub mod ratelimit_headers;
 pub mod restart;
 pub mod schema;
@@ -26,7 +28,8 @@ pub mod signature;
 pub mod template;
 pub mod wire;
 
-// The connector model, and requests built from it.
+// The connector model, and requests built from it; the runtime config checked.
+pub mod config_check;
 pub mod connector;
 pub mod request;
 
@@ -36,6 +39,7 @@ pub mod http_client;
 pub mod logging;
 pub mod nats_server;
 pub mod sink;
+pub mod tls;
 
 // What the services and orchestration use.
 pub mod parked;

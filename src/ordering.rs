@@ -142,6 +142,14 @@ impl<T> Lanes<T> {
     pub fn held_count(&self) -> usize {
         self.lanes.values().map(|l| l.queue.len()).sum()
     }
+
+    /// Lanes whose head was scheduled again and has not come back yet.
+    pub fn retrying_count(&self) -> usize {
+        self.lanes
+            .values()
+            .filter(|l| l.running.is_none() && l.retrying.is_some())
+            .count()
+    }
 }
 
 #[cfg(test)]

@@ -101,6 +101,7 @@ impl ParkedJob {
 pub fn replay_headers(job: &ParkedJob, parked_id: u64) -> Vec<(String, String)> {
     let ours = [
         "Nats-Msg-Id",
+        crate::bus::PIN_HEADER,
         REPLAY_KEY_HEADER,
         ORIGINAL_SUBJECT_HEADER,
         REPLAY_OF_HEADER,

@@ -156,7 +156,20 @@ pub fn decode(entry: &KvEntry) -> Result<Deployment, EntryError> {
 /// and checks that the key is the connector's id.
 pub fn compile(d: &Deployment) -> Result<AnyConnector, EntryError> {
     let label = label(&d.key, d.revision);
-    let c = connector::parse(&label, &d.yaml)
+    // Files a deployed connector names (`map.schema`, `map.to.tls`) are relative to the file
+    // `deploy` read (its `source`); absolute paths stay as they are.
+    let source_dir = std::path::Path::new(&d.source)
+        .parent()
+        .map(std::path::Path::to_path_buf)
+        .unwrap_or_default();
+    let read = |p: &std::path::Path| {
+        let p = match p.strip_prefix(REGISTRY_BUCKET) {
+            Ok(rel) => source_dir.join(rel),
+            Err(_) => p.to_path_buf(),
+        };
+        std::fs::read_to_string(p)
+    };
+    let c = connector::parse_with(&label, &d.yaml, &read)
         .map_err(|p| EntryError::Invalid(p.to_string().trim_end().to_string()))?;
     if c.id() != d.key {
         return Err(EntryError::KeyMismatch {
@@ -197,6 +210,7 @@ pub fn consumer_spec(
         }
     }
     ConsumerSpec {
+        pinned: c.trigger.ordering_key.is_some(),
         name: c.consumer.clone(),
         start_from,
         description: c.id.clone(),

@@ -5,6 +5,7 @@ use serde_json::Value as Json;
 
 use crate::cloudevents;
 use crate::connector::{Connector, Format, Lookup, Sign};
+use crate::policy::HostPort;
 use crate::signature::{self, Scheme};
 use crate::template::{RenderError, Secrets};
 pub use crate::wire::Request;
@@ -19,6 +20,7 @@ pub fn build(
 ) -> Result<Request, RenderError> {
     let t = &c.target;
     let url = t.url.render_text(event, secrets)?;
+    check_allowed_host(&url, t.allow_hosts.as_deref(), "map.to.allowHosts")?;
     let mut headers = Vec::with_capacity(t.headers.len() + 2);
     for (name, tpl) in &t.headers {
         let value = tpl.render_text(event, secrets)?;
@@ -48,6 +50,38 @@ pub fn build(
         headers,
         body,
     })
+}
+
+/// A URL whose host comes from a template must name one of `allowed` (`None`: the host is
+/// written out in the connector). The message names the rule, not the host the event chose.
+fn check_allowed_host(
+    url: &str,
+    allowed: Option<&[HostPort]>,
+    key: &str,
+) -> Result<(), RenderError> {
+    let Some(allowed) = allowed else {
+        return Ok(());
+    };
+    let invalid = |reason: String| RenderError::Invalid {
+        path: "url".into(),
+        reason,
+    };
+    let parsed =
+        url::Url::parse(url).map_err(|_| invalid("the rendered URL is not valid".into()))?;
+    if !matches!(parsed.scheme(), "http" | "https") {
+        return Err(invalid("the rendered URL is not http(s)".into()));
+    }
+    let host = parsed.host_str().unwrap_or_default();
+    if allowed
+        .iter()
+        .any(|h| h.matches(host, parsed.port(), parsed.scheme()))
+    {
+        Ok(())
+    } else {
+        Err(invalid(format!(
+            "the host the template produced is not in {key}"
+        )))
+    }
 }
 
 fn header_value(name: &HeaderName, value: &str) -> Result<HeaderValue, RenderError> {
@@ -225,6 +259,7 @@ pub fn build_lookup(l: &Lookup, event: &Json, secrets: Secrets) -> Result<Reques
         url.push(if url.contains('?') { '&' } else { '?' });
         url.push_str(&q.finish());
     }
+    check_allowed_host(&url, l.allow_hosts.as_deref(), "lookup.allowHosts")?;
     let mut headers = Vec::with_capacity(l.headers.len());
     for (name, tpl) in &l.headers {
         let value = tpl.render_text(event, secrets)?;

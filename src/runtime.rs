@@ -21,7 +21,7 @@ use crate::bus::Bus;
 use crate::config::RuntimeConfig;
 use crate::connector::{self, AnyConnector};
 use crate::delivery::Deps;
-use crate::http_client::HttpClient;
+use crate::http_client::{HttpClient, Outbound};
 use crate::inbound::Webhooks;
 use crate::nats_server::{find_binary, EmbeddedServer};
 use crate::registry::{self, Change, Desired, Origin};
@@ -53,7 +53,11 @@ pub fn load_connectors(cfg: &RuntimeConfig) -> anyhow::Result<Vec<AnyConnector>>
         }
         Err(e) => return Err(e).with_context(|| format!("{}: cannot list", dir.display())),
     };
-    connector::load_files(&files).map_err(|p| anyhow::anyhow!("invalid connectors:\n{p}"))
+    let loaded =
+        connector::load_sources(&files).map_err(|p| anyhow::anyhow!("invalid connectors:\n{p}"))?;
+    connector::check_policy(&loaded, &crate::config_check::policy(cfg))
+        .map_err(|p| anyhow::anyhow!("invalid connectors:\n{p}"))?;
+    Ok(loaded.into_iter().map(|(c, _)| c).collect())
 }
 
 impl Runtime {
@@ -61,6 +65,8 @@ impl Runtime {
     pub async fn start(cfg: RuntimeConfig) -> anyhow::Result<Runtime> {
         let started_at = time::OffsetDateTime::now_utc() - std::time::Duration::from_secs(1);
         let prom = crate::metrics::install();
+        crate::config_check::check(&cfg)
+            .map_err(|p| anyhow::anyhow!("invalid runtime config:\n{p}"))?;
         let all = load_connectors(&cfg)?;
         let mut outbound = Vec::new();
         let mut inbound = Vec::new();
@@ -76,7 +82,12 @@ impl Runtime {
                 }
             }
         }
-        let url = cfg.nats.url.clone();
+        let env = |name: &str| std::env::var(name).ok();
+        let nats = cfg
+            .nats
+            .connect_options(&env)
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        let url = nats.shown();
         let mut embedded = None;
         if !Bus::reachable(&url).await {
             if cfg.nats.embedded {
@@ -86,8 +97,9 @@ impl Runtime {
                     bin.display(),
                     cfg.nats.server_config.display()
                 );
+                let first = nats.servers.first().cloned().unwrap_or_default();
                 embedded = Some(
-                    EmbeddedServer::start(&bin, &cfg.nats.server_config, &url)
+                    EmbeddedServer::start(&bin, &cfg.nats.server_config, &first)
                         .await
                         .map_err(|e| anyhow::anyhow!(e))?,
                 );
@@ -95,7 +107,7 @@ impl Runtime {
                 anyhow::bail!("nothing answers at {url} and nats.embedded is off");
             }
         }
-        let bus = Bus::connect(&url).await?;
+        let bus = Bus::connect_with(&nats).await?;
         let kv = bus.registry().await?;
         let snapshot = registry::snapshot(&kv).await?;
         let (connectors, folder, invalid, registry_inbound) = merge(outbound, snapshot.changes);
@@ -108,7 +120,9 @@ impl Runtime {
             .collect();
         topics.extend(inbound.iter().map(|c| c.publish.capture.clone()));
         bus.ensure_streams(&topics, &cfg.streams).await?;
-        let http = HttpClient::new().map_err(|e| anyhow::anyhow!(e))?;
+        let outbound =
+            Outbound::from_config(&cfg.outbound, &env).map_err(|e| anyhow::anyhow!(e))?;
+        let http = HttpClient::with_outbound(outbound).map_err(|e| anyhow::anyhow!(e))?;
         bus.ensure_audit_stream(std::time::Duration::from_secs(
             cfg.streams.duplicate_window_sec,
         ))

@@ -43,7 +43,11 @@ impl InputSchema {
             .iter_errors(event)
             .map(|e| {
                 let at = e.instance_path().to_string();
-                format!("{}: {e}", if at.is_empty() { "/" } else { &at })
+                format!(
+                    "{}: {}",
+                    if at.is_empty() { "/" } else { &at },
+                    rule(e.kind())
+                )
             })
             .collect();
         if errors.is_empty() {
@@ -51,6 +55,38 @@ impl InputSchema {
         } else {
             Err(Violations(errors))
         }
+    }
+}
+
+/// What rule a violation broke, without the event's value (jsonschema's own messages quote it).
+fn rule(kind: &jsonschema::error::ValidationErrorKind) -> String {
+    use jsonschema::error::{TypeKind, ValidationErrorKind as K};
+    match kind {
+        K::Type {
+            kind: TypeKind::Single(t),
+        } => format!("is not of type {t}"),
+        K::Type { .. } => "is not of an allowed type".into(),
+        K::Required { property } => match property.as_str() {
+            Some(p) => format!("`{p}` is required"),
+            None => "a required property is missing".into(),
+        },
+        K::Pattern { pattern } => format!("does not match the pattern `{pattern}`"),
+        K::Format { format } => format!("is not a valid {format}"),
+        K::Enum { .. } => "is not one of the allowed values (enum)".into(),
+        K::Constant { .. } => "is not the required value (const)".into(),
+        K::MinLength { limit } => format!("is shorter than {limit} characters"),
+        K::MaxLength { limit } => format!("is longer than {limit} characters"),
+        K::Minimum { limit } => format!("is less than {limit}"),
+        K::Maximum { limit } => format!("is more than {limit}"),
+        K::ExclusiveMinimum { limit } => format!("is not more than {limit}"),
+        K::ExclusiveMaximum { limit } => format!("is not less than {limit}"),
+        K::MinItems { limit } => format!("has fewer than {limit} items"),
+        K::MaxItems { limit } => format!("has more than {limit} items"),
+        K::AdditionalProperties { unexpected } => format!(
+            "has properties the schema does not allow: {}",
+            unexpected.join(", ")
+        ),
+        other => format!("does not match the schema (`{}`)", other.keyword()),
     }
 }
 

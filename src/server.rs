@@ -120,6 +120,11 @@ async fn readyz(State(state): State<AppState>) -> Response {
     if !state.bus.is_connected() {
         problems.push("NATS is not connected".to_string());
     }
+    // One listing of the consumers for all connectors (not one question each).
+    let consumers = bounded(state.bus.consumer_names()).await;
+    if consumers.is_none() {
+        problems.push("NATS did not list the consumers of HMS_EVENTS".to_string());
+    }
     for v in views(&state).await {
         if v.state == RunState::Invalid {
             // An invalid registry value runs nothing; it is reported in /api/connectors.
@@ -127,7 +132,7 @@ async fn readyz(State(state): State<AppState>) -> Response {
         }
         if v.state != RunState::Running {
             problems.push(format!("connector {} is {:?}", v.id, v.state));
-        } else if !state.bus.consumer_exists(&v.consumer).await {
+        } else if consumers.as_ref().is_some_and(|c| !c.contains(&v.consumer)) {
             problems.push(format!("consumer {} is missing", v.consumer));
         }
     }

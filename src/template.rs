@@ -388,9 +388,10 @@ fn render_expr(tpl: &upon::Template<'static>, event: &Json) -> Result<String, Re
     match (result, missing) {
         (Ok(s), _) => Ok(s),
         (Err(_), Some(path)) => Err(RenderError::Missing(path)),
-        (Err(e), None) => Err(RenderError::Invalid {
+        // upon's message may quote the value it could not use: say what failed, not the value.
+        (Err(_), None) => Err(RenderError::Invalid {
             path: tpl.source().to_string(),
-            reason: format!("{e}"),
+            reason: "cannot be rendered for this event (a value of another type than the template expects?)".into(),
         }),
     }
 }

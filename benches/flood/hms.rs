@@ -194,6 +194,7 @@ pub async fn run_hms(run: &Run<'_>, dir: &Path) -> Result<PhaseResult, String> {
         sc.busy + sc.idle
     );
     let mut idle = None;
+    let mut readyz = None;
     if sc.idle > 0 {
         // Settle, then the idle window: nothing is published.
         tokio::time::sleep(Duration::from_secs(2)).await;
@@ -214,6 +215,27 @@ pub async fn run_hms(run: &Run<'_>, dir: &Path) -> Result<PhaseResult, String> {
             (pid_cpu(nats.pid()) - n0) / w * 100.0,
             status_mb(hms.pid(), "VmRSS:"),
         ));
+        // How long /readyz takes with every connector idle (median and worst of 20).
+        let mut took = Vec::new();
+        for _ in 0..20 {
+            let t = Instant::now();
+            let ok = http
+                .get(&ready_url)
+                .send()
+                .await
+                .is_ok_and(|r| r.status().is_success());
+            if ok {
+                took.push(t.elapsed().as_secs_f64() * 1000.0);
+            }
+        }
+        took.sort_by(f64::total_cmp);
+        if let (Some(mid), Some(worst)) = (took.get(took.len() / 2), took.last()) {
+            eprintln!(
+                "   /readyz: median {mid:.1} ms, worst {worst:.1} ms of {}",
+                took.len()
+            );
+            readyz = Some((*mid, *worst));
+        }
     }
     let t0 = Instant::now();
     if !sc.backlog {
@@ -227,6 +249,7 @@ pub async fn run_hms(run: &Run<'_>, dir: &Path) -> Result<PhaseResult, String> {
     r.nats_cpu_s = pid_cpu(nats.pid()) - nats0;
     r.target_cpu_s = threads_cpu("fl-tgt") - tgt0;
     r.startup_s = Some(startup);
+    r.readyz_ms = readyz;
     if let Some((cpu_pct, nats_pct, rss)) = idle {
         r.idle_cpu_pct_of_core = Some(cpu_pct);
         r.idle_nats_cpu_pct_of_core = Some(nats_pct);

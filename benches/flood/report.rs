@@ -36,6 +36,8 @@ pub struct PhaseResult {
     pub idle_cpu_pct_of_core: Option<f64>,
     pub idle_nats_cpu_pct_of_core: Option<f64>,
     pub idle_rss_mb: Option<f64>,
+    /// `/readyz` with the idle connectors: (median, worst) ms.
+    pub readyz_ms: Option<(f64, f64)>,
     /// Lines hms-sync wrote to its log (stderr).
     pub log_lines: Option<u64>,
     /// events/s relative to the ceiling and to the naive loop of the same scenario.
@@ -166,6 +168,9 @@ pub fn print_table(rs: &[PhaseResult]) {
         let mut extra = Vec::new();
         if let Some(s) = r.startup_s {
             extra.push(format!("start-up {s:.2} s"));
+        }
+        if let Some((mid, worst)) = r.readyz_ms {
+            extra.push(format!("/readyz median {mid:.1} ms, worst {worst:.1} ms"));
         }
         if let Some(c) = r.idle_cpu_pct_of_core {
             extra.push(format!(

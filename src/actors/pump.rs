@@ -15,7 +15,9 @@ use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 
 use super::stall::StallWatch;
-use crate::bus::{covers, BusError, ConsumerSpec, Delivery, EventSource, REPLAY_PREFIX};
+use crate::bus::{
+    covers, BusError, BusErrorKind, ConsumerSpec, Delivery, EventSource, REPLAY_PREFIX,
+};
 use crate::config::DeliveryConfig;
 use crate::delivery::{Finished, InProcess, Pipeline};
 use crate::ordering::{Arrival, Lanes};
@@ -47,8 +49,11 @@ pub fn start(
     let task = tokio::spawn(run(
         source,
         pipeline.clone(),
-        delivery.max_in_flight.max(1),
-        delivery.ack_wait(),
+        Limits {
+            slots: delivery.max_in_flight.max(1),
+            ack_wait: delivery.ack_wait(),
+            pin_check: delivery.pin_timeout() / 4,
+        },
         stop_rx,
         on_end,
         watch,
@@ -56,17 +61,31 @@ pub fn start(
     Pump { stop, task }
 }
 
+/// The pump's numbers.
+struct Limits {
+    /// Deliveries at once.
+    slots: usize,
+    ack_wait: Duration,
+    /// How often a keyed connector checks that it still holds its consumer's pin.
+    pin_check: Duration,
+}
+
 /// The pump's loop (see the module note).
 async fn run(
     mut source: EventSource,
     pipeline: Arc<Pipeline>,
-    limit: usize,
-    ack_wait: Duration,
+    limits: Limits,
     mut stop: watch::Receiver<bool>,
     on_end: OnEnd,
     mut watch: StallWatch,
 ) -> Option<EventSource> {
+    let Limits {
+        slots: limit,
+        ack_wait,
+        pin_check: pin_check_every,
+    } = limits;
     let id = pipeline.connector.id.clone();
+    let spec_name = watch.consumer().to_string();
     let keyed = pipeline.connector.trigger.ordering_key.is_some();
     let mut tasks = JoinSet::new();
     let mut spawner = Spawner {
@@ -77,6 +96,11 @@ async fn run(
     };
     let (due_tx, mut due_rx) = mpsc::unbounded_channel::<()>();
     let mut lanes: Lanes<Delivery> = Lanes::new(ack_wait);
+    let mut takeover = Takeover::new(ack_wait);
+    let mut takeover_poll = tokio::time::interval(TAKEOVER_POLL);
+    let mut pin_check = tokio::time::interval(pin_check_every);
+    let mut reconnects = pipeline.bus.reconnects();
+    reconnects.mark_unchanged();
     let mut heartbeat = tokio::time::interval(keep_alive(ack_wait));
     let mut health = PullHealth::default();
     // A delivery slot taken before pulling: the next event may start at once.
@@ -108,12 +132,42 @@ async fn run(
                     spawner.waiting(&mut tasks, key, d);
                 }
             }
-            _ = heartbeat.tick(), if lanes.held_count() > 0 => {
-                for d in lanes.held() {
+            _ = heartbeat.tick(), if lanes.held_count() > 0 || !takeover.held.is_empty() => {
+                for d in lanes.held().chain(takeover.held.iter()) {
                     if let Err(e) = d.in_progress().await {
                         tracing::warn!("[{id}] {e}");
                     }
                 }
+            }
+            _ = pin_check.tick(), if keyed && takeover.pin.is_some() && busy(&pipeline, &lanes) => {
+                if takeover.lost(&pipeline, &spec_name).await {
+                    for d in lanes.drain().into_iter().chain(std::mem::take(&mut takeover.held)) {
+                        let _ = d.retry_after(Duration::ZERO).await;
+                    }
+                }
+            }
+            _ = takeover_poll.tick(), if takeover.waiting() => {
+                let ours = pipeline.stats().in_process.load(std::sync::atomic::Ordering::Relaxed)
+                    + (lanes.held_count() + lanes.retrying_count() + takeover.held.len()) as u64;
+                if takeover.settled(&pipeline, &spec_name, ours).await {
+                    let mut held = std::mem::take(&mut takeover.held);
+                    held.sort_by_key(|d| d.stream_sequence);
+                    for d in held {
+                        match ordering_key(&pipeline, &d) {
+                            None => spawner.waiting(&mut tasks, None, d),
+                            Some(key) => {
+                                let seq = d.stream_sequence;
+                                if let Arrival::Run(d) = lanes.arrive(&key, seq, d, Instant::now()) {
+                                    spawner.waiting(&mut tasks, Some(key), d);
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+            Ok(()) = reconnects.changed() => {
+                // The server may have dropped the pull requests while we were away.
+                watch.reopen(&mut source, "NATS reconnected").await;
             }
             _ = watch.tick.tick() => {
                 // Held events wait for their key's turn: not a stall.
@@ -131,13 +185,19 @@ async fn run(
                 watch.received = true;
                 match health.take(next, &id) {
                     Err(why) => break Some(why),
-                    Ok(None) => {}
-                    Ok(Some(d)) if !is_mine(&pipeline, &d) => {
+                    Ok(Pulled::Passing) => {}
+                    Ok(Pulled::Gone(why)) => watch.reopen(&mut source, &why).await,
+                    Ok(Pulled::Event(d)) if !is_mine(&pipeline, &d) => {
                         // The consumer's filter was changed for a new definition of this
                         // connector: leave the event to it.
                         let _ = d.retry_after(NOT_MINE_DELAY).await;
                     }
-                    Ok(Some(d)) => {
+                    Ok(Pulled::Event(d)) if keyed && (takeover.new_pin(&d) || takeover.waiting()) => {
+                        // Held until the earlier holder's events are back (see `Takeover`).
+                        takeover.held.push(*d);
+                    }
+                    Ok(Pulled::Event(d)) => {
+                        let d = *d;
                         let key = if keyed { ordering_key(&pipeline, &d) } else { None };
                         match key {
                             None => spawner.now(&mut tasks, slot.take(), None, d),
@@ -157,7 +217,7 @@ async fn run(
     // Drain: let what is in flight finish.
     finish_all(&mut tasks, &id).await;
     // Held events were never attempted: hand them back so JetStream offers them again at once.
-    for d in lanes.drain() {
+    for d in lanes.drain().into_iter().chain(takeover.held) {
         let _ = d.retry_after(Duration::ZERO).await;
     }
     match ended {
@@ -167,6 +227,107 @@ async fn run(
         }
         None => Some(source),
     }
+}
+
+/// A keyed connector's takeover: when this instance receives its events under a new pin
+/// (it just started, or another instance died), the events an earlier holder received and
+/// never settled come back only after their ack wait. Until they are back, nothing of the
+/// connector runs here: everything received is held, then fed to the lanes in stream order,
+/// so no key's later event overtakes an earlier one across the takeover.
+struct Takeover {
+    /// The pin this instance holds (from the `Nats-Pin-Id` of its deliveries).
+    pin: Option<String>,
+    /// Events held while a takeover waits.
+    held: Vec<Delivery>,
+    /// Waiting since, and for at most this long (a later retry of the earlier holder may be
+    /// due much later: past this, order across the takeover is best effort).
+    since: Option<Instant>,
+    limit: Duration,
+}
+
+/// How often a takeover asks the consumer whether the earlier holder's events are back.
+const TAKEOVER_POLL: Duration = Duration::from_millis(100);
+
+impl Takeover {
+    fn new(ack_wait: Duration) -> Takeover {
+        Takeover {
+            pin: None,
+            held: Vec::new(),
+            since: None,
+            limit: ack_wait * 2,
+        }
+    }
+
+    fn waiting(&self) -> bool {
+        self.since.is_some()
+    }
+
+    /// Whether `d` comes under a new pin (then a takeover starts).
+    fn new_pin(&mut self, d: &Delivery) -> bool {
+        let pin = d.header(crate::bus::PIN_HEADER);
+        if pin.is_some() && pin != self.pin {
+            self.pin = pin;
+            self.since.get_or_insert_with(Instant::now);
+            return true;
+        }
+        false
+    }
+
+    /// Whether another instance holds the pin now: this one stopped pulling long enough for
+    /// the server to move it (a pause, a slow machine). Then this instance hands back what it
+    /// holds and starts nothing more, so that two instances never work on one key at once.
+    async fn lost(&mut self, pipeline: &Pipeline, spec_name: &str) -> bool {
+        let Some(ours) = &self.pin else {
+            return false;
+        };
+        let Ok(stats) = pipeline.bus.consumer_stats(spec_name).await else {
+            return false;
+        };
+        if stats.pin_id.as_ref().is_some_and(|p| p != ours) {
+            tracing::info!(
+                "[{}] another instance holds the pin of {spec_name} now: handing back what waits here",
+                pipeline.connector.id
+            );
+            self.pin = None;
+            self.since = None;
+            return true;
+        }
+        false
+    }
+
+    /// Ends the takeover when every unacknowledged event of the consumer is this instance's
+    /// (`ours`: held, running, or waiting here), or when it waited too long.
+    async fn settled(&mut self, pipeline: &Pipeline, spec_name: &str, ours: u64) -> bool {
+        let Some(since) = self.since else {
+            return false;
+        };
+        let back = match pipeline.bus.consumer_stats(spec_name).await {
+            Ok(stats) => stats.ack_pending <= ours,
+            Err(_) => false,
+        };
+        if !back && since.elapsed() < self.limit {
+            return false;
+        }
+        if !back {
+            tracing::warn!(
+                "[{}] events an earlier instance received did not come back within {} ms; continuing (their keys' order is best effort)",
+                pipeline.connector.id,
+                self.limit.as_millis()
+            );
+        }
+        self.since = None;
+        true
+    }
+}
+
+/// Whether anything of the connector runs or waits here (an idle one need not check its pin).
+fn busy(pipeline: &Pipeline, lanes: &Lanes<Delivery>) -> bool {
+    lanes.held_count() > 0
+        || pipeline
+            .stats()
+            .in_process
+            .load(std::sync::atomic::Ordering::Relaxed)
+            > 0
 }
 
 /// How often waiting events tell JetStream they are still being worked on.
@@ -263,6 +424,15 @@ fn ordering_key(pipeline: &Pipeline, d: &Delivery) -> Option<String> {
     template.render_text(&event, Secrets::Masked).ok()
 }
 
+/// What one pull brought.
+enum Pulled {
+    Event(Box<Delivery>),
+    /// A passing error (logged).
+    Passing,
+    /// The pull is gone (its heartbeats stopped): re-create it now.
+    Gone(String),
+}
+
 /// Counts pull errors in a row: the pump gives up (and the actor restarts) after ten.
 #[derive(Default)]
 struct PullHealth {
@@ -270,26 +440,29 @@ struct PullHealth {
 }
 
 impl PullHealth {
-    /// `Ok(Some)` a delivery, `Ok(None)` a passing error (logged), `Err` why the pump stops.
+    /// What the pull brought, or why the pump stops.
     fn take(
         &mut self,
         item: Option<Result<Delivery, BusError>>,
         id: &str,
-    ) -> Result<Option<Delivery>, String> {
+    ) -> Result<Pulled, String> {
         match item {
             None => Err("the consumer's subscription ended".to_string()),
+            Some(Err(e)) if e.kind == BusErrorKind::MissedHeartbeat => Ok(Pulled::Gone(
+                "its pull request's idle heartbeats stopped".into(),
+            )),
             Some(Err(e)) => {
                 self.errors_in_a_row += 1;
                 tracing::warn!("[{id}] {e}");
                 if self.errors_in_a_row >= 10 {
                     Err(format!("10 pull errors in a row, last: {e}"))
                 } else {
-                    Ok(None)
+                    Ok(Pulled::Passing)
                 }
             }
             Some(Ok(d)) => {
                 self.errors_in_a_row = 0;
-                Ok(Some(d))
+                Ok(Pulled::Event(Box::new(d)))
             }
         }
     }

@@ -12,10 +12,15 @@ use crate::delivery::Pipeline;
 
 /// Whether a pull looks stalled: nothing arrived since the last check, nothing is in process
 /// here, and yet the consumer holds work (pending, or delivered and unacknowledged) and is not
-/// paused. Unacknowledged work may also be a retry scheduled for later or another instance's:
-/// re-opening the subscription is harmless then.
+/// paused, and no other instance holds its pin (a keyed connector runs on one instance at a
+/// time; the others wait on standby). Unacknowledged work may also be a retry scheduled for
+/// later or another instance's: re-opening the subscription is harmless then.
 pub fn looks_stalled(received: bool, in_process: u64, stats: &ConsumerStats) -> bool {
-    !received && in_process == 0 && !stats.paused && (stats.pending > 0 || stats.ack_pending > 0)
+    !received
+        && in_process == 0
+        && !stats.paused
+        && !stats.pinned
+        && (stats.pending > 0 || stats.ack_pending > 0)
 }
 
 /// See the module note.
@@ -40,6 +45,11 @@ impl StallWatch {
             tick,
             received: false,
         }
+    }
+
+    /// The durable consumer's name.
+    pub fn consumer(&self) -> &str {
+        &self.spec.name
     }
 
     /// Swaps `source` for a fresh subscription when it looks stalled, handing back what the
@@ -71,14 +81,31 @@ impl StallWatch {
         if !looks_stalled(received, in_process, &stats) {
             return None;
         }
-        let id = &self.pipeline.connector.id;
-        tracing::warn!(
-            "[{id}] nothing arrived for {} s while consumer {} holds {} pending and {} unacknowledged events: re-opening its pull subscription",
+        let why = format!(
+            "nothing arrived for {} s while consumer {} holds {} pending and {} unacknowledged events",
             self.delivery.stall_check().as_secs(),
             self.spec.name,
             stats.pending,
             stats.ack_pending
         );
+        self.fresh(&why).await
+    }
+
+    /// Re-creates the pull subscription now (its heartbeats stopped: the server restarted, went
+    /// into lame-duck mode, or the stream's leader moved), handing back what the old one
+    /// buffered. Keeps the old one when NATS cannot be asked now (the next missed heartbeat
+    /// tries again).
+    pub async fn reopen(&mut self, source: &mut EventSource, why: &str) {
+        if let Some(fresh) = self.fresh(why).await {
+            let mut old = std::mem::replace(source, fresh);
+            release_buffered(&mut old).await;
+        }
+    }
+
+    /// A new pull subscription on the same consumer, counted in `sync_pull_reopened_total`.
+    async fn fresh(&self, why: &str) -> Option<EventSource> {
+        let id = &self.pipeline.connector.id;
+        tracing::warn!("[{id}] {why}: re-opening its pull subscription");
         metrics::counter!(crate::metrics::PULL_REOPENED_TOTAL, "connector" => id.clone())
             .increment(1);
         match self
@@ -125,6 +152,15 @@ mod tests {
             (false, 0, stats(0, 0, false), false),
             (false, 0, stats(5, 3, true), false),
         ];
+        let pinned = ConsumerStats {
+            pending: 5,
+            pinned: true,
+            ..Default::default()
+        };
+        assert!(
+            !looks_stalled(false, 0, &pinned),
+            "another instance holds the pin"
+        );
         for (received, in_process, s, want) in cases {
             assert_eq!(
                 looks_stalled(received, in_process, &s),

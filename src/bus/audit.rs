@@ -31,16 +31,24 @@ impl AuditEntry {
 impl Bus {
     /// Creates `HMS_AUDIT` (subjects `external.sync.>`, file storage) when missing.
     pub async fn ensure_audit_stream(&self, duplicate_window: Duration) -> Result<(), BusError> {
+        let wanted = stream::Config {
+            name: AUDIT_STREAM.into(),
+            description: Some("hms-sync: hash-chained audit trail of every attempt".into()),
+            subjects: vec!["external.sync.>".into()],
+            storage: stream::StorageType::File,
+            retention: stream::RetentionPolicy::Limits,
+            duplicate_window,
+            num_replicas: self.replicas,
+            ..Default::default()
+        };
+        if let Ok(mut s) = self.js.get_stream(AUDIT_STREAM).await {
+            if let Ok(info) = s.info().await {
+                super::warn_differences(&info.config, &wanted);
+            }
+            return Ok(());
+        }
         self.js
-            .get_or_create_stream(stream::Config {
-                name: AUDIT_STREAM.into(),
-                description: Some("hms-sync: hash-chained audit trail of every attempt".into()),
-                subjects: vec!["external.sync.>".into()],
-                storage: stream::StorageType::File,
-                retention: stream::RetentionPolicy::Limits,
-                duplicate_window,
-                ..Default::default()
-            })
+            .get_or_create_stream(wanted)
             .await
             .map_err(|e| err("create stream HMS_AUDIT")(e.to_string()))?;
         Ok(())

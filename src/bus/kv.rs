@@ -74,6 +74,19 @@ impl Bus {
     /// key) when it does not exist.
     pub async fn registry(&self) -> Result<Registry, BusError> {
         if let Ok(store) = self.js.get_key_value(REGISTRY_BUCKET).await {
+            let mut stream = store.stream.clone();
+            if let Ok(info) = stream.info().await {
+                let replicas = info.config.num_replicas.max(1);
+                if replicas != self.replicas.max(1) {
+                    super::warn_differences(
+                        &info.config,
+                        &async_nats::jetstream::stream::Config {
+                            num_replicas: self.replicas,
+                            ..info.config.clone()
+                        },
+                    );
+                }
+            }
             return Ok(Registry { store });
         }
         let store = self
@@ -83,6 +96,7 @@ impl Bus {
                 description: "hms-sync: deployed connectors (hms-sync deploy)".into(),
                 history: REGISTRY_HISTORY,
                 storage: async_nats::jetstream::stream::StorageType::File,
+                num_replicas: self.replicas,
                 ..Default::default()
             })
             .await

@@ -5,6 +5,7 @@
 //! [`Delivery`] values and tell them how to end (ack, retry later, park).
 
 use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::jetstream::{self, consumer, stream, AckKind};
@@ -16,11 +17,13 @@ use crate::config::{DeliveryConfig, StreamsConfig};
 
 pub mod audit;
 pub use audit::AuditEntry;
+pub mod connect;
 pub mod parked;
 pub mod status;
 pub use parked::{StoredJob, ORIGINAL_SUBJECT_HEADER, REPLAY_OF_HEADER, REPLAY_PREFIX};
 pub mod flood;
 pub mod kv;
+pub mod limits;
 
 pub const EVENTS_STREAM: &str = "HMS_EVENTS";
 pub const PARKED_STREAM: &str = "HMS_SYNC_PARKED";
@@ -42,6 +45,9 @@ pub enum BusErrorKind {
     LimitReached,
     /// The server refused our credentials or our permissions.
     Authorization,
+    /// A pull request's idle heartbeats stopped coming (twice in a row): the pull is gone
+    /// (server restart, lame-duck shutdown, leader change) and must be re-created.
+    MissedHeartbeat,
     /// Anything else.
     Other,
 }
@@ -114,6 +120,12 @@ pub(crate) fn err(context: impl Into<String>) -> impl FnOnce(String) -> BusError
 pub struct Bus {
     pub(crate) client: async_nats::Client,
     pub(crate) js: jetstream::Context,
+    /// Replicas of the streams and the bucket this process creates (`nats.replicas`).
+    pub(crate) replicas: usize,
+    /// Keeps the client the event callback reaches weakly (see [`Bus::connect_with`]).
+    pub(crate) _own: Arc<std::sync::OnceLock<async_nats::Client>>,
+    /// How many times the connection was re-established.
+    pub(crate) reconnects: tokio::sync::watch::Receiver<u64>,
 }
 
 /// What a connector needs to own its durable consumer.
@@ -125,61 +137,32 @@ pub struct ConsumerSpec {
     pub description: String,
     pub topic: String,
     pub metadata: HashMap<String, String>,
+    /// Events of the connector are ordered by key: one instance at a time receives them (the
+    /// consumer's pinned-client priority group, [`PIN_GROUP`]).
+    pub pinned: bool,
 }
 
+/// The priority group every instance pulls a pinned (keyed) connector's consumer in.
+pub const PIN_GROUP: &str = "hms-sync";
+/// The header nats-server adds to a delivery for the client holding the pin.
+pub const PIN_HEADER: &str = "Nats-Pin-Id";
+
 impl Bus {
-    /// Connects (retrying in the background after the first success).
+    /// Connects to `url` (a comma-separated list of seed URLs) without credentials or TLS
+    /// settings; see [`Bus::connect_with`].
     pub async fn connect(url: &str) -> Result<Bus, BusError> {
-        let client = async_nats::ConnectOptions::new()
-            .name("hms-sync")
-            .retry_on_initial_connect()
-            .connection_timeout(Duration::from_secs(2))
-            .event_callback(|event| async move {
-                match event {
-                    async_nats::Event::Connected => tracing::info!("NATS: connected"),
-                    other => tracing::warn!("NATS: {other}"),
-                }
-            })
-            .connect(url)
-            .await
-            .map_err(|e| err(format!("connect {url}"))(e.to_string()))?;
-        // retry_on_initial_connect returns at once: wait for the first connection.
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-        while client.connection_state() != async_nats::connection::State::Connected {
-            if tokio::time::Instant::now() > deadline {
-                return Err(BusError {
-                    kind: BusErrorKind::NotConnected,
-                    context: format!("connect {url}"),
-                    message: "no answer within 5 s".into(),
-                });
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        let js = jetstream::new(client.clone());
-        Ok(Bus { client, js })
+        Bus::connect_with(&crate::config::NatsConnect::plain(url)).await
     }
 
-    /// Whether something answers at `url` right now (one quick try, no retries).
-    pub async fn reachable(url: &str) -> bool {
-        let addr = url
-            .split("://")
-            .last()
-            .unwrap_or(url)
-            .split(',')
-            .next()
-            .unwrap_or_default()
-            .rsplit('@')
-            .next()
-            .unwrap_or_default()
-            .to_string();
-        matches!(
-            tokio::time::timeout(
-                Duration::from_millis(500),
-                tokio::net::TcpStream::connect(addr)
-            )
-            .await,
-            Ok(Ok(_))
-        )
+    /// Replicas of what this process creates (`nats.replicas`).
+    pub fn replicas(&self) -> usize {
+        self.replicas
+    }
+
+    /// Changes whenever the connection to NATS is re-established (a server restarted, went
+    /// into lame-duck mode, or the network came back).
+    pub fn reconnects(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.reconnects.clone()
     }
 
     pub fn is_connected(&self) -> bool {
@@ -195,61 +178,80 @@ impl Bus {
     ) -> Result<(), BusError> {
         let mut wanted: BTreeSet<String> = topics.iter().cloned().collect();
         wanted.insert(format!("{REPLAY_PREFIX}>"));
+        let events_wanted = stream::Config {
+            name: EVENTS_STREAM.into(),
+            description: Some("hms-sync: events that outbound connectors deliver".into()),
+            storage: stream::StorageType::File,
+            retention: stream::RetentionPolicy::Limits,
+            max_age: Duration::from_secs(cfg.events_max_age_hours * 3600),
+            duplicate_window: Duration::from_secs(cfg.duplicate_window_sec),
+            num_replicas: self.replicas,
+            max_consumers: cfg.max_consumers,
+            ..Default::default()
+        };
         match self.js.get_stream(EVENTS_STREAM).await {
             Ok(mut s) => {
                 let info = s
                     .info()
                     .await
                     .map_err(|e| err("stream info HMS_EVENTS")(e.to_string()))?;
+                warn_differences(&info.config, &events_wanted);
                 let mut config = info.config.clone();
                 let mut all: BTreeSet<String> = config.subjects.iter().cloned().collect();
                 all.extend(wanted);
                 let subjects = minimal_cover(&all);
-                if subjects != config.subjects {
+                let limit_differs = config.max_consumers != cfg.max_consumers;
+                if subjects != config.subjects || limit_differs {
+                    if limit_differs {
+                        tracing::info!(
+                            "HMS_EVENTS: max_consumers {} -> {}",
+                            config.max_consumers,
+                            cfg.max_consumers
+                        );
+                    }
                     config.subjects = subjects;
+                    config.max_consumers = cfg.max_consumers;
                     self.js
                         .update_stream(config)
                         .await
-                        .map_err(|e| err("update stream HMS_EVENTS subjects")(e.to_string()))?;
+                        .map_err(|e| err("update stream HMS_EVENTS")(e.to_string()))?;
                 }
             }
             Err(_) => {
                 let subjects = minimal_cover(&wanted);
                 self.js
                     .get_or_create_stream(stream::Config {
-                        name: EVENTS_STREAM.into(),
-                        description: Some(
-                            "hms-sync: events that outbound connectors deliver".into(),
-                        ),
                         subjects,
-                        storage: stream::StorageType::File,
-                        retention: stream::RetentionPolicy::Limits,
-                        max_age: Duration::from_secs(cfg.events_max_age_hours * 3600),
-                        duplicate_window: Duration::from_secs(cfg.duplicate_window_sec),
-                        ..Default::default()
+                        ..events_wanted
                     })
                     .await
                     .map_err(|e| err("create stream HMS_EVENTS")(e.to_string()))?;
             }
         }
         let parked_subjects = vec!["sync.parked.>".to_string(), "sync.resolved.>".to_string()];
+        let parked_wanted = stream::Config {
+            name: PARKED_STREAM.into(),
+            description: Some("hms-sync: parked jobs waiting for human review".into()),
+            subjects: parked_subjects.clone(),
+            storage: stream::StorageType::File,
+            retention: stream::RetentionPolicy::Limits,
+            duplicate_window: Duration::from_secs(cfg.duplicate_window_sec),
+            num_replicas: self.replicas,
+            ..Default::default()
+        };
+        let existed = self.js.get_stream(PARKED_STREAM).await.is_ok();
         let mut parked = self
             .js
-            .get_or_create_stream(stream::Config {
-                name: PARKED_STREAM.into(),
-                description: Some("hms-sync: parked jobs waiting for human review".into()),
-                subjects: parked_subjects.clone(),
-                storage: stream::StorageType::File,
-                retention: stream::RetentionPolicy::Limits,
-                duplicate_window: Duration::from_secs(cfg.duplicate_window_sec),
-                ..Default::default()
-            })
+            .get_or_create_stream(parked_wanted.clone())
             .await
             .map_err(|e| err("create stream HMS_SYNC_PARKED")(e.to_string()))?;
         let info = parked
             .info()
             .await
             .map_err(|e| err("stream info HMS_SYNC_PARKED")(e.to_string()))?;
+        if existed {
+            warn_differences(&info.config, &parked_wanted);
+        }
         if info.config.subjects != parked_subjects {
             let mut config = info.config.clone();
             config.subjects = parked_subjects;
@@ -269,11 +271,15 @@ impl Bus {
         delivery: &DeliveryConfig,
     ) -> Result<EventSource, BusError> {
         let consumer = self.ensure_consumer(spec, delivery).await?;
-        let messages = consumer
+        let mut pull = consumer
             .stream()
             .max_messages_per_batch(delivery.pull_batch.max(1))
-            .heartbeat(Duration::from_secs(5))
-            .expires(Duration::from_secs(30))
+            .heartbeat(delivery.heartbeat(spec.pinned))
+            .expires(delivery.pull_expires(spec.pinned));
+        if spec.pinned {
+            pull = pull.group(PIN_GROUP);
+        }
+        let messages = pull
             .messages()
             .await
             .map_err(|x| err(format!("consumer {}", spec.name))(x.to_string()))?;
@@ -322,6 +328,21 @@ impl Bus {
             max_deliver: -1,
             max_ack_pending: delivery.max_ack_pending,
             metadata: spec.metadata.clone(),
+            priority_policy: if spec.pinned {
+                consumer::PriorityPolicy::PinnedClient
+            } else {
+                consumer::PriorityPolicy::None
+            },
+            priority_groups: if spec.pinned {
+                vec![PIN_GROUP.to_string()]
+            } else {
+                vec![]
+            },
+            priority_timeout: if spec.pinned {
+                delivery.pin_timeout()
+            } else {
+                Duration::ZERO
+            },
             ..Default::default()
         };
         stream
@@ -384,6 +405,14 @@ impl Bus {
             redelivered: info.num_redelivered as u64,
             description: info.config.description.clone().unwrap_or_default(),
             paused: info.paused,
+            pinned: info
+                .priority_groups
+                .iter()
+                .any(|g| g.pinned_client_id.is_some()),
+            pin_id: info
+                .priority_groups
+                .iter()
+                .find_map(|g| g.pinned_client_id.clone()),
         })
     }
 
@@ -393,6 +422,21 @@ impl Bus {
             Ok(s) => s.consumer_info(name).await.is_ok(),
             Err(_) => false,
         }
+    }
+
+    /// The names of every consumer of `HMS_EVENTS` (one request per 1,024 names).
+    pub async fn consumer_names(&self) -> Result<std::collections::HashSet<String>, BusError> {
+        use futures::TryStreamExt;
+        let stream = self
+            .js
+            .get_stream(EVENTS_STREAM)
+            .await
+            .map_err(|e| err("stream HMS_EVENTS")(e.to_string()))?;
+        stream
+            .consumer_names()
+            .try_collect()
+            .await
+            .map_err(|e| err("consumer names of HMS_EVENTS")(e.to_string()))
     }
 
     /// Stores a parked job durably (JetStream ack awaited). Returns its stream sequence.
@@ -535,6 +579,71 @@ pub struct ConsumerStats {
     /// Paused by an operator (nothing is delivered until it resumes).
     #[serde(skip)]
     pub paused: bool,
+    /// A client holds the pin of its priority group (keyed connectors: that instance receives
+    /// the events, the others wait on standby).
+    #[serde(skip)]
+    pub pinned: bool,
+    /// The `Nats-Pin-Id` of the client holding the pin, if any.
+    #[serde(skip)]
+    pub pin_id: Option<String>,
+}
+
+/// What differs between an existing stream's settings and those hms-sync would create it
+/// with (replicas, storage, retention, age limit, duplicate window): empty when nothing does.
+pub fn stream_differences(have: &stream::Config, want: &stream::Config) -> Vec<String> {
+    let mut out = Vec::new();
+    if have.num_replicas.max(1) != want.num_replicas.max(1) {
+        out.push(format!(
+            "replicas {} (nats.replicas: {})",
+            have.num_replicas.max(1),
+            want.num_replicas.max(1)
+        ));
+    }
+    if have.storage != want.storage {
+        out.push(format!(
+            "storage {:?} (hms-sync creates {:?})",
+            have.storage, want.storage
+        ));
+    }
+    if have.retention != want.retention {
+        out.push(format!(
+            "retention {:?} (hms-sync creates {:?})",
+            have.retention, want.retention
+        ));
+    }
+    if have.max_age != want.max_age {
+        out.push(format!(
+            "max age {} s (hms-sync creates {} s)",
+            have.max_age.as_secs(),
+            want.max_age.as_secs()
+        ));
+    }
+    if have.duplicate_window != want.duplicate_window {
+        out.push(format!(
+            "duplicate window {} s (hms-sync creates {} s)",
+            have.duplicate_window.as_secs(),
+            want.duplicate_window.as_secs()
+        ));
+    }
+    out
+}
+
+/// One warning line when an existing stream's settings differ from what hms-sync would
+/// create: the stream is left as it is.
+pub(crate) fn warn_differences(have: &stream::Config, want: &stream::Config) {
+    static WARNED: std::sync::Mutex<BTreeSet<String>> = std::sync::Mutex::new(BTreeSet::new());
+    let diff = stream_differences(have, want);
+    let first = WARNED
+        .lock()
+        .map(|mut w| w.insert(have.name.clone()))
+        .unwrap_or(true);
+    if !diff.is_empty() && first {
+        tracing::warn!(
+            "stream {} exists with other settings, left as it is: {}",
+            have.name,
+            diff.join(", ")
+        );
+    }
 }
 
 /// Subjects with every subject covered by a wildcard of another removed.
@@ -575,8 +684,15 @@ impl EventSource {
     pub async fn next(&mut self) -> Option<Result<Delivery, BusError>> {
         let item = self.messages.next().await?;
         Some(
-            item.map_err(|e| err("pull")(e.to_string()))
-                .and_then(Delivery::new),
+            item.map_err(|e| {
+                let missed = e.kind() == consumer::pull::MessagesErrorKind::MissingHeartbeat;
+                let mut e = err("pull")(e.to_string());
+                if missed {
+                    e.kind = BusErrorKind::MissedHeartbeat;
+                }
+                e
+            })
+            .and_then(Delivery::new),
         )
     }
 }

@@ -40,6 +40,11 @@ impl Bus {
                     redelivered: info.num_redelivered as u64,
                     description: info.config.description.clone().unwrap_or_default(),
                     paused: info.paused,
+                    pinned: info
+                        .priority_groups
+                        .iter()
+                        .any(|g| g.pinned_client_id.is_some()),
+                    pin_id: None,
                 },
             })
             .collect();

@@ -2,7 +2,7 @@
 //! start the embedded nats-server.
 
 use crate::bus::Bus;
-use crate::config::RuntimeConfig;
+use crate::config::{NatsConnect, RuntimeConfig};
 use crate::nats_server::{find_binary, EmbeddedServer};
 
 /// A connection for one command, with the embedded server it started (if any).
@@ -11,32 +11,42 @@ pub struct Conn {
     embedded: Option<EmbeddedServer>,
 }
 
-/// Connects to `nats.url`. When nothing answers there and `nats.embedded` is on (the default
-/// config), starts nats-server from `nats.serverConfig` for the duration of the command, so that
-/// `deploy` then `up` work on a fresh machine (both use the same store). Otherwise the error
-/// names the URL.
+/// Connects to `nats.url` (its seed URLs, with the configured credentials and TLS). When nothing
+/// answers at any of them and `nats.embedded` is on (the default config), starts nats-server
+/// from `nats.serverConfig` for the duration of the command, so that `deploy` then `up` work on
+/// a fresh machine (both use the same store). Otherwise the error names the servers (never a
+/// secret).
 pub async fn connect(cfg: &RuntimeConfig) -> anyhow::Result<Conn> {
-    let url = &cfg.nats.url;
+    let opts = nats_options(cfg)?;
+    let shown = opts.shown();
     let mut embedded = None;
-    if !Bus::reachable(url).await {
+    if !Bus::reachable(&shown).await {
         if !cfg.nats.embedded {
             anyhow::bail!(
-                "nothing answers at {url}: start NATS there, or pass --nats-url URL (or NATS_URL)"
+                "nothing answers at {shown}: start NATS there, or pass --nats-url URL (or NATS_URL)"
             );
         }
         let bin = find_binary(cfg.nats.server_bin.as_deref(), &cfg.nats.server_config);
         eprintln!(
-            "nothing answers at {url}: starting the embedded nats-server ({}) for this command",
+            "nothing answers at {shown}: starting the embedded nats-server ({}) for this command",
             cfg.nats.server_config.display()
         );
+        let first = opts.servers.first().cloned().unwrap_or_default();
         embedded = Some(
-            EmbeddedServer::start(&bin, &cfg.nats.server_config, url)
+            EmbeddedServer::start(&bin, &cfg.nats.server_config, &first)
                 .await
-                .map_err(|e| anyhow::anyhow!("{e} (nothing answers at {url})"))?,
+                .map_err(|e| anyhow::anyhow!("{e} (nothing answers at {shown})"))?,
         );
     }
-    let bus = Bus::connect(url).await?;
+    let bus = Bus::connect_with(&opts).await?;
     Ok(Conn { bus, embedded })
+}
+
+/// The runtime config's NATS options with `${VAR}` resolved from the environment now.
+pub fn nats_options(cfg: &RuntimeConfig) -> anyhow::Result<NatsConnect> {
+    cfg.nats
+        .connect_options(&|name| std::env::var(name).ok())
+        .map_err(|e| anyhow::anyhow!("{e}"))
 }
 
 impl Conn {

@@ -20,7 +20,20 @@ pub struct Args {
 
 pub async fn exec(cli: &Cli, args: &Args) -> anyhow::Result<ExitCode> {
     let cfg = cli.runtime_config()?;
-    let sources = match connector::load_sources(&args.files) {
+    if let Err(problems) = crate::config_check::check(&cfg) {
+        for p in &problems.0 {
+            eprintln!("{p}");
+        }
+        eprintln!(
+            "{} problem(s) in the runtime config; nothing deployed",
+            problems.0.len()
+        );
+        return Ok(ExitCode::from(2));
+    }
+    let policy = crate::config_check::policy(&cfg);
+    let sources = match connector::load_sources(&args.files)
+        .and_then(|cs| connector::check_policy(&cs, &policy).map(|()| cs))
+    {
         Ok(v) => v,
         Err(problems) => {
             for p in &problems.0 {

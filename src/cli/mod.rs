@@ -58,7 +58,8 @@ pub enum Command {
     /// Offline: print the HTTP request a connector would send for an event (file or stdin).
     /// Sends nothing. Exit 0 printed, 1 filtered out, 2 invalid input.
     Test(test::Args),
-    /// Check connector files; errors as file:line:col: message. Exit 0 valid, 2 invalid.
+    /// Check connector files, and with --config the runtime config; errors as
+    /// file:line:col: message. Exit 0 valid, 2 invalid.
     Validate(validate::Args),
     /// Publish an event on a subject, like `nats pub`.
     Publish(publish::Args),
@@ -109,7 +110,7 @@ pub fn main() -> ExitCode {
     crate::logging::init(&cli.log_format);
     match &cli.command {
         Command::Test(a) => test::exec(a),
-        Command::Validate(a) => validate::exec(a),
+        Command::Validate(a) => validate::exec(&cli, a),
         Command::Up(a) => block_on(up::exec(&cli, a)),
         Command::Publish(a) => block_on(publish::exec(&cli, a)),
         Command::Schema(a) => schema::exec(a),

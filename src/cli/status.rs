@@ -56,12 +56,13 @@ pub async fn exec(cli: &Cli, args: &Args) -> anyhow::Result<ExitCode> {
     let rows = match answer {
         Ok(rows) => rows,
         Err(why) => {
-            let nats = &cfg.nats.url;
+            let opts = super::connect::nats_options(&cfg)?;
+            let nats = opts.shown();
             eprintln!("no running instance at {base} ({why}); showing what NATS at {nats} knows");
-            if !Bus::reachable(nats).await {
+            if !Bus::reachable(&nats).await {
                 anyhow::bail!("nothing answers at {nats} either");
             }
-            let bus = Bus::connect(nats).await?;
+            let bus = Bus::connect_with(&opts).await?;
             let consumers = bus.event_consumers().await?;
             let parked = bus.parked_counts().await?;
             let state = format!("unknown (no running instance at {base})");

@@ -1,31 +1,61 @@
-//! `hms-sync validate FILE...`
+//! `hms-sync validate [--config FILE] [FILE...]`: connector files, and the runtime config when
+//! `--config` is given.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use crate::connector;
+use super::Cli;
+use crate::config::RuntimeConfig;
+use crate::{config_check, connector};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// Connector files.
-    #[arg(required = true)]
+    /// Connector files (checked against the config's outbound address policy). With
+    /// `--config` and no files, only the runtime config is checked.
     pub files: Vec<PathBuf>,
 }
 
-pub fn exec(args: &Args) -> ExitCode {
-    match connector::load_files(&args.files) {
-        Ok(cs) => {
-            for c in &cs {
-                println!("{}: ok ({})", c.origin(), c.id());
+pub fn exec(cli: &Cli, args: &Args) -> ExitCode {
+    let explicit = std::env::args().any(|a| a == "--config" || a.starts_with("--config="));
+    if args.files.is_empty() && !explicit {
+        eprintln!("error: name connector files, or a runtime config with --config FILE");
+        return ExitCode::from(2);
+    }
+    let mut problems = Vec::new();
+    let cfg = match RuntimeConfig::load(&cli.config, explicit) {
+        Ok(cfg) => {
+            if explicit {
+                match config_check::check(&cfg) {
+                    Ok(()) => println!("{}: ok (runtime config)", cli.config.display()),
+                    Err(p) => problems.extend(p.0.into_iter().map(|p| p.to_string())),
+                }
             }
-            ExitCode::SUCCESS
+            Some(cfg)
         }
-        Err(problems) => {
-            for p in &problems.0 {
-                println!("{p}");
+        Err(e) => {
+            problems.push(e.to_string());
+            None
+        }
+    };
+    if !args.files.is_empty() {
+        let policy = cfg.as_ref().map(config_check::policy).unwrap_or_default();
+        match connector::load_sources(&args.files)
+            .and_then(|cs| connector::check_policy(&cs, &policy).map(|()| cs))
+        {
+            Ok(cs) => {
+                for (c, _) in &cs {
+                    println!("{}: ok ({})", c.origin(), c.id());
+                }
             }
-            eprintln!("{} problem(s) found", problems.0.len());
-            ExitCode::from(2)
+            Err(p) => problems.extend(p.0.into_iter().map(|p| p.to_string())),
         }
     }
+    if problems.is_empty() {
+        return ExitCode::SUCCESS;
+    }
+    for p in &problems {
+        println!("{p}");
+    }
+    eprintln!("{} problem(s) found", problems.len());
+    ExitCode::from(2)
 }

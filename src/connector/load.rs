@@ -77,6 +77,23 @@ pub fn load_sources(files: &[PathBuf]) -> Result<Vec<(AnyConnector, String)>, Pr
     }
 }
 
+/// Checks every loaded connector's written-out hosts against the outbound address policy
+/// (all problems at once).
+pub fn check_policy(
+    loaded: &[(AnyConnector, String)],
+    policy: &crate::policy::AddressPolicy,
+) -> Result<(), Problems> {
+    let problems: Vec<Problem> = loaded
+        .iter()
+        .flat_map(|(c, text)| super::hosts::policy_problems(c, c.origin(), text, policy))
+        .collect();
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(Problems(problems))
+    }
+}
+
 /// The id of a connector in `others` that already serves `c`'s webhook path, if any.
 fn webhook_path_taken<'a>(
     c: &AnyConnector,

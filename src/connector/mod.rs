@@ -10,6 +10,7 @@
 
 pub mod compile;
 pub mod extras;
+pub mod hosts;
 pub mod inbound;
 pub mod load;
 pub mod model;
@@ -23,7 +24,8 @@ pub mod yaml_pos;
 
 pub use compile::parse_with;
 pub use load::{
-    files_in, load_files, load_sources, parse, warn_missing_secrets, warn_missing_webhook_secrets,
+    check_policy, files_in, load_files, load_sources, parse, warn_missing_secrets,
+    warn_missing_webhook_secrets,
 };
 pub use model::{
     consumer_name, secrets_used, AnyConnector, CloudEventsSpec, Connector, Format,

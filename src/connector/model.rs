@@ -8,9 +8,11 @@ use crate::auth::Auth;
 use crate::check::ResponseCheck;
 use crate::filter::Filter;
 use crate::outcome::Retry;
+use crate::policy::HostPort;
 use crate::schema::InputSchema;
 use crate::signature::Scheme;
 use crate::template::{BodyTemplate, StringTemplate};
+use crate::tls::ClientIdentity;
 use crate::wire::{Encoding, HeaderName, Method};
 
 /// Direction of a connector.
@@ -37,6 +39,11 @@ pub struct Target {
     pub headers: Vec<(HeaderName, StringTemplate)>,
     pub body: Option<BodyTemplate>,
     pub encoding: Encoding,
+    /// `map.to.allowHosts`: the hosts a templated scheme/host/port may produce (`None`: the
+    /// URL's scheme, host and port are written out, fixed at load).
+    pub allow_hosts: Option<Vec<HostPort>>,
+    /// `map.to.tls`: the client certificate presented to the target.
+    pub identity: Option<Arc<ClientIdentity>>,
     /// `map.to.format`: the body as rendered, or a CloudEvent.
     pub format: Format,
     /// `map.to.sign`: how the request is signed for the target, right before it is sent.
@@ -101,6 +108,8 @@ pub struct Lookup {
     /// Name of the answer in the main templates (`lookup`).
     pub bind: String,
     pub check: Option<ResponseCheck>,
+    /// `lookup.allowHosts`, as for the target.
+    pub allow_hosts: Option<Vec<HostPort>>,
 }
 
 /// Which auth a lookup uses.

@@ -4,19 +4,22 @@
 //! connector is assembled only when no step reported anything.
 
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use super::extras;
 use super::model::{consumer_name, Connector, Kind, Lookup, RateLimit, Target, Trigger};
 use super::problems::Report;
-use super::raw::{RawConnector, RawMap, RawRateLimit, RawRetry, RawTo, RawTrigger};
-use super::rules::{subject_problem, url_problem, METHODS};
+use super::raw::{RawClientTls, RawConnector, RawMap, RawRateLimit, RawRetry, RawTo, RawTrigger};
+use super::rules::{allow_hosts_problem, authority_of, subject_problem, url_problem, METHODS};
 use super::standards;
 use super::yaml_pos::Positions;
 use crate::filter::Filter;
 use crate::outcome::{Retry, StatusPattern, DEFAULT_MAX_BACKOFF};
+use crate::policy::HostPort;
 use crate::schema::InputSchema;
 use crate::template::{BodyTemplate, Flavor};
+use crate::tls::{ClientIdentity, TlsError};
 use crate::wire::{Encoding, HeaderName, Method};
 
 /// Reads a file named by a connector (`map.schema`), relative paths already resolved.
@@ -42,7 +45,7 @@ pub fn compile(
         return None;
     };
     let trigger = compile_trigger(trigger, pos, r);
-    let target = compile_target(&map.to, &raw.id, pos, r);
+    let target = compile_target(&map.to, &raw.id, pos, r, read);
     check_from(map, pos, r);
     let retry = compile_retry(raw.retry.as_ref(), pos, r);
     let rate_limit = compile_rate_limit(raw.rate_limit.as_ref(), pos, r);
@@ -127,7 +130,13 @@ fn compile_trigger(t: &RawTrigger, pos: &Positions, r: &mut Report<'_>) -> Optio
 }
 
 /// `map.to`: method, URL, headers, body, encoding, format, signature.
-fn compile_target(to: &RawTo, id: &str, pos: &Positions, r: &mut Report<'_>) -> Option<Target> {
+fn compile_target(
+    to: &RawTo,
+    id: &str,
+    pos: &Positions,
+    r: &mut Report<'_>,
+    read: ReadFile<'_>,
+) -> Option<Target> {
     let method = compile_method(&to.method, pos, r);
     let url = r.template(&to.url, Flavor::Url, pos.value("map.to.url"));
     if url.is_some() {
@@ -135,6 +144,11 @@ fn compile_target(to: &RawTo, id: &str, pos: &Positions, r: &mut Report<'_>) -> 
             r.at(pos.value("map.to.url"), format!("url `{}`: {msg}", to.url));
         }
     }
+    let allow_hosts = compile_allow_hosts(&to.url, to.allow_hosts.as_deref(), "map.to", pos, r);
+    let identity = to
+        .tls
+        .as_ref()
+        .and_then(|t| compile_identity(t, pos, r, read));
     let mut headers = Vec::new();
     for (name, value) in &to.headers {
         let path = format!("map.to.headers.{name}");
@@ -189,9 +203,86 @@ fn compile_target(to: &RawTo, id: &str, pos: &Positions, r: &mut Report<'_>) -> 
         headers,
         body,
         encoding,
+        allow_hosts,
+        identity,
         format,
         sign,
     })
+}
+
+/// A URL's scheme, host and port must be written out, unless `allowHosts` (at `at`) lists the
+/// hosts its template may produce.
+pub(super) fn compile_allow_hosts(
+    url: &str,
+    allow: Option<&[String]>,
+    at: &str,
+    pos: &Positions,
+    r: &mut Report<'_>,
+) -> Option<Vec<HostPort>> {
+    let (authority, templated) = authority_of(url);
+    match allow {
+        None if templated => {
+            r.at(
+                pos.value(&format!("{at}.url")),
+                format!(
+                    "url `{url}`: the scheme, host and port (`{authority}`) must be written out: templates, {{field}} and ${{VAR}} go only in the path and the query (or list the hosts the template may produce in `{at}.allowHosts`)"
+                ),
+            );
+            None
+        }
+        None => None,
+        Some(list) => match allow_hosts_problem(list) {
+            Some(msg) => {
+                r.at(pos.value(&format!("{at}.allowHosts")), msg);
+                None
+            }
+            None => Some(list.iter().filter_map(|e| HostPort::parse(e)).collect()),
+        },
+    }
+}
+
+/// `map.to.tls`: read the certificate and key (relative to the connector file) and check
+/// that they belong together.
+fn compile_identity(
+    t: &RawClientTls,
+    pos: &Positions,
+    r: &mut Report<'_>,
+    read: ReadFile<'_>,
+) -> Option<Arc<ClientIdentity>> {
+    let base = Path::new(r.file).parent().unwrap_or(Path::new("."));
+    let (cert, key) = (base.join(&t.cert_file), base.join(&t.key_file));
+    let cert_pem = match read(&cert) {
+        Ok(s) => s,
+        Err(e) => {
+            r.at(
+                pos.value("map.to.tls.certFile"),
+                format!("certFile {}: cannot read: {e}", cert.display()),
+            );
+            return None;
+        }
+    };
+    let key_pem = match read(&key) {
+        Ok(s) => s,
+        Err(e) => {
+            r.at(
+                pos.value("map.to.tls.keyFile"),
+                format!("keyFile {}: cannot read: {e}", key.display()),
+            );
+            return None;
+        }
+    };
+    match ClientIdentity::from_pem(cert_pem.as_bytes(), &cert, key_pem.as_bytes(), &key) {
+        Ok(id) => Some(Arc::new(id)),
+        Err(e) => {
+            let at = match e {
+                TlsError::NoKey(_) => "map.to.tls.keyFile",
+                TlsError::Invalid { ref path, .. } if *path == key => "map.to.tls.keyFile",
+                _ => "map.to.tls.certFile",
+            };
+            r.at(pos.value(at), e.to_string());
+            None
+        }
+    }
 }
 
 /// An upper-case method of [`METHODS`].

@@ -82,6 +82,13 @@ pub struct RawTo {
     pub body: Option<serde_json::Value>,
     #[serde(default)]
     pub encoding: Option<String>,
+    /// The hosts a templated scheme/host/port may produce (`api.example.com`, `*.arcgis.com`,
+    /// `host:8443`); checked on every request before any connection.
+    #[serde(default, rename = "allowHosts")]
+    pub allow_hosts: Option<Vec<String>>,
+    /// A client certificate presented to the target (mutual TLS).
+    #[serde(default)]
+    pub tls: Option<RawClientTls>,
     /// `cloudevents` (binary mode) or `cloudevents-structured`; default: the body as rendered.
     #[serde(default)]
     pub format: Option<String>,
@@ -130,6 +137,14 @@ pub struct RawSign {
     /// hmac-sha256: text before the signature (e.g. `sha256=`).
     #[serde(default)]
     pub prefix: Option<String>,
+}
+
+/// `map.to.tls`: certificate and key files (PEM), relative to the connector file.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RawClientTls {
+    pub cert_file: String,
+    pub key_file: String,
 }
 
 fn default_method() -> String {
@@ -308,4 +323,7 @@ pub struct RawLookup {
     pub bind: Option<String>,
     #[serde(default)]
     pub response_check: Option<RawCheck>,
+    /// The hosts a templated lookup URL may produce.
+    #[serde(default)]
+    pub allow_hosts: Option<Vec<String>>,
 }

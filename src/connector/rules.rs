@@ -56,6 +56,7 @@ pub const KNOWN_KEYS: &[(&str, &[&str])] = &[
             "auth",
             "as",
             "responseCheck",
+            "allowHosts",
         ],
     ),
     ("responseCheck", &["success", "onFailure"]),
@@ -70,11 +71,14 @@ pub const KNOWN_KEYS: &[(&str, &[&str])] = &[
             "headers",
             "body",
             "encoding",
+            "allowHosts",
+            "tls",
             "format",
             "cloudevents",
             "sign",
         ],
     ),
+    ("map.to.tls", &["certFile", "keyFile"]),
     (
         "map.to.cloudevents",
         &["source", "type", "subject", "extensions"],
@@ -203,4 +207,30 @@ pub fn url_problem(template: &str) -> Option<String> {
         Ok(u) => Some(format!("scheme `{}`: expected http or https", u.scheme())),
         Err(e) => Some(format!("not a valid URL ({e})")),
     }
+}
+
+/// The `scheme://host:port` part of a URL template (up to the first `/`, `?` or `#` after
+/// `://`), and whether anything in it is a template, a `{field}` or a `${VAR}`. No `://` at
+/// all counts as templated (the template writes the scheme and host).
+pub fn authority_of(template: &str) -> (&str, bool) {
+    let Some(start) = template.find("://") else {
+        return (template, true);
+    };
+    let after = start + 3;
+    let end = template[after..]
+        .find(['/', '?', '#'])
+        .map_or(template.len(), |i| after + i);
+    let authority = &template[..end];
+    (authority, authority.contains(['{', '$', '}']))
+}
+
+/// Why `allowHosts` entries are not usable, if one isn't: a host pattern, `:port` optional.
+pub fn allow_hosts_problem(entries: &[String]) -> Option<String> {
+    if entries.is_empty() {
+        return Some("allowHosts is empty: list the hosts the URL template may produce".into());
+    }
+    entries
+        .iter()
+        .find(|e| crate::policy::HostPort::parse(e).is_none())
+        .map(|e| format!("allowHosts `{e}`: expected a host name (`*.` allowed in front) or an IP address, with an optional `:port`"))
 }

@@ -33,7 +33,7 @@ impl Pipeline {
             connector = %self.connector.id,
             stream_seq = d.stream_sequence,
             attempt = d.delivered,
-            endpoint = self.fixed_endpoint.as_deref().unwrap_or_default(),
+            endpoint = tracing::field::Empty,
         );
         self.stages(d).instrument(span).await
     }

@@ -55,6 +55,14 @@ impl Pipeline {
             .unwrap_or(source.len());
         let authority = &source[..authority_end];
         let fixed = !authority.contains('{') && !authority.contains('$');
+        // A connector with `map.to.tls` presents its client certificate (target and lookup).
+        let http = match &connector.target.identity {
+            None => deps.http.clone(),
+            Some(id) => deps.http.with_identity(id).unwrap_or_else(|e| {
+                tracing::error!("[{}] client certificate not usable: {e}", connector.id);
+                deps.http.clone()
+            }),
+        };
         Pipeline {
             fixed_endpoint: fixed.then(|| endpoint_of(authority)),
             url_base: fixed.then(|| UrlBase::new(authority)).flatten(),
@@ -62,7 +70,7 @@ impl Pipeline {
             audit: deps.services.audit.route(&connector.consumer),
             connector,
             bus: deps.bus.clone(),
-            http: deps.http.clone(),
+            http,
             services: deps.services.clone(),
             heartbeat: (deps.delivery.ack_wait() / 3).max(Duration::from_millis(200)),
             history: History::default(),

@@ -132,15 +132,15 @@ pub async fn send(p: &Pipeline, ready: Ready, d: &Delivery, key: &str) -> Attemp
 
 /// A token for `auth`, or the outcome that says why there is none.
 async fn token(p: &Pipeline, auth: &Arc<Auth>) -> Result<Token, Outcome> {
-    p.services
-        .tokens
-        .get(auth)
-        .await
-        .map_err(|e| Outcome::Rejected {
+    p.services.tokens.get(auth).await.map_err(|e| {
+        let message = format!("{} token: {e}", auth.kind());
+        Outcome::Rejected {
             reason: "auth",
-            transient: e.is_transient(),
-            message: format!("{} token: {e}", auth.kind()),
-        })
+            // The address policy refused the token endpoint: as permanent as for a target.
+            transient: e.is_transient() && !crate::policy::is_refusal(&message),
+            message,
+        }
+    })
 }
 
 /// Waits for the endpoint's permit, telling JetStream the event is still being worked on

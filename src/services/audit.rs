@@ -175,6 +175,8 @@ pub enum AuditMsg {
         stored: usize,
         error: Option<String>,
     },
+    /// Shutdown: store everything held (one store at a time, as always), then reply.
+    Drain(ractor::RpcReplyPort<()>),
 }
 
 /// A sealed record and how many of its consumer's records it covers (1; a gap: how many it
@@ -231,6 +233,8 @@ pub struct AuditState {
     flush_scheduled: bool,
     failures_in_a_row: u32,
     pending: metrics::Gauge,
+    /// Who waits for the drain at shutdown.
+    draining: Option<ractor::RpcReplyPort<()>>,
 }
 
 impl AuditState {
@@ -316,6 +320,7 @@ impl Actor for AuditActor {
             flush_scheduled: false,
             failures_in_a_row: 0,
             pending: metrics::gauge!(crate::metrics::AUDIT_PENDING),
+            draining: None,
         };
         // Whatever a predecessor was handed and did not store is lost with it: declare it,
         // once its last store is done (what that store confirms is not lost). Records that
@@ -372,6 +377,10 @@ impl Actor for AuditActor {
                 st.flush_scheduled = false;
                 flush(&me, st);
             }
+            AuditMsg::Drain(reply) => {
+                st.draining = Some(reply);
+                flush(&me, st);
+            }
             AuditMsg::Stored {
                 batch,
                 stored,
@@ -405,6 +414,11 @@ impl Actor for AuditActor {
         }
         let waiting = st.backlog.len() + st.retry_batch.as_ref().map_or(0, Vec::len) + st.in_flight;
         st.pending.set(waiting as f64);
+        if waiting == 0 && st.gaps.is_empty() {
+            if let Some(reply) = st.draining.take() {
+                let _ = reply.send(());
+            }
+        }
         Ok(())
     }
 
@@ -413,7 +427,9 @@ impl Actor for AuditActor {
         _me: ActorRef<AuditMsg>,
         st: &mut AuditState,
     ) -> Result<(), ActorProcessingErr> {
-        // Last chance on shutdown: store what is left (bounded wait).
+        // Last chance when stopped without a drain: after the store under way (so records
+        // land in chain order), store what is left (bounded wait).
+        st.ledger.stores_done().await;
         let mut batch = st.retry_batch.take().unwrap_or_default();
         batch.extend(seal(st, usize::MAX));
         if !batch.is_empty() {

@@ -1,9 +1,18 @@
-//! Endpoint actor: one per endpoint (`scheme://host:port`), shared by every connector calling
-//! it. It hands out permits to send: at most `perSecond` in any 1-second window with a GCRA
-//! burst (governor), at most `maxInFlight` at once, none while a 429 asked to slow down, and
-//! only one probe at a time while its circuit breaker is open, none while the target's announced
-//! budget is spent (its rate-limit headers, `services/budget.rs`). Its waits (slow-down, next
-//! probe, rate window, budget reset) are held by the retry-timer actor.
+//! Endpoint actor: one per endpoint (`scheme://host:port`) and process, shared by every
+//! connector calling it. It hands out permits to send: at most `perSecond` in any window of
+//! 1.1 s, at most `maxInFlight` at once, none while a 429 asked to slow down, only one probe at
+//! a time while its circuit breaker is open, and none while the budget its target announced in
+//! its rate-limit headers is spent (`services/budget.rs`). Its waits (slow-down, next probe,
+//! rate window, budget reset) are held by the retry-timer actor.
+//!
+//! Several instances: the rate budget and the breaker are one for all of them. Grants are
+//! reserved from a log every instance shares, and the breaker's state is shared too (both in
+//! KV `hms_sync_limits`, see [`super::shared`]): when one instance opens it, every instance
+//! stops calling the endpoint (the breaker watch tells them), one probe at a time is sent by
+//! whichever instance takes it, and the alerts are published once, by the instance whose
+//! write opened or closed it. While that state cannot be reached, the actor falls back to its
+//! own limits (per process) and says so. The target's announced budget is each instance's
+//! reading of the answers it gets.
 //!
 //! Fast lane: while nothing limits an endpoint but its in-flight cap (no rate limit, breaker
 //! closed with no failure counted, no slow-down, nobody waiting), the actor keeps its [`Lane`]
@@ -23,11 +32,17 @@ use governor::{Quota, RateLimiter};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 
 use super::budget::{Gate, TargetBudget};
+use super::shared::{now_ms, SharedEndpoint};
 use super::slot::ActorSlot;
 use super::timer::Timers;
 use crate::connector::RateLimit;
 pub use crate::outcome::Signal;
 use crate::ratelimit_headers::Announced;
+
+/// How long the actor uses its own limits after the shared state could not be reached.
+const LOCAL_FALLBACK: Duration = Duration::from_secs(5);
+/// A reserved grant not used within this long is dropped (its time window has moved on).
+const STALE_GRANT_MS: u64 = 200;
 
 /// The window in which at most `perSecond` permits are granted: one second plus a 10 % margin,
 /// so that requests still fall within the quota where they arrive despite scheduling and
@@ -47,6 +62,13 @@ pub enum EndpointMsg {
     Done(Signal, Announced),
     /// Internal wake-up to serve waiters.
     Tick,
+    /// Grants reserved from the shared budget (from its reservation task; `None`: failed).
+    Reserved(Option<Vec<u64>>),
+    /// The shared probe: taken (`Some(None)`), not before this time (`Some(Some(ms))`), or
+    /// the shared state could not be reached (`None`).
+    ProbeClaimed(Option<Option<u64>>),
+    /// The shared breaker changed (from the breaker watch; `None`: closed).
+    Shared(Option<crate::limits::Breaker>),
 }
 
 /// What an endpoint's callers share with its actor (see the module note).
@@ -154,11 +176,21 @@ pub struct EndpointArgs {
     pub slot: ActorSlot<EndpointMsg>,
     /// Who wakes the actor when a wait is over.
     pub timers: Timers,
+    /// The state shared with other instances (`None`: this process alone decides).
+    pub shared: Option<SharedEndpoint>,
 }
 
 enum Breaker {
     Closed { failures: u32 },
     Open { probe_at: Instant, probing: bool },
+}
+
+/// Where this instance stands with the shared probe of an open breaker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ProbeClaim {
+    Idle,
+    Claiming,
+    Granted,
 }
 
 pub struct EndpointState {
@@ -175,6 +207,33 @@ pub struct EndpointState {
     next_tick: Option<Instant>,
     waiting_gauge: metrics::Gauge,
     open_gauge: metrics::Gauge,
+    /// Grants reserved from the shared budget (ms), earliest first.
+    grants: VecDeque<u64>,
+    reserving: bool,
+    probe: ProbeClaim,
+    /// Own limits until then: the shared state could not be reached.
+    local_until: Option<Instant>,
+}
+
+impl EndpointState {
+    /// The shared state, unless it failed lately.
+    fn shared(&self, now: Instant) -> Option<SharedEndpoint> {
+        if self.local_until.is_some_and(|u| now < u) {
+            return None;
+        }
+        self.args.shared.clone()
+    }
+
+    fn fall_back(&mut self, now: Instant, what: &str) {
+        if self.local_until.is_none_or(|u| now >= u) {
+            tracing::warn!(
+                "endpoint {}: the state shared with other instances is unavailable ({what}); using this instance's own limits for {} s",
+                self.args.endpoint,
+                LOCAL_FALLBACK.as_secs()
+            );
+        }
+        self.local_until = Some(now + LOCAL_FALLBACK);
+    }
 }
 
 pub struct EndpointActor;
@@ -192,11 +251,20 @@ impl Actor for EndpointActor {
 
     async fn pre_start(
         &self,
-        _me: ActorRef<Self::Msg>,
+        me: ActorRef<Self::Msg>,
         args: EndpointArgs,
     ) -> Result<EndpointState, ActorProcessingErr> {
         let l = [("endpoint", args.endpoint.clone())];
         let rate = args.configured_rate;
+        // The shared breaker may be open already (another instance opened it).
+        if let Some(shared) = args.shared.clone() {
+            tokio::spawn(async move {
+                let read = tokio::time::timeout(Duration::from_secs(2), shared.breaker()).await;
+                if let Ok(Ok(Some(b))) = read {
+                    let _ = me.send_message(EndpointMsg::Shared(Some(b)));
+                }
+            });
+        }
         Ok(EndpointState {
             limiter: rate.as_ref().and_then(limiter_for),
             rate,
@@ -208,6 +276,10 @@ impl Actor for EndpointActor {
             next_tick: None,
             waiting_gauge: metrics::gauge!(crate::metrics::ENDPOINT_WAITING, &l),
             open_gauge: metrics::gauge!(crate::metrics::ENDPOINT_PAUSED, &l),
+            grants: VecDeque::new(),
+            reserving: false,
+            probe: ProbeClaim::Idle,
+            local_until: None,
             args,
         })
     }
@@ -239,6 +311,19 @@ impl Actor for EndpointActor {
                 st.budget.heard(announced, in_flight, now);
             }
             EndpointMsg::Tick => st.next_tick = None,
+            EndpointMsg::Reserved(grants) => {
+                st.reserving = false;
+                match grants {
+                    Some(g) if g.is_empty() => {
+                        // The shared window is full for a while: ask again shortly.
+                        wake_at(&me, st, now + Duration::from_millis(100));
+                    }
+                    Some(g) => st.grants.extend(g),
+                    None => st.fall_back(now, "reserving grants failed"),
+                }
+            }
+            EndpointMsg::ProbeClaimed(claim) => on_probe_claim(st, claim, now),
+            EndpointMsg::Shared(b) => on_shared(st, b, now),
         }
         serve(&me, st, now);
         st.waiting_gauge.set(st.waiters.len() as f64);
@@ -263,16 +348,30 @@ fn on_signal(st: &mut EndpointState, signal: Signal, now: Instant) {
                 st.args.endpoint,
                 d.as_millis()
             );
-            if let Breaker::Open { probing, probe_at } = &mut st.breaker {
-                *probing = false;
-                *probe_at = now + st.args.probe_interval;
-            }
+            probe_failed(st, now);
         }
         Signal::Success => {
             if let Breaker::Open { .. } = st.breaker {
                 tracing::info!("endpoint {} resumed: a probe succeeded", st.args.endpoint);
                 st.open_gauge.set(0.0);
-                alert(&st.args, false, "a probe request succeeded");
+                st.probe = ProbeClaim::Idle;
+                match st.shared(now) {
+                    // Every instance resumes; the one whose write closed it says so.
+                    Some(shared) => {
+                        let args = st.args.clone();
+                        tokio::spawn(async move {
+                            match shared.close().await {
+                                Ok(true) => alert(&args, false, "a probe request succeeded"),
+                                Ok(false) => {}
+                                Err(e) => {
+                                    tracing::warn!("endpoint {}: {e}", args.endpoint);
+                                    alert(&args, false, "a probe request succeeded");
+                                }
+                            }
+                        });
+                    }
+                    None => alert(&st.args, false, "a probe request succeeded"),
+                }
             }
             st.breaker = Breaker::Closed { failures: 0 };
         }
@@ -288,24 +387,117 @@ fn on_signal(st: &mut EndpointState, signal: Signal, now: Instant) {
                     );
                     metrics::counter!(crate::metrics::ENDPOINT_PAUSES_TOTAL, "endpoint" => st.args.endpoint.clone()).increment(1);
                     st.open_gauge.set(1.0);
-                    alert(&st.args, true, &why);
                     st.breaker = Breaker::Open {
                         probe_at: now + st.args.probe_interval,
                         probing: false,
                     };
+                    st.probe = ProbeClaim::Idle;
+                    match st.shared(now) {
+                        // Every instance stops; the one whose write opened it says so.
+                        Some(shared) => {
+                            let (args, interval) = (st.args.clone(), st.args.probe_interval);
+                            tokio::spawn(async move {
+                                match shared.open(&why, interval).await {
+                                    Ok(true) => alert(&args, true, &why),
+                                    Ok(false) => {}
+                                    Err(e) => {
+                                        tracing::warn!("endpoint {}: {e}", args.endpoint);
+                                        alert(&args, true, &why);
+                                    }
+                                }
+                            });
+                        }
+                        None => alert(&st.args, true, &why),
+                    }
                 }
             }
-            Breaker::Open { probe_at, probing } => {
-                *probing = false;
-                *probe_at = now + st.args.probe_interval;
-            }
+            Breaker::Open { .. } => probe_failed(st, now),
         },
         Signal::Neutral => {
-            if let Breaker::Open { probing, .. } = &mut st.breaker {
-                *probing = false;
+            if let Breaker::Open { probing: true, .. } = st.breaker {
+                probe_failed(st, now);
             }
         }
     }
+}
+
+/// The probe did not succeed: the next one after the interval (for everyone).
+fn probe_failed(st: &mut EndpointState, now: Instant) {
+    let Breaker::Open { probe_at, probing } = &mut st.breaker else {
+        return;
+    };
+    *probing = false;
+    *probe_at = now + st.args.probe_interval;
+    st.probe = ProbeClaim::Idle;
+    if let Some(shared) = st.shared(now) {
+        let (endpoint, interval) = (st.args.endpoint.clone(), st.args.probe_interval);
+        tokio::spawn(async move {
+            if let Err(e) = shared.probe_failed(interval).await {
+                tracing::warn!("endpoint {endpoint}: {e}");
+            }
+        });
+    }
+}
+
+/// The answer of a claim of the shared probe.
+fn on_probe_claim(st: &mut EndpointState, claim: Option<Option<u64>>, now: Instant) {
+    match claim {
+        Some(None) => st.probe = ProbeClaim::Granted,
+        Some(Some(0)) => {
+            // Closed meanwhile by another instance.
+            st.probe = ProbeClaim::Idle;
+            on_shared(st, None, now);
+        }
+        Some(Some(at)) => {
+            st.probe = ProbeClaim::Idle;
+            if let Breaker::Open { probe_at, .. } = &mut st.breaker {
+                *probe_at = instant_of(at, now);
+            }
+        }
+        None => {
+            st.fall_back(now, "claiming the probe failed");
+            st.probe = ProbeClaim::Granted;
+        }
+    }
+}
+
+/// Another instance opened or closed the breaker.
+fn on_shared(st: &mut EndpointState, b: Option<crate::limits::Breaker>, now: Instant) {
+    let open = b.as_ref().is_some_and(|b| b.open);
+    match (&st.breaker, open) {
+        (Breaker::Closed { .. }, true) => {
+            let b = b.unwrap_or_default();
+            tracing::warn!(
+                "endpoint {} paused by instance {} ({}); probing every {} ms",
+                st.args.endpoint,
+                b.by,
+                b.why,
+                st.args.probe_interval.as_millis()
+            );
+            metrics::counter!(crate::metrics::ENDPOINT_PAUSES_TOTAL, "endpoint" => st.args.endpoint.clone()).increment(1);
+            st.open_gauge.set(1.0);
+            st.breaker = Breaker::Open {
+                probe_at: instant_of(b.next_probe, now),
+                probing: false,
+            };
+            st.probe = ProbeClaim::Idle;
+        }
+        (Breaker::Open { probing: false, .. }, false) => {
+            tracing::info!(
+                "endpoint {} resumed: another instance's probe succeeded",
+                st.args.endpoint
+            );
+            st.open_gauge.set(0.0);
+            st.breaker = Breaker::Closed { failures: 0 };
+            st.probe = ProbeClaim::Idle;
+        }
+        _ => {}
+    }
+}
+
+/// The `Instant` of a time in ms since the epoch (now for the past).
+fn instant_of(ms: u64, now: Instant) -> Instant {
+    now + Duration::from_millis(ms.saturating_sub(now_ms()))
 }
 
 /// Publishes a breaker pause/resume on `hitl.review.requested` (in the background).
@@ -347,6 +539,22 @@ fn serve(me: &ActorRef<EndpointMsg>, st: &mut EndpointState, now: Instant) {
             if now < probe_at {
                 return wake_at(me, st, probe_at);
             }
+            if let Some(shared) = st.shared(now) {
+                // One probe at a time for every instance: take it first.
+                match st.probe {
+                    ProbeClaim::Granted => {}
+                    ProbeClaim::Claiming => return, // its answer wakes us
+                    ProbeClaim::Idle => {
+                        st.probe = ProbeClaim::Claiming;
+                        let (me, interval) = (me.clone(), st.args.probe_interval);
+                        tokio::spawn(async move {
+                            let claim = shared.claim_probe(interval).await.ok();
+                            let _ = me.send_message(EndpointMsg::ProbeClaimed(claim));
+                        });
+                        return;
+                    }
+                }
+            }
             probe = true;
         }
         let lane = &st.args.lane;
@@ -370,7 +578,36 @@ fn serve(me: &ActorRef<EndpointMsg>, st: &mut EndpointState, now: Instant) {
                 return wake_at(me, st, until);
             }
         }
-        if let Some(rate) = st.rate {
+        if let (Some(rate), Some(shared)) = (st.rate, st.shared(now)) {
+            // The budget every instance shares: a grant reserved from its log.
+            let now_ms = now_ms();
+            while st
+                .grants
+                .front()
+                .is_some_and(|t| t + STALE_GRANT_MS < now_ms)
+            {
+                st.grants.pop_front();
+            }
+            match st.grants.front().copied() {
+                Some(t) if t <= now_ms => {
+                    st.grants.pop_front();
+                }
+                Some(t) => return wake_at(me, st, now + Duration::from_millis(t - now_ms)),
+                None => {
+                    if !st.reserving {
+                        st.reserving = true;
+                        let cap = rate.per_second.floor().max(1.0) as usize;
+                        let want = st.waiters.len().clamp(1, cap);
+                        let me = me.clone();
+                        tokio::spawn(async move {
+                            let grants = shared.reserve(cap, RATE_WINDOW, want).await.ok();
+                            let _ = me.send_message(EndpointMsg::Reserved(grants));
+                        });
+                    }
+                    return; // the reservation wakes us
+                }
+            }
+        } else if let Some(rate) = st.rate {
             while st
                 .window
                 .front()
@@ -403,6 +640,7 @@ fn serve(me: &ActorRef<EndpointMsg>, st: &mut EndpointState, now: Instant) {
             if let Breaker::Open { probing, .. } = &mut st.breaker {
                 *probing = true;
             }
+            st.probe = ProbeClaim::Idle;
         }
         let permit = Permit::new(st.args.slot.clone(), st.args.lane.clone());
         if let Err(e) = reply.send(permit) {
@@ -438,23 +676,32 @@ struct EndpointsInner {
     config: std::collections::BTreeMap<String, crate::config::EndpointConfig>,
     alerts: Option<crate::bus::Bus>,
     timers: Timers,
+    /// The state shared with other instances (`None`: this process alone decides).
+    limits: Option<crate::bus::limits::Limits>,
+    /// This process's name in shared state.
+    instance: Arc<str>,
     /// The services supervisor: endpoint actors are its children.
     supervisor: std::sync::OnceLock<ractor::ActorCell>,
     closed: AtomicBool,
 }
 
 impl Endpoints {
+    /// `bus`: where alerts go; `limits`: the state shared with other instances (`None`: this
+    /// process alone decides).
     pub fn new(
         config: std::collections::BTreeMap<String, crate::config::EndpointConfig>,
-        alerts: Option<crate::bus::Bus>,
+        bus: Option<crate::bus::Bus>,
+        limits: Option<crate::bus::limits::Limits>,
         timers: Timers,
     ) -> Self {
         Endpoints {
             inner: Arc::new(EndpointsInner {
                 slots: Default::default(),
                 config,
-                alerts,
+                alerts: bus,
                 timers,
+                limits,
+                instance: instance_name().into(),
                 supervisor: std::sync::OnceLock::new(),
                 closed: AtomicBool::new(false),
             }),
@@ -466,7 +713,34 @@ impl Endpoints {
         let _ = self.inner.supervisor.set(supervisor);
     }
 
-    fn args(&self, endpoint: &str) -> EndpointArgs {
+    /// The shared state of `endpoint`, when the bucket can be opened.
+    fn shared(&self, endpoint: &str) -> Option<SharedEndpoint> {
+        let limits = self.inner.limits.clone()?;
+        Some(SharedEndpoint::new(
+            limits,
+            endpoint,
+            self.inner.instance.clone(),
+        ))
+    }
+
+    /// The bucket of shared state (for the breaker watch).
+    pub(super) fn limits(&self) -> Option<crate::bus::limits::Limits> {
+        self.inner.limits.clone()
+    }
+
+    /// The endpoint whose breaker key is `key` (for the breaker watch).
+    pub(super) async fn by_breaker_key(&self, key: &str) -> Option<Arc<EndpointArgs>> {
+        let slots = self.inner.slots.lock().await;
+        slots
+            .iter()
+            .find(|(e, _)| {
+                key.strip_prefix(super::shared::BREAKER_PREFIX)
+                    .is_some_and(|k| k == super::shared::endpoint_key(e))
+            })
+            .map(|(_, a)| a.clone())
+    }
+
+    fn args(&self, endpoint: &str, shared: Option<SharedEndpoint>) -> EndpointArgs {
         let config = &self.inner.config;
         let defaults = config.get("defaults");
         let own = config.get(endpoint);
@@ -498,6 +772,7 @@ impl Endpoints {
             lane: Arc::new(Lane::new(endpoint, max_in_flight)),
             slot: ActorSlot::default(),
             timers: self.inner.timers.clone(),
+            shared,
         }
     }
 
@@ -528,7 +803,8 @@ impl Endpoints {
         if let Some(a) = slots.get(endpoint) {
             return Some(a.clone());
         }
-        let args = Arc::new(self.args(endpoint));
+        let shared = self.shared(endpoint);
+        let args = Arc::new(self.args(endpoint, shared));
         if let Err(e) = self.spawn(&args).await {
             tracing::error!("endpoint {endpoint}: cannot start its actor: {e}");
             return None;
@@ -572,6 +848,18 @@ impl Endpoints {
     pub(super) fn close(&self) {
         self.inner.closed.store(true, SeqCst);
     }
+}
+
+/// This process's name in the state shared with other instances: host, pid and a random part.
+fn instance_name() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_else(|_| "host".into());
+    format!(
+        "{host}/{}/{}",
+        std::process::id(),
+        hex::encode(rand::random::<[u8; 3]>())
+    )
 }
 
 /// `scheme://host:port` of a URL (the key of endpoint actors).

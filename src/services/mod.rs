@@ -5,9 +5,11 @@
 //! **API boundary:** deliveries and the webhook edge use the handles re-exported here.
 
 pub mod audit;
+pub mod breakers;
 pub mod budget;
 pub mod endpoint;
 pub mod handles;
+pub mod shared;
 pub mod slot;
 pub mod supervisor;
 pub mod timer;
@@ -26,6 +28,29 @@ use crate::bus::Bus;
 use crate::config::EndpointConfig;
 use crate::http_client::HttpClient;
 
+/// How long start-up waits for the bucket of shared endpoint state.
+const LIMITS_WAIT: std::time::Duration = std::time::Duration::from_secs(3);
+
+/// The bucket of endpoint state shared with other instances; `None` (each instance keeps its
+/// own rate budgets and breakers) when it cannot be opened now, e.g. without the permissions.
+async fn shared_limits(bus: &Bus) -> Option<crate::bus::limits::Limits> {
+    match tokio::time::timeout(LIMITS_WAIT, bus.limits(bus.replicas())).await {
+        Ok(Ok(l)) => Some(l),
+        Ok(Err(e)) => {
+            tracing::warn!("rate budgets and circuit breakers are per instance: {e}");
+            None
+        }
+        Err(_) => {
+            tracing::warn!(
+                "rate budgets and circuit breakers are per instance: KV {} did not answer within {} s",
+                crate::bus::limits::LIMITS_BUCKET,
+                LIMITS_WAIT.as_secs()
+            );
+            None
+        }
+    }
+}
+
 /// The running services: their handles and their supervisor.
 pub struct Running {
     pub services: Services,
@@ -42,10 +67,11 @@ impl Running {
         run_id: String,
     ) -> Result<Running, ractor::SpawnErr> {
         let timers = Timers::default();
+        let limits = shared_limits(bus).await;
         let services = Services {
             audit: Auditor::default(),
             tokens: Tokens::default(),
-            endpoints: Endpoints::new(endpoints, Some(bus.clone()), timers.clone()),
+            endpoints: Endpoints::new(endpoints, Some(bus.clone()), limits, timers.clone()),
             timers,
         };
         let (supervisor, done) = Actor::spawn(

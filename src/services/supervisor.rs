@@ -10,6 +10,7 @@ use std::time::Instant;
 use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
 
 use super::audit::{AuditActor, AuditArgs};
+use super::breakers::{BreakerWatch, BreakerWatchArgs};
 use super::endpoint::{EndpointArgs, Endpoints};
 use super::handles::Services;
 use super::timer::TimerActor;
@@ -24,6 +25,7 @@ pub enum Child {
     Audit,
     Tokens,
     Timers,
+    Breakers,
     Endpoint(Arc<EndpointArgs>),
 }
 
@@ -34,6 +36,7 @@ impl Child {
             Child::Audit => "audit".into(),
             Child::Tokens => "tokens".into(),
             Child::Timers => "timers".into(),
+            Child::Breakers => "breaker watch".into(),
             Child::Endpoint(a) => format!("endpoint {}", a.endpoint),
         }
     }
@@ -61,6 +64,8 @@ pub struct ServicesState {
     restarts: HashMap<String, Restarts>,
     /// Incarnations of the audit actor so far (each gets chains of its own).
     audit_runs: u32,
+    /// The breaker watch (stopped at shutdown).
+    breakers: Option<ActorRef<super::breakers::BreakerWatchMsg>>,
     stopping: bool,
 }
 
@@ -103,6 +108,14 @@ impl ServicesState {
                 };
                 let (a, _) = Actor::spawn_linked(None, AuditActor, args, cell).await?;
                 s.audit.actor.set(Some(a.clone()));
+                a.get_id()
+            }
+            Child::Breakers => {
+                let args = BreakerWatchArgs {
+                    endpoints: s.endpoints.clone(),
+                };
+                let (a, _) = Actor::spawn_linked(None, BreakerWatch, args, cell).await?;
+                self.breakers = Some(a.clone());
                 a.get_id()
             }
             Child::Endpoint(args) => {
@@ -148,9 +161,10 @@ impl Actor for ServicesSupervisor {
             by_actor: HashMap::new(),
             restarts: HashMap::new(),
             audit_runs: 0,
+            breakers: None,
             stopping: false,
         };
-        for child in [Child::Timers, Child::Audit, Child::Tokens] {
+        for child in [Child::Timers, Child::Audit, Child::Tokens, Child::Breakers] {
             st.spawn(&myself, child).await?;
         }
         Ok(st)
@@ -185,8 +199,12 @@ impl Actor for ServicesSupervisor {
                 if let Some(a) = s.tokens.actor.get() {
                     a.stop(None);
                 }
-                // The audit actor stores what it still holds as it stops (bounded).
+                if let Some(a) = &st.breakers {
+                    a.stop(None);
+                }
+                // The audit actor stores what it still holds, then stops (bounded).
                 if let Some(a) = s.audit.actor.get() {
+                    let _ = ractor::call_t!(a, super::audit::AuditMsg::Drain, 10_000);
                     let _ = a
                         .stop_and_wait(None, Some(std::time::Duration::from_secs(10)))
                         .await;
@@ -229,6 +247,7 @@ impl Actor for ServicesSupervisor {
             Child::Audit => s.audit.actor.set(None),
             Child::Tokens => s.tokens.actor.set(None),
             Child::Timers => s.timers.actor.set(None),
+            Child::Breakers => st.breakers = None,
             Child::Endpoint(a) => a.slot.set(None),
         }
         st.restart_later(&myself, child, &why);

@@ -82,7 +82,7 @@ fn test_exit_codes() {
     );
     assert_eq!(code, 2);
     assert!(
-        err.contains("schema check failed") && err.contains("\"permitId\" is a required property"),
+        err.contains("schema check failed") && err.contains("`permitId` is required"),
         "{err}"
     );
 }

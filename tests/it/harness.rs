@@ -145,14 +145,18 @@ pub struct Setup {
 impl Setup {
     /// `connectors`: (file name, YAML). `extra` is appended to the config file.
     pub fn new(nats: &Nats, connectors: &[(&str, String)], extra: &str) -> Setup {
+        Setup::at(&nats.url(), connectors, extra)
+    }
+
+    /// Like [`Setup::new`], for NATS at `url` (a cluster node, a list of seed URLs).
+    pub fn at(url: &str, connectors: &[(&str, String)], extra: &str) -> Setup {
         let dir = tempfile::tempdir().expect("temp dir");
         std::fs::create_dir_all(dir.path().join("connectors")).unwrap();
         for (name, yaml) in connectors {
             std::fs::write(dir.path().join("connectors").join(name), yaml).unwrap();
         }
         let cfg = format!(
-            "nats:\n  url: {}\n  embedded: false\nhttp:\n  listen: 127.0.0.1:0\nconnectors:\n  dir: connectors\n{extra}",
-            nats.url()
+            "nats:\n  url: {url}\n  embedded: false\nhttp:\n  listen: 127.0.0.1:0\nconnectors:\n  dir: connectors\n{extra}"
         );
         std::fs::write(dir.path().join("hms-sync.yaml"), cfg).unwrap();
         Setup { dir }

@@ -3,13 +3,21 @@
 mod harness;
 
 mod cli;
+mod cluster;
 mod crash;
 mod delivery;
 mod embedded;
+mod fleet;
 mod inbound;
+mod instances;
 mod load;
 mod nats_server;
 mod operator;
+mod prod_https;
+mod prod_nats;
+mod prod_policy;
+mod prod_security;
+mod prod_support;
 mod protection;
 mod registry;
 mod saas;

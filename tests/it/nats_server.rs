@@ -32,12 +32,25 @@ async fn three_servers_form_a_jetstream_cluster_with_r3_streams() {
         .await
         .expect("an R3 stream is created");
     assert_eq!(created.cached_info().config.num_replicas, 3);
-    let ack = js1
-        .publish("r3.one", "from node 1".into())
-        .await
-        .unwrap()
-        .await
-        .expect("stored by the cluster");
+    // A new R3 stream elects its leader first: publish until the cluster stores it.
+    let stored = std::sync::Arc::new(std::sync::Mutex::new(None));
+    eventually(T, "stored by the cluster", || {
+        let (js1, stored) = (js1.clone(), stored.clone());
+        async move {
+            let Ok(pending) = js1.publish("r3.one", "from node 1".into()).await else {
+                return false;
+            };
+            match pending.await {
+                Ok(ack) => {
+                    *stored.lock().unwrap() = Some(ack);
+                    true
+                }
+                Err(_) => false,
+            }
+        }
+    })
+    .await;
+    let ack = stored.lock().unwrap().take().expect("acked");
     let read = std::sync::Arc::new(std::sync::Mutex::new(None));
     eventually(T, "node 3 reads the message", || {
         let (js3, read, seq) = (js3.clone(), read.clone(), ack.sequence);

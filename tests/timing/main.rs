@@ -51,3 +51,65 @@ async fn rate_limit_holds_in_every_one_second_window() {
     );
     rt.shutdown().await;
 }
+
+#[path = "../it/fleet.rs"]
+mod fleet;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_rate_budget_for_three_instances() {
+    init_logs();
+    let nats = Nats::start().await;
+    let target = Target::start().await;
+    let limited = simple_connector(
+        "shared.budget.v1",
+        "shared.budget.in",
+        &target,
+        "rateLimit: { perSecond: 10 }\n",
+    );
+    let setup = Setup::new(
+        &nats,
+        &[("c.yaml", limited)],
+        "delivery:\n  pullBatch: 4\n  maxInFlight: 4\n",
+    );
+    let rt = setup.start().await;
+    rt.shutdown().await;
+    let instances: Vec<fleet::Instance> = (0..3).map(|_| fleet::Instance::start(&setup)).collect();
+    for i in &instances {
+        eventually(Duration::from_secs(30), "instance ready", || i.ready()).await;
+    }
+    let js = async_nats::jetstream::new(nats.client().await);
+    publish_many(
+        &js,
+        "shared.budget.in",
+        (0..300).map(|i| json!({"id": format!("e{i}"), "n": i})),
+    )
+    .await;
+    eventually(Duration::from_secs(60), "all 300 delivered", || async {
+        target.count() >= 300
+    })
+    .await;
+    let mut times: Vec<Instant> = target.requests().iter().map(|r| r.at).collect();
+    times.sort();
+    let mut worst = 0;
+    for (i, start) in times.iter().enumerate() {
+        let n = times[i..]
+            .iter()
+            .take_while(|t| t.duration_since(*start) < Duration::from_secs(1))
+            .count();
+        worst = worst.max(n);
+    }
+    assert!(
+        worst <= 12,
+        "{worst} requests within one second, all instances together"
+    );
+    let mut delivering = 0;
+    for i in &instances {
+        if i.delivered("shared.budget.v1").await > 0.0 {
+            delivering += 1;
+        }
+    }
+    assert!(
+        delivering >= 2,
+        "the instances share the work ({delivering} delivered)"
+    );
+}
