@@ -65,8 +65,9 @@ pub enum CeError {
     Json(String),
     #[error("{at}missing attribute `{name}`")]
     Missing { at: String, name: &'static str },
-    #[error("{at}specversion `{version}` is not supported (only 1.0)")]
-    SpecVersion { at: String, version: String },
+    #[error("{at}specversion is not 1.0 (the only version supported)")]
+    SpecVersion { at: String },
+    /// `name` is shown escaped and cut to 40 characters: it comes from the sender.
     #[error("{at}attribute `{name}`: {why}")]
     Attribute {
         at: String,
@@ -211,7 +212,7 @@ fn from_binary(headers: &HeaderMap, body: &Bytes) -> Result<CloudEvent, CeError>
         };
         let bad = |why| CeError::Attribute {
             at: String::new(),
-            name: attr.to_string(),
+            name: shown(attr),
             why,
         };
         let text = value.to_str().map_err(|_| bad("not visible ASCII"))?;
@@ -243,7 +244,7 @@ fn from_structured(bytes: &[u8], at: &str) -> Result<CloudEvent, CeError> {
     for (name, raw) in &map {
         let bad = |why| CeError::Attribute {
             at: at.to_string(),
-            name: name.clone(),
+            name: shown(name),
             why,
         };
         match name.as_str() {
@@ -312,7 +313,7 @@ fn finish(
 ) -> Result<CloudEvent, CeError> {
     let bad = |name: &str, why| CeError::Attribute {
         at: at.to_string(),
-        name: name.to_string(),
+        name: shown(name),
         why,
     };
     for (name, value) in &attributes {
@@ -335,12 +336,7 @@ fn finish(
                 name: "specversion",
             })
         }
-        Some(v) if v != SPEC_VERSION => {
-            return Err(CeError::SpecVersion {
-                at: at.into(),
-                version: v.clone(),
-            })
-        }
+        Some(v) if v != SPEC_VERSION => return Err(CeError::SpecVersion { at: at.into() }),
         Some(_) => {}
     }
     for name in ["id", "source", "type"] {
@@ -380,6 +376,11 @@ fn finish(
         datacontenttype,
         data,
     })
+}
+
+/// A name from the sender as an error shows it: escaped, at most 40 characters.
+fn shown(name: &str) -> String {
+    name.escape_debug().take(40).collect()
 }
 
 /// The attributes of an outgoing event (`map.to.format: cloudevents...`).
@@ -651,10 +652,7 @@ mod tests {
         let cases: Vec<(&str, Result<(), CeError>)> = vec![
             (
                 r#"{"specversion":"0.3","id":"1","source":"s","type":"t"}"#,
-                Err(CeError::SpecVersion {
-                    at: String::new(),
-                    version: "0.3".into(),
-                }),
+                Err(CeError::SpecVersion { at: String::new() }),
             ),
             (
                 r#"{"specversion":"1.0","source":"s","type":"t"}"#,
@@ -704,6 +702,13 @@ mod tests {
             assert_eq!(s(body), want, "{body}");
         }
         assert!(matches!(s("[1]"), Err(CeError::Json(_))));
+        let injected =
+            s(r#"{"specversion":"1.0","id":"1","source":"s","type":"t","a\nFAKE LOG LINE":"x"}"#);
+        assert_eq!(
+            injected.unwrap_err().to_string(),
+            "attribute `a\\nFAKE LOG LINE`: a name is lower-case letters and digits",
+            "what the sender wrote is shown escaped"
+        );
         let plain = headers(&[("content-type", "application/json")]);
         assert_eq!(
             parse(&plain, &Bytes::from_static(b"{}")),

@@ -275,11 +275,15 @@ fn validation(c: &InboundConnector, headers: &HeaderMap) -> Result<Response, Rej
     let Some(origin) = headers.get("webhook-request-origin").cloned() else {
         return Ok(resp);
     };
-    let text = origin
+    // Visible ASCII only (a header value); kept to a host name's length for logs and answers.
+    let text: String = origin
         .to_str()
         .unwrap_or_default()
         .trim()
-        .to_ascii_lowercase();
+        .to_ascii_lowercase()
+        .chars()
+        .take(253)
+        .collect();
     let granted = allowed_origins
         .as_ref()
         .is_none_or(|list| list.iter().any(|o| o == "*" || *o == text));
