@@ -37,6 +37,9 @@ pub struct EndpointConfig {
     pub max_in_flight: Option<usize>,
     /// Circuit breaker.
     pub breaker: Option<BreakerConfig>,
+    /// Read the target's rate-limit headers (`RateLimit`, `X-RateLimit-*`) and wait for the
+    /// reset when it says its budget is spent (default true).
+    pub rate_limit_headers: Option<bool>,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize)]

@@ -1,16 +1,18 @@
 //! hms-sync: keeps third-party tools in lock-step with events on NATS JetStream.
 //!
 //! See ARCHITECTURE.md for the map. From the ground floor up: the pure core (templates,
-//! filters, outcome, audit chain, signatures, wire types, clock), the connector model, the
-//! edges ([`bus`] is the only module that talks to NATS, [`http_client`] the only one that
-//! sends HTTP), the services a delivery calls ([`services`]), [`delivery`] itself, the actors
-//! that orchestrate ([`actors`]), and [`runtime`] with the HTTP [`server`] on top.
+//! filters, outcome, audit chain, signatures, CloudEvents, rate-limit headers, wire types,
+//! clock), the connector model, the edges ([`bus`] is the only module that talks to NATS,
+//! [`http_client`] the only one that sends HTTP), the services a delivery calls
+//! ([`services`]), [`delivery`] itself, the actors that orchestrate ([`actors`]), and
+//! [`runtime`] with the HTTP [`server`] on top.
 
 // Ground floor: pure, imports nothing of ours but each other.
 pub mod audit;
 pub mod auth;
 pub mod check;
 pub mod clock;
+pub mod cloudevents;
 pub mod config;
 pub mod filter;
 pub mod flood;
@@ -19,6 +21,7 @@ pub mod metrics;
 pub mod ordering;
 pub mod outcome;
 pub mod policy;
+pub mod ratelimit_headers;
 pub mod restart;
 pub mod schema;
 pub mod signature;

@@ -19,6 +19,7 @@ pub const ENDPOINT_WAITING: &str = "sync_endpoint_waiting";
 pub const ENDPOINT_IN_FLIGHT: &str = "sync_endpoint_in_flight";
 pub const ENDPOINT_PAUSED: &str = "sync_endpoint_paused";
 pub const ENDPOINT_PAUSES_TOTAL: &str = "sync_endpoint_pauses_total";
+pub const ENDPOINT_BUDGET_WAITS_TOTAL: &str = "sync_endpoint_budget_waits_total";
 pub const RATE_LIMIT_WAITING: &str = "sync_rate_limit_waiting";
 pub const AUDIT_PENDING: &str = "sync_audit_pending";
 pub const AUDIT_WRITTEN_TOTAL: &str = "sync_audit_written_total";
@@ -103,6 +104,10 @@ fn describe() {
     describe_counter!(
         ENDPOINT_PAUSES_TOTAL,
         "Times the endpoint's circuit breaker opened"
+    );
+    describe_counter!(
+        ENDPOINT_BUDGET_WAITS_TOTAL,
+        "Times the endpoint waited for the reset of the budget its target announced spent"
     );
     describe_gauge!(
         RATE_LIMIT_WAITING,

@@ -195,6 +195,22 @@ pub fn parse_retry_after(value: &str, now: std::time::SystemTime) -> Option<Dura
     Some(when.duration_since(now).unwrap_or(Duration::ZERO))
 }
 
+/// A 429 (or 503) without `Retry-After` from a target whose rate-limit headers said its budget
+/// is spent until `spent` from now is retried then: the announced reset stands in for the
+/// missing `Retry-After` (for the event's retry and for the endpoint's slow-down).
+pub fn retry_at_reset(outcome: &mut Outcome, spent: Option<Duration>) {
+    if let (
+        Outcome::Status {
+            code: 429 | 503,
+            retry_after: retry_after @ None,
+        },
+        Some(reset),
+    ) = (outcome, spent)
+    {
+        *retry_after = Some(reset);
+    }
+}
+
 /// What an attempt's outcome tells its endpoint (the endpoint actor's input).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Signal {
@@ -416,5 +432,28 @@ mod tests {
         let past = httpdate::fmt_http_date(now - Duration::from_secs(30));
         assert_eq!(parse_retry_after(&past, now), Some(Duration::ZERO));
         assert_eq!(parse_retry_after("soon", now), None);
+    }
+
+    #[test]
+    fn a_spent_budget_stands_in_for_a_missing_retry_after() {
+        let spent = Some(Duration::from_secs(2));
+        let ra = |code, secs| Outcome::Status {
+            code,
+            retry_after: Some(Duration::from_secs(secs)),
+        };
+        let cases = [
+            (status(429), spent, ra(429, 2)),
+            (status(503), spent, ra(503, 2)),
+            (ra(429, 7), spent, ra(429, 7)),
+            (status(429), None, status(429)),
+            (status(500), spent, status(500)),
+            (status(200), spent, status(200)),
+            (Outcome::Timeout, spent, Outcome::Timeout),
+        ];
+        for (mut outcome, spent, want) in cases {
+            let before = outcome.clone();
+            retry_at_reset(&mut outcome, spent);
+            assert_eq!(outcome, want, "{before:?} {spent:?}");
+        }
     }
 }

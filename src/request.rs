@@ -3,8 +3,10 @@
 use http::header::CONTENT_TYPE;
 use serde_json::Value as Json;
 
-use crate::connector::{Connector, Lookup};
+use crate::cloudevents;
+use crate::connector::{Connector, Format, Lookup, Sign};
 use crate::policy::HostPort;
+use crate::signature::{self, Scheme};
 use crate::template::{RenderError, Secrets};
 pub use crate::wire::Request;
 use crate::wire::{Encoding, HeaderName, HeaderValue};
@@ -108,6 +110,142 @@ fn encode(body: &Json, encoding: Encoding) -> Result<Vec<u8>, RenderError> {
                 reason: format!("cannot form-encode: {e}"),
             }),
     }
+}
+
+/// What a CloudEvent takes from the bus message besides the payload: its topic (`ce-type` by
+/// default) and its publish time (`ce-time`, RFC 3339).
+#[derive(Debug, Clone, Copy)]
+pub struct EventOrigin<'a> {
+    /// The subject the event arrived on (the original one, for a replay).
+    pub topic: &'a str,
+    /// When it was published, RFC 3339.
+    pub time: &'a str,
+}
+
+/// Makes `req` the CloudEvent of `map.to.format` (nothing for the plain format): `ce-id` is the
+/// idempotency key; binary mode adds the `ce-*` headers, structured mode wraps the body in the
+/// JSON envelope (its `Content-Type` becomes `datacontenttype`).
+pub fn cloud_event(
+    c: &Connector,
+    req: &mut Request,
+    ctx: &Json,
+    key: &str,
+    origin: EventOrigin<'_>,
+) -> Result<(), RenderError> {
+    let Some(spec) = c.target.format.cloudevents() else {
+        return Ok(());
+    };
+    // Attribute templates cannot name secrets (checked at load).
+    let render = |t: &crate::template::StringTemplate| t.render_text(ctx, Secrets::Masked);
+    let attributes = cloudevents::Outgoing {
+        id: key.to_string(),
+        source: render(&spec.source)?,
+        event_type: match &spec.event_type {
+            Some(t) => render(t)?,
+            None => origin.topic.to_string(),
+        },
+        time: origin.time.to_string(),
+        subject: spec.subject.as_ref().map(render).transpose()?,
+        extensions: spec
+            .extensions
+            .iter()
+            .map(|(k, t)| Ok((k.clone(), render(t)?)))
+            .collect::<Result<_, RenderError>>()?,
+    };
+    match &c.target.format {
+        Format::Plain => {}
+        Format::CloudEvents(_) => {
+            for (name, value) in cloudevents::binary_headers(&attributes) {
+                let name =
+                    HeaderName::from_bytes(name.as_bytes()).map_err(|_| RenderError::Invalid {
+                        path: "map.to.cloudevents".into(),
+                        reason: format!("`{name}` is not a header name"),
+                    })?;
+                let value = header_value(&name, &value)?;
+                req.headers.push((name, value));
+            }
+        }
+        Format::CloudEventsStructured(_) => {
+            let content_type = req
+                .headers
+                .iter()
+                .find(|(n, _)| *n == CONTENT_TYPE)
+                .and_then(|(_, v)| v.to_str().ok())
+                .map(str::to_string);
+            req.headers.retain(|(n, _)| *n != CONTENT_TYPE);
+            let body = cloudevents::structured_body(
+                &attributes,
+                content_type.as_deref(),
+                req.body.as_deref(),
+            );
+            req.body = Some(body);
+            req.headers.push((
+                CONTENT_TYPE,
+                HeaderValue::from_static("application/cloudevents+json; charset=utf-8"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Signs `req` as `map.to.sign` says, over its exact body, with `id` (the idempotency key) and
+/// `timestamp` (Unix seconds, now): the secrets are read from the environment here, at send
+/// time, and never kept. Unset secrets are skipped (a rotation); none set is an error.
+pub fn sign(s: &Sign, req: &mut Request, id: &str, timestamp: i64) -> Result<(), RenderError> {
+    let mut values = Vec::with_capacity(s.secrets.len());
+    let mut unset = None;
+    for t in &s.secrets {
+        match t.render_text(&Json::Null, Secrets::Env) {
+            Ok(v) if !v.is_empty() => {
+                if s.scheme == Scheme::StandardWebhooks
+                    && !signature::is_standard_webhooks_secret(v.as_bytes())
+                {
+                    return Err(RenderError::Invalid {
+                        path: "map.to.sign".into(),
+                        reason: format!(
+                            "secret `{}` is not a Standard Webhooks secret (whsec_<base64>)",
+                            t.source()
+                        ),
+                    });
+                }
+                values.push(v);
+            }
+            Ok(_) | Err(_) => {
+                unset.get_or_insert_with(|| t.secrets().next().unwrap_or_default().to_string());
+            }
+        }
+    }
+    if values.is_empty() {
+        return Err(RenderError::MissingSecret(unset.unwrap_or_default()));
+    }
+    let keys: Vec<&[u8]> = values.iter().map(|v| v.as_bytes()).collect();
+    let body = req.body.as_deref().unwrap_or_default();
+    let headers = signature::sign(&s.scheme, &keys, id, timestamp, body).map_err(|e| {
+        RenderError::Invalid {
+            path: "map.to.sign".into(),
+            reason: e.to_string(),
+        }
+    })?;
+    put_headers(req, headers)
+}
+
+/// The headers [`sign`] would add, with the signatures masked (`hms-sync test`).
+pub fn sign_masked(s: &Sign, req: &mut Request, id: &str) -> Result<(), RenderError> {
+    let headers = signature::sign_masked(&s.scheme, s.secrets.len(), id, "<unix time at send>");
+    put_headers(req, headers)
+}
+
+fn put_headers(req: &mut Request, headers: Vec<(String, String)>) -> Result<(), RenderError> {
+    for (name, value) in headers {
+        let name = HeaderName::from_bytes(name.as_bytes()).map_err(|_| RenderError::Invalid {
+            path: "map.to.sign".into(),
+            reason: format!("`{name}` is not a header name"),
+        })?;
+        let value = header_value(&name, &value)?;
+        req.headers.retain(|(n, _)| *n != name);
+        req.headers.push((name, value));
+    }
+    Ok(())
 }
 
 /// Builds a connector's lookup request for one event (query values are form-encoded data).

@@ -256,20 +256,107 @@ fn within_tolerance(t: i64, now: i64, tolerance_sec: u64) -> Result<(), Signatur
     }
 }
 
+/// The headers that sign one outgoing request (`map.to.sign`): what a receiver verifying with
+/// [`verify`] (or any implementation of the scheme) accepts. `secrets` are as written
+/// (`whsec_...` for Standard Webhooks); several secrets give several signatures where the
+/// scheme carries more than one (Stripe, Standard Webhooks: a rotation), else the first is
+/// used. `id` is the message id (Standard Webhooks' `webhook-id`), `timestamp` Unix seconds;
+/// `body` the exact bytes sent. Pure: the clock and the secrets are arguments.
+pub fn sign(
+    scheme: &Scheme,
+    secrets: &[&[u8]],
+    id: &str,
+    timestamp: i64,
+    body: &[u8],
+) -> Result<Vec<(String, String)>, SignatureError> {
+    let first = *secrets.first().ok_or(SignatureError::NoSecret)?;
+    let t = timestamp.to_string();
+    Ok(match scheme {
+        Scheme::Stripe => {
+            let mut value = format!("t={t}");
+            for s in secrets {
+                value.push_str(",v1=");
+                value.push_str(&hex::encode(hmac(s, &[t.as_bytes(), b".", body])));
+            }
+            vec![("Stripe-Signature".into(), value)]
+        }
+        Scheme::Github => vec![(
+            "X-Hub-Signature-256".into(),
+            format!("sha256={}", hex::encode(hmac(first, &[body]))),
+        )],
+        Scheme::StandardWebhooks => {
+            let mut signatures = Vec::with_capacity(secrets.len());
+            for s in secrets {
+                let key = standard_webhooks_key(s).ok_or(SignatureError::NoSecret)?;
+                let mac = hmac(&key, &[id.as_bytes(), b".", t.as_bytes(), b".", body]);
+                signatures.push(format!(
+                    "v1,{}",
+                    base64::engine::general_purpose::STANDARD.encode(mac)
+                ));
+            }
+            vec![
+                ("webhook-id".into(), id.to_string()),
+                ("webhook-timestamp".into(), t),
+                ("webhook-signature".into(), signatures.join(" ")),
+            ]
+        }
+        Scheme::HmacSha256(spec) => {
+            let mac = hmac(first, &[body]);
+            let text = match spec.encoding {
+                SigEncoding::Hex => hex::encode(mac),
+                SigEncoding::Base64 => base64::engine::general_purpose::STANDARD.encode(mac),
+            };
+            vec![(spec.header.clone(), format!("{}{text}", spec.prefix))]
+        }
+    })
+}
+
+/// The headers [`sign`] adds, with every signature shown as `***` and the id and timestamp as
+/// given (for `hms-sync test`: what would be sent, without the secret's fingerprint).
+pub fn sign_masked(
+    scheme: &Scheme,
+    secrets: usize,
+    id: &str,
+    timestamp: &str,
+) -> Vec<(String, String)> {
+    let n = secrets.max(1);
+    match scheme {
+        Scheme::Stripe => vec![(
+            "Stripe-Signature".into(),
+            format!("t={timestamp}{}", ",v1=***".repeat(n)),
+        )],
+        Scheme::Github => vec![("X-Hub-Signature-256".into(), "sha256=***".into())],
+        Scheme::StandardWebhooks => vec![
+            ("webhook-id".into(), id.to_string()),
+            ("webhook-timestamp".into(), timestamp.to_string()),
+            ("webhook-signature".into(), vec!["v1,***"; n].join(" ")),
+        ],
+        Scheme::HmacSha256(spec) => vec![(spec.header.clone(), format!("{}***", spec.prefix))],
+    }
+}
+
+/// Whether `secret` is usable as a Standard Webhooks secret (`whsec_` and base64).
+pub fn is_standard_webhooks_secret(secret: &[u8]) -> bool {
+    standard_webhooks_key(secret).is_some_and(|k| !k.is_empty())
+}
+
+/// HMAC-SHA256 of `parts` under `key` (any key length is valid for HMAC).
+fn hmac(key: &[u8], parts: &[&[u8]]) -> Vec<u8> {
+    let Ok(mut m) = HmacSha256::new_from_slice(key) else {
+        return Vec::new();
+    };
+    for p in parts {
+        m.update(p);
+    }
+    m.finalize().into_bytes().to_vec()
+}
+
 /// Signature helpers for tests and tools: what a sender would put in its headers.
 pub mod sign {
     use super::*;
 
     fn mac(key: &[u8], parts: &[&[u8]]) -> Vec<u8> {
-        // HMAC accepts keys of any length; an error here is impossible.
-        let mut m = match HmacSha256::new_from_slice(key) {
-            Ok(m) => m,
-            Err(_) => return Vec::new(),
-        };
-        for p in parts {
-            m.update(p);
-        }
-        m.finalize().into_bytes().to_vec()
+        super::hmac(key, parts)
     }
 
     /// `Stripe-Signature` value for `body` at `t`.
@@ -716,6 +803,115 @@ mod tests {
             )
             .map_err(|e| e.reason()),
             Err("bad_signature")
+        );
+    }
+
+    #[test]
+    fn what_sign_writes_verify_accepts_for_every_scheme() {
+        let hmac_spec = |encoding, prefix: &str| {
+            Scheme::HmacSha256(HmacSpec {
+                header: "x-signature".into(),
+                encoding,
+                prefix: prefix.into(),
+            })
+        };
+        let schemes = [
+            (Scheme::Stripe, ST_SECRET),
+            (Scheme::Github, GH_SECRET),
+            (Scheme::StandardWebhooks, SW_SECRET),
+            (hmac_spec(SigEncoding::Hex, "sha256="), "s3cret"),
+            (hmac_spec(SigEncoding::Base64, ""), "s3cret"),
+        ];
+        let body = br#"{"permitId":"RW-481"}"#;
+        for (scheme, secret) in schemes {
+            let signed = sign(&scheme, &[secret.as_bytes()], "msg_1", ST_T, body).unwrap();
+            let pairs: Vec<(&str, &str)> = signed
+                .iter()
+                .map(|(k, v)| (k.as_str(), v.as_str()))
+                .collect();
+            let name = scheme.name();
+            assert_eq!(
+                check(&scheme, &pairs, body, &[secret], ST_T),
+                Ok(()),
+                "{name}"
+            );
+            assert_eq!(
+                check(&scheme, &pairs, b"{}", &[secret], ST_T).map_err(|e| e.reason()),
+                Err("bad_signature"),
+                "{name}: tampered body"
+            );
+        }
+    }
+
+    #[test]
+    fn standard_webhooks_signing_matches_the_specification_example() {
+        let signed = sign(
+            &Scheme::StandardWebhooks,
+            &[SW_SECRET.as_bytes()],
+            SW_ID,
+            SW_TS,
+            SW_BODY,
+        )
+        .unwrap();
+        assert_eq!(
+            signed,
+            vec![
+                ("webhook-id".to_string(), SW_ID.to_string()),
+                ("webhook-timestamp".to_string(), SW_TS.to_string()),
+                ("webhook-signature".to_string(), SW_SIG.to_string()),
+            ]
+        );
+        // A rotation signs with both secrets; a receiver knowing either accepts.
+        let other = "whsec_dGhlIG90aGVyIG9uZQ==";
+        let both = sign(
+            &Scheme::StandardWebhooks,
+            &[other.as_bytes(), SW_SECRET.as_bytes()],
+            SW_ID,
+            SW_TS,
+            SW_BODY,
+        )
+        .unwrap();
+        assert!(both[2].1.ends_with(&format!(" {SW_SIG}")), "{both:?}");
+        for secret in [other, SW_SECRET] {
+            let h: Vec<(&str, &str)> = both.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+            assert_eq!(
+                check(&Scheme::StandardWebhooks, &h, SW_BODY, &[secret], SW_TS),
+                Ok(())
+            );
+        }
+        for bad in ["whsec_***", "not base64!"] {
+            assert_eq!(
+                sign(
+                    &Scheme::StandardWebhooks,
+                    &[bad.as_bytes()],
+                    SW_ID,
+                    SW_TS,
+                    SW_BODY
+                ),
+                Err(SignatureError::NoSecret),
+                "{bad}"
+            );
+            assert!(!is_standard_webhooks_secret(bad.as_bytes()));
+        }
+        assert!(is_standard_webhooks_secret(SW_SECRET.as_bytes()));
+        assert_eq!(
+            sign(&Scheme::StandardWebhooks, &[], SW_ID, SW_TS, SW_BODY),
+            Err(SignatureError::NoSecret)
+        );
+    }
+
+    #[test]
+    fn masked_signatures_show_no_fingerprint() {
+        let m = sign_masked(&Scheme::StandardWebhooks, 2, "<key>", "<time>");
+        assert_eq!(m[2], ("webhook-signature".into(), "v1,*** v1,***".into()));
+        let h = Scheme::HmacSha256(HmacSpec {
+            header: "x-signature".into(),
+            encoding: SigEncoding::Hex,
+            prefix: "sha256=".into(),
+        });
+        assert_eq!(
+            sign_masked(&h, 1, "", ""),
+            vec![("x-signature".into(), "sha256=***".into())]
         );
     }
 }

@@ -1,11 +1,12 @@
 //! Validation of an inbound connector (`type: inbound`): `source` and `publish` into an [`InboundConnector`].
 
-use super::model::{InboundConnector, Publish, Signature, DEFAULT_MAX_BODY_BYTES};
+use super::model::{InboundConnector, InboundFormat, Publish, Signature, DEFAULT_MAX_BODY_BYTES};
 use super::problems::Report;
-use super::raw::{RawConnector, RawPublish, RawSignature};
+use super::raw::{RawConnector, RawPublish, RawSignature, RawSource};
 use super::rules::subject_problem;
+use super::signing::{compile_scheme, compile_secrets, SchemeKeys};
 use super::yaml_pos::Positions;
-use crate::signature::{HmacSpec, Scheme, SigEncoding, DEFAULT_TOLERANCE_SEC};
+use crate::signature::DEFAULT_TOLERANCE_SEC;
 use crate::template::{BodyTemplate, Flavor, StringTemplate};
 
 /// Paths the HTTP server of `up` serves itself; a webhook cannot take them.
@@ -78,6 +79,7 @@ pub fn compile(
             None
         }
     };
+    let format = inbound_format(source, pos, r);
     for key in ["trigger", "map", "retry", "rateLimit", "timeoutMs"] {
         if !pos.children("").iter().any(|(k, _)| k == key) {
             continue;
@@ -97,80 +99,25 @@ pub fn compile(
         webhook_url: url.clone(),
         max_body_bytes,
         signature: signature?,
+        format,
         publish: publish?,
         origin: r.file.to_string(),
     })
 }
 
 fn signature(s: &RawSignature, pos: &Positions, r: &mut Report<'_>) -> Option<Signature> {
-    let at = |k: &str| format!("source.signature.{k}");
-    let scheme = match s.scheme.as_str() {
-        "stripe" => Some(Scheme::Stripe),
-        "github" => Some(Scheme::Github),
-        "standard-webhooks" => Some(Scheme::StandardWebhooks),
-        "hmac-sha256" => {
-            let encoding = match s.encoding.as_deref() {
-                None | Some("hex") => SigEncoding::Hex,
-                Some("base64") => SigEncoding::Base64,
-                Some(other) => {
-                    r.at(
-                        pos.value(&at("encoding")),
-                        format!("encoding `{other}`: expected `hex` or `base64`"),
-                    );
-                    SigEncoding::Hex
-                }
-            };
-            match &s.header {
-                None => {
-                    r.at(
-                        pos.key("source.signature"),
-                        "scheme `hmac-sha256` needs `header` (the header carrying the signature)",
-                    );
-                    None
-                }
-                Some(h) if http::HeaderName::from_bytes(h.as_bytes()).is_err() => {
-                    r.at(
-                        pos.value(&at("header")),
-                        format!("header `{h}` is not a valid HTTP header name"),
-                    );
-                    None
-                }
-                Some(h) => Some(Scheme::HmacSha256(HmacSpec {
-                    header: h.to_ascii_lowercase(),
-                    encoding,
-                    prefix: s.prefix.clone().unwrap_or_default(),
-                })),
-            }
-        }
-        other => {
-            r.at(
-                pos.value(&at("scheme")),
-                format!("scheme `{other}`: expected one of stripe, github, standard-webhooks, hmac-sha256"),
-            );
-            None
-        }
+    let at = "source.signature";
+    let keys = SchemeKeys {
+        scheme: &s.scheme,
+        header: s.header.as_deref(),
+        encoding: s.encoding.as_deref(),
+        prefix: s.prefix.as_deref(),
     };
+    let scheme = compile_scheme(&keys, at, &INBOUND_SCHEMES, pos, r);
     if let Some(sc) = &scheme {
-        if !matches!(sc, Scheme::HmacSha256(_)) {
-            for key in ["header", "encoding", "prefix"] {
-                if pos
-                    .children("source.signature")
-                    .iter()
-                    .any(|(k, _)| k == key)
-                {
-                    r.at(
-                        pos.key(&at(key)),
-                        format!(
-                            "`{key}` applies to scheme `hmac-sha256` only; `{}` fixes its headers",
-                            sc.name()
-                        ),
-                    );
-                }
-            }
-        }
         if !sc.has_timestamp() && s.tolerance_sec.is_some() {
             r.at(
-                pos.key(&at("toleranceSec")),
+                pos.key(&format!("{at}.toleranceSec")),
                 format!(
                     "scheme `{}` signs no timestamp: `toleranceSec` does not apply",
                     sc.name()
@@ -180,36 +127,11 @@ fn signature(s: &RawSignature, pos: &Positions, r: &mut Report<'_>) -> Option<Si
     }
     if s.tolerance_sec == Some(0) {
         r.at(
-            pos.value(&at("toleranceSec")),
+            pos.value(&format!("{at}.toleranceSec")),
             "toleranceSec must be above 0",
         );
     }
-    let mut written: Vec<(String, String)> = Vec::new();
-    if let Some(one) = &s.secret {
-        written.push((one.clone(), at("secret")));
-    }
-    for (i, one) in s.secrets.iter().flatten().enumerate() {
-        written.push((one.clone(), format!("{}[{i}]", at("secrets"))));
-    }
-    if written.is_empty() {
-        r.at(
-            pos.key("source.signature"),
-            "a signature needs `secret: ${VAR}` or `secrets: [${OLD}, ${NEW}]`",
-        );
-    }
-    let mut secrets = Vec::new();
-    for (text, path) in written {
-        let compiled = is_one_var(&text)
-            .then(|| StringTemplate::compile(&text, Flavor::Text).ok())
-            .flatten();
-        match compiled {
-            Some(t) => secrets.push(t),
-            None => r.at(
-                pos.value(&path),
-                "a secret is read from the environment: write exactly `${NAME}` (never the secret itself)",
-            ),
-        }
-    }
+    let secrets = compile_secrets(s.secret.as_deref(), s.secrets.as_deref(), at, pos, r);
     Some(Signature {
         scheme: scheme?,
         secrets,
@@ -217,11 +139,55 @@ fn signature(s: &RawSignature, pos: &Positions, r: &mut Report<'_>) -> Option<Si
     })
 }
 
-fn is_one_var(text: &str) -> bool {
-    text.strip_prefix("${")
-        .and_then(|t| t.strip_suffix('}'))
-        .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_'))
+/// `source.format` with the CloudEvents handshake's `allowedOrigins` and `allowedRate`.
+fn inbound_format(source: &RawSource, pos: &Positions, r: &mut Report<'_>) -> InboundFormat {
+    let cloudevents = match source.format.as_deref() {
+        None | Some("json") => false,
+        Some("cloudevents") => true,
+        Some(other) => {
+            r.at(
+                pos.value("source.format"),
+                format!("format `{other}`: expected `json` (default) or `cloudevents`"),
+            );
+            false
+        }
+    };
+    if !cloudevents {
+        for key in ["allowedOrigins", "allowedRate"] {
+            if pos.children("source").iter().any(|(k, _)| k == key) {
+                r.at(
+                    pos.key(&format!("source.{key}")),
+                    format!("`{key}` belongs to the CloudEvents handshake: it needs `format: cloudevents`"),
+                );
+            }
+        }
+        return InboundFormat::Json;
+    }
+    if source.allowed_rate == Some(0) {
+        r.at(
+            pos.value("source.allowedRate"),
+            "allowedRate is requests per minute: above 0 (leave it out for any rate)",
+        );
+    }
+    let origins = source.allowed_origins.as_ref().map(|list| {
+        for (i, o) in list.iter().enumerate() {
+            if o.is_empty() || o.chars().any(|c| c.is_whitespace() || c.is_control()) {
+                r.at(
+                    pos.value(&format!("source.allowedOrigins[{i}]")),
+                    format!("origin `{o}`: a host name such as `eventemitter.example.com`, or `*`"),
+                );
+            }
+        }
+        list.iter().map(|o| o.to_ascii_lowercase()).collect()
+    });
+    InboundFormat::CloudEvents {
+        allowed_origins: origins,
+        allowed_rate: source.allowed_rate,
+    }
 }
+
+/// Schemes a webhook may be signed with.
+const INBOUND_SCHEMES: [&str; 4] = ["stripe", "github", "standard-webhooks", "hmac-sha256"];
 
 fn publish(p: &RawPublish, pos: &Positions, r: &mut Report<'_>) -> Option<Publish> {
     let no_secrets = |t: &StringTemplate| t.secrets().next().is_none();

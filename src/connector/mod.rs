@@ -18,6 +18,8 @@ pub mod outbound;
 pub mod problems;
 pub mod raw;
 pub mod rules;
+pub mod signing;
+pub mod standards;
 pub mod yaml_pos;
 
 pub use compile::parse_with;
@@ -26,8 +28,9 @@ pub use load::{
     warn_missing_webhook_secrets,
 };
 pub use model::{
-    consumer_name, secrets_used, AnyConnector, Connector, InboundConnector, Kind, Lookup,
-    LookupAuth, Publish, RateLimit, Signature, Target, Trigger, DEFAULT_MAX_BODY_BYTES,
+    consumer_name, secrets_used, AnyConnector, CloudEventsSpec, Connector, Format,
+    InboundConnector, InboundFormat, Kind, Lookup, LookupAuth, Publish, RateLimit, Sign, Signature,
+    Target, Trigger, DEFAULT_MAX_BODY_BYTES,
 };
 pub use problems::{Problem, Problems};
 pub use raw::RawConnector;

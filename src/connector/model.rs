@@ -44,6 +44,55 @@ pub struct Target {
     pub allow_hosts: Option<Vec<HostPort>>,
     /// `map.to.tls`: the client certificate presented to the target.
     pub identity: Option<Arc<ClientIdentity>>,
+    /// `map.to.format`: the body as rendered, or a CloudEvent.
+    pub format: Format,
+    /// `map.to.sign`: how the request is signed for the target, right before it is sent.
+    pub sign: Option<Sign>,
+}
+
+/// How an outbound request carries its event (`map.to.format`).
+#[derive(Debug)]
+pub enum Format {
+    /// The body as rendered (the default).
+    Plain,
+    /// A CloudEvent in binary mode: `ce-*` headers, the body as rendered.
+    CloudEvents(CloudEventsSpec),
+    /// A CloudEvent in structured mode: one JSON envelope whose `data` is the body.
+    CloudEventsStructured(CloudEventsSpec),
+}
+
+impl Format {
+    /// The CloudEvents attributes, for either CloudEvents mode.
+    pub fn cloudevents(&self) -> Option<&CloudEventsSpec> {
+        match self {
+            Format::Plain => None,
+            Format::CloudEvents(s) | Format::CloudEventsStructured(s) => Some(s),
+        }
+    }
+}
+
+/// Templates of an outgoing CloudEvent's attributes (`map.to.cloudevents`); `id` is the
+/// idempotency key and `time` the event's publish time.
+#[derive(Debug)]
+pub struct CloudEventsSpec {
+    /// `ce-source` (default `urn:hms-sync:<connector id>`).
+    pub source: StringTemplate,
+    /// `ce-type`; `None`: the event's topic.
+    pub event_type: Option<StringTemplate>,
+    /// `ce-subject`, when set.
+    pub subject: Option<StringTemplate>,
+    /// Extension attributes.
+    pub extensions: Vec<(String, StringTemplate)>,
+}
+
+/// `map.to.sign`: the scheme and the secrets (each one `${VAR}`, read at each send; several
+/// during a rotation, standard-webhooks only).
+#[derive(Debug)]
+pub struct Sign {
+    /// `standard-webhooks` or `hmac-sha256` (with its header, encoding and prefix).
+    pub scheme: Scheme,
+    /// Each exactly one `${VAR}`.
+    pub secrets: Vec<StringTemplate>,
 }
 
 /// `lookup:` — a request made before the main one; its JSON answer is bound under `bind`
@@ -128,9 +177,26 @@ pub struct InboundConnector {
     /// Largest body accepted (`source.maxBodyBytes`, default 1 MiB); larger ones get 413.
     pub max_body_bytes: usize,
     pub signature: Signature,
+    /// `source.format`: plain JSON webhooks, or CloudEvents.
+    pub format: InboundFormat,
     pub publish: Publish,
     /// Where it was loaded from (a file path, or `hms_sync_connectors/<key>@<revision>`).
     pub origin: String,
+}
+
+/// What an inbound connector accepts (`source.format`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum InboundFormat {
+    /// One JSON document per webhook (the default).
+    Json,
+    /// CloudEvents in binary, structured or batched mode; OPTIONS answers the validation
+    /// handshake.
+    CloudEvents {
+        /// Origins granted in the handshake; `None`: any (the requested origin is echoed).
+        allowed_origins: Option<Vec<String>>,
+        /// `WebHook-Allowed-Rate` (requests per minute); `None`: `*`.
+        allowed_rate: Option<u32>,
+    },
 }
 
 /// How a webhook proves where it comes from (`source.signature`).
@@ -217,6 +283,9 @@ pub fn secrets_used(c: &Connector) -> Vec<String> {
     c.target.headers.iter().for_each(|(_, t)| add(t));
     if let Some(b) = &c.target.body {
         b.leaves().into_iter().for_each(&mut add);
+    }
+    if let Some(s) = &c.target.sign {
+        s.secrets.iter().for_each(&mut add);
     }
     if let Some(l) = &c.lookup {
         add(&l.url);

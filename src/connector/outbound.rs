@@ -12,6 +12,7 @@ use super::model::{consumer_name, Connector, Kind, Lookup, RateLimit, Target, Tr
 use super::problems::Report;
 use super::raw::{RawClientTls, RawConnector, RawMap, RawRateLimit, RawRetry, RawTo, RawTrigger};
 use super::rules::{allow_hosts_problem, authority_of, subject_problem, url_problem, METHODS};
+use super::standards;
 use super::yaml_pos::Positions;
 use crate::filter::Filter;
 use crate::outcome::{Retry, StatusPattern, DEFAULT_MAX_BACKOFF};
@@ -44,7 +45,7 @@ pub fn compile(
         return None;
     };
     let trigger = compile_trigger(trigger, pos, r);
-    let target = compile_target(&map.to, pos, r, read);
+    let target = compile_target(&map.to, &raw.id, pos, r, read);
     check_from(map, pos, r);
     let retry = compile_retry(raw.retry.as_ref(), pos, r);
     let rate_limit = compile_rate_limit(raw.rate_limit.as_ref(), pos, r);
@@ -128,9 +129,10 @@ fn compile_trigger(t: &RawTrigger, pos: &Positions, r: &mut Report<'_>) -> Optio
     })
 }
 
-/// `map.to`: method, URL, headers, body, encoding.
+/// `map.to`: method, URL, headers, body, encoding, format, signature.
 fn compile_target(
     to: &RawTo,
+    id: &str,
     pos: &Positions,
     r: &mut Report<'_>,
     read: ReadFile<'_>,
@@ -193,6 +195,8 @@ fn compile_target(
             Encoding::Json
         }
     };
+    let format = standards::compile_format(to, id, encoding, &headers, pos, r);
+    let sign = standards::compile_sign(to, &headers, pos, r);
     Some(Target {
         method: method?,
         url: url?,
@@ -201,6 +205,8 @@ fn compile_target(
         encoding,
         allow_hosts,
         identity,
+        format,
+        sign,
     })
 }
 

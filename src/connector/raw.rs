@@ -89,6 +89,54 @@ pub struct RawTo {
     /// A client certificate presented to the target (mutual TLS).
     #[serde(default)]
     pub tls: Option<RawClientTls>,
+    /// `cloudevents` (binary mode) or `cloudevents-structured`; default: the body as rendered.
+    #[serde(default)]
+    pub format: Option<String>,
+    /// CloudEvents attributes of the request (with `format: cloudevents...`).
+    #[serde(default)]
+    pub cloudevents: Option<RawCloudEvents>,
+    /// How the request is signed for the target (`standard-webhooks` or `hmac-sha256`).
+    #[serde(default)]
+    pub sign: Option<RawSign>,
+}
+
+/// `map.to.cloudevents` as written: templates of the outgoing event's attributes.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+pub struct RawCloudEvents {
+    /// `ce-source` (default `urn:hms-sync:<connector id>`).
+    #[serde(default)]
+    pub source: Option<String>,
+    /// `ce-type` (default: the event's topic).
+    #[serde(default, rename = "type")]
+    pub event_type: Option<String>,
+    /// `ce-subject` (default: none).
+    #[serde(default)]
+    pub subject: Option<String>,
+    /// Extension attributes: name (lower-case letters and digits) -> template.
+    #[serde(default)]
+    pub extensions: BTreeMap<String, String>,
+}
+
+/// `map.to.sign` as written (keys as in `source.signature`).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+pub struct RawSign {
+    /// `standard-webhooks` or `hmac-sha256`.
+    pub scheme: String,
+    /// The signing secret, as `${VAR}` (read from the environment at each send).
+    #[serde(default)]
+    pub secret: Option<String>,
+    /// standard-webhooks: several secrets during a rotation (one signature each).
+    #[serde(default)]
+    pub secrets: Option<Vec<String>>,
+    /// hmac-sha256: the header carrying the signature.
+    #[serde(default)]
+    pub header: Option<String>,
+    /// hmac-sha256: `hex` (default) or `base64`.
+    #[serde(default)]
+    pub encoding: Option<String>,
+    /// hmac-sha256: text before the signature (e.g. `sha256=`).
+    #[serde(default)]
+    pub prefix: Option<String>,
 }
 
 /// `map.to.tls`: certificate and key files (PEM), relative to the connector file.
@@ -133,6 +181,15 @@ pub struct RawSource {
     /// How the sender signs its webhooks.
     #[serde(default)]
     pub signature: Option<RawSignature>,
+    /// `json` (default) or `cloudevents` (binary, structured and batched CloudEvents).
+    #[serde(default)]
+    pub format: Option<String>,
+    /// cloudevents: origins granted in the validation handshake (default: any).
+    #[serde(default)]
+    pub allowed_origins: Option<Vec<String>>,
+    /// cloudevents: requests per minute granted in the validation handshake (default `*`).
+    #[serde(default)]
+    pub allowed_rate: Option<u32>,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]

@@ -73,13 +73,36 @@ pub const KNOWN_KEYS: &[(&str, &[&str])] = &[
             "encoding",
             "allowHosts",
             "tls",
+            "format",
+            "cloudevents",
+            "sign",
         ],
     ),
     ("map.to.tls", &["certFile", "keyFile"]),
+    (
+        "map.to.cloudevents",
+        &["source", "type", "subject", "extensions"],
+    ),
+    (
+        "map.to.sign",
+        &[
+            "scheme", "secret", "secrets", "header", "encoding", "prefix",
+        ],
+    ),
     ("retry", &["max", "backoffMs", "maxBackoffMs", "statuses"]),
     ("retry.statuses", &["success", "transient", "permanent"]),
     ("rateLimit", &["perSecond", "burst"]),
-    ("source", &["webhookUrl", "maxBodyBytes", "signature"]),
+    (
+        "source",
+        &[
+            "webhookUrl",
+            "maxBodyBytes",
+            "signature",
+            "format",
+            "allowedOrigins",
+            "allowedRate",
+        ],
+    ),
     (
         "source.signature",
         &[

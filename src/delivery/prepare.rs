@@ -84,7 +84,7 @@ pub fn prepare(c: &Connector, d: &Delivery, key: &str) -> Prepared {
     let request = if c.lookup.is_some() {
         None
     } else {
-        match render(c, &event, key, started) {
+        match render(c, &event, key, d, started) {
             Ok(r) => Some(r),
             Err(a) => return Prepared::Invalid(a),
         }
@@ -97,14 +97,27 @@ pub fn prepare(c: &Connector, d: &Delivery, key: &str) -> Prepared {
 }
 
 /// Renders the main request from `ctx` (the event, with the lookup's answer bound when the
-/// connector has a lookup).
+/// connector has a lookup), as a CloudEvent when `map.to.format` says so.
 pub fn render(
     c: &Connector,
     ctx: &Json,
     key: &str,
+    d: &Delivery,
     started: Instant,
 ) -> Result<Rendered, Box<Attempted>> {
-    match request::build(c, ctx, Some(key), Secrets::Env) {
+    let built = request::build(c, ctx, Some(key), Secrets::Env).and_then(|mut r| {
+        if c.target.format.cloudevents().is_some() {
+            let topic = d.original_subject();
+            let time = crate::clock::format(d.published);
+            let origin = request::EventOrigin {
+                topic: &topic,
+                time: &time,
+            };
+            request::cloud_event(c, &mut r, ctx, key, origin)?;
+        }
+        Ok(r)
+    });
+    match built {
         Ok(request) => {
             let shown_url = if c.target.url.secrets().next().is_some() {
                 c.target

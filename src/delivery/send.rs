@@ -3,7 +3,7 @@
 //! and the connector's response check. Ends with the [`Attempted`] that settle acts on.
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Instant, SystemTime};
 
 use serde_json::Value as Json;
 
@@ -14,9 +14,10 @@ use super::prepare::{self, Ready, Rendered};
 use crate::auth::Auth;
 use crate::bus::Delivery;
 use crate::check::{self, AnswerView, OnFailure};
-use crate::connector::Lookup;
+use crate::connector::{Lookup, Sign};
 use crate::http_client::{snippet, Answer, Exchange};
-use crate::outcome::{backoff, classify, describe, signal_of, Class, Outcome};
+use crate::outcome::{backoff, classify, describe, retry_at_reset, signal_of, Class, Outcome};
+use crate::ratelimit_headers::Announced;
 use crate::request;
 use crate::services::{endpoint_of, Permit, Token};
 use crate::template::Secrets;
@@ -38,12 +39,12 @@ pub async fn send(p: &Pipeline, ready: Ready, d: &Delivery, key: &str) -> Attemp
                 Err(failed) => return *failed,
             };
             let ctx = request::bind(&event, &l.bind, answer);
-            match prepare::render(c, &ctx, key, started) {
+            match prepare::render(c, &ctx, key, d, started) {
                 Ok(r) => r,
                 Err(failed) => return *failed,
             }
         }
-        (None, None) => match prepare::render(c, &event, key, started) {
+        (None, None) => match prepare::render(c, &event, key, d, started) {
             Ok(r) => r,
             Err(failed) => return *failed,
         },
@@ -65,7 +66,8 @@ pub async fn send(p: &Pipeline, ready: Ready, d: &Delivery, key: &str) -> Attemp
     tracing::Span::current().record("endpoint", endpoint.as_str());
     let method = c.target.method.clone();
     let sent_at = Instant::now();
-    let ex = match call(p, c.auth.as_ref(), request, &endpoint, d).await {
+    let signing = c.target.sign.as_ref().map(|s| (s, key));
+    let ex = match call(p, c.auth.as_ref(), signing, request, &endpoint, d).await {
         Ok(ex) => ex,
         Err(outcome) => {
             let line = format!("{method} {shown_url} {}", describe(&outcome));
@@ -177,12 +179,15 @@ async fn permit(p: &Pipeline, endpoint: &str, d: &Delivery) -> Option<Permit> {
     permit
 }
 
-/// Sends one request under the endpoint's permit, with the token of `auth`. When the target
-/// refuses a fetched token, the token is refreshed once and the request sent again at once
-/// (the same attempt: JetStream's delivery count does not change).
+/// Sends one request under the endpoint's permit, with the token of `auth`, signed (when
+/// `signing` says how, with the idempotency key as its id) right before it leaves, so every
+/// send carries a fresh timestamp. When the target refuses a fetched token, the token is
+/// refreshed once and the request sent again at once (the same attempt: JetStream's delivery
+/// count does not change). The answer's rate-limit headers go to the endpoint with its permit.
 async fn call(
     p: &Pipeline,
     auth: Option<&Arc<Auth>>,
+    signing: Option<(&Sign, &str)>,
     req: Request,
     endpoint: &str,
     d: &Delivery,
@@ -211,12 +216,26 @@ async fn call(
                 .map_err(|e| Outcome::Invalid(e.to_string()))?;
         }
         let mut permit = permit(p, endpoint, d).await;
+        if let Some((sign, id)) = signing {
+            let now = time::OffsetDateTime::now_utc().unix_timestamp();
+            request::sign(sign, &mut r, id, now).map_err(|e| Outcome::Invalid(e.to_string()))?;
+        }
         let metrics = &p.telemetry.metrics;
         metrics.in_flight.increment(1.0);
-        let ex = p.http.exchange_on(r, p.url_base.as_ref(), c.timeout).await;
+        let mut ex = p.http.exchange_on(r, p.url_base.as_ref(), c.timeout).await;
         metrics.in_flight.decrement(1.0);
+        let announced = match ex.status() {
+            Some(_) => Announced::of(&ex.headers, SystemTime::now()),
+            None => Announced::NoAnswer,
+        };
+        let spent = match announced {
+            Announced::Budget(b) if b.remaining == 0 => Some(b.reset),
+            _ => None,
+        };
+        retry_at_reset(&mut ex.answer.outcome, spent);
         if let Some(permit) = permit.as_mut() {
             permit.report(signal_of(&ex.answer.outcome, backoff(1, &c.retry, 0.0)));
+            permit.announce(announced);
         }
         drop(permit);
         if let (Some(a), Some(t), Some(status)) = (auth, &current, ex.status()) {
@@ -280,9 +299,16 @@ async fn lookup(
         }
     };
     let endpoint = endpoint_of(&req.url);
-    let ex = call(p, l.effective_auth(c.auth.as_ref()), req, &endpoint, d)
-        .await
-        .map_err(|o| failed(o, String::new()))?;
+    let ex = call(
+        p,
+        l.effective_auth(c.auth.as_ref()),
+        None,
+        req,
+        &endpoint,
+        d,
+    )
+    .await
+    .map_err(|o| failed(o, String::new()))?;
     let Some(status) = ex.status() else {
         return Err(failed(ex.answer.outcome, String::new()));
     };

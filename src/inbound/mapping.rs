@@ -9,6 +9,7 @@ use bytes::Bytes;
 use http::HeaderMap;
 use serde_json::Value as Json;
 
+use crate::cloudevents::CloudEvent;
 use crate::connector::rules::subject_problem;
 use crate::connector::InboundConnector;
 use crate::signature::Scheme;
@@ -56,16 +57,11 @@ pub enum MapError {
     Body(RenderError),
 }
 
-/// Maps a verified webhook (`raw` bytes, parsed as `json`) into its event.
-pub fn event(
-    c: &InboundConnector,
-    headers: &HeaderMap,
-    raw: &Bytes,
-    json: &Json,
-) -> Result<Event, MapError> {
-    let p = &c.publish;
+/// The subject an event of `json` is published on.
+fn subject_of(c: &InboundConnector, json: &Json) -> Result<String, MapError> {
     // `publish` templates cannot name secrets (checked at load): Masked never shows up.
-    let subject = p
+    let subject = c
+        .publish
         .topic
         .render_text(json, Secrets::Masked)
         .map_err(MapError::Topic)?;
@@ -81,14 +77,93 @@ pub fn event(
             why: "wildcards or control characters",
         });
     }
+    Ok(subject)
+}
+
+fn check_id(id: &str) -> Result<(), MapError> {
+    if id.is_empty() || id.len() > 256 || id.chars().any(char::is_control) {
+        return Err(MapError::BadId);
+    }
+    Ok(())
+}
+
+/// Maps one verified CloudEvent into its event: `publish` templates read the event as
+/// [`CloudEvent::view`] shows it (`{{ type }}`, `{{ data.permitId }}`); the dedup id is
+/// `idFrom`, else the event's `source` and `id` (which identify a CloudEvent together); the
+/// attributes become `ce-*` headers and the data the body.
+pub fn cloud_event(
+    c: &InboundConnector,
+    headers: &HeaderMap,
+    e: &CloudEvent,
+) -> Result<Event, MapError> {
+    let view = e.view();
+    let subject = subject_of(c, &view)?;
+    let msg_id = match &c.publish.id_from {
+        Some(t) => t
+            .render_text(&view, Secrets::Masked)
+            .map_err(MapError::Id)?,
+        None => cloudevent_id(e),
+    };
+    check_id(&msg_id)?;
+    let mut out = vec![
+        (CONNECTOR_HEADER.to_string(), c.id.clone()),
+        (MSG_ID_HEADER.to_string(), msg_id.clone()),
+        (TYPE_HEADER.to_string(), e.event_type().to_string()),
+    ];
+    for name in kept_headers(&c.signature.scheme) {
+        if let Some(v) = header(headers, name) {
+            out.push((name.to_string(), v));
+        }
+    }
+    let body = match &c.publish.body {
+        None => {
+            out.extend(e.headers());
+            e.data.clone().unwrap_or_default()
+        }
+        Some(b) => {
+            let v = b.render(&view, Secrets::Masked).map_err(MapError::Body)?;
+            out.extend(e.headers().into_iter().filter(|(k, _)| k != "Content-Type"));
+            out.push(("Content-Type".into(), "application/json".into()));
+            Bytes::from(v.to_string())
+        }
+    };
+    Ok(Event {
+        subject,
+        msg_id: Some(msg_id),
+        headers: out,
+        body,
+    })
+}
+
+/// The default dedup id of a CloudEvent: `<source> <id>` (a space cannot occur in a URI
+/// reference, so no two pairs give the same text), or its SHA-256 when that is over 256 bytes.
+pub fn cloudevent_id(e: &CloudEvent) -> String {
+    let id = format!("{} {}", e.source(), e.id());
+    if id.len() <= 256 {
+        return id;
+    }
+    use sha2::Digest as _;
+    format!(
+        "sha256:{}",
+        hex::encode(sha2::Sha256::digest(id.as_bytes()))
+    )
+}
+
+/// Maps a verified webhook (`raw` bytes, parsed as `json`) into its event.
+pub fn event(
+    c: &InboundConnector,
+    headers: &HeaderMap,
+    raw: &Bytes,
+    json: &Json,
+) -> Result<Event, MapError> {
+    let p = &c.publish;
+    let subject = subject_of(c, json)?;
     let msg_id = match &p.id_from {
         Some(t) => Some(t.render_text(json, Secrets::Masked).map_err(MapError::Id)?),
         None => scheme_id(&c.signature.scheme, headers, json),
     };
     if let Some(id) = &msg_id {
-        if id.is_empty() || id.len() > 256 || id.chars().any(char::is_control) {
-            return Err(MapError::BadId);
-        }
+        check_id(id)?;
     }
     let body = match &p.body {
         None => raw.clone(),

@@ -3,7 +3,10 @@
 //! Order of checks, each with its answer: unknown path 404, not POST 405, content type not
 //! JSON 415, body over the limit 413 (slow body 408), signature 401, not JSON 400, mapping
 //! 422, NATS unavailable 503; 200 only after JetStream acknowledged the event (a duplicate
-//! within the stream's duplicate window is answered 200 too and stored once).
+//! within the stream's duplicate window is answered 200 too and stored once). A CloudEvents
+//! connector (`source.format: cloudevents`) takes any content type in binary mode, answers
+//! 415 to a request that is no CloudEvent and 400 to an invalid one, stores every entry of a
+//! batch before its 200, and answers the validation handshake (`OPTIONS`).
 
 use std::time::Duration;
 
@@ -21,7 +24,8 @@ use serde_json::json;
 use super::mapping::{self, MapError};
 use super::table::Webhooks;
 use crate::bus::Bus;
-use crate::connector::InboundConnector;
+use crate::cloudevents::{CeError, Mode};
+use crate::connector::{InboundConnector, InboundFormat};
 use crate::metrics::{WEBHOOK_RECEIVED_TOTAL, WEBHOOK_REJECTED_TOTAL};
 use crate::services::Auditor;
 use crate::signature::{self, SignatureError};
@@ -68,6 +72,10 @@ pub enum Rejection {
     BodyRead(String),
     #[error("signature: {0}")]
     Signature(#[from] SignatureError),
+    #[error("{0}")]
+    CloudEvent(#[from] CeError),
+    #[error("origin `{0}` is not among the allowed origins (source.allowedOrigins)")]
+    Origin(String),
     #[error("body is not valid JSON: {0}")]
     Json(String),
     #[error("{0}")]
@@ -85,6 +93,9 @@ impl Rejection {
             Rejection::SlowBody(_) => StatusCode::REQUEST_TIMEOUT,
             Rejection::BodyRead(_) | Rejection::Json(_) => StatusCode::BAD_REQUEST,
             Rejection::Signature(_) => StatusCode::UNAUTHORIZED,
+            Rejection::CloudEvent(CeError::NotCloudEvent) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            Rejection::CloudEvent(_) => StatusCode::BAD_REQUEST,
+            Rejection::Origin(_) => StatusCode::FORBIDDEN,
             Rejection::Mapping(_) => StatusCode::UNPROCESSABLE_ENTITY,
             Rejection::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
         }
@@ -99,6 +110,9 @@ impl Rejection {
             Rejection::SlowBody(_) => "slow_body",
             Rejection::BodyRead(_) => "body_read",
             Rejection::Signature(e) => e.reason(),
+            Rejection::CloudEvent(CeError::NotCloudEvent) => "content_type",
+            Rejection::CloudEvent(_) => "malformed_cloudevent",
+            Rejection::Origin(_) => "origin",
             Rejection::Json(_) => "malformed_json",
             Rejection::Mapping(_) => "mapping",
             Rejection::Unavailable(_) => "unavailable",
@@ -152,6 +166,10 @@ async fn list(State(s): State<Receiver>) -> Json<serde_json::Value> {
                 "id": c.id,
                 "webhookUrl": c.webhook_url,
                 "scheme": c.signature.scheme.name(),
+                "format": match c.format {
+                    InboundFormat::Json => "json",
+                    InboundFormat::CloudEvents { .. } => "cloudevents",
+                },
                 "topic": c.publish.topic.source(),
                 "maxBodyBytes": c.max_body_bytes,
                 "origin": c.origin,
@@ -176,25 +194,39 @@ async fn receive(
             .into_response();
     };
     let received_at = crate::clock::now_rfc3339();
-    match accept(&s.bus, &c, &method, &headers, body).await {
-        Ok((event, ack)) => {
+    let handshake = match (&method, &c.format) {
+        (&Method::OPTIONS, InboundFormat::CloudEvents { .. }) => Some(validation(&c, &headers)),
+        _ => None,
+    };
+    let outcome = match handshake {
+        Some(Ok(resp)) => return resp,
+        Some(Err(rej)) => Err(rej),
+        None => accept(&s.bus, &c, &method, &headers, body).await,
+    };
+    match outcome {
+        Ok(accepted) => {
             metrics::counter!(WEBHOOK_RECEIVED_TOTAL, "connector" => c.id.clone()).increment(1);
-            let rec = WebhookRecord {
-                connector: c.id.clone(),
-                path: c.webhook_url.clone(),
-                subject: event.subject,
-                msg_id: event.msg_id,
-                stream: ack.stream,
-                sequence: ack.sequence,
-                duplicate: ack.duplicate,
-                received_at,
+            let mut duplicates = 0;
+            for (event, ack) in &accepted.events {
+                let rec = WebhookRecord {
+                    connector: c.id.clone(),
+                    path: c.webhook_url.clone(),
+                    subject: event.subject.clone(),
+                    msg_id: event.msg_id.clone(),
+                    stream: ack.stream.clone(),
+                    sequence: ack.sequence,
+                    duplicate: ack.duplicate,
+                    received_at: received_at.clone(),
+                };
+                duplicates += usize::from(ack.duplicate);
+                record(&rec, s.audit.as_ref());
+            }
+            let answer = if accepted.batch {
+                json!({ "accepted": true, "events": accepted.events.len(), "duplicates": duplicates })
+            } else {
+                json!({ "accepted": true, "duplicate": duplicates > 0 })
             };
-            record(&rec, s.audit.as_ref());
-            (
-                StatusCode::OK,
-                Json(json!({ "accepted": true, "duplicate": rec.duplicate })),
-            )
-                .into_response()
+            (StatusCode::OK, Json(answer)).into_response()
         }
         Err(rej) => {
             let reason = rej.reason();
@@ -217,18 +249,85 @@ async fn receive(
     }
 }
 
-/// Every check of one webhook, then the publish. Returns the event and JetStream's ack.
+/// What an accepted webhook became: its events with JetStream's acks (one, or a CloudEvents
+/// batch's entries).
+struct Accepted {
+    events: Vec<(mapping::Event, crate::bus::Stored)>,
+    batch: bool,
+}
+
+/// The CloudEvents validation handshake (`OPTIONS` with `WebHook-Request-Origin`): grants the
+/// origin when `source.allowedOrigins` lists it (or is not set), with `WebHook-Allowed-Rate`.
+fn validation(c: &InboundConnector, headers: &HeaderMap) -> Result<Response, Rejection> {
+    let InboundFormat::CloudEvents {
+        allowed_origins,
+        allowed_rate,
+    } = &c.format
+    else {
+        return Err(Rejection::Method(Method::OPTIONS));
+    };
+    let mut resp = StatusCode::OK.into_response();
+    let h = resp.headers_mut();
+    h.insert(
+        header::ALLOW,
+        header::HeaderValue::from_static("POST, OPTIONS"),
+    );
+    let Some(origin) = headers.get("webhook-request-origin").cloned() else {
+        return Ok(resp);
+    };
+    // Visible ASCII only (a header value); kept to a host name's length for logs and answers.
+    let text: String = origin
+        .to_str()
+        .unwrap_or_default()
+        .trim()
+        .to_ascii_lowercase()
+        .chars()
+        .take(253)
+        .collect();
+    let granted = allowed_origins
+        .as_ref()
+        .is_none_or(|list| list.iter().any(|o| o == "*" || *o == text));
+    if !granted || text.is_empty() {
+        return Err(Rejection::Origin(text));
+    }
+    let requested = headers
+        .get("webhook-request-rate")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u32>().ok())
+        .filter(|r| *r > 0);
+    let rate = match (allowed_rate, requested) {
+        (Some(a), Some(r)) => (*a).min(r).to_string(),
+        (Some(a), None) => a.to_string(),
+        (None, _) => "*".to_string(),
+    };
+    h.insert("webhook-allowed-origin", origin);
+    if let Ok(v) = header::HeaderValue::from_str(&rate) {
+        h.insert("webhook-allowed-rate", v);
+    }
+    tracing::info!(
+        "[{}] CloudEvents handshake: origin {text} granted at {rate} requests per minute",
+        c.id
+    );
+    Ok(resp)
+}
+
+/// Every check of one webhook, then the publish of its event (or of every event of a
+/// CloudEvents batch, each awaited). Returns the events and JetStream's acks.
 async fn accept(
     bus: &Bus,
     c: &InboundConnector,
     method: &Method,
     headers: &HeaderMap,
     body: Body,
-) -> Result<(mapping::Event, crate::bus::Stored), Rejection> {
+) -> Result<Accepted, Rejection> {
     if method != Method::POST {
         return Err(Rejection::Method(method.clone()));
     }
-    check_content_type(headers)?;
+    let cloudevents = matches!(c.format, InboundFormat::CloudEvents { .. });
+    // A CloudEvent in binary mode carries data of any type.
+    if !cloudevents {
+        check_content_type(headers)?;
+    }
     let raw = read_body(headers, body, c.max_body_bytes).await?;
     let secrets = resolve_secrets(c);
     let keys: Vec<&[u8]> = secrets.iter().map(|s| s.as_bytes()).collect();
@@ -241,20 +340,38 @@ async fn accept(
         time::OffsetDateTime::now_utc().unix_timestamp(),
     )?;
     drop(secrets);
-    let json: serde_json::Value =
-        serde_json::from_slice(&raw).map_err(|e| Rejection::Json(e.to_string()))?;
-    let event = mapping::event(c, headers, &raw, &json)?;
+    let (events, batch) = if cloudevents {
+        let (mode, parsed) = crate::cloudevents::parse(headers, &raw)?;
+        let events = parsed
+            .iter()
+            .map(|e| mapping::cloud_event(c, headers, e))
+            .collect::<Result<Vec<_>, _>>()?;
+        (events, mode == Mode::Batch)
+    } else {
+        let json: serde_json::Value =
+            serde_json::from_slice(&raw).map_err(|e| Rejection::Json(e.to_string()))?;
+        (vec![mapping::event(c, headers, &raw, &json)?], false)
+    };
     if !bus.is_connected() {
         return Err(Rejection::Unavailable("NATS is not connected".into()));
     }
-    let ack = tokio::time::timeout(
-        PUBLISH_TIMEOUT,
-        bus.publish_stored(&event.subject, &event.headers, event.body.clone()),
-    )
-    .await
-    .map_err(|_| Rejection::Unavailable(format!("no JetStream ack within {PUBLISH_TIMEOUT:?}")))?
-    .map_err(|e| Rejection::Unavailable(e.to_string()))?;
-    Ok((event, ack))
+    let publish_all = async {
+        let mut stored = Vec::with_capacity(events.len());
+        for event in events {
+            let ack = bus
+                .publish_stored(&event.subject, &event.headers, event.body.clone())
+                .await
+                .map_err(|e| Rejection::Unavailable(e.to_string()))?;
+            stored.push((event, ack));
+        }
+        Ok::<_, Rejection>(stored)
+    };
+    let events = tokio::time::timeout(PUBLISH_TIMEOUT, publish_all)
+        .await
+        .map_err(|_| {
+            Rejection::Unavailable(format!("no JetStream ack within {PUBLISH_TIMEOUT:?}"))
+        })??;
+    Ok(Accepted { events, batch })
 }
 
 /// The configured secrets that are set in the environment now (unset ones are skipped; with

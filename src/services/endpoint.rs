@@ -1,8 +1,9 @@
 //! Endpoint actor: one per endpoint (`scheme://host:port`) and process, shared by every
 //! connector calling it. It hands out permits to send: at most `perSecond` in any window of
-//! 1.1 s, at most `maxInFlight` at once, none while a 429 asked to slow down, and only one
-//! probe at a time while its circuit breaker is open. Its waits (slow-down, next probe, rate
-//! window) are held by the retry-timer actor.
+//! 1.1 s, at most `maxInFlight` at once, none while a 429 asked to slow down, only one probe at
+//! a time while its circuit breaker is open, and none while the budget its target announced in
+//! its rate-limit headers is spent (`services/budget.rs`). Its waits (slow-down, next probe,
+//! rate window, budget reset) are held by the retry-timer actor.
 //!
 //! Several instances: the rate budget and the breaker are one for all of them. Grants are
 //! reserved from a log every instance shares, and the breaker's state is shared too (both in
@@ -10,7 +11,8 @@
 //! stops calling the endpoint (the breaker watch tells them), one probe at a time is sent by
 //! whichever instance takes it, and the alerts are published once, by the instance whose
 //! write opened or closed it. While that state cannot be reached, the actor falls back to its
-//! own limits (per process) and says so.
+//! own limits (per process) and says so. The target's announced budget is each instance's
+//! reading of the answers it gets.
 //!
 //! Fast lane: while nothing limits an endpoint but its in-flight cap (no rate limit, breaker
 //! closed with no failure counted, no slow-down, nobody waiting), the actor keeps its [`Lane`]
@@ -29,11 +31,13 @@ use governor::clock::{Clock, DefaultClock};
 use governor::{Quota, RateLimiter};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 
+use super::budget::{Gate, TargetBudget};
 use super::shared::{now_ms, SharedEndpoint};
 use super::slot::ActorSlot;
 use super::timer::Timers;
 use crate::connector::RateLimit;
 pub use crate::outcome::Signal;
+use crate::ratelimit_headers::Announced;
 
 /// How long the actor uses its own limits after the shared state could not be reached.
 const LOCAL_FALLBACK: Duration = Duration::from_secs(5);
@@ -53,8 +57,9 @@ pub enum EndpointMsg {
     /// strictest one seen applies unless the endpoint is configured.
     Acquire(Option<RateLimit>, RpcReplyPort<Permit>),
     /// A permit ended with something to report, or while the lane was closed (sent by
-    /// [`Permit`]'s drop, which has already given its in-flight slot back).
-    Done(Signal),
+    /// [`Permit`]'s drop, which has already given its in-flight slot back): what the outcome
+    /// says about the endpoint, and what the answer announced about the target's budget.
+    Done(Signal, Announced),
     /// Internal wake-up to serve waiters.
     Tick,
     /// Grants reserved from the shared budget (from its reservation task; `None`: failed).
@@ -110,16 +115,32 @@ impl Lane {
     }
 }
 
-/// Permission to send one request; report what happened with [`Permit::report`].
+/// Permission to send one request; report what happened with [`Permit::report`] and
+/// [`Permit::announce`].
 pub struct Permit {
     actor: ActorSlot<EndpointMsg>,
     lane: Arc<Lane>,
     signal: Signal,
+    announced: Announced,
 }
 
 impl Permit {
+    fn new(actor: ActorSlot<EndpointMsg>, lane: Arc<Lane>) -> Permit {
+        Permit {
+            actor,
+            lane,
+            signal: Signal::Neutral,
+            announced: Announced::NoAnswer,
+        }
+    }
+
     pub fn report(&mut self, signal: Signal) {
         self.signal = signal;
+    }
+
+    /// What the answer's rate-limit headers said (the target's budget).
+    pub fn announce(&mut self, announced: Announced) {
+        self.announced = announced;
     }
 }
 
@@ -127,9 +148,11 @@ impl Drop for Permit {
     fn drop(&mut self) {
         let left = self.lane.in_flight.fetch_sub(1, SeqCst).saturating_sub(1);
         self.lane.in_flight_gauge.set(left as f64);
-        let quiet = matches!(self.signal, Signal::Success | Signal::Neutral);
+        let quiet = matches!(self.signal, Signal::Success | Signal::Neutral)
+            && !matches!(self.announced, Announced::Budget(_));
         if !(quiet && self.lane.open.load(SeqCst)) {
-            self.actor.send(EndpointMsg::Done(self.signal));
+            self.actor
+                .send(EndpointMsg::Done(self.signal, self.announced));
         }
     }
 }
@@ -143,6 +166,8 @@ pub struct EndpointArgs {
     pub max_in_flight: usize,
     pub breaker_failures: u32,
     pub probe_interval: Duration,
+    /// Whether the target's rate-limit headers are read and honoured (`rateLimitHeaders`).
+    pub rate_limit_headers: bool,
     /// Where pause/resume alerts go (`hitl.review.requested`).
     pub alerts: Option<crate::bus::Bus>,
     /// Shared with the callers; outlives restarts of the actor (in-flight counts stay true).
@@ -177,6 +202,8 @@ pub struct EndpointState {
     waiters: VecDeque<RpcReplyPort<Permit>>,
     slow_until: Option<Instant>,
     breaker: Breaker,
+    /// What the target announced of its budget.
+    budget: TargetBudget,
     next_tick: Option<Instant>,
     waiting_gauge: metrics::Gauge,
     open_gauge: metrics::Gauge,
@@ -245,6 +272,7 @@ impl Actor for EndpointActor {
             waiters: VecDeque::new(),
             slow_until: None,
             breaker: Breaker::Closed { failures: 0 },
+            budget: TargetBudget::new(args.rate_limit_headers, Instant::now()),
             next_tick: None,
             waiting_gauge: metrics::gauge!(crate::metrics::ENDPOINT_WAITING, &l),
             open_gauge: metrics::gauge!(crate::metrics::ENDPOINT_PAUSED, &l),
@@ -277,7 +305,11 @@ impl Actor for EndpointActor {
                 }
                 st.waiters.push_back(reply);
             }
-            EndpointMsg::Done(signal) => on_signal(st, signal, now),
+            EndpointMsg::Done(signal, announced) => {
+                on_signal(st, signal, now);
+                let in_flight = st.args.lane.in_flight.load(SeqCst);
+                st.budget.heard(announced, in_flight, now);
+            }
             EndpointMsg::Tick => st.next_tick = None,
             EndpointMsg::Reserved(grants) => {
                 st.reserving = false;
@@ -298,6 +330,7 @@ impl Actor for EndpointActor {
         let open = st.rate.is_none()
             && matches!(st.breaker, Breaker::Closed { failures: 0 })
             && st.slow_until.is_none()
+            && !st.budget.watching()
             && st.waiters.is_empty();
         st.args.lane.open.store(open, SeqCst);
         Ok(())
@@ -525,8 +558,25 @@ fn serve(me: &ActorRef<EndpointMsg>, st: &mut EndpointState, now: Instant) {
             probe = true;
         }
         let lane = &st.args.lane;
-        if lane.in_flight.load(SeqCst) >= lane.max_in_flight {
+        let in_flight = lane.in_flight.load(SeqCst);
+        if in_flight >= lane.max_in_flight {
             return; // a Done wakes us (the lane is closed while anyone waits)
+        }
+        match st.budget.gate(in_flight, now) {
+            Gate::Go => {}
+            Gate::WaitAnswer(None) => return, // a Done wakes us
+            Gate::WaitAnswer(Some(at)) => return wake_at(me, st, at),
+            Gate::WaitReset { until, first } => {
+                if first {
+                    tracing::debug!(
+                        "endpoint {}: the budget its target announced is spent; waiting {} ms for its reset",
+                        st.args.endpoint,
+                        until.saturating_duration_since(now).as_millis()
+                    );
+                    metrics::counter!(crate::metrics::ENDPOINT_BUDGET_WAITS_TOTAL, "endpoint" => st.args.endpoint.clone()).increment(1);
+                }
+                return wake_at(me, st, until);
+            }
         }
         if let (Some(rate), Some(shared)) = (st.rate, st.shared(now)) {
             // The budget every instance shares: a grant reserved from its log.
@@ -583,6 +633,7 @@ fn serve(me: &ActorRef<EndpointMsg>, st: &mut EndpointState, now: Instant) {
         let Some(reply) = st.waiters.pop_front() else {
             return;
         };
+        st.budget.started();
         let now_in_flight = st.args.lane.in_flight.fetch_add(1, SeqCst) + 1;
         st.args.lane.in_flight_gauge.set(now_in_flight as f64);
         if probe {
@@ -591,11 +642,7 @@ fn serve(me: &ActorRef<EndpointMsg>, st: &mut EndpointState, now: Instant) {
             }
             st.probe = ProbeClaim::Idle;
         }
-        let permit = Permit {
-            actor: st.args.slot.clone(),
-            lane: st.args.lane.clone(),
-            signal: Signal::Neutral,
-        };
+        let permit = Permit::new(st.args.slot.clone(), st.args.lane.clone());
         if let Err(e) = reply.send(permit) {
             // The waiter is gone; its permit (inside the error) drops and reports Neutral.
             drop(e);
@@ -717,6 +764,10 @@ impl Endpoints {
             max_in_flight: max_in_flight.max(1),
             breaker_failures: breaker.failures,
             probe_interval: Duration::from_millis(breaker.probe_interval_ms.max(10)),
+            rate_limit_headers: own
+                .and_then(|c| c.rate_limit_headers)
+                .or_else(|| defaults.and_then(|c| c.rate_limit_headers))
+                .unwrap_or(true),
             alerts: self.inner.alerts.clone(),
             lane: Arc::new(Lane::new(endpoint, max_in_flight)),
             slot: ActorSlot::default(),
@@ -769,11 +820,7 @@ impl Endpoints {
         let args = self.endpoint(endpoint).await?;
         // A connector's own rate limit must reach the actor: never the fast lane then.
         if hint.is_none() && args.lane.try_take() {
-            return Some(Permit {
-                actor: args.slot.clone(),
-                lane: args.lane.clone(),
-                signal: Signal::Neutral,
-            });
+            return Some(Permit::new(args.slot.clone(), args.lane.clone()));
         }
         loop {
             if let Some(actor) = args.slot.get() {

@@ -6,6 +6,7 @@
 
 pub mod audit;
 pub mod breakers;
+pub mod budget;
 pub mod endpoint;
 pub mod handles;
 pub mod shared;

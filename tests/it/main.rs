@@ -21,6 +21,7 @@ mod prod_support;
 mod protection;
 mod registry;
 mod saas;
+mod standards;
 mod status;
 mod status_page;
 mod supervision;
