@@ -52,15 +52,44 @@ fn delivered(target: &Target) -> usize {
         .len()
 }
 
-/// Publishes `n` events through `js` in the background.
+/// Publishes `n` events through `js` in the background, as a careful producer does while the
+/// cluster moves its leaders: each with a `Nats-Msg-Id`, and published again until stored
+/// (the stream's duplicate window keeps a retried one from being stored twice).
 fn flood(js: jetstream::Context, n: usize) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
-        publish_many(
-            &js,
-            TOPIC,
-            (0..n).map(|i| json!({"id": format!("e{i}"), "n": i})),
-        )
-        .await;
+        let deadline = Instant::now() + Duration::from_secs(90);
+        let mut left: Vec<usize> = (0..n).collect();
+        while !left.is_empty() {
+            assert!(
+                Instant::now() < deadline,
+                "{} events never stored",
+                left.len()
+            );
+            let mut failed = Vec::new();
+            for chunk in left.chunks(200) {
+                let mut acks = Vec::new();
+                for &i in chunk {
+                    let mut headers = async_nats::HeaderMap::new();
+                    headers.insert("Nats-Msg-Id", format!("e{i}").as_str());
+                    let body = json!({"id": format!("e{i}"), "n": i}).to_string();
+                    let ack = js.publish_with_headers(TOPIC, headers, body.into()).await;
+                    acks.push((i, ack));
+                }
+                for (i, ack) in acks {
+                    let stored = match ack {
+                        Ok(ack) => ack.await.is_ok(),
+                        Err(_) => false,
+                    };
+                    if !stored {
+                        failed.push(i);
+                    }
+                }
+            }
+            if !failed.is_empty() {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            left = failed;
+        }
     })
 }
 
