@@ -418,15 +418,22 @@ fn build_client(
         .map_err(|e| HttpError::Build(e.to_string()))?;
     let rules = outbound.proxy.clone();
     let exempt = rules.hosts();
-    let proxy = reqwest::Proxy::custom(move |url| rules.for_url(url).cloned());
-    reqwest::Client::builder()
+    let builder = if exempt.is_empty() && rules.https.is_none() && rules.http.is_none() {
+        // No proxy at all: reqwest then skips its per-request proxy match (which parses the
+        // URL again).
+        reqwest::Client::builder().no_proxy()
+    } else {
+        reqwest::Client::builder().proxy(reqwest::Proxy::custom(move |url| {
+            rules.for_url(url).cloned()
+        }))
+    };
+    builder
         .user_agent(concat!("hms-sync/", env!("CARGO_PKG_VERSION")))
         .connect_timeout(Duration::from_secs(5))
         .pool_idle_timeout(Duration::from_secs(60))
         .pool_max_idle_per_host(256)
         .redirect(reqwest::redirect::Policy::none())
         .tls_backend_preconfigured(tls)
-        .proxy(proxy)
         .dns_resolver(PolicyResolver {
             policy: outbound.policy.clone(),
             exempt,

@@ -5,6 +5,7 @@
 //! string splicing), a URL value is percent-encoded as one segment, and `${VAR}` is only
 //! recognised in the connector's own text, never in event values.
 
+use std::fmt::Write as _;
 use std::sync::LazyLock;
 
 use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
@@ -90,6 +91,41 @@ fn parse_path(s: &str) -> Option<Vec<Member>> {
         .collect()
 }
 
+/// `text` as literal and plain-path pieces, when every `{{ }}` in it holds only a plain path
+/// and it has no `{% %}` or `{# #}` (else `None`: the template engine renders it whole).
+fn plain_paths(text: &str) -> Result<Option<Vec<Piece>>, CompileError> {
+    if text.contains("{%") || text.contains("{#") {
+        return Ok(None);
+    }
+    let mut pieces = Vec::new();
+    let mut rest = text;
+    while let Some(start) = rest.find("{{") {
+        let Some(len) = rest[start..].find("}}") else {
+            return Ok(None);
+        };
+        let expr = &rest[start..start + len + 2];
+        if expr.starts_with("{{-") || expr.ends_with("-}}") {
+            // Whitespace control: the engine's.
+            return Ok(None);
+        }
+        let Some(path) = parse_path(&expr[2..expr.len() - 2]) else {
+            return Ok(None);
+        };
+        if start > 0 {
+            pieces.push(Piece::Literal(rest[..start].to_string()));
+        }
+        let tpl = ENGINE
+            .compile(expr.to_string())
+            .map_err(|e| CompileError(format!("template does not compile: {e:#}")))?;
+        pieces.push(Piece::Path(path, tpl));
+        rest = &rest[start + len + 2..];
+    }
+    if !rest.is_empty() {
+        pieces.push(Piece::Literal(rest.to_string()));
+    }
+    Ok(Some(pieces))
+}
+
 fn lookup<'a>(root: &'a Json, path: &[Member]) -> Option<&'a Json> {
     path.iter().try_fold(root, |v, m| match (m, v) {
         (Member::Key(k), Json::Object(o)) => o.get(k),
@@ -137,6 +173,10 @@ fn scalar_text(v: &Json) -> Option<String> {
 enum Piece {
     Literal(String),
     Expr(upon::Template<'static>),
+    /// `{{ a.b }}`, a plain path: a string, integer or boolean found there is inserted as it
+    /// is (what the template engine would write, without running it); anything else (missing,
+    /// null, a float, a list) goes through the template, with its messages.
+    Path(Vec<Member>, upon::Template<'static>),
     /// A `{field}` URL placeholder.
     Field(Vec<Member>),
     Secret(String),
@@ -177,7 +217,9 @@ impl StringTemplate {
                 return Ok(());
             }
             let t = std::mem::take(text);
-            if t.contains("{{") || t.contains("{%") || t.contains("{#") {
+            if let Some(split) = plain_paths(&t)? {
+                pieces.extend(split);
+            } else if t.contains("{{") || t.contains("{%") || t.contains("{#") {
                 let tpl = ENGINE
                     .compile(t)
                     .map_err(|e| CompileError(format!("template does not compile: {e:#}")))?;
@@ -276,7 +318,7 @@ impl StringTemplate {
         }
         for piece in &self.pieces {
             match piece {
-                Piece::Field(p) => out.push(display_path(p)),
+                Piece::Field(p) | Piece::Path(p, _) => out.push(display_path(p)),
                 Piece::Expr(_) if self.single_path.is_none() => {
                     out.extend(expr_paths(&self.source));
                 }
@@ -303,6 +345,31 @@ impl StringTemplate {
                         reason: "a URL segment must be a string, number or boolean".into(),
                     })?;
                     out.extend(utf8_percent_encode(&text, SEGMENT));
+                }
+                Piece::Path(path, tpl) => {
+                    let found = match lookup(event, path) {
+                        Some(Json::String(s)) => Some(s.as_str()),
+                        Some(Json::Number(n)) if n.is_i64() => {
+                            // Digits and `-`: nothing to encode.
+                            let _ = write!(out, "{n}");
+                            continue;
+                        }
+                        Some(Json::Bool(b)) => Some(if *b { "true" } else { "false" }),
+                        _ => None,
+                    };
+                    let rendered;
+                    let text = match found {
+                        Some(t) => t,
+                        None => {
+                            rendered = render_expr(tpl, event)?;
+                            &rendered
+                        }
+                    };
+                    if self.flavor == Flavor::Url {
+                        out.extend(utf8_percent_encode(text, SEGMENT));
+                    } else {
+                        out.push_str(text);
+                    }
                 }
                 Piece::Expr(tpl) => {
                     let rendered = render_expr(tpl, event)?;
@@ -518,6 +585,69 @@ mod tests {
         StringTemplate::compile(src, Flavor::Text)
             .unwrap()
             .render_text(ev, Secrets::Masked)
+    }
+
+    /// The engine alone, for the text as one template (what plain paths must equal).
+    fn engine(src: &str, ev: &Json) -> Result<String, RenderError> {
+        render_expr(&ENGINE.compile(src.to_string()).unwrap(), ev)
+    }
+
+    #[test]
+    fn plain_paths_render_exactly_as_the_engine_does() {
+        let ev = json!({
+            "s": "a b/é'\"", "i": -42, "u": 7, "big": 18446744073709551615u64, "f": 1.5,
+            "t": true, "n": null, "list": [1, 2], "obj": {"k": "v", "deep": {"x": 3}},
+        });
+        let sources = [
+            "{{ s }}",
+            "{{ i }}",
+            "{{ u }}",
+            "{{ big }}",
+            "{{ f }}",
+            "{{ t }}",
+            "{{ n }}",
+            "{{ list }}",
+            "{{ obj }}",
+            "{{ obj.k }}",
+            "{{ obj.deep.x }}",
+            "{{ list.1 }}",
+            "{{ missing }}",
+            "{{ obj.missing }}",
+            "{{ s.deeper }}",
+            "{{ list.9 }}",
+            "id-{{ i }}:{{ s }} / {{ t }}!",
+            "{{s}}{{obj.k}}",
+            "plain text",
+        ];
+        for src in sources {
+            let fast = StringTemplate::compile(src, Flavor::Text).unwrap();
+            assert!(
+                fast.pieces.iter().all(|p| !matches!(p, Piece::Expr(_))),
+                "{src}: compiled to plain paths"
+            );
+            assert_eq!(
+                fast.render_text(&ev, Secrets::Masked),
+                engine(src, &ev),
+                "{src}"
+            );
+        }
+        // Not plain paths: the engine renders the whole text.
+        for src in [
+            "{{ s | sql_string }}",
+            "{% if t %}{{ s }}{% endif %}",
+            "{{- s -}}",
+        ] {
+            let t = StringTemplate::compile(src, Flavor::Text).unwrap();
+            assert!(
+                t.pieces.iter().any(|p| matches!(p, Piece::Expr(_))),
+                "{src}"
+            );
+            assert_eq!(
+                t.render_text(&ev, Secrets::Masked),
+                engine(src, &ev),
+                "{src}"
+            );
+        }
     }
 
     fn url(src: &str, ev: &Json) -> Result<String, RenderError> {

@@ -14,7 +14,7 @@ use tokio::runtime::Handle;
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
-use crate::opts::{FLAKY_BACKOFF_MS, IN_FLIGHT, PULL_BATCH};
+use crate::opts::{FLAKY_BACKOFF_MS, PULL_BATCH};
 use crate::procfs::{pid_cpu, threads_cpu};
 use crate::report::PhaseResult;
 use crate::scenarios::{phase_limit, publish, pull_config, wait_drained, Run, PERMIT_HEADER};
@@ -132,6 +132,7 @@ pub async fn run_baseline(system: &str, run: &Run<'_>, rt: &Handle) -> Result<Ph
         pid_cpu(nats_pid),
         threads_cpu("fl-tgt"),
     );
+    let in_flight = run.o.in_flight;
     let task = rt.spawn(async move {
         let streams = match baseline_consumers(&url, &sys, &topics_owned, backlog).await {
             Ok(s) => s,
@@ -142,7 +143,7 @@ pub async fn run_baseline(system: &str, run: &Run<'_>, rt: &Handle) -> Result<Ph
         };
         let _ = ready_tx.send(Ok(()));
         let mut loops = JoinSet::new();
-        let permits = Arc::new(Semaphore::new(IN_FLIGHT));
+        let permits = Arc::new(Semaphore::new(in_flight));
         let http = reqwest::Client::new();
         for c in streams {
             let (s, permits, http, base, sys) = (

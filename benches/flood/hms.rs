@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::opts::{FLAKY_BACKOFF_MS, IN_FLIGHT, MAX_ACK_PENDING, PULL_BATCH};
+use crate::opts::{FLAKY_BACKOFF_MS, MAX_ACK_PENDING, PULL_BATCH};
 use crate::procfs::{pid_cpu, status_mb, threads_cpu};
 use crate::report::PhaseResult;
 use crate::scenarios::{phase_limit, progress, publish, topic, wait_drained, Run, Scenario};
@@ -118,8 +118,9 @@ pub async fn run_hms(run: &Run<'_>, dir: &Path) -> Result<PhaseResult, String> {
     std::fs::write(
         &cfg,
         format!(
-            "nats:\n  url: {}\n  embedded: false\nhttp:\n  listen: 127.0.0.1:{http_port}\nconnectors:\n  dir: connectors\ndelivery:\n  maxInFlight: {IN_FLIGHT}\n  pullBatch: {PULL_BATCH}\n  maxAckPending: {MAX_ACK_PENDING}\n",
-            nats.url()
+            "nats:\n  url: {}\n  embedded: false\nhttp:\n  listen: 127.0.0.1:{http_port}\nconnectors:\n  dir: connectors\ndelivery:\n  maxInFlight: {in_flight}\n  pullBatch: {PULL_BATCH}\n  maxAckPending: {MAX_ACK_PENDING}\nendpoints:\n  defaults:\n    maxInFlight: {in_flight}\n",
+            nats.url(),
+            in_flight = run.o.in_flight
         ),
     )
     .map_err(|e| e.to_string())?;

@@ -3,7 +3,8 @@
 use std::path::PathBuf;
 
 pub const SCENARIOS: [&str; 6] = ["drain", "fanout", "steady", "flaky", "ordered", "idle"];
-/// Requests in flight: hms-sync's default `delivery.maxInFlight` and endpoint `maxInFlight`.
+/// Requests in flight (`--in-flight`): hms-sync's default `delivery.maxInFlight` and endpoint
+/// `maxInFlight`.
 pub const IN_FLIGHT: usize = 64;
 /// Messages per pull request, as hms-sync's default `delivery.pullBatch`.
 pub const PULL_BATCH: usize = 128;
@@ -23,6 +24,10 @@ pub const USAGE: &str =
   --seconds S         steady: duration (default 20)
   --fail F            flaky: fraction answered 503 (default 0.1)
   --connectors C      idle: connectors deployed (default 1000)
+  --busy N            drain/fanout/flaky/ordered: connectors with events, one topic each
+                      (default drain 1, fanout 10)
+  --in-flight N       requests in flight: hms-sync's delivery.maxInFlight and the endpoint's
+                      maxInFlight, the naive loop's permits (default 64)
   --idle-seconds S    idle: measuring window of the idle connectors (default 10)
   --only SYSTEMS      comma list of ceiling,naive,hms-sync (default all three)
   --hms-log FILTER    HMS_SYNC_LOG for the hms-sync child (default: its own default, info)
@@ -44,6 +49,8 @@ pub struct Opts {
     pub seconds: f64,
     pub fail: f64,
     pub connectors: usize,
+    pub busy: Option<usize>,
+    pub in_flight: usize,
     pub idle_seconds: f64,
     pub systems: Vec<String>,
     pub hms_log: Option<String>,
@@ -62,6 +69,8 @@ pub fn parse_opts() -> Result<Opts, String> {
         seconds: 20.0,
         fail: 0.1,
         connectors: 1000,
+        busy: None,
+        in_flight: IN_FLIGHT,
         idle_seconds: 10.0,
         systems: vec!["ceiling".into(), "naive".into(), "hms-sync".into()],
         hms_log: None,
@@ -83,6 +92,8 @@ pub fn parse_opts() -> Result<Opts, String> {
             "--seconds" => o.seconds = num(val(&a)?)?,
             "--fail" => o.fail = num(val(&a)?)?,
             "--connectors" => o.connectors = (num(val(&a)?)? as usize).max(1),
+            "--busy" => o.busy = Some((num(val(&a)?)? as usize).max(1)),
+            "--in-flight" => o.in_flight = (num(val(&a)?)? as usize).max(1),
             "--idle-seconds" => o.idle_seconds = num(val(&a)?)?,
             "--only" => o.systems = val(&a)?.split(',').map(str::to_string).collect(),
             "--hms-log" => o.hms_log = Some(val(&a)?),

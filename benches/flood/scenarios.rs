@@ -54,7 +54,7 @@ pub fn scenario(name: &str, o: &Opts) -> Scenario {
         keys: 0,
         ordered: false,
     };
-    match name {
+    let sc = match name {
         "fanout" => Scenario {
             name: "fanout",
             busy: 10,
@@ -88,6 +88,10 @@ pub fn scenario(name: &str, o: &Opts) -> Scenario {
             ..base
         },
         _ => base,
+    };
+    match (o.busy, sc.name) {
+        (Some(busy), "drain" | "fanout" | "flaky" | "ordered") => Scenario { busy, ..sc },
+        _ => sc,
     }
 }
 

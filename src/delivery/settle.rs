@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use super::attempt::{Attempted, Finished};
 use super::pipeline::Pipeline;
+use super::telemetry::Ended;
 use crate::audit::{AttemptRecord, AuditRecord, EventRef};
 use crate::bus::{BusError, Delivery};
 use crate::clock::now_rfc3339;
@@ -36,14 +37,8 @@ pub async fn settle(
     audit(p, d, key, &a);
     if let Some(line) = &a.line {
         let how = || match &a.outcome {
-            Outcome::Status { code, .. } => {
-                let reason = http::StatusCode::from_u16(*code)
-                    .ok()
-                    .and_then(|s| s.canonical_reason())
-                    .unwrap_or("");
-                format!("{code} {reason}").trim_end().to_string()
-            }
-            other => describe(other),
+            Outcome::Status { code, .. } => Ended::Status(*code),
+            other => Ended::Other(describe(other)),
         };
         if let Some((due, summary)) = p.telemetry.console(&c.id, line, how) {
             p.services.timers.at(due, summary);

@@ -117,7 +117,32 @@ struct ConsoleLines {
     limit: u32,
     second: Option<Instant>,
     printed: u32,
-    folded: BTreeMap<String, u64>,
+    folded: BTreeMap<Ended, u64>,
+}
+
+/// How a delivery ended, as a folded line is counted: by status code, or by the described
+/// failure.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Ended {
+    Status(u16),
+    Other(String),
+}
+
+impl std::fmt::Display for Ended {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Ended::Status(code) => {
+                let reason = http::StatusCode::from_u16(*code)
+                    .ok()
+                    .and_then(|s| s.canonical_reason());
+                match reason {
+                    Some(r) => write!(f, "{code} {r}"),
+                    None => write!(f, "{code}"),
+                }
+            }
+            Ended::Other(s) => f.write_str(s),
+        }
+    }
 }
 
 /// What to do with one delivery's console line.
@@ -145,7 +170,7 @@ impl ConsoleLines {
     }
 
     /// One delivery's line at `now`; `how` names how it ended (asked only when folding).
-    fn note(&mut self, now: Instant, how: impl FnOnce() -> String) -> Verdict {
+    fn note(&mut self, now: Instant, how: impl FnOnce() -> Ended) -> Verdict {
         let mut summary = None;
         let second = match self.second {
             Some(s) if now.duration_since(s) < Duration::from_secs(1) => s,
@@ -175,7 +200,7 @@ impl ConsoleLines {
             return None;
         }
         let total: u64 = self.folded.values().sum();
-        let mut parts: Vec<(String, u64)> = std::mem::take(&mut self.folded).into_iter().collect();
+        let mut parts: Vec<(Ended, u64)> = std::mem::take(&mut self.folded).into_iter().collect();
         parts.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
         let parts: Vec<String> = parts.iter().map(|(h, n)| format!("{n} × {h}")).collect();
         Some(format!(
@@ -207,7 +232,7 @@ impl Telemetry {
         &self,
         id: &str,
         line: &str,
-        how: impl FnOnce() -> String,
+        how: impl FnOnce() -> Ended,
     ) -> Option<(Instant, Summary)> {
         let verdict = self.console.lock().ok()?.note(Instant::now(), how);
         let (summary, print, schedule) = match verdict {
@@ -270,8 +295,8 @@ impl Telemetry {
 mod tests {
     use super::*;
 
-    fn ok() -> String {
-        "200 OK".into()
+    fn ok() -> Ended {
+        Ended::Status(200)
     }
 
     #[test]
@@ -291,7 +316,7 @@ mod tests {
             }
         );
         assert_eq!(
-            c.note(at(30), || "503 Service Unavailable".into()),
+            c.note(at(30), || Ended::Status(503)),
             Verdict::Fold {
                 summary: None,
                 first: false,
