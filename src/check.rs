@@ -23,6 +23,15 @@ impl std::fmt::Debug for Check {
     }
 }
 
+/// An answer's headers as (name, value) text pairs, for checks (values that are not text are
+/// left out).
+pub fn header_pairs(headers: &http::HeaderMap) -> Vec<(String, String)> {
+    headers
+        .iter()
+        .filter_map(|(k, v)| Some((k.as_str().to_string(), v.to_str().ok()?.to_string())))
+        .collect()
+}
+
 /// The parts of an answer a check reads.
 #[derive(Debug, Clone, Copy)]
 pub struct AnswerView<'a> {

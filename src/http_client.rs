@@ -282,15 +282,18 @@ impl HttpClient {
         if let Err(denied) = self.precheck(&url).await {
             return Exchange::failed(refused(&denied));
         }
-        let builder = self.client.request(req.method, url);
-        let mut builder = builder.timeout(timeout);
+        // The request built directly (what the builder does, without its per-header checks).
+        let mut request = reqwest::Request::new(req.method, url);
+        *request.timeout_mut() = Some(timeout);
+        let headers = request.headers_mut();
+        headers.reserve(req.headers.len());
         for (name, value) in req.headers {
-            builder = builder.header(name, value);
+            headers.append(name, value);
         }
         if let Some(body) = req.body {
-            builder = builder.body(body);
+            *request.body_mut() = Some(body.into());
         }
-        match builder.send().await {
+        match self.client.execute(request).await {
             Ok(mut resp) => {
                 let status = resp.status();
                 let retry_after = resp
@@ -298,13 +301,7 @@ impl HttpClient {
                     .get(reqwest::header::RETRY_AFTER)
                     .and_then(|v| v.to_str().ok())
                     .and_then(|v| parse_retry_after(v, SystemTime::now()));
-                let headers = resp
-                    .headers()
-                    .iter()
-                    .filter_map(|(k, v)| {
-                        Some((k.as_str().to_string(), v.to_str().ok()?.to_string()))
-                    })
-                    .collect();
+                let headers = std::mem::take(resp.headers_mut());
                 let reason = status.canonical_reason().unwrap_or("").to_string();
                 let mut body = Vec::new();
                 // Read to the end (so the connection is reused), keeping at most MAX_BODY.
@@ -488,7 +485,7 @@ pub fn snippet(body: &[u8]) -> String {
 #[derive(Debug, Clone)]
 pub struct Exchange {
     pub answer: Answer,
-    pub headers: Vec<(String, String)>,
+    pub headers: http::HeaderMap,
     pub body: Vec<u8>,
 }
 
@@ -496,7 +493,7 @@ impl Exchange {
     fn failed(answer: Answer) -> Exchange {
         Exchange {
             answer,
-            headers: vec![],
+            headers: http::HeaderMap::new(),
             body: vec![],
         }
     }

@@ -60,6 +60,18 @@ impl Announced {
     pub fn of(headers: &[(String, String)], now: SystemTime) -> Announced {
         parse(headers, now).map_or(Announced::Nothing, Announced::Budget)
     }
+
+    /// Like [`Announced::of`], for an answer's header map; an answer without rate-limit
+    /// headers (the common case) is told apart without copying any.
+    pub fn of_map(headers: &http::HeaderMap, now: SystemTime) -> Announced {
+        let announces = ["ratelimit", "ratelimit-remaining", "x-ratelimit-remaining"]
+            .iter()
+            .any(|n| headers.contains_key(*n));
+        if !announces {
+            return Announced::Nothing;
+        }
+        Announced::of(&crate::check::header_pairs(headers), now)
+    }
 }
 
 /// The budget announced by an answer's headers (names in any case), if any.
@@ -442,5 +454,15 @@ mod tests {
         let h = vec![("ratelimit".to_string(), "\"d\";r=0;t=1".to_string())];
         assert!(matches!(Announced::of(&h, now()), Announced::Budget(_)));
         assert_eq!(Announced::of(&[], now()), Announced::Nothing);
+        let mut map = http::HeaderMap::new();
+        map.insert("content-type", "application/json".parse().unwrap());
+        assert_eq!(Announced::of_map(&map, now()), Announced::Nothing);
+        for (name, value) in &h {
+            map.append(
+                http::HeaderName::from_bytes(name.as_bytes()).unwrap(),
+                value.parse().unwrap(),
+            );
+        }
+        assert_eq!(Announced::of_map(&map, now()), Announced::of(&h, now()));
     }
 }

@@ -1,8 +1,13 @@
 //! The pump's guard against a stalled pull subscription (seen with async-nats' continuous
 //! pull under heavy load, BENCHMARKS.md): every `stallCheckMs` without an event and with
 //! nothing in process it asks the consumer, and re-opens the subscription when work waits.
+//! When re-opening brought nothing (the unacknowledged work is held by someone else, or
+//! waits for a retry), the next check waits twice as long, up to [`MAX_BACKOFF`] (or the
+//! period, when longer): each re-open is a moment in which an event sent to the old
+//! subscription waits for the ack timeout, so pointless ones are kept rare.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use futures::FutureExt;
 
@@ -23,6 +28,15 @@ pub fn looks_stalled(received: bool, in_process: u64, stats: &ConsumerStats) -> 
         && (stats.pending > 0 || stats.ack_pending > 0)
 }
 
+/// The longest wait between two checks after quiet re-opens (unless `stallCheckMs` is longer).
+pub const MAX_BACKOFF: Duration = Duration::from_secs(300);
+
+/// The wait until the next check after `quiet` re-opens in a row brought nothing.
+pub fn next_check(period: Duration, quiet: u32) -> Duration {
+    let doubled = period.saturating_mul(1u32.checked_shl(quiet.min(31)).unwrap_or(u32::MAX));
+    doubled.min(MAX_BACKOFF.max(period))
+}
+
 /// See the module note.
 pub struct StallWatch {
     pipeline: Arc<Pipeline>,
@@ -31,6 +45,8 @@ pub struct StallWatch {
     pub tick: tokio::time::Interval,
     /// Something arrived since the last check.
     pub received: bool,
+    /// Re-opens in a row after which nothing arrived.
+    quiet: u32,
 }
 
 impl StallWatch {
@@ -44,6 +60,7 @@ impl StallWatch {
             delivery,
             tick,
             received: false,
+            quiet: 0,
         }
     }
 
@@ -64,6 +81,9 @@ impl StallWatch {
     /// A fresh subscription when the current one looks stalled.
     async fn check(&mut self) -> Option<EventSource> {
         let received = std::mem::take(&mut self.received);
+        if received {
+            self.quiet = 0;
+        }
         let in_process = self
             .pipeline
             .stats()
@@ -88,7 +108,11 @@ impl StallWatch {
             stats.pending,
             stats.ack_pending
         );
-        self.fresh(&why).await
+        let fresh = self.fresh(&why).await;
+        self.quiet = self.quiet.saturating_add(1);
+        self.tick
+            .reset_after(next_check(self.delivery.stall_check(), self.quiet));
+        fresh
     }
 
     /// Re-creates the pull subscription now (its heartbeats stopped: the server restarted, went
@@ -134,6 +158,18 @@ pub async fn release_buffered(source: &mut EventSource) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn quiet_re_opens_space_the_checks_out() {
+        let ms = Duration::from_millis;
+        let waits: Vec<Duration> = (0..4).map(|q| next_check(ms(300), q)).collect();
+        assert_eq!(waits, [ms(300), ms(600), ms(1200), ms(2400)]);
+        assert_eq!(next_check(ms(300), 40), MAX_BACKOFF);
+        assert_eq!(next_check(ms(300), u32::MAX), MAX_BACKOFF);
+        // The default period (5 min) is never stretched; a longer one is kept.
+        assert_eq!(next_check(ms(300_000), 3), ms(300_000));
+        assert_eq!(next_check(ms(900_000), 3), ms(900_000));
+    }
 
     #[test]
     fn when_a_pull_looks_stalled() {

@@ -96,7 +96,7 @@ pub async fn send(p: &Pipeline, ready: Ready, d: &Delivery, key: &str) -> Attemp
             let json = check::body_json(&ex.body);
             let view = AnswerView {
                 status: *code,
-                headers: &ex.headers,
+                headers: &check::header_pairs(&ex.headers),
                 body: &json,
             };
             match check.failure(view) {
@@ -225,7 +225,7 @@ async fn call(
         let mut ex = p.http.exchange_on(r, p.url_base.as_ref(), c.timeout).await;
         metrics.in_flight.decrement(1.0);
         let announced = match ex.status() {
-            Some(_) => Announced::of(&ex.headers, SystemTime::now()),
+            Some(_) => Announced::of_map(&ex.headers, SystemTime::now()),
             None => Announced::NoAnswer,
         };
         let spent = match announced {
@@ -243,7 +243,7 @@ async fn call(
                 let json = check::body_json(&ex.body);
                 let view = AnswerView {
                     status,
-                    headers: &ex.headers,
+                    headers: &check::header_pairs(&ex.headers),
                     body: &json,
                 };
                 if a.rejected(view) {
@@ -327,7 +327,7 @@ async fn lookup(
     if let Some(check) = &l.check {
         let view = AnswerView {
             status,
-            headers: &ex.headers,
+            headers: &check::header_pairs(&ex.headers),
             body: &json,
         };
         if let Some(msg) = check.failure(view) {

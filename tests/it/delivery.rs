@@ -496,7 +496,9 @@ async fn a_pull_that_receives_nothing_while_work_waits_is_reopened() {
         "stall.v1",
         "stall.in",
         "",
-        "delivery:\n  ackWaitMs: 60000\n  stallCheckMs: 300\n",
+        // An event that a re-open catches on its way to the old subscription waits for the
+        // ack timeout: short enough here to come back within the test's wait.
+        "delivery:\n  ackWaitMs: 8000\n  stallCheckMs: 300\n",
     )
     .await; // creates the consumer
     rt.shutdown().await;
