@@ -14,6 +14,7 @@ pub mod clock;
 pub mod config;
 pub mod filter;
 pub mod flood;
+pub mod history;
 pub mod limits;
 pub mod metrics;
 pub mod ordering;
@@ -21,6 +22,7 @@ pub mod outcome;
 pub mod policy;
 pub mod restart;
 pub mod schema;
+pub mod selection;
 pub mod signature;
 pub mod template;
 pub mod wire;
@@ -38,9 +40,11 @@ pub mod nats_server;
 pub mod sink;
 pub mod tls;
 
-// What the services and orchestration use.
+// Commands on NATS (what the services and orchestration use, and the operator's questions).
 pub mod parked;
 pub mod registry;
+pub mod resync;
+pub mod trace;
 
 // Services, delivery, webhooks, orchestration.
 pub mod actors;

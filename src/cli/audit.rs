@@ -9,6 +9,7 @@ pub enum Cmd {
     /// Walk HMS_AUDIT and check every hash chain. Exit 0 when intact; 1 naming the first
     /// broken record otherwise.
     Verify {
+        /// Print JSON for scripts (chains, records, gaps, duplicates, the first break).
         #[arg(long)]
         json: bool,
     },

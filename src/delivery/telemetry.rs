@@ -55,6 +55,11 @@ impl ConnectorStats {
         }
     }
 
+    /// A copy of the latency histogram (microseconds), for charts that take differences.
+    pub fn latency_snapshot(&self) -> Option<hdrhistogram::Histogram<u64>> {
+        self.latency_us.lock().ok()?.clone()
+    }
+
     /// (p50, p99) latency in milliseconds, when anything was delivered.
     pub fn latency_p50_p99(&self) -> Option<(f64, f64)> {
         let h = self.latency_us.lock().ok()?;

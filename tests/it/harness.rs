@@ -162,6 +162,20 @@ impl Setup {
         Setup { dir }
     }
 
+    /// Like [`Setup::new`], with `http` lines (indented keys such as `  adminListen: ...`)
+    /// added under `http:` (after `listen: 127.0.0.1:0`).
+    pub fn with_http(nats: &Nats, connectors: &[(&str, String)], http: &str, extra: &str) -> Setup {
+        let s = Setup::new(nats, connectors, extra);
+        let path = s.config_path();
+        let text = std::fs::read_to_string(&path).unwrap().replacen(
+            "http:\n  listen: 127.0.0.1:0\n",
+            &format!("http:\n  listen: 127.0.0.1:0\n{http}"),
+            1,
+        );
+        std::fs::write(&path, text).unwrap();
+        s
+    }
+
     pub fn config_path(&self) -> PathBuf {
         self.dir.path().join("hms-sync.yaml")
     }
