@@ -84,6 +84,24 @@ where
     }
 }
 
+/// Waits until `f` gives a value, polling every 20 ms; panics after `timeout` naming `what`.
+pub async fn eventually_some<T, F, Fut>(timeout: Duration, what: &str, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        if Instant::now() > deadline {
+            panic!("timed out after {timeout:?} waiting for: {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// A loopback HTTP server that records every request and answers as told (the library's
 /// [`Sink`], keeping every request).
 #[derive(Clone)]
