@@ -91,8 +91,8 @@ pub async fn select(bus: &Bus, c: &Connector, spec: &Spec) -> Result<Selection, 
         connector: c.id.clone(),
         consumer: c.consumer.clone(),
         topic: c.trigger.topic.clone(),
-        since: crate::clock::format(spec.window.since),
-        until: spec.window.until.map(crate::clock::format),
+        since: crate::clock::to_second(spec.window.since),
+        until: spec.window.until.map(crate::clock::to_second),
         to_sequence,
         ..Default::default()
     };
@@ -184,6 +184,8 @@ pub enum Tick {
 pub enum ResyncError {
     #[error("consumer {0} does not exist: is the connector deployed or in the connectors folder of a running `up`?")]
     NoConsumer(String),
+    #[error("no running `hms-sync up` pulls from consumer {consumer} ({waiting} events wait for it); what was sent stays queued and is delivered once one runs")]
+    NoPuller { consumer: String, waiting: u64 },
     #[error("nothing moved for {secs} s: consumer {consumer} still has {waiting} events waiting (is `hms-sync up` running with this connector?); what was sent stays queued and is delivered once it runs")]
     Stalled {
         consumer: String,
@@ -198,6 +200,9 @@ pub enum ResyncError {
 const POLL: Duration = Duration::from_millis(200);
 /// After this long without a move, [`Tick::Stalled`] is reported (again every such period).
 const STALL_NOTE: Duration = Duration::from_secs(5);
+/// After this long without a move and without any pull request on the consumer, no `up`
+/// runs the connector: waiting is given up.
+const NO_PULLER: Duration = Duration::from_secs(10);
 
 /// The headers of a resent event: the original ones minus those hms-sync sets, plus the
 /// original idempotency key, subject and sequence, the run, and a `Nats-Msg-Id` that stores
@@ -333,6 +338,12 @@ async fn pace(
             noted = since;
         } else {
             let stalled = since.elapsed();
+            if p.waiting_pulls == 0 && p.ack_pending == 0 && stalled >= NO_PULLER {
+                return Err(ResyncError::NoPuller {
+                    consumer: consumer.to_string(),
+                    waiting: p.pending,
+                });
+            }
             if stalled >= idle {
                 return Err(ResyncError::Stalled {
                     consumer: consumer.to_string(),
@@ -383,6 +394,12 @@ pub async fn follow(
             return Ok(());
         }
         let stalled = since.elapsed();
+        if p.waiting_pulls == 0 && p.ack_pending == 0 && stalled >= NO_PULLER {
+            return Err(ResyncError::NoPuller {
+                consumer: consumer.to_string(),
+                waiting: sequences.len() as u64 - taken,
+            });
+        }
         if stalled >= idle {
             return Err(ResyncError::Stalled {
                 consumer: consumer.to_string(),

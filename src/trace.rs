@@ -188,9 +188,9 @@ pub async fn trace(
     let windowed = !matches!(req.query, Query::Sequence(_));
     let mut report = Report {
         query: req.query.describe(),
-        since: windowed.then(|| crate::clock::format(req.window.since)),
+        since: windowed.then(|| crate::clock::to_second(req.window.since)),
         until: if windowed {
-            req.window.until.map(crate::clock::format)
+            req.window.until.map(crate::clock::to_second)
         } else {
             None
         },
@@ -723,6 +723,29 @@ impl Report {
                         clean(&a.url)
                     );
                 }
+                if !matches!(c.outcome, Outcome::Parked | Outcome::Resolved) {
+                    for p in &c.parked {
+                        let what = p.resolution.as_ref().map_or_else(
+                            || "waiting for review".to_string(),
+                            |r| {
+                                format!(
+                                    "{} by {} at {}",
+                                    r["action"].as_str().unwrap_or("resolved"),
+                                    r["by"].as_str().unwrap_or("?"),
+                                    r["at"].as_str().unwrap_or("?")
+                                )
+                            },
+                        );
+                        let _ = writeln!(
+                            out,
+                            "    parked as job {} at {} ({}); {}",
+                            p.id,
+                            p.parked_at,
+                            clean(&p.error),
+                            clean(&what)
+                        );
+                    }
+                }
                 let _ = writeln!(out, "    => {}", clean(&c.summary));
             }
         }
@@ -803,6 +826,7 @@ mod tests {
             delivered: ack_floor,
             pending: 0,
             ack_pending: 0,
+            waiting_pulls: 1,
             starts_at: crate::clock::parse("2026-05-10T11:00:00Z"),
             starts_at_sequence: None,
         })

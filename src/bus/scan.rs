@@ -250,6 +250,7 @@ impl Bus {
             delivered: info.delivered.stream_sequence,
             pending: info.num_pending,
             ack_pending: info.num_ack_pending as u64,
+            waiting_pulls: info.num_waiting as u64,
             starts_at,
             starts_at_sequence,
         }))
@@ -267,6 +268,8 @@ pub struct Position {
     pub pending: u64,
     /// Handed out and not acknowledged yet (in flight, or waiting for a retry).
     pub ack_pending: u64,
+    /// Pull requests waiting on it (0: no running `up` pulls from it right now).
+    pub waiting_pulls: u64,
     /// A consumer created to start at a time: events published before it are never offered.
     pub starts_at: Option<time::OffsetDateTime>,
     /// A consumer created to start at a sequence.

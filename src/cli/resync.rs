@@ -138,7 +138,11 @@ async fn run(
     bar.finish();
     let sent = match sent {
         Ok(s) => s,
-        Err(e @ (ResyncError::NoConsumer(_) | ResyncError::Stalled { .. })) => {
+        Err(
+            e @ (ResyncError::NoConsumer(_)
+            | ResyncError::Stalled { .. }
+            | ResyncError::NoPuller { .. }),
+        ) => {
             eprintln!("error: {e}");
             return Ok(ExitCode::FAILURE);
         }
@@ -156,8 +160,8 @@ async fn run(
             println!("{}: nothing to resend", c.id);
         } else {
             println!(
-                "{}: resent {} events as HMS_EVENTS seq {first}..{last} on hms.replay.{} (run {}); the running `up` delivers them",
-                c.id, sent.sent, c.consumer, sent.run
+                "{}: resent {} as HMS_EVENTS seq {first}..{last} on hms.replay.{} (run {}); the running `up` delivers them",
+                c.id, events(sent.sent), c.consumer, sent.run
             );
         }
         return Ok(ExitCode::SUCCESS);
@@ -183,8 +187,8 @@ async fn run(
         );
     } else {
         println!(
-            "{}: resent {} events (HMS_EVENTS seq {first}..{last}, run {}): {} delivered, {} parked, {} other; {} failed attempts on the way",
-            c.id, sent.sent, sent.run, outcomes.delivered, outcomes.parked, outcomes.other, outcomes.failed_attempts
+            "{}: resent {} (HMS_EVENTS seq {first}..{last}, run {}): {} delivered, {} parked, {} other; {} failed attempts on the way",
+            c.id, events(sent.sent), sent.run, outcomes.delivered, outcomes.parked, outcomes.other, outcomes.failed_attempts
         );
     }
     Ok(if outcomes.parked > 0 {
@@ -192,4 +196,13 @@ async fn run(
     } else {
         ExitCode::SUCCESS
     })
+}
+
+/// `1 event`, `3 events`.
+fn events(n: u64) -> String {
+    if n == 1 {
+        "1 event".into()
+    } else {
+        format!("{n} events")
+    }
 }

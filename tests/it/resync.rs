@@ -117,7 +117,7 @@ async fn resync_resends_with_the_original_keys_without_moving_the_consumer() {
     .await;
     assert_eq!(code, 0, "{out}{err}");
     assert!(
-        out.contains("resync.r.v1: resent 1 events (HMS_EVENTS seq "),
+        out.contains("resync.r.v1: resent 1 event (HMS_EVENTS seq "),
         "{out}"
     );
     assert!(out.contains("): 1 delivered, 0 parked, 0 other"), "{out}");
@@ -193,6 +193,36 @@ async fn resync_resends_with_the_original_keys_without_moving_the_consumer() {
         err.contains("no outbound connector nope.v1 (in force: resync.r.v1)"),
         "{err}"
     );
+
+    // With no `up` running the connector, it says so (after 10 s without a pull) instead
+    // of waiting; what was sent stays queued and goes out once one runs.
+    rt.shutdown().await;
+    let (code, out, err) = hms(
+        &setup,
+        &[
+            "resync",
+            "resync.r.v1",
+            "--since",
+            "10m",
+            "--where",
+            "id=R-1",
+        ],
+    )
+    .await;
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(
+        err.contains(
+            "no running `hms-sync up` pulls from consumer resync_r_v1 (1 events wait for it)"
+        ),
+        "{err}"
+    );
+    let rt = setup.start().await;
+    eventually(
+        Duration::from_secs(10),
+        "delivered once up runs",
+        || async { keys_by_path(&target)["/items/R-1"].len() == 3 },
+    )
+    .await;
     rt.shutdown().await;
 }
 
