@@ -83,30 +83,38 @@ pub async fn exec(cli: &Cli, args: &Args) -> anyhow::Result<ExitCode> {
             token.as_ref(),
         )
         .await
-        .map_err(|e| {
-            let text = e.to_string();
-            if text.contains("401") {
-                format!(
-                    "{text}: it wants its admin token: set HMS_ADMIN_TOKEN or pass --admin-token"
-                )
-            } else {
-                text
-            }
-        })
+        .map_err(|e| e.to_string())
         .and_then(|v| from_instance(&v));
     let rows = match answer {
         Ok(rows) => rows,
         Err(why) => {
             let opts = super::connect::nats_options(&cfg)?;
             let nats = opts.shown();
-            eprintln!("no running instance at {base} ({why}); showing what NATS at {nats} knows");
+            let (line, state) = if why.contains("401") {
+                let rejected = if token.is_some() {
+                    "refused the admin token"
+                } else {
+                    "wants its admin token"
+                };
+                (
+                    format!("the instance at {base} {rejected} (set HMS_ADMIN_TOKEN or pass --admin-token); showing what NATS at {nats} knows"),
+                    format!("unknown (the instance at {base} {rejected})"),
+                )
+            } else {
+                (
+                    format!(
+                        "no running instance at {base} ({why}); showing what NATS at {nats} knows"
+                    ),
+                    format!("unknown (no running instance at {base})"),
+                )
+            };
+            eprintln!("{line}");
             if !Bus::reachable(&nats).await {
                 anyhow::bail!("nothing answers at {nats} either");
             }
             let bus = Bus::connect_with(&opts).await?;
             let consumers = bus.event_consumers().await?;
             let parked = bus.parked_counts().await?;
-            let state = format!("unknown (no running instance at {base})");
             consumers
                 .into_iter()
                 .map(|c| Row {

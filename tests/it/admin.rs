@@ -275,10 +275,24 @@ async fn clients_pass_the_token_and_nothing_prints_it() {
     let (code, out, err) = output(bin().args(["status", "--config"]).arg(setup.config_path()));
     assert_eq!(code, 0, "{err}");
     assert!(
-        err.contains("401") && err.contains("HMS_ADMIN_TOKEN"),
+        err.contains(&format!(
+            "the instance at {admin} wants its admin token (set HMS_ADMIN_TOKEN or pass --admin-token)"
+        )),
         "{err}"
     );
-    assert!(out.contains("unknown (no running instance"), "{out}");
+    assert!(out.contains("unknown (the instance at"), "{out}");
+    let (code, _, err) = output(
+        bin()
+            .args([
+                "status",
+                "--admin-token",
+                "wrong-token-0123456789",
+                "--config",
+            ])
+            .arg(setup.config_path()),
+    );
+    assert_eq!(code, 0);
+    assert!(err.contains("refused the admin token"), "{err}");
     // `config` shows the token as ***.
     let (code, out, err) = output(
         bin()
