@@ -340,6 +340,7 @@ pub async fn replay(bus: &Bus, r: &Reviewed, by: &Operator) -> Result<Json, Revi
     let record = json!({
         "action": "replayed", "parkedId": r.id, "connector": p.connector,
         "at": now_rfc3339(), "replaySequence": seq, "idempotencyKey": p.idempotency_key,
+        "parkedAt": p.parked_at, "error": p.error,
         "by": by.name, "via": by.via, "from": by.from,
     });
     bus.resolve_parked(&p.consumer, r.id, record.to_string().as_bytes())

@@ -736,14 +736,14 @@ impl Report {
                                 )
                             },
                         );
-                        let _ = writeln!(
-                            out,
-                            "    parked as job {} at {} ({}); {}",
-                            p.id,
-                            p.parked_at,
-                            clean(&p.error),
-                            clean(&what)
-                        );
+                        let mut line = format!("    parked as job {}", p.id);
+                        if !p.parked_at.is_empty() {
+                            line.push_str(&format!(" at {}", p.parked_at));
+                        }
+                        if !p.error.is_empty() {
+                            line.push_str(&format!(" ({})", clean(&p.error)));
+                        }
+                        let _ = writeln!(out, "{line}; {}", clean(&what));
                     }
                 }
                 let _ = writeln!(out, "    => {}", clean(&c.summary));
