@@ -27,10 +27,17 @@ pub struct ConnectorStats {
     /// Deliveries being handled now (see [`InProcess`]).
     pub in_process: AtomicU64,
     pub last_error: Mutex<Option<String>>,
-    /// Publish-to-2xx latency in microseconds (this process's deliveries).
-    latency_us: Mutex<Option<hdrhistogram::Histogram<u64>>>,
+    /// Publish-to-2xx latency in microseconds (this process's deliveries): since the start,
+    /// and since the charts last read it ([`ConnectorStats::window_p99_ms`]).
+    latency_us: Mutex<Option<Latency>>,
     /// The most recent failures, newest last (at most [`RECENT_FAILURES`]).
     pub recent_failures: Mutex<VecDeque<FailureNote>>,
+}
+
+/// The latency histograms of a connector.
+struct Latency {
+    total: hdrhistogram::Histogram<u64>,
+    window: hdrhistogram::Histogram<u64>,
 }
 
 /// One failure as status pages show it.
@@ -47,23 +54,36 @@ impl ConnectorStats {
             return;
         };
         if slot.is_none() {
-            // 1 µs .. 1 h, 2 significant digits: a few kB per connector.
-            *slot = hdrhistogram::Histogram::new_with_bounds(1, 3_600_000_000, 2).ok();
+            // 1 µs .. 1 h, 2 significant digits: a few kB per connector (twice).
+            let new = || hdrhistogram::Histogram::new_with_bounds(1, 3_600_000_000, 2).ok();
+            *slot = new()
+                .zip(new())
+                .map(|(total, window)| Latency { total, window });
         }
         if let Some(h) = slot.as_mut() {
-            h.saturating_record(((ms * 1000.0) as u64).max(1));
+            let us = ((ms * 1000.0) as u64).max(1);
+            h.total.saturating_record(us);
+            h.window.saturating_record(us);
         }
     }
 
-    /// A copy of the latency histogram (microseconds), for charts that take differences.
-    pub fn latency_snapshot(&self) -> Option<hdrhistogram::Histogram<u64>> {
-        self.latency_us.lock().ok()?.clone()
+    /// p99 latency (ms) of the deliveries since the previous call (none: `None`), then a new
+    /// window starts: what the status page's charts sample.
+    pub fn window_p99_ms(&self) -> Option<f64> {
+        let mut slot = self.latency_us.lock().ok()?;
+        let h = &mut slot.as_mut()?.window;
+        if h.is_empty() {
+            return None;
+        }
+        let p99 = h.value_at_quantile(0.99) as f64 / 1000.0;
+        h.reset();
+        Some(p99)
     }
 
     /// (p50, p99) latency in milliseconds, when anything was delivered.
     pub fn latency_p50_p99(&self) -> Option<(f64, f64)> {
         let h = self.latency_us.lock().ok()?;
-        let h = h.as_ref()?;
+        let h = &h.as_ref()?.total;
         if h.is_empty() {
             return None;
         }
@@ -148,5 +168,30 @@ impl Telemetry {
     pub fn parked(&self) {
         self.metrics.parked.increment(1);
         self.stats.parked.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_window_p99_covers_the_deliveries_since_the_last_reading() {
+        let s = ConnectorStats::default();
+        assert_eq!(s.window_p99_ms(), None);
+        for _ in 0..100 {
+            s.observe_latency(2.0);
+        }
+        let p99 = s.window_p99_ms().unwrap();
+        assert!((1.9..=2.1).contains(&p99), "{p99}");
+        assert_eq!(s.window_p99_ms(), None, "a new window starts");
+        s.observe_latency(50.0);
+        let p99 = s.window_p99_ms().unwrap();
+        assert!((49.0..=51.0).contains(&p99), "{p99}");
+        let (_, total_p99) = s.latency_p50_p99().unwrap();
+        assert!(
+            total_p99 > 2.0 && total_p99 <= 51.0,
+            "the total keeps everything"
+        );
     }
 }

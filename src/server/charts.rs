@@ -40,7 +40,6 @@ impl Charts {
 /// What the sampler remembers of a connector between samples.
 struct Last {
     delivered: u64,
-    latency: Option<hdrhistogram::Histogram<u64>>,
     at: Instant,
 }
 
@@ -76,33 +75,14 @@ async fn sample(state: &AppState, last: &mut HashMap<String, Last>) {
         let id = &p.connector.id;
         let stats = p.stats();
         let delivered = stats.delivered.load(std::sync::atomic::Ordering::Relaxed);
-        let latency = stats.latency_snapshot();
-        let prev = last.insert(
-            id.clone(),
-            Last {
-                delivered,
-                latency: latency.clone(),
-                at: now,
-            },
-        );
+        // The p99 of the deliveries since the previous sample (a new window starts).
+        let p99_ms = stats.window_p99_ms();
+        let prev = last.insert(id.clone(), Last { delivered, at: now });
         let Some(prev) = prev else {
             // The first reading is the baseline.
             continue;
         };
         let elapsed_ms = now.duration_since(prev.at).as_millis() as u64;
-        let p99_ms = match (latency, prev.latency) {
-            (Some(mut now_h), Some(before)) => {
-                if now_h.subtract(&before).is_err() || now_h.is_empty() {
-                    None
-                } else {
-                    Some(now_h.value_at_quantile(0.99) as f64 / 1000.0)
-                }
-            }
-            (Some(now_h), None) if !now_h.is_empty() => {
-                Some(now_h.value_at_quantile(0.99) as f64 / 1000.0)
-            }
-            _ => None,
-        };
         history.push(
             id,
             Sample {
