@@ -75,6 +75,8 @@ pub struct Report {
     pub scanned: u64,
     /// The search stopped early (`max_scan` messages read, or `limit` events found).
     pub truncated: bool,
+    /// The audit trail's search stopped at `max_scan` records: attempts may be missing.
+    pub attempts_truncated: bool,
     pub events: Vec<EventTrace>,
 }
 
@@ -196,6 +198,7 @@ pub async fn trace(
         },
         scanned: 0,
         truncated: false,
+        attempts_truncated: false,
         events: vec![],
     };
     let found = find(bus, &connectors, req, &mut report).await?;
@@ -222,7 +225,9 @@ pub async fn trace(
             wanted.iter().map(|(_, c, _)| c.consumer.clone()).collect();
         set.into_iter().collect()
     };
-    let attempts = audit_attempts(bus, &consumers, &keys, since, req.max_scan).await?;
+    let (attempts, audit_truncated) =
+        audit_attempts(bus, &consumers, &keys, since, req.max_scan).await?;
+    report.attempts_truncated = audit_truncated;
     let mut positions: HashMap<String, Option<Position>> = HashMap::new();
     let mut parked_by: HashMap<String, Vec<(String, ParkedSeen)>> = HashMap::new();
     for consumer in &consumers {
@@ -354,6 +359,9 @@ fn key_for(c: &Connector, e: &StoredMessage) -> Option<String> {
     covers(&c.trigger.topic, &e.subject).then(|| event_key(&c.id, e.msg_id(), e.sequence))
 }
 
+/// Attempts by (consumer, key), oldest first, and whether the search stopped at its limit.
+type Attempts = (HashMap<(String, String), Vec<AttemptSeen>>, bool);
+
 /// Attempt records of the audit trail, by (consumer, key), oldest first.
 async fn audit_attempts(
     bus: &Bus,
@@ -361,10 +369,10 @@ async fn audit_attempts(
     keys: &HashSet<&str>,
     since: Option<time::OffsetDateTime>,
     max: u64,
-) -> Result<HashMap<(String, String), Vec<AttemptSeen>>, BusError> {
+) -> Result<Attempts, BusError> {
     let mut out: HashMap<(String, String), Vec<AttemptSeen>> = HashMap::new();
     if consumers.is_empty() || keys.is_empty() {
-        return Ok(out);
+        return Ok((out, false));
     }
     let spec = ScanSpec {
         stream: AUDIT_STREAM.into(),
@@ -415,9 +423,9 @@ async fn audit_attempts(
         Step::Continue
     });
     match found.await {
-        Ok(_) => Ok(out),
+        Ok(scanned) => Ok((out, scanned.truncated)),
         // No audit trail yet: no attempts.
-        Err(e) if e.kind == crate::bus::BusErrorKind::StreamMissing => Ok(out),
+        Err(e) if e.kind == crate::bus::BusErrorKind::StreamMissing => Ok((out, false)),
         Err(e) => Err(e),
     }
 }
@@ -749,6 +757,12 @@ impl Report {
                 let _ = writeln!(out, "    => {}", clean(&c.summary));
             }
         }
+        if self.attempts_truncated {
+            let _ = writeln!(
+                out,
+                "(the audit trail's search stopped at its limit: attempts may be missing; raise --max-scan)"
+            );
+        }
         if self.truncated {
             let _ = writeln!(
                 out,
@@ -962,6 +976,7 @@ mod tests {
             until: None,
             scanned: 0,
             truncated: false,
+            attempts_truncated: false,
             events: vec![EventTrace {
                 stream_sequence: 7,
                 subject: e.subject.clone(),

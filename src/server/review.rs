@@ -15,7 +15,8 @@ use serde_json::{json, Value};
 use super::AppState;
 use crate::parked::{self, Action, Operator, ReviewError};
 
-/// The header in which a reviewer names themselves (recorded with every action).
+/// The header in which a reviewer names themselves (recorded with every action), as
+/// percent-encoded UTF-8.
 pub const OPERATOR_HEADER: &str = "X-Hms-Operator";
 
 /// Jobs listed at most by `/api/parked`.
@@ -85,11 +86,13 @@ fn operator(
             "review actions on the page need http.adminToken (then the page asks for it); use `hms-sync parked replay|discard` meanwhile",
         ));
     }
-    let name = headers
+    // Percent-encoded UTF-8 (the page encodes it: header values are ASCII), or plain ASCII.
+    let raw = headers
         .get(OPERATOR_HEADER)
         .and_then(|v| v.to_str().ok())
         .unwrap_or_default();
-    let name = Operator::checked_name(name).map_err(|e| (StatusCode::BAD_REQUEST, e))?;
+    let name = percent_encoding::percent_decode_str(raw).decode_utf8_lossy();
+    let name = Operator::checked_name(&name).map_err(|e| (StatusCode::BAD_REQUEST, e))?;
     Ok(Operator {
         name,
         via: "status page",

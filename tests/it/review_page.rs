@@ -85,7 +85,7 @@ async fn review_in_headless_chromium_replay_reaches_the_target_with_the_original
     )
     .await;
     b.type_into("#token", TOKEN).await;
-    b.type_into("#operator", "Rosa Reviewer").await;
+    b.type_into("#operator", "Rosa Ramírez").await;
     b.click("#login-submit").await;
     b.wait_until(
         "the page rendered",
@@ -163,7 +163,7 @@ async fn review_in_headless_chromium_replay_reaches_the_target_with_the_original
         T,
     )
     .await;
-    assert!(b.text("#action-result").await.contains("by Rosa Reviewer"));
+    assert!(b.text("#action-result").await.contains("by Rosa Ramírez"));
     eventually(T, "the replayed job at the target", || async {
         target
             .requests()
@@ -189,7 +189,7 @@ async fn review_in_headless_chromium_replay_reaches_the_target_with_the_original
     })
     .await;
     assert_eq!(review["action"], "replayed", "{review:#}");
-    assert_eq!(review["by"], "Rosa Reviewer");
+    assert_eq!(review["by"], "Rosa Ramírez");
     assert_eq!(review["via"], "status page");
     assert_eq!(review["from"], "127.0.0.1");
     assert_eq!(review["parkedId"], parked_id);

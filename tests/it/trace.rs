@@ -193,6 +193,15 @@ async fn trace_finds_events_and_tells_what_each_connector_did() {
     );
     assert!(text.contains("    => delivered at "), "{text}");
 
+    // A bounded search says when it stopped at its limit.
+    let r = trace_json(&setup, &[&s2.to_string(), "--max-scan", "1"]).await;
+    assert_eq!(r["attempts_truncated"], true, "{r:#}");
+    let (_, text, _) = trace(&setup, &[&s2.to_string(), "--max-scan", "1"]).await;
+    assert!(
+        text.contains("attempts may be missing; raise --max-scan"),
+        "{text}"
+    );
+
     // By Nats-Msg-Id.
     let r = trace_json(&setup, &["--msg-id", "m-1"]).await;
     assert_eq!(r["events"].as_array().unwrap().len(), 1, "{r:#}");
