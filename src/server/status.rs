@@ -29,6 +29,7 @@ async fn views(state: &AppState) -> Vec<ConnectorView> {
     ractor::call_t!(state.supervisor, SupervisorMsg::Status, 5_000).unwrap_or_default()
 }
 
+/// `GET /api/connectors`: every connector with its consumer's numbers and parked jobs.
 pub async fn connectors(State(state): State<AppState>) -> Json<Vec<ConnectorStatus>> {
     let views = views(&state).await;
     let parked = bounded(state.bus.parked_counts()).await;
@@ -65,6 +66,7 @@ pub struct Overview {
     pub parked_total: Option<u64>,
 }
 
+/// `GET /api/overview`: what the page shows above the connectors.
 pub async fn overview(State(state): State<AppState>) -> Json<Overview> {
     let (nats_state, nats_server) = state.bus.connection_summary();
     let parked_total = bounded(state.bus.parked_counts())
@@ -88,6 +90,7 @@ pub async fn bounded<T, E>(f: impl std::future::Future<Output = Result<T, E>>) -
         .and_then(Result::ok)
 }
 
+/// `GET /metrics`: Prometheus text.
 pub async fn metrics(State(state): State<AppState>) -> Response {
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
@@ -96,6 +99,7 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
         .into_response()
 }
 
+/// `GET /readyz`: 200 when NATS is connected and every connector runs with its consumer.
 pub async fn readyz(State(state): State<AppState>) -> Response {
     let mut problems = Vec::new();
     if !state.bus.is_connected() {

@@ -64,6 +64,7 @@ fn request(query: &str) -> Result<trace::Request, String> {
     })
 }
 
+/// `GET /api/trace?...`: the report of [`trace::trace`].
 pub async fn trace(State(state): State<AppState>, RawQuery(query): RawQuery) -> Response {
     let req = match request(query.as_deref().unwrap_or_default()) {
         Ok(r) => r,
