@@ -111,6 +111,10 @@ pub async fn select(bus: &Bus, c: &Connector, spec: &Spec) -> Result<Selection, 
     let (mut not_matching, mut filtered_out, mut not_json) = (0, 0, 0);
     let scanned = bus
         .scan(&scan, |m| {
+            if m.subject.starts_with(crate::bus::REPLAY_PREFIX) {
+                // A topic such as `>` also covers replays: those are not past events.
+                return Step::Continue;
+            }
             let Ok(payload) = serde_json::from_slice::<Json>(&m.payload) else {
                 not_json += 1;
                 return Step::Continue;
