@@ -5,7 +5,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/install-nats-server.sh
-# chromium (status page browser test) and promtool (/metrics lint test): skipped when present.
+# chromium and chromedriver (status and review page browser tests) and promtool (/metrics lint
+# test): skipped when present.
 ./scripts/install-test-tools.sh
 export NATS_SERVER_BIN="$PWD/.tools/nats-server/bin/nats-server"
 cargo fmt --check

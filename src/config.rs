@@ -4,12 +4,12 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize, Serializer};
 
 use crate::auth::SecretString;
 
 /// The whole runtime configuration, with every path made absolute.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase", default)]
 pub struct RuntimeConfig {
     pub nats: NatsConfig,
@@ -27,7 +27,7 @@ pub struct RuntimeConfig {
 }
 
 /// Protection of one endpoint (or `defaults` for all).
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct EndpointConfig {
     /// Requests per second (at most this many in any 1-second window) and burst. Wins over the
@@ -42,7 +42,7 @@ pub struct EndpointConfig {
     pub rate_limit_headers: Option<bool>,
 }
 
-#[derive(Debug, Clone, Copy, Deserialize)]
+#[derive(Debug, Clone, Copy, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct EndpointRate {
     pub per_second: f64,
@@ -50,7 +50,7 @@ pub struct EndpointRate {
 }
 
 /// Circuit breaker settings.
-#[derive(Debug, Clone, Copy, Deserialize)]
+#[derive(Debug, Clone, Copy, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase", default)]
 pub struct BreakerConfig {
     /// Consecutive transient failures (5xx, timeouts, connection errors) that pause the endpoint;
@@ -69,10 +69,11 @@ impl Default for BreakerConfig {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase", default)]
 pub struct NatsConfig {
     /// Server URL; overridden by `--nats-url` or `NATS_URL`.
+    #[serde(serialize_with = "url_masked")]
     pub url: String,
     /// Start a local nats-server from `server_config` when nothing answers at `url`.
     pub embedded: bool,
@@ -84,8 +85,10 @@ pub struct NatsConfig {
     /// User name (user/password auth); `${VAR}` allowed.
     pub user: Option<String>,
     /// Password (user/password auth); `${VAR}` allowed.
+    #[serde(serialize_with = "secret")]
     pub password: Option<String>,
     /// Token auth; `${VAR}` allowed.
+    #[serde(serialize_with = "secret")]
     pub token: Option<String>,
     /// NKey auth: a file holding the user's NKey seed (`SU...`).
     pub nkey_seed_file: Option<PathBuf>,
@@ -99,7 +102,7 @@ pub struct NatsConfig {
 
 /// `nats.tls`: the CA that signed the servers' certificates and a client certificate (mutual
 /// TLS). Setting it makes TLS required, as a `tls://` URL does.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct NatsTlsConfig {
     /// Trust this CA (PEM) for the server certificate, besides the system's roots.
@@ -111,13 +114,14 @@ pub struct NatsTlsConfig {
 }
 
 /// `outbound`: how HTTP calls to targets, lookups and token endpoints leave the process.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase", default)]
 pub struct OutboundConfig {
     /// Extra trusted roots (PEM) for HTTPS targets, besides the system's (and `SSL_CERT_FILE`).
     pub ca_file: Option<PathBuf>,
     /// Proxy for every target (`http://host:port`, credentials allowed, `${VAR}` too); default:
     /// `HTTPS_PROXY` / `HTTP_PROXY` from the environment.
+    #[serde(serialize_with = "url_masked_opt")]
     pub proxy: Option<String>,
     /// Hosts reached without the proxy (`NO_PROXY` syntax); default: `NO_PROXY`.
     pub no_proxy: Option<Vec<String>>,
@@ -128,21 +132,98 @@ pub struct OutboundConfig {
     pub deny: Vec<String>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase", default)]
 pub struct HttpConfig {
-    /// Address of the status/metrics/webhook server; overridden by `up --listen`.
+    /// Address of the webhook server, `/healthz` and `/readyz` (and of the status page,
+    /// `/metrics` and `/api/*` unless `admin_listen` is set); overridden by `up --listen`.
     pub listen: SocketAddr,
+    /// When set, the status page, `/metrics` and `/api/*` are served on this address only.
+    pub admin_listen: Option<SocketAddr>,
+    /// When set (`${VAR}` allowed, resolved at start), the status page, `/metrics` and
+    /// `/api/*` need `Authorization: Bearer <token>`; review actions on the page need it.
+    #[serde(serialize_with = "secret")]
+    pub admin_token: Option<String>,
+    /// How often the status page's charts are sampled (ms; 15 minutes are kept).
+    pub chart_sample_ms: u64,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+impl HttpConfig {
+    /// The admin token with `${VAR}` resolved through `env` (`None`: not configured). Errors
+    /// name the key and the variable, never a value.
+    pub fn admin_token(
+        &self,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Option<SecretString>, String> {
+        let Some(raw) = &self.admin_token else {
+            return Ok(None);
+        };
+        let token = resolve_vars(raw, "http.adminToken", env)?;
+        if token.trim().is_empty() {
+            return Err("http.adminToken: the token is empty".into());
+        }
+        if token.chars().count() < ADMIN_TOKEN_MIN && raw.contains("${") {
+            return Err(format!(
+                "http.adminToken: the token in the environment is shorter than {ADMIN_TOKEN_MIN} characters (e.g. `openssl rand -hex 16`)"
+            ));
+        }
+        if token.chars().any(|c| c.is_control() || c == ' ') {
+            return Err("http.adminToken: the token has spaces or control characters".into());
+        }
+        Ok(Some(SecretString::new(token)))
+    }
+
+    /// Where the status page, `/metrics` and `/api/*` are served.
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.admin_listen.unwrap_or(self.listen)
+    }
+}
+
+/// The shortest admin token accepted.
+pub const ADMIN_TOKEN_MIN: usize = 16;
+
+/// A secret as the effective config shows it: `***` when set.
+fn secret<S: Serializer>(v: &Option<String>, s: S) -> Result<S::Ok, S::Error> {
+    match v {
+        Some(_) => s.serialize_str("***"),
+        None => s.serialize_none(),
+    }
+}
+
+fn url_masked<S: Serializer>(v: &str, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&mask_url_credentials(v))
+}
+
+fn url_masked_opt<S: Serializer>(v: &Option<String>, s: S) -> Result<S::Ok, S::Error> {
+    match v {
+        Some(v) => s.serialize_str(&mask_url_credentials(v)),
+        None => s.serialize_none(),
+    }
+}
+
+/// A URL (or a comma-separated list of them) with every `user:password@` written as `***@`.
+pub fn mask_url_credentials(urls: &str) -> String {
+    urls.split(',')
+        .map(|u| {
+            let start = u.find("://").map_or(0, |i| i + 3);
+            let end = u[start..].find('/').map_or(u.len(), |i| start + i);
+            match u[start..end].rfind('@') {
+                Some(at) => format!("{}***{}", &u[..start], &u[start + at..]),
+                None => u.to_string(),
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase", default)]
 pub struct ConnectorsConfig {
     /// Every `*.yaml` in this folder is loaded by `up`.
     pub dir: PathBuf,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase", default)]
 pub struct DeliveryConfig {
     /// Requests in flight per connector.
@@ -168,7 +249,7 @@ pub struct DeliveryConfig {
     pub console_lines_per_second: u32,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase", default)]
 pub struct StreamsConfig {
     /// How long `HMS_EVENTS` keeps events (hours).
@@ -203,6 +284,9 @@ impl Default for HttpConfig {
     fn default() -> Self {
         HttpConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 7500)),
+            admin_listen: None,
+            admin_token: None,
+            chart_sample_ms: 10_000,
         }
     }
 }
@@ -626,6 +710,56 @@ mod tests {
             ..NatsConfig::default()
         };
         assert!(bad.connect_options(&env).is_err());
+    }
+
+    #[test]
+    fn the_effective_config_shows_no_secret() {
+        let mut cfg = RuntimeConfig::default();
+        cfg.nats.url = "nats://alice:pw@n1:4222, tls://n2:4222".into();
+        cfg.nats.password = Some("s3cret".into());
+        cfg.nats.user = Some("hms".into());
+        cfg.outbound.proxy = Some("http://u:${PROXY_PW}@proxy:3128".into());
+        cfg.http.admin_token = Some("${HMS_ADMIN_TOKEN}".into());
+        let text = serde_yaml::to_string(&cfg).unwrap();
+        for hidden in ["s3cret", "alice", "pw@", "PROXY_PW", "HMS_ADMIN_TOKEN"] {
+            assert!(!text.contains(hidden), "{hidden} shows:\n{text}");
+        }
+        assert!(
+            text.contains("url: nats://***@n1:4222, tls://n2:4222"),
+            "{text}"
+        );
+        assert!(text.contains("proxy: http://***@proxy:3128"), "{text}");
+        assert!(text.contains("adminToken: '***'"), "{text}");
+        assert!(text.contains("user: hms"), "{text}");
+        assert_eq!(
+            mask_url_credentials("http://proxy:3128/a@b"),
+            "http://proxy:3128/a@b"
+        );
+    }
+
+    #[test]
+    fn the_admin_token_is_resolved_and_checked() {
+        let env = |n: &str| (n == "T").then(|| "0123456789abcdef".to_string());
+        let mut h = HttpConfig::default();
+        assert!(h.admin_token(&env).unwrap().is_none());
+        h.admin_token = Some("${T}".into());
+        assert_eq!(
+            h.admin_token(&env).unwrap().unwrap().expose(),
+            "0123456789abcdef"
+        );
+        h.admin_token = Some("${UNSET}".into());
+        assert_eq!(
+            h.admin_token(&env).unwrap_err(),
+            "http.adminToken: environment variable UNSET is not set"
+        );
+        h.admin_token = Some(" ".into());
+        assert!(h.admin_token(&env).is_err());
+        let short = |n: &str| (n == "S").then(|| "short".to_string());
+        h.admin_token = Some("${S}".into());
+        assert!(h
+            .admin_token(&short)
+            .unwrap_err()
+            .contains("shorter than 16"));
     }
 
     #[test]

@@ -102,6 +102,39 @@ pub fn check(cfg: &RuntimeConfig) -> Result<(), Problems> {
             },
         }
     }
+    let h = &cfg.http;
+    let long = |_: &str| Some("x".repeat(crate::config::ADMIN_TOKEN_MIN));
+    if let Err(e) = h.admin_token(&long) {
+        report("http.adminToken", e);
+    } else if let Some(t) = h.admin_token.as_deref().filter(|t| !t.contains("${")) {
+        if t.chars().count() < crate::config::ADMIN_TOKEN_MIN {
+            report(
+                "http.adminToken",
+                format!(
+                    "http.adminToken: at least {} characters (e.g. `openssl rand -hex 16`); better `${{VAR}}`, read from the environment at start",
+                    crate::config::ADMIN_TOKEN_MIN
+                ),
+            );
+        }
+    }
+    if let Some(a) = h.admin_listen {
+        let l = h.listen;
+        let overlap = a.port() == l.port()
+            && a.port() != 0
+            && (a.ip() == l.ip() || a.ip().is_unspecified() || l.ip().is_unspecified());
+        if overlap {
+            report(
+                "http.adminListen",
+                format!("http.adminListen: {a} overlaps http.listen {l}: give the admin side its own address"),
+            );
+        }
+    }
+    if h.chart_sample_ms < 100 {
+        report(
+            "http.chartSampleMs",
+            format!("http.chartSampleMs: {} (at least 100)", h.chart_sample_ms),
+        );
+    }
     if let Err(errors) = AddressPolicy::new(&o.deny, o.allow.as_deref()) {
         for e in errors {
             // "deny[1]: ..." -> outbound.deny[1]

@@ -532,10 +532,22 @@ impl HttpClient {
         url: &str,
         timeout: Duration,
     ) -> Result<serde_json::Value, HttpError> {
-        let resp = self
-            .client
-            .get(url)
-            .timeout(timeout)
+        self.get_json_authorized(url, timeout, None).await
+    }
+
+    /// [`HttpClient::get_json`] with `Authorization: Bearer <token>` when a token is given
+    /// (the admin side of a running `up`).
+    pub async fn get_json_authorized(
+        &self,
+        url: &str,
+        timeout: Duration,
+        token: Option<&crate::auth::SecretString>,
+    ) -> Result<serde_json::Value, HttpError> {
+        let mut req = self.client.get(url).timeout(timeout);
+        if let Some(t) = token {
+            req = req.bearer_auth(t.expose());
+        }
+        let resp = req
             .send()
             .await
             .map_err(|e| HttpError::Transport(error_chain(&e)))?;

@@ -16,6 +16,7 @@ pub mod cloudevents;
 pub mod config;
 pub mod filter;
 pub mod flood;
+pub mod history;
 pub mod limits;
 pub mod metrics;
 pub mod ordering;
@@ -24,6 +25,7 @@ pub mod policy;
 pub mod ratelimit_headers;
 pub mod restart;
 pub mod schema;
+pub mod selection;
 pub mod signature;
 pub mod template;
 pub mod wire;
@@ -41,9 +43,11 @@ pub mod nats_server;
 pub mod sink;
 pub mod tls;
 
-// What the services and orchestration use.
+// Commands on NATS (what the services and orchestration use, and the operator's questions).
 pub mod parked;
 pub mod registry;
+pub mod resync;
+pub mod trace;
 
 // Services, delivery, webhooks, orchestration.
 pub mod actors;

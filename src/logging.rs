@@ -12,6 +12,24 @@ use tracing_subscriber::fmt::format::Writer;
 use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields};
 use tracing_subscriber::registry::LookupSpan;
 
+/// Target of the seed-style console lines (a delivery's `[connector] PATCH https://... 200
+/// OK`, a retry, a park): the text format prints only their message; JSON logs carry their
+/// fields (`connector`, `method`, `url`, `status`, `duration_ms`, `stream_seq`,
+/// `idempotency_key`, `attempt`, ...).
+pub const CONSOLE: &str = "hms_sync::console";
+
+/// Collects the `message` field of an event.
+struct MessageOnly(String);
+
+impl tracing::field::Visit for MessageOnly {
+    fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn fmt::Debug) {
+        if field.name() == "message" {
+            use std::fmt::Write as _;
+            let _ = write!(self.0, "{value:?}");
+        }
+    }
+}
+
 /// The text format: level and message (and the event's own fields), without time, target or
 /// span context, as the seed's console shows it.
 pub struct Plain;
@@ -40,7 +58,14 @@ where
         } else {
             write!(writer, "{level:>5} ")?;
         }
-        ctx.field_format().format_fields(writer.by_ref(), event)?;
+        if event.metadata().target() == CONSOLE {
+            // A console line: its message as the seed shows it; its fields are for JSON logs.
+            let mut message = MessageOnly(String::new());
+            event.record(&mut message);
+            write!(writer, "{}", message.0)?;
+        } else {
+            ctx.field_format().format_fields(writer.by_ref(), event)?;
+        }
         writeln!(writer)
     }
 }

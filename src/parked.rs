@@ -10,12 +10,36 @@
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value as Json};
 
-use crate::bus::{Bus, BusError, StoredJob, ORIGINAL_SUBJECT_HEADER, REPLAY_OF_HEADER};
+use crate::audit::{AuditRecord, Chainer};
+use crate::bus::{AuditBlock, Bus, BusError, StoredJob, ORIGINAL_SUBJECT_HEADER, REPLAY_OF_HEADER};
 use crate::clock::now_rfc3339;
+use crate::connector::Connector;
 use crate::outcome::Outcome;
 
 /// Header that carries an idempotency key set earlier (parked replay); wins over derivation.
 pub const REPLAY_KEY_HEADER: &str = "Hms-Idempotency-Key";
+/// Header of a replayed or resent event naming the stream sequence of the original event.
+pub const ORIGINAL_SEQUENCE_HEADER: &str = "Hms-Original-Sequence";
+
+/// The idempotency key of an original event (not a replay) for one connector: derived from
+/// its `Nats-Msg-Id` when it has one, else from its stream sequence. The same across retries,
+/// redeliveries, restarts, parked replay and resync.
+pub fn event_key(connector_id: &str, msg_id: Option<&str>, stream_sequence: u64) -> String {
+    match msg_id {
+        Some(id) => derive_key(connector_id, &format!("msgid:{id}")),
+        None => derive_key(connector_id, &format!("seq:{stream_sequence}")),
+    }
+}
+
+/// `hex(sha256(connector id, 0, identity))[..32]`.
+pub fn derive_key(connector_id: &str, identity: &str) -> String {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    h.update(connector_id.as_bytes());
+    h.update([0]);
+    h.update(identity.as_bytes());
+    hex::encode(&h.finalize()[..16])
+}
 
 /// A parked job as stored on `HMS_SYNC_PARKED` (JSON).
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -104,6 +128,7 @@ pub fn replay_headers(job: &ParkedJob, parked_id: u64) -> Vec<(String, String)> 
         crate::bus::PIN_HEADER,
         REPLAY_KEY_HEADER,
         ORIGINAL_SUBJECT_HEADER,
+        ORIGINAL_SEQUENCE_HEADER,
         REPLAY_OF_HEADER,
     ];
     let mut headers: Vec<(String, String)> = job
@@ -115,6 +140,10 @@ pub fn replay_headers(job: &ParkedJob, parked_id: u64) -> Vec<(String, String)> 
         .collect();
     headers.push((REPLAY_KEY_HEADER.into(), job.idempotency_key.clone()));
     headers.push((ORIGINAL_SUBJECT_HEADER.into(), job.event.subject.clone()));
+    headers.push((
+        ORIGINAL_SEQUENCE_HEADER.into(),
+        job.event.stream_sequence.to_string(),
+    ));
     headers.push((REPLAY_OF_HEADER.into(), parked_id.to_string()));
     headers.push((
         "Nats-Msg-Id".into(),
@@ -162,6 +191,7 @@ impl Reviewed {
             "parkedAt": p.parked_at,
             "attempts": p.attempts.len(),
             "error": p.error,
+            "consumer": p.consumer,
             "subject": p.event.subject,
             "idempotencyKey": p.idempotency_key,
         }))
@@ -198,9 +228,107 @@ pub fn parked_since(job: &ParkedJob, since: time::OffsetDateTime) -> bool {
     crate::clock::parse(&job.parked_at).is_none_or(|at| at >= since)
 }
 
+/// Who acts on a parked job, as its records say.
+#[derive(Debug, Clone, Serialize)]
+pub struct Operator {
+    /// The person: `$USER` on the command line; on the status page the name the reviewer
+    /// gave (`X-Hms-Operator`), who holds the admin token.
+    pub name: String,
+    /// `cli` or `status page`.
+    pub via: &'static str,
+    /// The client's address (status page).
+    pub from: Option<String>,
+}
+
+impl Operator {
+    /// The person at the command line (`$USER`).
+    pub fn cli(user: Option<String>) -> Operator {
+        Operator {
+            name: user
+                .filter(|u| !u.is_empty())
+                .unwrap_or_else(|| "unknown".into()),
+            via: "cli",
+            from: None,
+        }
+    }
+
+    /// A reviewer's name as given (`X-Hms-Operator`): 1 to 64 characters, no control
+    /// characters.
+    pub fn checked_name(name: &str) -> Result<String, &'static str> {
+        let n = name.trim();
+        if n.is_empty() {
+            return Err(
+                "a name is needed (X-Hms-Operator): every review action records who did it",
+            );
+        }
+        if n.chars().count() > 64 || n.chars().any(char::is_control) {
+            return Err(
+                "the name (X-Hms-Operator) has at most 64 characters and no control characters",
+            );
+        }
+        Ok(n.to_string())
+    }
+}
+
+/// What a reviewer does with a parked job.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    /// Send it through its connector again, with its original idempotency key.
+    Replay,
+    /// Drop it for good (kept in the record of the action).
+    Discard { reason: Option<String> },
+}
+
+/// What a review action did: its record (stored on `sync.resolved.<consumer>`) and the audit
+/// record the caller hands to the audit trail ([`audit_record`]).
+#[derive(Debug, Clone)]
+pub struct Acted {
+    pub consumer: String,
+    pub record: Json,
+}
+
+impl Acted {
+    /// The audit-trail record of the action (`kind: "review"`), on `external.sync.<consumer>`.
+    pub fn audit_record(&self) -> AuditRecord {
+        let r = &self.record;
+        AuditRecord::Other(json!({
+            "kind": "review",
+            "action": r["action"],
+            "parkedId": r["parkedId"],
+            "connector": r["connector"],
+            "idempotencyKey": r["idempotencyKey"],
+            "replaySequence": r["replaySequence"],
+            "reason": r["reason"],
+            "by": r["by"],
+            "via": r["via"],
+            "from": r["from"],
+            "at": r["at"],
+        }))
+    }
+}
+
+/// Acts on a parked job: replays or discards it and records who did it. The caller hands
+/// [`Acted::audit_record`] to the audit trail (the running `up`'s audit actor, or
+/// [`store_audit`] for a one-shot command).
+pub async fn act(
+    bus: &Bus,
+    r: &Reviewed,
+    action: &Action,
+    by: &Operator,
+) -> Result<Acted, ReviewError> {
+    let record = match action {
+        Action::Replay => replay(bus, r, by).await?,
+        Action::Discard { reason } => discard(bus, r, reason.as_deref(), by).await?,
+    };
+    Ok(Acted {
+        consumer: r.consumer().to_string(),
+        record,
+    })
+}
+
 /// Sends a parked job through its connector again, with its original idempotency key, and
 /// records who did it. Returns the record of the action.
-pub async fn replay(bus: &Bus, r: &Reviewed, by: &str) -> Result<Json, ReviewError> {
+pub async fn replay(bus: &Bus, r: &Reviewed, by: &Operator) -> Result<Json, ReviewError> {
     let p = r.job.as_ref().ok_or(ReviewError::NotAJob(r.id))?;
     let seq = bus
         .publish_replay(
@@ -212,7 +340,8 @@ pub async fn replay(bus: &Bus, r: &Reviewed, by: &str) -> Result<Json, ReviewErr
     let record = json!({
         "action": "replayed", "parkedId": r.id, "connector": p.connector,
         "at": now_rfc3339(), "replaySequence": seq, "idempotencyKey": p.idempotency_key,
-        "by": by,
+        "parkedAt": p.parked_at, "error": p.error,
+        "by": by.name, "via": by.via, "from": by.from,
     });
     bus.resolve_parked(&p.consumer, r.id, record.to_string().as_bytes())
         .await?;
@@ -224,18 +353,136 @@ pub async fn discard(
     bus: &Bus,
     r: &Reviewed,
     reason: Option<&str>,
-    by: &str,
+    by: &Operator,
 ) -> Result<Json, ReviewError> {
     let record = json!({
         "action": "discarded", "parkedId": r.id,
         "connector": r.job.as_ref().map(|p| p.connector.clone()),
+        "idempotencyKey": r.job.as_ref().map(|p| p.idempotency_key.clone()),
         "at": now_rfc3339(), "reason": reason,
-        "by": by,
+        "by": by.name, "via": by.via, "from": by.from,
         "job": r.raw,
     });
     bus.resolve_parked(r.consumer(), r.id, record.to_string().as_bytes())
         .await?;
     Ok(record)
+}
+
+/// Stores review records on the audit trail from a one-shot command (no audit actor runs
+/// there): one chain of its own per command run, `<consumer>/review-<run>`.
+pub async fn store_audit(bus: &Bus, acted: &[Acted]) -> Result<(), BusError> {
+    if acted.is_empty() {
+        return Ok(());
+    }
+    let run = derive_key(
+        "review",
+        &format!("{}:{}", std::process::id(), now_rfc3339()),
+    )[..8]
+        .to_string();
+    let mut chainer = Chainer::default();
+    // One block per chain (split when large): consecutive records, one per line.
+    let mut open: Vec<(String, String, u64, u64, Vec<u8>)> = Vec::new();
+    for a in acted {
+        let chain = format!("{}/review-{run}", a.consumer);
+        let (n, bytes) = chainer.seal_bytes(&chain, a.audit_record());
+        let max = crate::bus::audit::MAX_BLOCK_BYTES;
+        match open
+            .last_mut()
+            .filter(|b| b.1 == chain && b.4.len() + bytes.len() < max)
+        {
+            Some(b) => b.3 = n,
+            None => open.push((
+                format!("external.sync.{}", a.consumer),
+                chain,
+                n,
+                n,
+                Vec::new(),
+            )),
+        }
+        if let Some(b) = open.last_mut() {
+            b.4.extend_from_slice(&bytes);
+            b.4.push(b'\n');
+        }
+    }
+    let blocks: Vec<AuditBlock> = open
+        .into_iter()
+        .map(|(subject, chain, first, last, bytes)| AuditBlock {
+            subject: subject.into(),
+            chain: chain.into(),
+            first,
+            last,
+            bytes: bytes.into(),
+        })
+        .collect();
+    match bus.store_audit(&blocks).await {
+        (_, Some(e)) => Err(e),
+        (_, None) => Ok(()),
+    }
+}
+
+/// Which parked jobs a batch action takes (`--connector`, `--since`, `--reason`).
+#[derive(Debug, Clone, Default)]
+pub struct JobFilter {
+    /// Only this consumer's jobs.
+    pub consumer: Option<String>,
+    /// Only jobs parked at or after this time.
+    pub since: Option<time::OffsetDateTime>,
+    /// Only jobs whose error contains this text (case-insensitive).
+    pub reason: Option<String>,
+}
+
+impl JobFilter {
+    /// Whether the filter takes this job (records that are not parked jobs: never).
+    pub fn selects(&self, r: &Reviewed) -> bool {
+        let Some(p) = &r.job else { return false };
+        self.consumer.as_deref().is_none_or(|c| r.consumer() == c)
+            && self.since.is_none_or(|s| parked_since(p, s))
+            && self
+                .reason
+                .as_deref()
+                .is_none_or(|reason| p.error.to_lowercase().contains(&reason.to_lowercase()))
+    }
+}
+
+/// A parked job in full for reviewers: the original event, each attempt, and the request its
+/// connector would send now as `hms-sync test` prints it (secrets as `***`, the job's own
+/// idempotency key).
+pub fn detail(r: &Reviewed, connector: Option<&Connector>) -> Json {
+    let Some(p) = &r.job else {
+        return json!({ "id": r.id, "subject": r.subject, "record": r.raw });
+    };
+    let request = match connector {
+        None => json!({ "error": format!("connector {} is not running here", p.connector) }),
+        Some(c) => match serde_json::from_str::<Json>(&p.event.payload) {
+            Err(e) => json!({ "error": format!("the event is not JSON: {e}") }),
+            Ok(event) => match crate::request::preview(
+                c,
+                &event,
+                &p.idempotency_key,
+                &p.idempotency_key,
+                crate::request::EventOrigin {
+                    topic: &p.event.subject,
+                    time: &p.event.published,
+                },
+            ) {
+                Ok(text) => json!({ "text": text }),
+                Err(e) => json!({ "error": e.to_string() }),
+            },
+        },
+    };
+    json!({
+        "id": r.id,
+        "connector": p.connector,
+        "consumer": p.consumer,
+        "parkedAt": p.parked_at,
+        "error": p.error,
+        "method": p.method,
+        "url": p.url,
+        "idempotencyKey": p.idempotency_key,
+        "attempts": p.attempts,
+        "event": p.event,
+        "request": request,
+    })
 }
 
 #[cfg(test)]
@@ -279,6 +526,7 @@ mod tests {
             ("traceparent", "00-abc-def-01"),
             (REPLAY_KEY_HEADER, "k1"),
             (ORIGINAL_SUBJECT_HEADER, "permit.updated"),
+            (ORIGINAL_SEQUENCE_HEADER, "7"),
             (REPLAY_OF_HEADER, "42"),
             ("Nats-Msg-Id", "replay:a_v1:42"),
         ]

@@ -248,6 +248,60 @@ fn put_headers(req: &mut Request, headers: Vec<(String, String)>) -> Result<(), 
     Ok(())
 }
 
+/// Why a request could not be shown ([`preview`]).
+#[derive(Debug, thiserror::Error)]
+pub enum PreviewError {
+    /// The lookup's request cannot be rendered for this event.
+    #[error("cannot render the lookup: {0}")]
+    Lookup(RenderError),
+    /// The request cannot be rendered for this event.
+    #[error("cannot render: {0}")]
+    Request(RenderError),
+}
+
+/// The request a connector would send for an event, as `hms-sync test` prints it: the lookup
+/// first when there is one (values from its answer shown as `<...>`), every secret and
+/// signature as `***`, `key` as the idempotency key (`ce_id` as the CloudEvent's id, where the
+/// key is shown as a placeholder with spaces), `origin` for CloudEvents attributes. Sends
+/// nothing.
+pub fn preview(
+    c: &Connector,
+    event: &Json,
+    key: &str,
+    ce_id: &str,
+    origin: EventOrigin<'_>,
+) -> Result<String, PreviewError> {
+    let mut out = String::new();
+    let bound;
+    let ctx = match &c.lookup {
+        None => event,
+        Some(l) => {
+            let mut r = build_lookup(l, event, Secrets::Masked).map_err(PreviewError::Lookup)?;
+            if let Some(a) = l.effective_auth(c.auth.as_ref()) {
+                let _ = a.apply(&mut r, "***");
+            }
+            out.push_str(&format!(
+                "# lookup, sent first; its JSON answer is bound as `{}`\n",
+                l.bind
+            ));
+            out.push_str(&r.to_text());
+            out.push_str("\n# request (values from the lookup shown as <...>)\n");
+            bound = bind(event, &l.bind, placeholder_answer(c, &l.bind));
+            &bound
+        }
+    };
+    let mut r = build(c, ctx, Some(key), Secrets::Masked).map_err(PreviewError::Request)?;
+    cloud_event(c, &mut r, ctx, ce_id, origin).map_err(PreviewError::Request)?;
+    if let Some(a) = &c.auth {
+        let _ = a.apply(&mut r, "***");
+    }
+    if let Some(s) = &c.target.sign {
+        sign_masked(s, &mut r, key).map_err(PreviewError::Request)?;
+    }
+    out.push_str(&r.to_text());
+    Ok(out)
+}
+
 /// Builds a connector's lookup request for one event (query values are form-encoded data).
 pub fn build_lookup(l: &Lookup, event: &Json, secrets: Secrets) -> Result<Request, RenderError> {
     let mut url = l.url.render_text(event, secrets)?;

@@ -31,7 +31,7 @@ use crate::services::{self, Services};
 pub struct Runtime {
     supervisor: ActorRef<SupervisorMsg>,
     supervisor_done: tokio::task::JoinHandle<()>,
-    server: tokio::task::JoinHandle<()>,
+    server: crate::server::Served,
     addr: SocketAddr,
     bus: Bus,
     embedded: Option<EmbeddedServer>,
@@ -184,30 +184,39 @@ impl Runtime {
             }
             tokio::time::sleep(std::time::Duration::from_millis(10)).await;
         }
-        let listener = tokio::net::TcpListener::bind(cfg.http.listen)
-            .await
-            .with_context(|| format!("listen on {}", cfg.http.listen))?;
-        let addr = listener.local_addr()?;
-        let app = crate::server::router(crate::server::AppState {
+        let admin_token = cfg
+            .http
+            .admin_token(&env)
+            .map_err(|e| anyhow::anyhow!(e))?
+            .map(Arc::new);
+        let state = crate::server::AppState {
             prom,
             supervisor: supervisor.clone(),
             bus: bus.clone(),
-        })
-        .merge(crate::inbound::router(
+            admin_token,
+            audit: services.services.audit.clone(),
+            charts: crate::server::Charts::new(std::time::Duration::from_millis(
+                cfg.http.chart_sample_ms,
+            )),
+        };
+        let (hooks, hooks_api) = crate::inbound::routers(
             webhooks.clone(),
             bus.clone(),
             Some(services.services.audit.clone()),
-        ));
-        let server = tokio::spawn(async move {
-            if let Err(e) = axum::serve(listener, app).await {
-                tracing::error!("HTTP server: {e}");
-            }
-        });
+        );
+        let served = crate::server::serve(&cfg.http, state, hooks, hooks_api).await?;
+        let addr = served.addr;
+        if served.admin_addr != addr {
+            tracing::info!(
+                "status page, /metrics and /api/*: http://{}",
+                served.admin_addr
+            );
+        }
         tracing::info!("hms-sync up: http://{addr} (NATS {url})");
         Ok(Runtime {
             supervisor,
             supervisor_done: handle,
-            server,
+            server: served,
             addr,
             bus,
             embedded,
@@ -221,9 +230,15 @@ impl Runtime {
         &self.webhooks
     }
 
-    /// Where the HTTP server listens.
+    /// Where the HTTP server listens (webhooks, `/healthz`, `/readyz`; everything without
+    /// `http.adminListen`).
     pub fn http_addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// Where the status page, `/metrics` and `/api/*` are served.
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.server.admin_addr
     }
 
     /// PID of the embedded nats-server, when this runtime started one.
@@ -263,7 +278,7 @@ impl Runtime {
         let _ = self.supervisor_done.await;
         // The audit actor stores what it still holds as it stops.
         self.services.shutdown().await;
-        self.server.abort();
+        self.server.stop();
         self.bus.close().await;
         if let Some(s) = self.embedded {
             s.stop().await;

@@ -47,6 +47,9 @@ pub enum SupervisorMsg {
     Watch,
     /// The state of every connector.
     Status(RpcReplyPort<Vec<ConnectorView>>),
+    /// The definition (and status numbers) of every connector running or about to: what
+    /// the status page's review, trace and charts read.
+    Pipelines(RpcReplyPort<Vec<Arc<Pipeline>>>),
     /// The actor currently running a connector (tests and tools).
     Lookup(String, RpcReplyPort<Option<ActorRef<ConnectorMsg>>>),
     /// Drain every connector (finish in-flight deliveries), then reply.
@@ -287,6 +290,12 @@ impl Actor for Supervisor {
                 );
                 views.sort_by(|a, b| a.id.cmp(&b.id));
                 let _ = reply.send(views);
+            }
+            SupervisorMsg::Pipelines(reply) => {
+                let mut all: Vec<Arc<Pipeline>> =
+                    state.slots.values().map(|s| s.pipeline.clone()).collect();
+                all.sort_by(|a, b| a.connector.id.cmp(&b.connector.id));
+                let _ = reply.send(all);
             }
             SupervisorMsg::Lookup(id, reply) => {
                 let _ = reply.send(state.slots.get(&id).and_then(|s| s.actor.clone()));

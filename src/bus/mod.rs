@@ -19,6 +19,7 @@ pub mod audit;
 pub use audit::{records_of, AuditBlock};
 pub mod connect;
 pub mod parked;
+pub mod scan;
 pub mod status;
 pub use parked::{StoredJob, ORIGINAL_SUBJECT_HEADER, REPLAY_OF_HEADER, REPLAY_PREFIX};
 pub mod flood;

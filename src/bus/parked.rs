@@ -101,6 +101,37 @@ impl Bus {
         Ok(ack.sequence)
     }
 
+    /// Publishes several replayed events for one connector (pipelined: all sent, then every
+    /// ack awaited). Returns their sequences on `HMS_EVENTS`, in order.
+    pub async fn publish_replays(
+        &self,
+        consumer: &str,
+        events: Vec<(Vec<(String, String)>, Bytes)>,
+    ) -> Result<Vec<u64>, BusError> {
+        let subject = format!("{REPLAY_PREFIX}{consumer}");
+        let mut acks = Vec::with_capacity(events.len());
+        for (headers, payload) in events {
+            let mut map = HeaderMap::new();
+            for (k, v) in &headers {
+                map.append(k.as_str(), v.as_str());
+            }
+            acks.push(
+                self.js
+                    .publish_with_headers(subject.clone(), map, payload)
+                    .await
+                    .map_err(|e| err("replay")(e.to_string()))?,
+            );
+        }
+        let mut out = Vec::with_capacity(acks.len());
+        for ack in acks {
+            let ack = ack
+                .await
+                .map_err(|e| err(format!("replay to {EVENTS_STREAM}"))(e.to_string()))?;
+            out.push(ack.sequence);
+        }
+        Ok(out)
+    }
+
     /// Records what a person did with a parked job, then deletes the job.
     pub async fn resolve_parked(
         &self,

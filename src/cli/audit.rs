@@ -13,6 +13,7 @@ pub enum Cmd {
     /// Walk HMS_AUDIT and check every hash chain. Exit 0 when intact (sealed gaps, where
     /// hms-sync knows records were lost, are reported); 1 naming the first broken record.
     Verify {
+        /// Print JSON for scripts (chains, records, gaps, duplicates, the first break).
         #[arg(long)]
         json: bool,
     },

@@ -86,3 +86,33 @@ pub fn print_table(header: &[&str], rows: &[Vec<String>]) {
         line(r.iter().map(String::as_str).collect());
     }
 }
+
+/// The outbound connectors in force: the connectors folder's, each replaced by the registry's
+/// definition of the same id, plus the registry's others (as `up` runs them).
+pub async fn connectors_in_force(
+    cfg: &RuntimeConfig,
+    bus: &Bus,
+) -> anyhow::Result<Vec<std::sync::Arc<crate::connector::Connector>>> {
+    use crate::connector::AnyConnector;
+    use std::collections::BTreeMap;
+    let mut by_id: BTreeMap<String, std::sync::Arc<crate::connector::Connector>> = BTreeMap::new();
+    for c in crate::runtime::load_connectors(cfg)? {
+        if let AnyConnector::Outbound(c) = c {
+            by_id.insert(c.id.clone(), std::sync::Arc::from(c));
+        }
+    }
+    if let Some(kv) = bus.registry_if_exists().await? {
+        for change in crate::registry::snapshot(&kv).await?.changes {
+            match change {
+                crate::registry::Change::Run(d) => {
+                    by_id.insert(d.connector.id.clone(), d.connector.clone());
+                }
+                crate::registry::Change::Serve(c) => {
+                    by_id.remove(&c.id);
+                }
+                _ => {}
+            }
+        }
+    }
+    Ok(by_id.into_values().collect())
+}

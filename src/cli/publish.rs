@@ -3,24 +3,24 @@
 use std::io::Read;
 use std::process::ExitCode;
 
-use super::Cli;
+use super::Common;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// Subject to publish on (e.g. permit.updated).
     pub topic: String,
-    /// Event payload; stdin when absent.
-    #[arg(long)]
+    /// Event payload (JSON); read from stdin when absent.
+    #[arg(long, value_name = "JSON")]
     pub data: Option<String>,
     /// Nats-Msg-Id (deduplicated by JetStream within its window).
-    #[arg(long)]
+    #[arg(long, value_name = "MSGID")]
     pub id: Option<String>,
     /// Extra header, `Name:Value` (repeatable).
     #[arg(long = "header", short = 'H', value_name = "NAME:VALUE")]
     pub headers: Vec<String>,
 }
 
-pub async fn exec(cli: &Cli, args: &Args) -> anyhow::Result<ExitCode> {
+pub async fn exec(cli: &Common, args: &Args) -> anyhow::Result<ExitCode> {
     let cfg = cli.runtime_config()?;
     let data = match &args.data {
         Some(d) => d.clone().into_bytes(),

@@ -14,12 +14,39 @@ use crate::http_client::HttpClient;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// Base URL of the running instance's HTTP server (default: http://<http.listen of the config>).
+    /// Base URL of the running instance's admin side (default: http://<http.adminListen, else
+    /// http.listen of the config>).
     #[arg(long, value_name = "URL")]
     pub url: Option<String>,
     /// Print JSON (an array, one object per connector) instead of a table.
     #[arg(long)]
     pub json: bool,
+    /// The admin token of the running instance (http.adminToken), when it has one; default:
+    /// HMS_ADMIN_TOKEN, else http.adminToken of the config. Prefer the variable: a command
+    /// line is visible to other users of the machine.
+    #[arg(
+        long,
+        env = "HMS_ADMIN_TOKEN",
+        hide_env_values = true,
+        value_name = "TOKEN"
+    )]
+    pub admin_token: Option<String>,
+}
+
+/// The admin token to send: `--admin-token` / `HMS_ADMIN_TOKEN`, else the config's own
+/// (`http.adminToken` with `${VAR}` resolved now), else none.
+pub fn admin_token(
+    given: Option<&str>,
+    cfg: &crate::config::RuntimeConfig,
+) -> Option<crate::auth::SecretString> {
+    match given.filter(|t| !t.is_empty()) {
+        Some(t) => Some(crate::auth::SecretString::new(t.to_string())),
+        None => cfg
+            .http
+            .admin_token(&|name| std::env::var(name).ok())
+            .ok()
+            .flatten(),
+    }
 }
 
 /// One connector as `status` shows it. `None`: not known from this source.
@@ -45,11 +72,16 @@ pub async fn exec(cli: &Cli, args: &Args) -> anyhow::Result<ExitCode> {
     let base = args
         .url
         .clone()
-        .unwrap_or_else(|| default_url(cfg.http.listen));
+        .unwrap_or_else(|| default_url(cfg.http.admin_addr()));
     let base = base.trim_end_matches('/').to_string();
     let http = HttpClient::new()?;
+    let token = admin_token(args.admin_token.as_deref(), &cfg);
     let answer = http
-        .get_json(&format!("{base}/api/connectors"), Duration::from_secs(3))
+        .get_json_authorized(
+            &format!("{base}/api/connectors"),
+            Duration::from_secs(3),
+            token.as_ref(),
+        )
         .await
         .map_err(|e| e.to_string())
         .and_then(|v| from_instance(&v));
@@ -58,14 +90,31 @@ pub async fn exec(cli: &Cli, args: &Args) -> anyhow::Result<ExitCode> {
         Err(why) => {
             let opts = super::connect::nats_options(&cfg)?;
             let nats = opts.shown();
-            eprintln!("no running instance at {base} ({why}); showing what NATS at {nats} knows");
+            let (line, state) = if why.contains("401") {
+                let rejected = if token.is_some() {
+                    "refused the admin token"
+                } else {
+                    "wants its admin token"
+                };
+                (
+                    format!("the instance at {base} {rejected} (set HMS_ADMIN_TOKEN or pass --admin-token); showing what NATS at {nats} knows"),
+                    format!("unknown (the instance at {base} {rejected})"),
+                )
+            } else {
+                (
+                    format!(
+                        "no running instance at {base} ({why}); showing what NATS at {nats} knows"
+                    ),
+                    format!("unknown (no running instance at {base})"),
+                )
+            };
+            eprintln!("{line}");
             if !Bus::reachable(&nats).await {
                 anyhow::bail!("nothing answers at {nats} either");
             }
             let bus = Bus::connect_with(&opts).await?;
             let consumers = bus.event_consumers().await?;
             let parked = bus.parked_counts().await?;
-            let state = format!("unknown (no running instance at {base})");
             consumers
                 .into_iter()
                 .map(|c| Row {

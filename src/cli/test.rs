@@ -9,7 +9,6 @@ use crate::connector::{self, AnyConnector, InboundConnector, InboundFormat};
 use crate::filter::{EventMeta, Verdict};
 use crate::inbound::mapping;
 use crate::request;
-use crate::template::Secrets;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -176,33 +175,6 @@ pub fn exec(args: &Args) -> ExitCode {
         ));
     }
     let key = "<derived per event at delivery: from Nats-Msg-Id, else stream sequence>";
-    let mut out = String::new();
-    let bound;
-    let ctx = match &c.lookup {
-        None => &event,
-        Some(l) => {
-            let mut r = match request::build_lookup(l, &event, Secrets::Masked) {
-                Ok(r) => r,
-                Err(e) => {
-                    return invalid(format!(
-                        "{name}: cannot render the lookup for `{}`: {e} (such an event would be parked)",
-                        c.id
-                    ))
-                }
-            };
-            if let Some(a) = l.effective_auth(c.auth.as_ref()) {
-                let _ = a.apply(&mut r, "***");
-            }
-            out.push_str(&format!(
-                "# lookup, sent first; its JSON answer is bound as `{}`\n",
-                l.bind
-            ));
-            out.push_str(&r.to_text());
-            out.push_str("\n# request (values from the lookup shown as <...>)\n");
-            bound = request::bind(&event, &l.bind, request::placeholder_answer(&c, &l.bind));
-            &bound
-        }
-    };
     let topic = args
         .topic
         .clone()
@@ -212,23 +184,16 @@ pub fn exec(args: &Args) -> ExitCode {
         topic: &topic,
         time: "<publish-time>",
     };
-    let built = request::build(&c, ctx, Some(key), Secrets::Masked).and_then(|mut r| {
-        request::cloud_event(&c, &mut r, ctx, "<idempotency-key>", origin)?;
-        if let Some(a) = &c.auth {
-            let _ = a.apply(&mut r, "***");
-        }
-        if let Some(s) = &c.target.sign {
-            request::sign_masked(s, &mut r, key)?;
-        }
-        Ok(r)
-    });
-    match built {
-        Ok(r) => {
-            out.push_str(&r.to_text());
-            print!("{out}");
+    match request::preview(&c, &event, key, "<idempotency-key>", origin) {
+        Ok(text) => {
+            print!("{text}");
             ExitCode::SUCCESS
         }
-        Err(e) => invalid(format!(
+        Err(request::PreviewError::Lookup(e)) => invalid(format!(
+            "{name}: cannot render the lookup for `{}`: {e} (such an event would be parked)",
+            c.id
+        )),
+        Err(request::PreviewError::Request(e)) => invalid(format!(
             "{name}: cannot render for `{}`: {e} (such an event would be parked)",
             c.id
         )),

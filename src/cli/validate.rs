@@ -16,17 +16,17 @@ pub struct Args {
 }
 
 pub fn exec(cli: &Cli, args: &Args) -> ExitCode {
-    let explicit = std::env::args().any(|a| a == "--config" || a.starts_with("--config="));
+    let explicit = cli.common.config_explicit();
     if args.files.is_empty() && !explicit {
         eprintln!("error: name connector files, or a runtime config with --config FILE");
         return ExitCode::from(2);
     }
     let mut problems = Vec::new();
-    let cfg = match RuntimeConfig::load(&cli.config, explicit) {
+    let cfg = match RuntimeConfig::load(&cli.common.config, explicit) {
         Ok(cfg) => {
             if explicit {
                 match config_check::check(&cfg) {
-                    Ok(()) => println!("{}: ok (runtime config)", cli.config.display()),
+                    Ok(()) => println!("{}: ok (runtime config)", cli.common.config.display()),
                     Err(p) => problems.extend(p.0.into_iter().map(|p| p.to_string())),
                 }
             }

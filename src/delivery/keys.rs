@@ -1,10 +1,9 @@
 //! Identities a delivery carries: the idempotency key of an event for a connector, and the W3C
 //! `traceparent` of the request.
 
-use sha2::{Digest, Sha256};
-
 use crate::bus::Delivery;
-use crate::parked::REPLAY_KEY_HEADER;
+pub use crate::parked::derive_key;
+use crate::parked::{event_key, REPLAY_KEY_HEADER};
 
 /// The idempotency key of one event for one connector: the same across retries, redeliveries,
 /// restarts and replay. Derived from the event's `Nats-Msg-Id` when it has one, else from its
@@ -13,20 +12,7 @@ pub fn idempotency_key(connector_id: &str, d: &Delivery) -> String {
     if let Some(k) = d.header(REPLAY_KEY_HEADER) {
         return k;
     }
-    let identity = match &d.msg_id {
-        Some(id) => format!("msgid:{id}"),
-        None => format!("seq:{}", d.stream_sequence),
-    };
-    derive_key(connector_id, &identity)
-}
-
-/// `hex(sha256(connector id, identity))[..32]`.
-pub fn derive_key(connector_id: &str, identity: &str) -> String {
-    let mut h = Sha256::new();
-    h.update(connector_id.as_bytes());
-    h.update([0]);
-    h.update(identity.as_bytes());
-    hex::encode(&h.finalize()[..16])
+    event_key(connector_id, d.msg_id.as_deref(), d.stream_sequence)
 }
 
 /// The W3C `traceparent` for our request: same trace as the event's (when it carries a valid

@@ -10,6 +10,7 @@ use super::telemetry::Ended;
 use crate::audit::{AttemptRecord, AuditRecord, EventRef};
 use crate::bus::{BusError, Delivery};
 use crate::clock::now_rfc3339;
+use crate::logging::CONSOLE;
 use crate::outcome::{describe, Action, Outcome};
 use crate::parked::{Attempt, ParkedEvent, ParkedJob};
 
@@ -40,7 +41,28 @@ pub async fn settle(
             Outcome::Status { code, .. } => Ended::Status(*code),
             other => Ended::Other(describe(other)),
         };
-        if let Some((due, summary)) = p.telemetry.console(&c.id, line, how) {
+        let console = p.telemetry.console(&c.id, how);
+        if console.print {
+            // The seed's console line; JSON logs carry the same as fields.
+            let status = match &a.outcome {
+                Outcome::Status { code, .. } => Some(*code),
+                _ => None,
+            };
+            tracing::info!(
+                target: CONSOLE,
+                connector = %c.id,
+                method = %a.method,
+                url = %a.url,
+                status,
+                duration_ms = a.latency.map(|l| l.as_secs_f64() * 1000.0),
+                stream_seq = d.stream_sequence,
+                idempotency_key = key,
+                attempt = d.delivered,
+                "[{}] {line}",
+                c.id
+            );
+        }
+        if let Some((due, summary)) = console.summary_at {
             p.services.timers.at(due, summary);
         }
     }
@@ -64,6 +86,13 @@ pub async fn settle(
             );
             p.telemetry.failed(&a.outcome, &a.url, &error, true);
             tracing::warn!(
+                target: CONSOLE,
+                connector = %c.id,
+                stream_seq = d.stream_sequence,
+                idempotency_key = key,
+                attempt = d.delivered,
+                error = %error,
+                retry_in_ms = delay.as_millis() as u64,
                 "[{}] attempt {}/{} failed ({error}); next in {} ms",
                 c.id,
                 d.delivered,
@@ -165,6 +194,13 @@ async fn park(
         .park(&c.consumer, &job.dedup_id(d.delivered), &bytes)
         .await?;
     tracing::warn!(
+        target: CONSOLE,
+        connector = %c.id,
+        stream_seq = d.stream_sequence,
+        idempotency_key = key,
+        attempt = d.delivered,
+        parked_id = seq,
+        error = %error,
         "[{}] parked event seq {} as parked job {seq}: {error}",
         c.id,
         d.stream_sequence

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 
 use crate::clock::now_rfc3339;
+use crate::logging::CONSOLE;
 use crate::metrics::ConnectorMetrics;
 use crate::outcome::{fail_reason, Outcome};
 
@@ -28,10 +29,17 @@ pub struct ConnectorStats {
     /// Deliveries being handled now (see [`InProcess`]).
     pub in_process: AtomicU64,
     pub last_error: Mutex<Option<String>>,
-    /// Publish-to-2xx latency in microseconds (this process's deliveries).
-    latency_us: Mutex<Option<hdrhistogram::Histogram<u64>>>,
+    /// Publish-to-2xx latency in microseconds (this process's deliveries): since the start,
+    /// and since the charts last read it ([`ConnectorStats::window_p99_ms`]).
+    latency_us: Mutex<Option<Latency>>,
     /// The most recent failures, newest last (at most [`RECENT_FAILURES`]).
     pub recent_failures: Mutex<VecDeque<FailureNote>>,
+}
+
+/// The latency histograms of a connector.
+struct Latency {
+    total: hdrhistogram::Histogram<u64>,
+    window: hdrhistogram::Histogram<u64>,
 }
 
 /// One failure as status pages show it.
@@ -48,18 +56,36 @@ impl ConnectorStats {
             return;
         };
         if slot.is_none() {
-            // 1 µs .. 1 h, 2 significant digits: a few kB per connector.
-            *slot = hdrhistogram::Histogram::new_with_bounds(1, 3_600_000_000, 2).ok();
+            // 1 µs .. 1 h, 2 significant digits: a few kB per connector (twice).
+            let new = || hdrhistogram::Histogram::new_with_bounds(1, 3_600_000_000, 2).ok();
+            *slot = new()
+                .zip(new())
+                .map(|(total, window)| Latency { total, window });
         }
         if let Some(h) = slot.as_mut() {
-            h.saturating_record(((ms * 1000.0) as u64).max(1));
+            let us = ((ms * 1000.0) as u64).max(1);
+            h.total.saturating_record(us);
+            h.window.saturating_record(us);
         }
+    }
+
+    /// p99 latency (ms) of the deliveries since the previous call (none: `None`), then a new
+    /// window starts: what the status page's charts sample.
+    pub fn window_p99_ms(&self) -> Option<f64> {
+        let mut slot = self.latency_us.lock().ok()?;
+        let h = &mut slot.as_mut()?.window;
+        if h.is_empty() {
+            return None;
+        }
+        let p99 = h.value_at_quantile(0.99) as f64 / 1000.0;
+        h.reset();
+        Some(p99)
     }
 
     /// (p50, p99) latency in milliseconds, when anything was delivered.
     pub fn latency_p50_p99(&self) -> Option<(f64, f64)> {
         let h = self.latency_us.lock().ok()?;
-        let h = h.as_ref()?;
+        let h = &h.as_ref()?.total;
         if h.is_empty() {
             return None;
         }
@@ -214,6 +240,14 @@ impl ConsoleLines {
 /// A task that prints a second's summary when that second is over.
 pub type Summary = Box<dyn FnOnce() + Send>;
 
+/// What to do with one delivery's console line.
+pub struct Console {
+    /// Print it (else it is counted in its second's summary).
+    pub print: bool,
+    /// When set: the second's summary, to run when that second is over.
+    pub summary_at: Option<(Instant, Summary)>,
+}
+
 impl Telemetry {
     /// `lines_per_second`: console lines printed one by one per second (0: every line).
     pub fn new(connector_id: &str, stats: Arc<ConnectorStats>, lines_per_second: u32) -> Telemetry {
@@ -224,17 +258,17 @@ impl Telemetry {
         }
     }
 
-    /// The console line of one attempt (`line` after `[connector]`; `how` is how it ended,
-    /// asked for only when lines are folded). When this starts folding a second's lines it
-    /// returns when that second is over and a task to print its summary then (the caller has
-    /// the retry-timer actor run it).
-    pub fn console(
-        &self,
-        id: &str,
-        line: &str,
-        how: impl FnOnce() -> Ended,
-    ) -> Option<(Instant, Summary)> {
-        let verdict = self.console.lock().ok()?.note(Instant::now(), how);
+    /// Whether one attempt's console line is printed (`how` is how it ended, asked for only
+    /// when lines are folded); prints the summary of a second that just ended. When this
+    /// starts folding a second's lines it returns when that second is over and a task to print
+    /// its summary then (the caller has the retry-timer actor run it).
+    pub fn console(&self, id: &str, how: impl FnOnce() -> Ended) -> Console {
+        let Ok(verdict) = self.console.lock().map(|mut c| c.note(Instant::now(), how)) else {
+            return Console {
+                print: true,
+                summary_at: None,
+            };
+        };
         let (summary, print, schedule) = match verdict {
             Verdict::Print { summary } => (summary, true, None),
             Verdict::Fold {
@@ -244,20 +278,19 @@ impl Telemetry {
             } => (summary, false, first.then_some(due)),
         };
         if let Some(s) = summary {
-            tracing::info!("[{id}] {s}");
+            tracing::info!(target: CONSOLE, connector = %id, "[{id}] {s}");
         }
-        if print {
-            tracing::info!("[{id}] {line}");
-        }
-        let due = schedule?;
-        let (lines, id) = (self.console.clone(), id.to_string());
-        let task: Summary = Box::new(move || {
-            let summary = lines.lock().ok().and_then(|mut c| c.take_summary());
-            if let Some(s) = summary {
-                tracing::info!("[{id}] {s}");
-            }
+        let summary_at = schedule.map(|due| {
+            let (lines, id) = (self.console.clone(), id.to_string());
+            let task: Summary = Box::new(move || {
+                let summary = lines.lock().ok().and_then(|mut c| c.take_summary());
+                if let Some(s) = summary {
+                    tracing::info!(target: CONSOLE, connector = %id, "[{id}] {s}");
+                }
+            });
+            (due, task)
         });
-        Some((due, task))
+        Console { print, summary_at }
     }
 
     /// The filter excluded an event (acked at once).
@@ -367,6 +400,26 @@ mod tests {
         assert_eq!(
             c.note(t0 + Duration::from_secs(2), ok),
             Verdict::Print { summary: None }
+        );
+    }
+
+    #[test]
+    fn the_window_p99_covers_the_deliveries_since_the_last_reading() {
+        let s = ConnectorStats::default();
+        assert_eq!(s.window_p99_ms(), None);
+        for _ in 0..100 {
+            s.observe_latency(2.0);
+        }
+        let p99 = s.window_p99_ms().unwrap();
+        assert!((1.9..=2.1).contains(&p99), "{p99}");
+        assert_eq!(s.window_p99_ms(), None, "a new window starts");
+        s.observe_latency(50.0);
+        let p99 = s.window_p99_ms().unwrap();
+        assert!((49.0..=51.0).contains(&p99), "{p99}");
+        let (_, total_p99) = s.latency_p50_p99().unwrap();
+        assert!(
+            total_p99 > 2.0 && total_p99 <= 51.0,
+            "the total keeps everything"
         );
     }
 }

@@ -5,7 +5,7 @@ pub mod mapping;
 pub mod receive;
 pub mod table;
 
-pub use receive::router;
+pub use receive::{router, routers};
 pub use table::{deploy, DeployError, Webhooks};
 
 /// The signature schemes (re-exported where webhook code looks for them).

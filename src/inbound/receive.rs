@@ -47,14 +47,24 @@ struct Receiver {
 /// `webhooks` (so connectors can come and go without rebuilding the router), plus
 /// `GET /api/webhooks` (JSON list). Merge into the server's router.
 pub fn router(webhooks: Webhooks, bus: Bus, audit: Option<Auditor>) -> Router {
-    Router::new()
-        .route("/api/webhooks", get(list))
-        .fallback(receive)
-        .with_state(Receiver {
-            webhooks,
-            bus,
-            audit,
-        })
+    let (hooks, api) = routers(webhooks, bus, audit);
+    hooks.merge(api)
+}
+
+/// The same routes in two routers: the webhook paths (the fallback, for the public listener)
+/// and `GET /api/webhooks` (for the admin listener).
+pub fn routers(webhooks: Webhooks, bus: Bus, audit: Option<Auditor>) -> (Router, Router) {
+    let state = Receiver {
+        webhooks,
+        bus,
+        audit,
+    };
+    (
+        Router::new().fallback(receive).with_state(state.clone()),
+        Router::new()
+            .route("/api/webhooks", get(list))
+            .with_state(state),
+    )
 }
 
 /// Why a webhook was not accepted; each maps to one status code and one metric reason.

@@ -84,6 +84,24 @@ where
     }
 }
 
+/// Waits until `f` gives a value, polling every 20 ms; panics after `timeout` naming `what`.
+pub async fn eventually_some<T, F, Fut>(timeout: Duration, what: &str, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        if Instant::now() > deadline {
+            panic!("timed out after {timeout:?} waiting for: {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// A loopback HTTP server that records every request and answers as told (the library's
 /// [`Sink`], keeping every request).
 #[derive(Clone)]
@@ -160,6 +178,20 @@ impl Setup {
         );
         std::fs::write(dir.path().join("hms-sync.yaml"), cfg).unwrap();
         Setup { dir }
+    }
+
+    /// Like [`Setup::new`], with `http` lines (indented keys such as `  adminListen: ...`)
+    /// added under `http:` (after `listen: 127.0.0.1:0`).
+    pub fn with_http(nats: &Nats, connectors: &[(&str, String)], http: &str, extra: &str) -> Setup {
+        let s = Setup::new(nats, connectors, extra);
+        let path = s.config_path();
+        let text = std::fs::read_to_string(&path).unwrap().replacen(
+            "http:\n  listen: 127.0.0.1:0\n",
+            &format!("http:\n  listen: 127.0.0.1:0\n{http}"),
+            1,
+        );
+        std::fs::write(&path, text).unwrap();
+        s
     }
 
     pub fn config_path(&self) -> PathBuf {

@@ -2,6 +2,7 @@
 
 mod harness;
 
+mod admin;
 mod cli;
 mod cluster;
 mod crash;
@@ -20,9 +21,14 @@ mod prod_security;
 mod prod_support;
 mod protection;
 mod registry;
+mod resync;
+mod review_page;
 mod saas;
 mod standards;
 mod status;
 mod status_page;
 mod supervision;
+mod tools;
+mod trace;
 mod walkthrough;
+mod webdriver;

@@ -1,5 +1,6 @@
 //! SECURITY.md's `authorization` block (issue 13, point 8): a nats-server with exactly that
-//! block, and hms-sync delivering, parking and deploying through its `hms-sync` user.
+//! block, and hms-sync delivering, parking, deploying, tracing, resyncing and replaying
+//! through its `hms-sync` user.
 
 use std::time::Duration;
 
@@ -119,5 +120,34 @@ async fn the_documented_permissions_are_enough_to_deliver_park_and_deploy() {
         Err(_) => true,
     };
     assert!(denied, "a publisher must not write the registry");
+    // The operator's tools through the hms-sync user: trace, resync, parked replay, audit.
+    let run = |args: Vec<String>| {
+        let cfg = dir.config_path();
+        tokio::task::spawn_blocking(move || {
+            let mut a: Vec<&str> = args.iter().map(String::as_str).collect();
+            a.extend(["--config", cfg.to_str().unwrap()]);
+            run_cli(
+                &a,
+                &[("HMS_SYNC_NATS_PASSWORD", "svc-pw-1"), ("USER", "rosa")],
+            )
+        })
+    };
+    let args = |a: &[&str]| a.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    let (code, out, err) = run(args(&["trace", "--where", "id=OK-1"])).await.unwrap();
+    assert_eq!(code, 0, "{out}{err}\n{}", nats.log());
+    assert!(out.contains("=> delivered at"), "{out}");
+    let (code, out, err) = run(args(&[
+        "resync", "perm.v1", "--since", "10m", "--where", "id=OK-1",
+    ]))
+    .await
+    .unwrap();
+    assert_eq!(code, 0, "{out}{err}\n{}", nats.log());
+    assert!(out.contains("1 delivered"), "{out}");
+    target.respond(|_, _| (200, vec![]));
+    let (code, out, err) = run(args(&["parked", "replay", "--all"])).await.unwrap();
+    assert_eq!(code, 0, "{out}{err}\n{}", nats.log());
+    assert!(out.contains("1 delivered"), "{out}");
+    let (code, out, err) = run(args(&["audit", "verify"])).await.unwrap();
+    assert_eq!(code, 0, "{out}{err}\n{}", nats.log());
     rt.shutdown().await;
 }

@@ -1,36 +1,17 @@
-//! The HTTP server of `hms-sync up`: status page, metrics, health, readiness, JSON status.
+//! The status side of the HTTP server: the status page, `/metrics`, `/readyz`, and the JSON
+//! status of the connectors (`/api/connectors`, `/api/overview`).
 
 use std::time::Duration;
 
 use axum::extract::State;
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
-use axum::{Json, Router};
-use metrics_exporter_prometheus::PrometheusHandle;
-use ractor::ActorRef;
+use axum::Json;
 use serde::Serialize;
 
+use super::AppState;
 use crate::actors::supervisor::{ConnectorView, RunState, SupervisorMsg};
-use crate::bus::{Bus, ConsumerStats};
-
-#[derive(Clone)]
-pub struct AppState {
-    pub prom: PrometheusHandle,
-    pub supervisor: ActorRef<SupervisorMsg>,
-    pub bus: Bus,
-}
-
-pub fn router(state: AppState) -> Router {
-    Router::new()
-        .route("/", get(page))
-        .route("/metrics", get(metrics))
-        .route("/healthz", get(|| async { "ok\n" }))
-        .route("/readyz", get(readyz))
-        .route("/api/connectors", get(connectors))
-        .route("/api/overview", get(overview))
-        .with_state(state)
-}
+use crate::bus::ConsumerStats;
 
 /// One connector as `/api/connectors` and `status` show it.
 #[derive(Serialize)]
@@ -48,7 +29,8 @@ async fn views(state: &AppState) -> Vec<ConnectorView> {
     ractor::call_t!(state.supervisor, SupervisorMsg::Status, 5_000).unwrap_or_default()
 }
 
-async fn connectors(State(state): State<AppState>) -> Json<Vec<ConnectorStatus>> {
+/// `GET /api/connectors`: every connector with its consumer's numbers and parked jobs.
+pub async fn connectors(State(state): State<AppState>) -> Json<Vec<ConnectorStatus>> {
     let views = views(&state).await;
     let parked = bounded(state.bus.parked_counts()).await;
     let stats = futures::future::join_all(
@@ -84,7 +66,8 @@ pub struct Overview {
     pub parked_total: Option<u64>,
 }
 
-async fn overview(State(state): State<AppState>) -> Json<Overview> {
+/// `GET /api/overview`: what the page shows above the connectors.
+pub async fn overview(State(state): State<AppState>) -> Json<Overview> {
     let (nats_state, nats_server) = state.bus.connection_summary();
     let parked_total = bounded(state.bus.parked_counts())
         .await
@@ -100,14 +83,15 @@ async fn overview(State(state): State<AppState>) -> Json<Overview> {
 
 /// A NATS question for a status answer: at most 2 s, and `None` on any failure, so the page
 /// and `/api/connectors` answer promptly while NATS is away.
-async fn bounded<T, E>(f: impl std::future::Future<Output = Result<T, E>>) -> Option<T> {
+pub async fn bounded<T, E>(f: impl std::future::Future<Output = Result<T, E>>) -> Option<T> {
     tokio::time::timeout(Duration::from_secs(2), f)
         .await
         .ok()
         .and_then(Result::ok)
 }
 
-async fn metrics(State(state): State<AppState>) -> Response {
+/// `GET /metrics`: Prometheus text.
+pub async fn metrics(State(state): State<AppState>) -> Response {
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
         state.prom.render(),
@@ -115,7 +99,8 @@ async fn metrics(State(state): State<AppState>) -> Response {
         .into_response()
 }
 
-async fn readyz(State(state): State<AppState>) -> Response {
+/// `GET /readyz`: 200 when NATS is connected and every connector runs with its consumer.
+pub async fn readyz(State(state): State<AppState>) -> Response {
     let mut problems = Vec::new();
     if !state.bus.is_connected() {
         problems.push("NATS is not connected".to_string());
@@ -149,7 +134,7 @@ async fn readyz(State(state): State<AppState>) -> Response {
 
 /// The status page: a static HTML+JS page that renders `/api/connectors` and `/api/overview`
 /// every 2 s (no external assets; every value from data is inserted as text, never as HTML).
-async fn page() -> Response {
+pub async fn page() -> Response {
     (
         [
             (header::CONTENT_TYPE, "text/html; charset=utf-8"),
@@ -160,4 +145,5 @@ async fn page() -> Response {
         .into_response()
 }
 
-const STATUS_PAGE: &str = include_str!("status_page.html");
+/// The page: static, self-contained, no data in it.
+pub const STATUS_PAGE: &str = include_str!("../status_page.html");
