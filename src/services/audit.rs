@@ -129,11 +129,11 @@ impl Auditor {
     /// for the next one (at most [`MAX_BACKLOG`]; beyond, they are counted as lost and declared
     /// in a `gap` record).
     pub fn record(&self, route: &AuditRoute, record: AuditRecord) {
-        // Counted before it is sent, so that `covered` never runs ahead of `accepted`.
-        route.account.accepted.fetch_add(1, SeqCst);
         let Some(actor) = self.actor.get() else {
             return self.wait(route, record);
         };
+        // Counted before it is sent, so that `covered` never runs ahead of `accepted`.
+        route.account.accepted.fetch_add(1, SeqCst);
         let msg = AuditMsg::Record {
             route: route.clone(),
             record,
@@ -141,18 +141,37 @@ impl Auditor {
         if let Err(ractor::MessagingErr::SendErr(AuditMsg::Record { route, record })) =
             actor.send_message(msg)
         {
+            route.account.accepted.fetch_sub(1, SeqCst);
             self.wait(&route, record);
         }
     }
 
+    /// Keeps a record for the next actor. It is counted (accepted, or lost when too many
+    /// wait) under the same lock under which a new actor reckons what its predecessor lost,
+    /// so a record is either in that reckoning and among the waiting ones, or in neither.
     fn wait(&self, route: &AuditRoute, record: AuditRecord) {
         let mut waiting = self.waiting.lock().unwrap_or_else(PoisonError::into_inner);
         if waiting.len() >= MAX_BACKLOG {
-            route.account.accepted.fetch_sub(1, SeqCst);
             route.account.lost.fetch_add(1, SeqCst);
         } else {
+            route.account.accepted.fetch_add(1, SeqCst);
             waiting.push_back((route.clone(), record));
         }
+    }
+
+    /// Takes the records that waited for an actor, with each account's outstanding and lost
+    /// counts read at the same moment (see [`Auditor::wait`]).
+    fn take_waiting_reckoned(
+        &self,
+    ) -> (VecDeque<(AuditRoute, AuditRecord)>, Vec<(String, u64, u64)>) {
+        let mut waiting = self.waiting.lock().unwrap_or_else(PoisonError::into_inner);
+        let accounts = self
+            .ledger
+            .all()
+            .into_iter()
+            .map(|(consumer, a)| (consumer, a.outstanding(), a.lost.load(SeqCst)))
+            .collect();
+        (std::mem::take(&mut *waiting), accounts)
     }
 
     /// Takes the records that waited for an actor.
@@ -376,18 +395,16 @@ impl Actor for AuditActor {
         // once its last store is done (what that store confirms is not lost). Records that
         // waited for this actor are not lost either: they are taken first.
         st.ledger.stores_done().await;
-        let waiting = st.auditor.take_waiting();
+        let (waiting, accounts) = st.auditor.take_waiting_reckoned();
         let mut waiting_per: HashMap<Arc<str>, u64> = HashMap::new();
         for (route, _) in &waiting {
             *waiting_per.entry(route.consumer.clone()).or_default() += 1;
         }
-        for (consumer, account) in st.ledger.all() {
+        for (consumer, outstanding, lost) in accounts {
             let consumer: Arc<str> = consumer.into();
-            st.lost_seen
-                .insert(consumer.clone(), account.lost.load(SeqCst));
-            let missing = account
-                .outstanding()
-                .saturating_sub(waiting_per.get(&consumer).copied().unwrap_or(0));
+            st.lost_seen.insert(consumer.clone(), lost);
+            let missing =
+                outstanding.saturating_sub(waiting_per.get(&consumer).copied().unwrap_or(0));
             if missing > 0 {
                 tracing::warn!(
                     "audit: {missing} records of {consumer} were lost with the previous audit actor; a sealed gap record says so"

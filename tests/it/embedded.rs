@@ -8,6 +8,7 @@ use crate::harness::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn up_starts_and_stops_its_own_nats_server() {
+    init_logs();
     let nats_port = free_port();
     let http_port = free_port();
     let dir = embedded_dir(nats_port, http_port);
@@ -16,14 +17,16 @@ async fn up_starts_and_stops_its_own_nats_server() {
         include_str!("../../connectors/gis-ddot.yaml"),
     )
     .unwrap();
-    let child = Command::new(env!("CARGO_BIN_EXE_hms-sync"))
-        .args(["up", "--config", "config/hms-sync.yaml"])
-        .current_dir(dir.path())
-        .env_remove("NATS_URL")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let child = Spawned::new(
+        Command::new(env!("CARGO_BIN_EXE_hms-sync"))
+            .args(["up", "--config", "config/hms-sync.yaml"])
+            .current_dir(dir.path())
+            .env_remove("NATS_URL")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
     let ready = format!("http://127.0.0.1:{http_port}/readyz");
     eventually(Duration::from_secs(20), "up is ready", || {
         let ready = ready.clone();
@@ -37,7 +40,7 @@ async fn up_starts_and_stops_its_own_nats_server() {
         "store dir beside nats-server.conf"
     );
     // SIGTERM: drains, stops its nats-server, exits 0.
-    let status = terminate(child).await;
+    let status = child.terminate().await;
     assert!(status.success(), "{status:?}");
     eventually(
         Duration::from_secs(10),

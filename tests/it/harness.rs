@@ -112,6 +112,7 @@ pub struct Target {
 
 impl Target {
     pub async fn start() -> Target {
+        hms_sync::http_client::install_crypto();
         let sink = Sink::start(SinkOptions {
             keep_requests: true,
             ..Default::default()
@@ -234,6 +235,42 @@ pub fn embedded_dir(nats_port: u16, http_port: u16) -> tempfile::TempDir {
 }
 
 /// Sends SIGTERM to a child process (a binary under test) and waits for its exit status.
+/// A child process (`hms-sync up`) that is stopped when dropped: SIGTERM, so that it stops
+/// the nats-server it started, then SIGKILL after 10 s; a failing test leaves nothing behind.
+pub struct Spawned(Option<std::process::Child>);
+
+impl Spawned {
+    pub fn new(child: std::process::Child) -> Spawned {
+        Spawned(Some(child))
+    }
+
+    /// SIGTERM, then its exit status.
+    pub async fn terminate(mut self) -> std::process::ExitStatus {
+        let child = self.0.take().expect("running");
+        terminate(child).await
+    }
+}
+
+impl Drop for Spawned {
+    fn drop(&mut self) {
+        let Some(mut child) = self.0.take() else {
+            return;
+        };
+        unsafe {
+            libc::kill(child.id() as i32, libc::SIGTERM);
+        }
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+}
+
 pub async fn terminate(child: std::process::Child) -> std::process::ExitStatus {
     unsafe {
         libc::kill(child.id() as i32, libc::SIGTERM);
@@ -309,6 +346,8 @@ pub async fn stream_messages(
 }
 
 pub fn init_logs() {
+    // Clients built by tests (reqwest) need the process's TLS provider, as hms-sync's own do.
+    hms_sync::http_client::install_crypto();
     let _ = tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::new(
             std::env::var("HMS_SYNC_LOG").unwrap_or_else(|_| "warn".into()),

@@ -677,6 +677,7 @@ async fn seed_sequence_up_then_deploy() {
 /// nats-server just for itself, then `up` (a binary) starts it again and runs the connector.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn seed_sequence_with_the_embedded_default() {
+    init_logs();
     let target = Target::start().await;
     let nats_port = free_port();
     let http_port = free_port();
@@ -697,15 +698,17 @@ async fn seed_sequence_with_the_embedded_default() {
         "deploy stopped its server"
     );
 
-    let up = Command::new(env!("CARGO_BIN_EXE_hms-sync"))
-        .args(["up"])
-        .current_dir(dir.path())
-        .env_remove("NATS_URL")
-        .env("ARC_TOKEN", "arc-secret-token")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let up = Spawned::new(
+        Command::new(env!("CARGO_BIN_EXE_hms-sync"))
+            .args(["up"])
+            .current_dir(dir.path())
+            .env_remove("NATS_URL")
+            .env("ARC_TOKEN", "arc-secret-token")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
     let api = format!("http://127.0.0.1:{http_port}/api/connectors");
     eventually(T, "up runs the deployed connector", || {
         let api = api.clone();
@@ -734,7 +737,7 @@ async fn seed_sequence_with_the_embedded_default() {
     client.flush().await.unwrap();
     eventually(T, "the PATCH", || async { target.count() >= 1 }).await;
     assert_eq!(target.requests()[0].path, "/item/roadwork/RW-481");
-    let status = terminate(up).await;
+    let status = up.terminate().await;
     assert!(status.success(), "{status:?}");
 }
 
