@@ -163,7 +163,7 @@ impl Auditor {
     /// counts read at the same moment (see [`Auditor::wait`]).
     fn take_waiting_reckoned(
         &self,
-    ) -> (VecDeque<(AuditRoute, AuditRecord)>, Vec<(String, u64, u64)>) {
+    ) -> (VecDeque<(AuditRoute, AuditRecord)>, Vec<Reckoned>) {
         let mut waiting = self.waiting.lock().unwrap_or_else(PoisonError::into_inner);
         let accounts = self
             .ledger
@@ -179,6 +179,9 @@ impl Auditor {
         std::mem::take(&mut *self.waiting.lock().unwrap_or_else(PoisonError::into_inner))
     }
 }
+
+/// A consumer's (name, outstanding, lost) counts, read at one moment.
+type Reckoned = (String, u64, u64);
 
 /// Messages to the audit actor.
 pub enum AuditMsg {
