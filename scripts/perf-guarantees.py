@@ -12,14 +12,15 @@ from collections import Counter
 
 # (bucket, frame pattern), tried in this order on every frame from the innermost out.
 BUCKETS = [
-    ("audit record (seal, block, store)", r"hms_sync::(services::)?audit|hms_sync::bus::audit"),
-    ("console line", r"hms_sync::logging|tracing_subscriber|hms_sync::delivery::telemetry::.*console"),
-    ("metrics and status numbers", r"hms_sync::metrics|metrics_exporter|hms_sync::delivery::telemetry|hdrhistogram"),
+    # Names of both the current tree and the one before issue 12 (actors::audit, Pipeline::*).
+    ("audit record (seal, block, store)", r"hms_sync::(services|actors)::audit|hms_sync::audit::|hms_sync::bus::audit|Pipeline::audit|settle::audit"),
+    ("console line", r"hms_sync::logging|tracing_subscriber|tracing_appender|crossbeam_channel|telemetry::.*console"),
+    ("metrics and status numbers", r"hms_sync::metrics|metrics_exporter|metrics::|hms_sync::delivery::telemetry|hdrhistogram|ConnectorStats"),
     ("filter (CEL)", r"hms_sync::filter|cel_interpreter|cel::"),
-    ("templates (URL, headers, body)", r"hms_sync::template|hms_sync::request::build|upon::"),
-    ("idempotency key", r"hms_sync::delivery::keys|hms_sync::idempotency"),
-    ("endpoint permit (rate, in-flight, breaker)", r"hms_sync::services::(endpoint|limits|breakers|budget)|hms_sync::delivery::send::permit|hms_sync::limits"),
-    ("event parse and schema", r"hms_sync::delivery::prepare|hms_sync::schema|jsonschema"),
+    ("templates (URL, headers, body)", r"hms_sync::template|hms_sync::request::|upon::"),
+    ("idempotency key, traceparent", r"hms_sync::delivery::(keys::)?(idempotency_key|derive_key|child_traceparent)|sha2::"),
+    ("endpoint permit (rate, in-flight, breaker)", r"hms_sync::(services|actors)::(endpoint|breakers|budget)|hms_sync::limits|send::permit"),
+    ("event parse and schema", r"serde_json::de|hms_sync::delivery::prepare|hms_sync::schema|jsonschema"),
     ("HTTP exchange (reqwest, hyper)", r"reqwest::|hyper::|hyper_util::|hms_sync::http_client"),
     ("NATS pull and ack (async-nats)", r"async_nats::|hms_sync::bus::"),
     ("pump, spawn, settle (orchestration)", r"hms_sync::actors|hms_sync::delivery|ractor::"),

@@ -161,9 +161,7 @@ impl Auditor {
 
     /// Takes the records that waited for an actor, with each account's outstanding and lost
     /// counts read at the same moment (see [`Auditor::wait`]).
-    fn take_waiting_reckoned(
-        &self,
-    ) -> (VecDeque<(AuditRoute, AuditRecord)>, Vec<Reckoned>) {
+    fn take_waiting_reckoned(&self) -> (VecDeque<(AuditRoute, AuditRecord)>, Vec<Reckoned>) {
         let mut waiting = self.waiting.lock().unwrap_or_else(PoisonError::into_inner);
         let accounts = self
             .ledger
