@@ -8,6 +8,7 @@ mod crash;
 mod delivery;
 mod embedded;
 mod fleet;
+mod hostile;
 mod inbound;
 mod instances;
 mod load;
