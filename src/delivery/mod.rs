@@ -35,19 +35,43 @@ impl Pipeline {
             attempt = d.delivered,
             endpoint = tracing::field::Empty,
         );
-        self.stages(d).instrument(span).await
+        let work = self.stages(&d).instrument(span);
+        keep_alive(&d, self.heartbeat, work).await
     }
 
-    async fn stages(&self, d: Delivery) -> Finished {
+    async fn stages(&self, d: &Delivery) -> Finished {
         let c = &*self.connector;
         let key = idempotency_key(&c.id, &d);
-        let attempted = match prepare::prepare(c, &d, &key) {
-            Prepared::Filtered => return settle::filtered(self, &d).await,
+        let attempted = match prepare::prepare(c, d, &key) {
+            Prepared::Filtered => return settle::filtered(self, d).await,
             Prepared::Invalid(a) => *a,
-            Prepared::Ready(ready) => send::send(self, ready, &d, &key).await,
+            Prepared::Ready(ready) => send::send(self, ready, d, &key).await,
         };
         let jitter = rand::random::<f64>() * 2.0 - 1.0;
         let action = decide(&attempted.outcome, d.delivered, &c.retry, jitter);
-        settle::settle(self, &d, &key, attempted, action).await
+        settle::settle(self, d, &key, attempted, action).await
+    }
+}
+
+/// Runs `work` (the whole delivery of `d`), telling JetStream every `every` that `d` is still
+/// being worked on, so that no wait inside a delivery (a token, a permit, a slow answer, a
+/// park) outlasts the ack wait and has the event redelivered to another worker meanwhile.
+async fn keep_alive(
+    d: &Delivery,
+    every: std::time::Duration,
+    work: impl std::future::Future<Output = Finished>,
+) -> Finished {
+    tokio::pin!(work);
+    let mut beat = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+    loop {
+        tokio::select! {
+            biased;
+            finished = &mut work => return finished,
+            _ = beat.tick() => {
+                if let Err(e) = d.in_progress().await {
+                    tracing::debug!("in-progress ack: {e}");
+                }
+            }
+        }
     }
 }

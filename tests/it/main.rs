@@ -14,6 +14,7 @@ mod instances;
 mod load;
 mod nats_server;
 mod operator;
+mod overload;
 mod prod_https;
 mod prod_nats;
 mod prod_policy;
