@@ -41,7 +41,7 @@ impl Pipeline {
 
     async fn stages(&self, d: &Delivery) -> Finished {
         let c = &*self.connector;
-        let key = idempotency_key(&c.id, &d);
+        let key = idempotency_key(&c.id, d);
         let attempted = match prepare::prepare(c, d, &key) {
             Prepared::Filtered => return settle::filtered(self, d).await,
             Prepared::Invalid(a) => *a,
