@@ -130,6 +130,11 @@ pub struct OutboundConfig {
 pub struct HttpConfig {
     /// Address of the status/metrics/webhook server; overridden by `up --listen`.
     pub listen: SocketAddr,
+    /// How long a client may take to send a request's head, and how long a kept-alive
+    /// connection may stay idle; slower ones are closed (slowloris).
+    pub header_timeout_ms: u64,
+    /// Connections served at once; beyond, new ones wait until one closes.
+    pub max_connections: usize,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -197,6 +202,8 @@ impl Default for HttpConfig {
     fn default() -> Self {
         HttpConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 7500)),
+            header_timeout_ms: 10_000,
+            max_connections: 4096,
         }
     }
 }

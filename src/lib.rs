@@ -35,6 +35,7 @@ pub mod bus;
 pub mod http_client;
 pub mod logging;
 pub mod nats_server;
+pub mod serve;
 pub mod sink;
 pub mod tls;
 

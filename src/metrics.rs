@@ -26,6 +26,8 @@ pub const AUDIT_DROPPED_TOTAL: &str = "sync_audit_dropped_total";
 pub const REGISTRY_INVALID_TOTAL: &str = "sync_registry_invalid_total";
 pub const WEBHOOK_RECEIVED_TOTAL: &str = "webhook_received_total";
 pub const WEBHOOK_REJECTED_TOTAL: &str = "webhook_rejected_total";
+pub const HTTP_CONNECTIONS: &str = "sync_http_connections";
+pub const HTTP_HEADER_TIMEOUTS_TOTAL: &str = "sync_http_header_timeouts_total";
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 
@@ -75,6 +77,14 @@ fn describe() {
         "Events the trigger filter excluded (acked at once)"
     );
     describe_gauge!(SYNC_IN_FLIGHT, "Requests in flight, per connector");
+    describe_gauge!(
+        HTTP_CONNECTIONS,
+        "Connections open to the HTTP server (at most http.maxConnections)"
+    );
+    describe_counter!(
+        HTTP_HEADER_TIMEOUTS_TOTAL,
+        "Connections closed because a request head did not arrive within http.headerTimeoutMs"
+    );
     describe_counter!(
         WEBHOOK_RECEIVED_TOTAL,
         "Webhooks accepted (answered 2xx after the JetStream ack), per inbound connector"

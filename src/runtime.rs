@@ -184,6 +184,13 @@ impl Runtime {
             }
             tokio::time::sleep(std::time::Duration::from_millis(10)).await;
         }
+        let files = crate::serve::raise_open_files_limit();
+        if files > 0 && files < cfg.http.max_connections as u64 + 256 {
+            tracing::warn!(
+                "open files are limited to {files}: fewer than http.maxConnections ({}) can be served",
+                cfg.http.max_connections
+            );
+        }
         let listener = tokio::net::TcpListener::bind(cfg.http.listen)
             .await
             .with_context(|| format!("listen on {}", cfg.http.listen))?;
@@ -198,11 +205,11 @@ impl Runtime {
             bus.clone(),
             Some(services.services.audit.clone()),
         ));
-        let server = tokio::spawn(async move {
-            if let Err(e) = axum::serve(listener, app).await {
-                tracing::error!("HTTP server: {e}");
-            }
-        });
+        let server = tokio::spawn(crate::serve::serve(
+            listener,
+            app,
+            crate::serve::Limits::of(&cfg.http),
+        ));
         tracing::info!("hms-sync up: http://{addr} (NATS {url})");
         Ok(Runtime {
             supervisor,

@@ -153,3 +153,176 @@ fn hostile_connector_files_get_a_position_never_a_crash_or_a_hang() {
     assert!(out.contains("bad.yaml:4:11: not UTF-8 text"), "{out}");
     let _ = std::io::stdout().flush();
 }
+
+const WEBHOOK: &str = "id: hostile.hook.v1\ntype: inbound\nsource:\n  webhookUrl: /webhooks/hostile\n  signature:\n    scheme: hmac-sha256\n    header: X-Signature\n    encoding: hex\n    secret: \"${HMS_IT_HOSTILE_HOOK}\"\npublish:\n  topic: hostile.hook\n  idFrom: \"{{ id }}\"\n";
+const HOOK_SECRET: &str = "hostile-hook-secret";
+
+fn signed(body: &[u8]) -> Vec<(&'static str, String)> {
+    use hms_sync::inbound::signature::{sign, SigEncoding};
+    vec![
+        ("Content-Type", "application/json".to_string()),
+        (
+            "X-Signature",
+            sign::hmac_sha256(HOOK_SECRET, body, SigEncoding::Hex),
+        ),
+    ]
+}
+
+/// A valid webhook, answered 200, within `limit`.
+async fn valid_webhook_answered(url: &str, n: usize, limit: Duration) {
+    let body = format!("{{\"id\":\"ok-{n}\"}}");
+    let started = Instant::now();
+    let a = tokio::time::timeout(
+        limit,
+        post_webhook(url, &signed(body.as_bytes()), body.as_bytes()),
+    )
+    .await
+    .unwrap_or_else(|_| panic!("a valid webhook was not answered within {limit:?}"));
+    assert_eq!(a.status, 200, "{}", a.body);
+    assert!(started.elapsed() < limit);
+}
+
+/// Whether the server closed `s` (EOF or reset) within `limit`; what it sent before.
+async fn closed_within(s: &mut tokio::net::TcpStream, limit: Duration) -> (bool, String) {
+    use tokio::io::AsyncReadExt;
+    let mut got = Vec::new();
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        let mut buf = [0u8; 4096];
+        match tokio::time::timeout_at(deadline, s.read(&mut buf)).await {
+            Err(_) => return (false, String::from_utf8_lossy(&got).into_owned()),
+            Ok(Ok(0)) | Ok(Err(_)) => return (true, String::from_utf8_lossy(&got).into_owned()),
+            Ok(Ok(n)) => got.extend_from_slice(&buf[..n]),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_webhooks_are_refused_in_bounded_time_while_valid_ones_are_answered() {
+    use tokio::io::AsyncWriteExt;
+    init_logs();
+    std::env::set_var("HMS_IT_HOSTILE_HOOK", HOOK_SECRET);
+    let nats = Nats::start().await;
+    let setup = Setup::new(&nats, &[("hook.yaml", WEBHOOK.to_string())], "");
+    setup.set_http("headerTimeoutMs: 1000");
+    let rt = setup.start().await;
+    let addr = rt.http_addr();
+    let url = format!("http://{addr}/webhooks/hostile");
+    valid_webhook_answered(&url, 0, Duration::from_secs(10)).await;
+
+    // Oversized, declared: 413 at once, without reading 10 MB.
+    let big = vec![b'x'; 10 << 20];
+    let started = Instant::now();
+    let a = post_webhook(&url, &signed(&big), &big).await;
+    assert_eq!(a.status, 413, "{}", a.body);
+    assert!(started.elapsed() < Duration::from_secs(10));
+    // Oversized, streamed without a length (chunked): 413 once the limit is passed.
+    let mut chunked = tokio::net::TcpStream::connect(addr).await.unwrap();
+    chunked
+        .write_all(b"POST /webhooks/hostile HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n")
+        .await
+        .unwrap();
+    let chunk = format!("10000\r\n{}\r\n", " ".repeat(0x10000));
+    for _ in 0..40 {
+        if chunked.write_all(chunk.as_bytes()).await.is_err() {
+            break; // closed under a sender still writing: refused all the same
+        }
+    }
+    let (_, said) = closed_within(&mut chunked, Duration::from_secs(10)).await;
+    assert!(said.starts_with("HTTP/1.1 413"), "{said}");
+    // Malformed JSON, well signed: 400. Not even HTTP: 400 and closed. A head over 64 KiB: 431.
+    let bad = b"{\"id\": \"x\",";
+    assert_eq!(post_webhook(&url, &signed(bad), bad).await.status, 400);
+    let deep = format!("{}{}", "[".repeat(10_000), "]".repeat(10_000));
+    assert_eq!(
+        post_webhook(&url, &signed(deep.as_bytes()), deep.as_bytes())
+            .await
+            .status,
+        400,
+        "10,000-deep JSON"
+    );
+    let mut garbage = tokio::net::TcpStream::connect(addr).await.unwrap();
+    garbage
+        .write_all(b"\x16\x03\x01 NOT HTTP AT ALL\r\n\r\n")
+        .await
+        .unwrap();
+    let (closed, said) = closed_within(&mut garbage, Duration::from_secs(5)).await;
+    assert!(closed && said.starts_with("HTTP/1.1 400"), "{said}");
+    let mut huge_head = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let head = format!(
+        "POST /webhooks/hostile HTTP/1.1\r\nHost: x\r\nX-Pad: {}\r\n\r\n",
+        "a".repeat(100 << 10)
+    );
+    let _ = huge_head.write_all(head.as_bytes()).await;
+    let (closed, said) = closed_within(&mut huge_head, Duration::from_secs(5)).await;
+    assert!(closed && said.starts_with("HTTP/1.1 431"), "{said}");
+
+    // Slowloris: a head trickled a byte at a time is cut off after the header timeout, while
+    // valid webhooks are answered.
+    let mut slow = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let trickle = tokio::spawn(async move {
+        let head = b"POST /webhooks/hostile HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nX-Slow: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\r\n\r\n";
+        let started = Instant::now();
+        for b in head {
+            if slow.write_all(&[*b]).await.is_err() {
+                return (true, started.elapsed());
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await; // the attacker's pace
+        }
+        let (closed, _) = closed_within(&mut slow, Duration::from_secs(5)).await;
+        (closed, started.elapsed())
+    });
+    for n in 1..5 {
+        valid_webhook_answered(&url, n, Duration::from_secs(5)).await;
+    }
+    let (cut, after) = trickle.await.unwrap();
+    assert!(cut, "the slow client was never cut off");
+    assert!(
+        after < Duration::from_secs(8),
+        "cut off after {after:?} (header timeout 1 s; the whole head takes 12 s)"
+    );
+    assert!(metric(&rt, "sync_http_header_timeouts_total").await >= 1.0);
+    rt.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_thousand_idle_connections_are_closed_in_bounded_time_and_memory() {
+    init_logs();
+    raise_open_files();
+    let nats = Nats::start().await;
+    let setup = Setup::new(&nats, &[("hook.yaml", WEBHOOK.to_string())], "");
+    setup.set_http("headerTimeoutMs: 2000");
+    let mut inst = {
+        std::env::set_var("HMS_IT_HOSTILE_HOOK", HOOK_SECRET);
+        crate::fleet::Instance::start(&setup)
+    };
+    eventually(Duration::from_secs(30), "instance ready", || inst.ready()).await;
+    let url = format!("{}/webhooks/hostile", inst.http);
+    valid_webhook_answered(&url, 0, Duration::from_secs(10)).await;
+    let pid = inst.child.id();
+    let (before, _) = rss_kb(pid);
+    let addr: std::net::SocketAddr = inst.http.trim_start_matches("http://").parse().unwrap();
+    let mut idle = Vec::new();
+    for _ in 0..2000 {
+        idle.push(tokio::net::TcpStream::connect(addr).await.unwrap());
+    }
+    // Valid webhooks are answered at once while the 2,000 are open.
+    for n in 1..4 {
+        valid_webhook_answered(&url, n, Duration::from_secs(5)).await;
+    }
+    let (during, _) = rss_kb(pid);
+    assert!(
+        during.saturating_sub(before) < 100 * 1024,
+        "2,000 idle connections cost {} kB",
+        during - before
+    );
+    // Every idle connection is closed by the server after the header timeout.
+    let closes = idle
+        .iter_mut()
+        .map(|s| closed_within(s, Duration::from_secs(20)));
+    let results = futures::future::join_all(closes).await;
+    let open = results.iter().filter(|(closed, _)| !closed).count();
+    assert_eq!(open, 0, "{open} idle connections still open after 20 s");
+    valid_webhook_answered(&url, 9, Duration::from_secs(5)).await;
+    let _ = inst.child.kill();
+}
