@@ -7,6 +7,7 @@ mod cluster;
 mod crash;
 mod delivery;
 mod embedded;
+mod faults;
 mod fleet;
 mod hostile;
 mod inbound;
