@@ -184,7 +184,7 @@ impl Fake {
 
 /// Closes `s` with a TCP reset (SO_LINGER 0).
 fn reset(s: TcpStream) {
-    let _ = s.set_linger(Some(Duration::ZERO));
+    let _ = s.set_zero_linger();
     drop(s);
 }
 

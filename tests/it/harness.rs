@@ -176,6 +176,7 @@ impl Setup {
     }
 
     /// Writes (or replaces) a connector file of its `connectors/` folder.
+    #[allow(dead_code)] // used by the SIGHUP test
     pub fn write_connector(&self, name: &str, yaml: &str) {
         std::fs::write(self.dir.path().join("connectors").join(name), yaml).unwrap();
     }
