@@ -447,7 +447,12 @@ fn is_mine(pipeline: &Pipeline, d: &Delivery) -> bool {
 fn ordering_key(pipeline: &Pipeline, d: &Delivery) -> Option<String> {
     let template = pipeline.connector.trigger.ordering_key.as_ref()?;
     let event: serde_json::Value = serde_json::from_slice(d.payload()).ok()?;
-    template.render_text(&event, Secrets::Masked).ok()
+    // Hostile input must not take the pump down: a panic renders no key.
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        template.render_text(&event, Secrets::Masked).ok()
+    }))
+    .ok()
+    .flatten()
 }
 
 /// What one pull brought.

@@ -441,16 +441,31 @@ impl Bus {
             .map_err(|e| err("consumer names of HMS_EVENTS")(e.to_string()))
     }
 
-    /// Stores a parked job durably (JetStream ack awaited). Returns its stream sequence.
-    pub async fn park(&self, consumer: &str, dedup_id: &str, job: &[u8]) -> Result<u64, BusError> {
+    /// The largest message the server takes (headers and body).
+    pub fn max_payload(&self) -> usize {
+        self.client.server_info().max_payload
+    }
+
+    /// Stores a parked job durably (JetStream ack awaited): `job` is its message (the record,
+    /// or for a large job the record in a header and the event as the body). Returns its
+    /// stream sequence.
+    pub async fn park(
+        &self,
+        consumer: &str,
+        dedup_id: &str,
+        job: crate::parked::JobMessage,
+    ) -> Result<u64, BusError> {
         let mut headers = HeaderMap::new();
         headers.insert("Nats-Msg-Id", dedup_id);
+        if let Some(record) = &job.header {
+            headers.insert(crate::parked::JOB_HEADER, record.as_str());
+        }
         let ack = self
             .js
             .publish_with_headers(
                 format!("sync.parked.{consumer}"),
                 headers,
-                Bytes::copy_from_slice(job),
+                Bytes::from(job.body),
             )
             .await
             .map_err(|e| err("park")(e.to_string()))?

@@ -124,7 +124,7 @@ async fn run(bus: &Bus, cmd: &Cmd) -> anyhow::Result<ExitCode> {
                 for (k, v) in &p.event.headers {
                     println!("    {k}: {v}");
                 }
-                println!("  payload:         {}", p.event.payload);
+                println!("  payload:         {}", p.event.shown_payload());
                 println!("  attempts:");
                 for a in &p.attempts {
                     let status = a

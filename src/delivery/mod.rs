@@ -42,7 +42,20 @@ impl Pipeline {
     async fn stages(&self, d: &Delivery) -> Finished {
         let c = &*self.connector;
         let key = idempotency_key(&c.id, d);
-        let attempted = match prepare::prepare(c, d, &key) {
+        // Preparing is pure code over hostile input: a panic in it (a bug here or in a
+        // library) parks this event instead of killing the connector on every redelivery.
+        let prepared = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            prepare::prepare(c, d, &key)
+        }))
+        .unwrap_or_else(|_| {
+            Prepared::Invalid(Box::new(Attempted::invalid(
+                "preparing this event failed inside hms-sync (a bug: please report it)".into(),
+                c.target.url.source().to_string(),
+                c.target.method.clone(),
+                std::time::Instant::now(),
+            )))
+        });
+        let attempted = match prepared {
             Prepared::Filtered => return settle::filtered(self, d).await,
             Prepared::Invalid(a) => *a,
             Prepared::Ready(ready) => send::send(self, ready, d, &key).await,

@@ -14,6 +14,8 @@ use crate::parked::{Attempt, ParkedEvent, ParkedJob};
 
 /// Wait before offering an event again when parking it failed (NATS trouble).
 const PARK_RETRY: Duration = Duration::from_secs(5);
+/// Bytes of a parked job's message kept for its NATS headers.
+const PARK_HEADROOM: usize = 4096;
 
 /// The filter excluded the event: counted and acked.
 pub async fn filtered(p: &Pipeline, d: &Delivery) -> Finished {
@@ -134,6 +136,8 @@ async fn park(
     attempts: Vec<Attempt>,
 ) -> Result<u64, BusError> {
     let c = &*p.connector;
+    // The exact bytes of the event, never a lossy conversion.
+    let (payload, payload_encoding) = ParkedEvent::encode_payload(d.payload());
     let job = ParkedJob {
         connector: c.id.clone(),
         consumer: c.consumer.clone(),
@@ -149,13 +153,16 @@ async fn park(
             published: crate::clock::format(d.published),
             msg_id: d.msg_id.clone(),
             headers: d.headers(),
-            payload: String::from_utf8_lossy(d.payload()).into_owned(),
+            payload,
+            payload_encoding,
         },
     };
-    let bytes = serde_json::to_vec(&job).unwrap_or_default();
+    // Room for the headers of the message (ids, and the record itself when it goes there).
+    let room = p.bus.max_payload().saturating_sub(PARK_HEADROOM);
+    let message = job.to_message(d.payload(), room);
     let seq = p
         .bus
-        .park(&c.consumer, &job.dedup_id(d.delivered), &bytes)
+        .park(&c.consumer, &job.dedup_id(d.delivered), message)
         .await?;
     tracing::warn!(
         "[{}] parked event seq {} as parked job {seq}: {error}",

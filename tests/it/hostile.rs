@@ -326,3 +326,142 @@ async fn two_thousand_idle_connections_are_closed_in_bounded_time_and_memory() {
     valid_webhook_answered(&url, 9, Duration::from_secs(5)).await;
     let _ = inst.child.kill();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_events_are_parked_with_a_reason_and_their_exact_bytes() {
+    init_logs();
+    let nats = Nats::start().await;
+    let target = Target::start().await;
+    let yaml = format!(
+        "id: hostile.events.v1\ntype: outbound\ntrigger:\n  topic: hostile.events\n  filter: object.amount > 10\nmap:\n  to:\n    url: \"{}/items/{{id}}\"\n    method: PUT\n    headers: {{ X-Id: \"{{{{ id }}}}\" }}\n    body:\n      id: \"{{{{ id }}}}\"\nretry:\n  max: 2\n  backoffMs: 50\n",
+        target.url()
+    );
+    let (_setup, rt, js) = start_with(&nats, &[("c.yaml", yaml)], "").await;
+    let binary: Vec<u8> = (0..1_000_000u32).map(|i| (i * 7 + 0x80) as u8).collect();
+    let mut quoted = br#"{"id":"big","amount":"many","pad":""#.to_vec();
+    // Escaped quotes: its JSON record would be twice its size (stored as the body then).
+    quoted.extend(b"\\\"".repeat(330_000));
+    quoted.extend_from_slice(b"\"}");
+    let deep = format!("{}{}", "[".repeat(10_000), "]".repeat(10_000)).into_bytes();
+    let cases: Vec<(&str, Vec<u8>, &str)> = vec![
+        (
+            "not JSON",
+            b"hello, not json".to_vec(),
+            "payload is not JSON",
+        ),
+        ("1 MB binary", binary, "payload is not JSON"),
+        (
+            "1 MB JSON, wrong type",
+            quoted,
+            "the filter failed on this event",
+        ),
+        ("10,000 deep", deep, "recursion limit exceeded"),
+        (
+            "wrong type for the filter",
+            br#"{"id":"w1","amount":"lots"}"#.to_vec(),
+            "a string cannot be compared to a int",
+        ),
+        (
+            "not an object",
+            br#"[1,2,3]"#.to_vec(),
+            "the payload is a list, not an object",
+        ),
+        (
+            "non-UTF-8",
+            b"{\"id\":\"\xff\xfe\",\"amount\":20}".to_vec(),
+            "payload is not JSON",
+        ),
+        (
+            "CR LF into a header",
+            br#"{"id":"a\r\nX-Evil: 1","amount":20}"#.to_vec(),
+            "CR or LF",
+        ),
+        ("missing URL variable", br#"{"amount":20}"#.to_vec(), "id"),
+    ];
+    for (_, bytes, _) in &cases {
+        js.publish("hostile.events", bytes.clone().into())
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+    }
+    // The connector keeps running: a valid event behind them is delivered.
+    publish(
+        &js,
+        "hostile.events",
+        serde_json::json!({"id": "fine", "amount": 20}),
+    )
+    .await;
+    eventually(
+        Duration::from_secs(30),
+        "the valid event delivered",
+        || async { target.requests().iter().any(|r| r.path == "/items/fine") },
+    )
+    .await;
+    let bus = connect_bus(&nats).await;
+    eventually(
+        Duration::from_secs(30),
+        "every hostile event parked",
+        || async { hms_sync::parked::list(&bus, None).await.unwrap().len() == cases.len() },
+    )
+    .await;
+    let jobs = hms_sync::parked::list(&bus, None).await.unwrap();
+    for (what, bytes, reason) in &cases {
+        let job = jobs
+            .iter()
+            .filter_map(|r| r.job.as_ref())
+            .find(|j| j.event.payload_bytes().as_deref() == Ok(bytes.as_slice()))
+            .unwrap_or_else(|| panic!("{what}: no parked job holds its exact bytes"));
+        assert!(job.error.contains(reason), "{what}: {}", job.error);
+        assert!(job.error.len() < 500, "{what}: the reason holds no payload");
+    }
+    assert_eq!(target.count(), 1, "no hostile event was sent");
+    assert!(
+        metric(
+            &rt,
+            "sync_fail_total{connector=\"hostile.events.v1\",reason=\"filter\"}"
+        )
+        .await
+            >= 3.0
+    );
+    assert_eq!(
+        metric(&rt, "sync_parked_total{connector=\"hostile.events.v1\"}").await,
+        cases.len() as f64
+    );
+    // The binary one is stored as its exact bytes; `parked show` prints it, and a replay sends
+    // the same bytes again.
+    let binary = jobs
+        .iter()
+        .find(|r| {
+            r.job
+                .as_ref()
+                .is_some_and(|j| j.event.payload_bytes().map(|b| b.len()) == Ok(1_000_000))
+        })
+        .unwrap();
+    let (code, out, _) = run_bounded(
+        &[
+            "parked".as_ref(),
+            "show".as_ref(),
+            binary.id.to_string().as_ref(),
+            "--nats-url".as_ref(),
+            nats.url().as_ref(),
+        ],
+        Duration::from_secs(30),
+    );
+    assert_eq!(code, Some(0), "{}", &out[..out.len().min(500)]);
+    assert!(out.contains("base64"), "{}", &out[..out.len().min(500)]);
+    hms_sync::parked::replay(&bus, binary, "hostile test")
+        .await
+        .unwrap();
+    let replayed = stream_raw(&js, "HMS_EVENTS")
+        .await
+        .into_iter()
+        .find(|m| m.subject.starts_with("hms.replay."))
+        .expect("the replay is on HMS_EVENTS");
+    assert_eq!(replayed.payload.len(), 1_000_000);
+    assert_eq!(
+        Ok(replayed.payload.to_vec()),
+        binary.job.as_ref().unwrap().event.payload_bytes()
+    );
+    rt.shutdown().await;
+}
