@@ -109,18 +109,24 @@ async fn run(
     let mut heartbeat = tokio::time::interval(keep_alive(ack_wait));
     let mut health = PullHealth::default();
     let freed = spawner.freed.clone();
+    // While the audit trail refuses records, no new delivery starts (its events stay on
+    // JetStream): see `services::audit::HoldBack`.
+    let mut audit_hold = pipeline.services.audit.hold_back();
     let ended = loop {
         if let Some(why) = reap(&mut tasks) {
             break Some(why);
         }
         // Ask for as many events as there are free slots (and no more).
-        if let Err(e) = source
-            .want(spawner.permits.available_permits(), limit)
-            .await
-        {
+        let free = if *audit_hold.borrow() {
+            0
+        } else {
+            spawner.permits.available_permits()
+        };
+        if let Err(e) = source.want(free, limit).await {
             tracing::warn!("[{id}] {e}");
         }
         tokio::select! {
+            Ok(()) = audit_hold.changed() => {}
             _ = stop.changed() => break None,
             Some((key, finished)) = spawner.done.1.recv() => {
                 let retry = match finished { Finished::Retry(d) => Some(d), Finished::Done => None };
@@ -181,8 +187,9 @@ async fn run(
                 watch.reopen(&mut source, "NATS reconnected").await;
             }
             _ = watch.tick.tick() => {
-                // Held events wait for their key's turn: not a stall.
-                if lanes.held_count() == 0 {
+                // Held events wait for their key's turn, held-back ones for the audit trail:
+                // not a stall.
+                if lanes.held_count() == 0 && !*audit_hold.borrow() {
                     watch.guard(&mut source).await;
                 }
             }

@@ -54,6 +54,20 @@ pub enum BusErrorKind {
 }
 
 impl BusErrorKind {
+    /// The kind as a metric label (`limit_reached`, `not_connected`, ...).
+    pub fn label(self) -> &'static str {
+        match self {
+            BusErrorKind::NotConnected => "not_connected",
+            BusErrorKind::Timeout => "timeout",
+            BusErrorKind::StreamMissing => "stream_missing",
+            BusErrorKind::ConsumerMissing => "consumer_missing",
+            BusErrorKind::LimitReached => "limit_reached",
+            BusErrorKind::Authorization => "authorization",
+            BusErrorKind::MissedHeartbeat => "missed_heartbeat",
+            BusErrorKind::Other => "other",
+        }
+    }
+
     /// Classifies a NATS error by its text: JetStream API errors carry their error code
     /// (`... (code 404, error code 10059)`), client errors name what happened.
     pub fn of(message: &str) -> BusErrorKind {

@@ -2,7 +2,8 @@
 //! record, the console line, the metrics and status numbers, then acks, schedules the event
 //! again (NAK with the judged delay) or parks it (then acks).
 
-use std::time::Duration;
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
 
 use super::attempt::{Attempted, Finished};
 use super::pipeline::Pipeline;
@@ -14,6 +15,8 @@ use crate::parked::{Attempt, ParkedEvent, ParkedJob};
 
 /// Wait before offering an event again when parking it failed (NATS trouble).
 const PARK_RETRY: Duration = Duration::from_secs(5);
+/// How often a connector's failing parks are told on `hitl.review.requested`.
+const PARK_ALERT_EVERY: Duration = Duration::from_secs(60);
 /// Bytes of a parked job's message kept for its NATS headers.
 const PARK_HEADROOM: usize = 4096;
 
@@ -84,6 +87,7 @@ pub async fn settle(
                     c.id,
                     d.stream_sequence
                 );
+                park_failed(p, d, &e);
                 p.history.restore(d.stream_sequence, attempts);
                 let _ = d.retry_after(PARK_RETRY).await;
                 return Finished::Retry(PARK_RETRY);
@@ -95,6 +99,48 @@ pub async fn settle(
             Finished::Done
         }
     }
+}
+
+/// Counts a park that failed, and tells reviewers (at most once a minute per connector): the
+/// event stays unacked and is offered again, so nothing is lost, but nothing gets parked
+/// either until `HMS_SYNC_PARKED` takes writes again.
+fn park_failed(p: &Pipeline, d: &Delivery, e: &BusError) {
+    let c = &*p.connector;
+    metrics::counter!(
+        crate::metrics::PARK_FAILURES_TOTAL,
+        "connector" => c.id.clone(),
+        "reason" => e.kind.label()
+    )
+    .increment(1);
+    static LAST: std::sync::Mutex<Option<HashMap<String, Instant>>> = std::sync::Mutex::new(None);
+    let due = {
+        let mut last = LAST
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let map = last.get_or_insert_with(HashMap::new);
+        let due = map
+            .get(&c.id)
+            .is_none_or(|t| t.elapsed() >= PARK_ALERT_EVERY);
+        if due {
+            map.insert(c.id.clone(), Instant::now());
+        }
+        due
+    };
+    if !due {
+        return;
+    }
+    let alert = serde_json::json!({
+        "kind": "sync.park_failed",
+        "connector": c.id,
+        "reason": e.kind.label(),
+        "error": e.to_string(),
+        "streamSequence": d.stream_sequence,
+        "at": now_rfc3339(),
+    });
+    let bus = p.bus.clone();
+    tokio::spawn(async move {
+        let _ = bus.review(alert.to_string().as_bytes()).await;
+    });
 }
 
 /// Hands the attempt's record to the audit actor (never waits for it).

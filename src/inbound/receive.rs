@@ -176,7 +176,7 @@ async fn receive(
             .into_response();
     };
     let received_at = crate::clock::now_rfc3339();
-    match accept(&s.bus, &c, &method, &headers, body).await {
+    match accept(&s.bus, s.audit.as_ref(), &c, &method, &headers, body).await {
         Ok((event, ack)) => {
             metrics::counter!(WEBHOOK_RECEIVED_TOTAL, "connector" => c.id.clone()).increment(1);
             let rec = WebhookRecord {
@@ -220,6 +220,7 @@ async fn receive(
 /// Every check of one webhook, then the publish. Returns the event and JetStream's ack.
 async fn accept(
     bus: &Bus,
+    audit: Option<&Auditor>,
     c: &InboundConnector,
     method: &Method,
     headers: &HeaderMap,
@@ -246,6 +247,11 @@ async fn accept(
     let event = mapping::event(c, headers, &raw, &json)?;
     if !bus.is_connected() {
         return Err(Rejection::Unavailable("NATS is not connected".into()));
+    }
+    if audit.is_some_and(Auditor::holds_back) {
+        return Err(Rejection::Unavailable(
+            "the audit trail (HMS_AUDIT) refuses records".into(),
+        ));
     }
     let ack = tokio::time::timeout(
         PUBLISH_TIMEOUT,

@@ -466,3 +466,248 @@ async fn connections_reset_mid_answer_are_retried_with_the_same_key() {
     );
     rt.shutdown().await;
 }
+
+/// Review alerts on `hitl.review.requested`, kept as they come.
+struct Alerts {
+    sub: async_nats::Subscriber,
+    seen: Vec<serde_json::Value>,
+}
+
+impl Alerts {
+    async fn follow(client: &async_nats::Client) -> Alerts {
+        Alerts {
+            sub: client.subscribe("hitl.review.requested").await.unwrap(),
+            seen: Vec::new(),
+        }
+    }
+
+    /// The first alert of `kind` (seen before or coming within 30 s); taken out of the list.
+    async fn of(&mut self, kind: &str) -> serde_json::Value {
+        use futures::StreamExt;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(i) = self.seen.iter().position(|v| v["kind"] == kind) {
+                return self.seen.remove(i);
+            }
+            let m = tokio::time::timeout_at(deadline, self.sub.next())
+                .await
+                .unwrap_or_else(|_| panic!("no `{kind}` alert within 30 s: {:?}", self.seen))
+                .unwrap();
+            self.seen
+                .push(serde_json::from_slice(&m.payload).unwrap_or_default());
+        }
+    }
+}
+
+async fn acked_up_to(js: &async_nats::jetstream::Context, consumer: &str) -> u64 {
+    js.get_stream("HMS_EVENTS")
+        .await
+        .unwrap()
+        .consumer_info(consumer)
+        .await
+        .unwrap()
+        .ack_floor
+        .stream_sequence
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_parked_stream_keeps_the_event_unacked_and_says_why() {
+    use async_nats::jetstream::stream;
+    init_logs();
+    let nats = Nats::start().await;
+    let client = nats.client().await;
+    let js = async_nats::jetstream::new(client.clone());
+    // An operator's HMS_SYNC_PARKED that refuses writes beyond 1 kB (discard new).
+    js.create_stream(stream::Config {
+        name: "HMS_SYNC_PARKED".into(),
+        subjects: vec!["sync.parked.>".into(), "sync.resolved.>".into()],
+        storage: stream::StorageType::File,
+        max_bytes: 1024,
+        discard: stream::DiscardPolicy::New,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let target = Target::start().await;
+    target.respond(|_, _| (400, vec![]));
+    let mut alerts = Alerts::follow(&client).await;
+    let (_setup, rt, _) =
+        start_simple(&nats, &target, "full.parked.v1", "full.parked", "", "").await;
+    let pad = "p".repeat(2000);
+    publish_many(
+        &js,
+        "full.parked",
+        (0..3).map(|i| json!({"id": format!("e{i}"), "n": i, "pad": pad})),
+    )
+    .await;
+    let alert = alerts.of("sync.park_failed").await;
+    assert_eq!(alert["reason"], "limit_reached", "{alert}");
+    assert_eq!(alert["connector"], "full.parked.v1");
+    assert!(
+        metric(
+            &rt,
+            "sync_park_failures_total{connector=\"full.parked.v1\",reason=\"limit_reached\"}"
+        )
+        .await
+            >= 1.0
+    );
+    // Offered again (every 5 s), never acked, never dropped.
+    eventually(Duration::from_secs(20), "offered again", || async {
+        target.count() >= 6
+    })
+    .await;
+    assert_eq!(acked_up_to(&js, "full_parked_v1").await, 0, "nothing acked");
+    assert_eq!(
+        metric(&rt, "sync_parked_total{connector=\"full.parked.v1\"}").await,
+        0.0
+    );
+    // The operator lifts the limit: the events are parked, then acked.
+    let mut parked = js.get_stream("HMS_SYNC_PARKED").await.unwrap();
+    let mut config = parked.info().await.unwrap().config.clone();
+    config.max_bytes = -1;
+    js.update_stream(config).await.unwrap();
+    wait_idle(&js, "full_parked_v1", Duration::from_secs(30)).await;
+    let jobs = parked.info().await.unwrap().state.messages;
+    assert_eq!(jobs, 3, "each event parked once");
+    rt.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn full_jetstream_storage_holds_new_work_back_and_loses_nothing() {
+    use async_nats::jetstream::stream;
+    init_logs();
+    let mut nats_server = hms_sync::nats_server::NatsServer::builder()
+        .bin(nats_server_bin())
+        .config_text("jetstream {\n  max_file_store: 8MB\n}\n")
+        .start()
+        .await
+        .expect("nats-server");
+    let url = nats_server.url().to_string();
+    let client = async_nats::connect(&url).await.unwrap();
+    let js = async_nats::jetstream::new(client.clone());
+    let target = Target::start().await;
+    target.respond(|r, _| {
+        if r.path.contains("/bad") {
+            (400, vec![])
+        } else {
+            (200, vec![])
+        }
+    });
+    target.set_delay(Duration::from_millis(1500));
+    let setup = Setup::at(
+        &url,
+        &[
+            (
+                "c.yaml",
+                simple_connector("full.store.v1", "full.store", &target, ""),
+            ),
+            ("hook.yaml", crate::hostile::WEBHOOK.to_string()),
+        ],
+        "",
+    );
+    std::env::set_var("HMS_IT_HOSTILE_HOOK", crate::hostile::HOOK_SECRET);
+    let rt = setup.start().await;
+    let mut alerts = Alerts::follow(&client).await;
+    // Three events in flight, two to be parked.
+    publish_many(
+        &js,
+        "full.store",
+        ["bad1", "bad2", "ok1"].map(|id| json!({"id": id, "n": 1})),
+    )
+    .await;
+    eventually(Duration::from_secs(10), "in flight", || async {
+        target.count() + rt.status().await[0].in_process as usize >= 3
+    })
+    .await;
+    // Meanwhile something else fills JetStream's storage.
+    js.create_stream(stream::Config {
+        name: "FILLER".into(),
+        subjects: vec!["filler".into()],
+        storage: stream::StorageType::File,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let chunk = bytes::Bytes::from(vec![b'f'; 64 << 10]);
+    let mut full = false;
+    for _ in 0..400 {
+        match js.publish("filler", chunk.clone()).await {
+            Ok(ack) => {
+                if ack.await.is_err() {
+                    full = true;
+                    break;
+                }
+            }
+            Err(_) => {
+                full = true;
+                break;
+            }
+        }
+    }
+    assert!(full, "JetStream's storage never filled up");
+    // Parking fails, the audit trail refuses records: said, counted, new work held back.
+    let blocked = alerts.of("audit.blocked").await;
+    assert!(
+        blocked["error"]
+            .as_str()
+            .unwrap_or_default()
+            .to_lowercase()
+            .contains("insufficient")
+            || blocked["error"]
+                .as_str()
+                .unwrap_or_default()
+                .contains("10023"),
+        "{blocked}"
+    );
+    let failed = alerts.of("sync.park_failed").await;
+    assert_eq!(failed["reason"], "limit_reached", "{failed}");
+    assert_eq!(metric(&rt, "sync_audit_holding_back").await, 1.0);
+    assert!(
+        metric(
+            &rt,
+            "sync_audit_store_failures_total{reason=\"limit_reached\"}"
+        )
+        .await
+            >= 1.0
+    );
+    let hook = format!("http://{}/webhooks/hostile", rt.http_addr());
+    let body = br#"{"id":"during"}"#;
+    let a = post_webhook(&hook, &crate::hostile::signed(body), body).await;
+    assert_eq!(a.status, 503, "webhooks wait too: {}", a.body);
+    // Room again: the audit trail takes its records, the events are parked, nothing is lost.
+    js.get_stream("FILLER")
+        .await
+        .unwrap()
+        .purge()
+        .await
+        .unwrap();
+    alerts.of("audit.resumed").await;
+    wait_idle(&js, "full_store_v1", Duration::from_secs(30)).await;
+    let parked = stream_messages(&js, "HMS_SYNC_PARKED").await;
+    let mut ids: Vec<String> = parked
+        .iter()
+        .map(|j| {
+            j["url"]
+                .as_str()
+                .unwrap()
+                .rsplit('/')
+                .next()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    ids.sort();
+    assert_eq!(ids, ["bad1", "bad2"]);
+    assert_eq!(metric(&rt, "sync_audit_holding_back").await, 0.0);
+    assert_eq!(metric(&rt, "sync_audit_dropped_total").await, 0.0);
+    rt.shutdown().await;
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_hms-sync"))
+        .args(["audit", "verify", "--nats-url", &url])
+        .output()
+        .unwrap();
+    let text =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{text}");
+    assert!(!text.contains("gap"), "nothing declared lost: {text}");
+    nats_server.kill();
+}

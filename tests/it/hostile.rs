@@ -154,10 +154,10 @@ fn hostile_connector_files_get_a_position_never_a_crash_or_a_hang() {
     let _ = std::io::stdout().flush();
 }
 
-const WEBHOOK: &str = "id: hostile.hook.v1\ntype: inbound\nsource:\n  webhookUrl: /webhooks/hostile\n  signature:\n    scheme: hmac-sha256\n    header: X-Signature\n    encoding: hex\n    secret: \"${HMS_IT_HOSTILE_HOOK}\"\npublish:\n  topic: hostile.hook\n  idFrom: \"{{ id }}\"\n";
-const HOOK_SECRET: &str = "hostile-hook-secret";
+pub const WEBHOOK: &str = "id: hostile.hook.v1\ntype: inbound\nsource:\n  webhookUrl: /webhooks/hostile\n  signature:\n    scheme: hmac-sha256\n    header: X-Signature\n    encoding: hex\n    secret: \"${HMS_IT_HOSTILE_HOOK}\"\npublish:\n  topic: hostile.hook\n  idFrom: \"{{ id }}\"\n";
+pub const HOOK_SECRET: &str = "hostile-hook-secret";
 
-fn signed(body: &[u8]) -> Vec<(&'static str, String)> {
+pub fn signed(body: &[u8]) -> Vec<(&'static str, String)> {
     use hms_sync::inbound::signature::{sign, SigEncoding};
     vec![
         ("Content-Type", "application/json".to_string()),
