@@ -165,6 +165,10 @@ pub struct DeliveryConfig {
     /// the pin of the consumer's priority group); when it stops pulling for this long, another
     /// instance takes over.
     pub pin_timeout_ms: u64,
+    /// How long a shutdown (SIGTERM, Ctrl-C) may take: deliveries in flight get until 2 s
+    /// before it (at least half of it) to finish, then are handed back to JetStream (NAK, so
+    /// they are offered again at once); the process exits within it.
+    pub shutdown_timeout_ms: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -226,6 +230,7 @@ impl Default for DeliveryConfig {
             stall_check_ms: 300_000,
             heartbeat_ms: 2_000,
             pin_timeout_ms: 10_000,
+            shutdown_timeout_ms: 20_000,
         }
     }
 }
@@ -252,6 +257,18 @@ impl DeliveryConfig {
     /// The pull requests' idle heartbeat (at least 100 ms, at most half a pull's expiry).
     pub fn heartbeat(&self, pinned: bool) -> Duration {
         Duration::from_millis(self.heartbeat_ms.max(100)).min(self.pull_expires(pinned) / 2)
+    }
+
+    /// How long a shutdown may take (at least 1 s).
+    pub fn shutdown_timeout(&self) -> Duration {
+        Duration::from_millis(self.shutdown_timeout_ms.max(1000))
+    }
+
+    /// How long deliveries in flight may take to finish at shutdown before they are handed
+    /// back: 2 s less than the shutdown timeout, and at least half of it.
+    pub fn drain_time(&self) -> Duration {
+        let t = self.shutdown_timeout();
+        t.saturating_sub(Duration::from_secs(2)).max(t / 2)
     }
 
     /// How long a silent pinned instance keeps a keyed connector (at least 1 s).

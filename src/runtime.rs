@@ -8,6 +8,7 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use anyhow::Context as _;
 use ractor::{Actor, ActorRef};
@@ -37,6 +38,10 @@ pub struct Runtime {
     embedded: Option<EmbeddedServer>,
     services: services::Running,
     webhooks: Webhooks,
+    /// Shutdown: how long it may take, how long deliveries get, and the signal that hands the
+    /// rest back.
+    delivery: crate::config::DeliveryConfig,
+    hand_back: tokio::sync::watch::Sender<bool>,
 }
 
 /// Loads every connector of the configured folder (all problems at once).
@@ -104,10 +109,10 @@ impl Runtime {
                         .map_err(|e| anyhow::anyhow!(e))?,
                 );
             } else {
-                anyhow::bail!("nothing answers at {url} and nats.embedded is off");
+                wait_for_nats(&url).await;
             }
         }
-        let bus = Bus::connect_with(&nats).await?;
+        let bus = connect(&nats, embedded.is_none() && !cfg.nats.embedded).await?;
         let kv = bus.registry().await?;
         let snapshot = registry::snapshot(&kv).await?;
         let (connectors, folder, invalid, registry_inbound) = merge(outbound, snapshot.changes);
@@ -135,6 +140,7 @@ impl Runtime {
         let services = services::Running::start(&bus, &http, cfg.endpoints.clone(), run_id)
             .await
             .context("start the services")?;
+        let (hand_back, hand_back_rx) = tokio::sync::watch::channel(false);
         let deps = Deps {
             bus: bus.clone(),
             http,
@@ -142,6 +148,7 @@ impl Runtime {
             started_at,
             services: services.services.clone(),
             streams: cfg.streams.clone(),
+            hand_back: hand_back_rx,
         };
         let webhooks = Webhooks::default();
         for c in inbound {
@@ -220,6 +227,8 @@ impl Runtime {
             embedded,
             services,
             webhooks,
+            delivery: cfg.delivery.clone(),
+            hand_back,
         })
     }
 
@@ -261,21 +270,61 @@ impl Runtime {
     }
 
     /// Drains in-flight deliveries, stops the actors and the HTTP server, then the embedded
-    /// nats-server if one was started.
+    /// nats-server if one was started; within `delivery.shutdownTimeoutMs`: deliveries still
+    /// sending when their drain time is up are handed back to JetStream (offered again at
+    /// once), and each later step gets what is left of the timeout.
     pub async fn shutdown(self) {
-        tracing::info!("shutting down: draining in-flight deliveries");
+        let started = tokio::time::Instant::now();
+        let deadline = started + self.delivery.shutdown_timeout();
+        let in_flight: u64 = self.status().await.iter().map(|v| v.in_process).sum();
+        tracing::info!(
+            "shutting down: draining {in_flight} in-flight deliveries (at most {} ms, then they are handed back)",
+            self.delivery.drain_time().as_millis()
+        );
+        let left = |at: tokio::time::Instant| {
+            deadline.saturating_duration_since(at).as_millis().max(1) as u64
+        };
         // The registry watch stops first: no deploys while draining.
-        let _ = ractor::call_t!(self.supervisor, SupervisorMsg::DrainAll, 60_000);
-        self.supervisor.stop(None);
-        let _ = self.supervisor_done.await;
-        // The audit actor stores what it still holds as it stops.
-        self.services.shutdown().await;
-        self.server.abort();
-        self.bus.close().await;
-        if let Some(s) = self.embedded {
-            s.stop().await;
+        let supervisor = self.supervisor.clone();
+        let drain_ms = left(started);
+        let drain = tokio::spawn(async move {
+            let _ = ractor::call_t!(supervisor, SupervisorMsg::DrainAll, drain_ms);
+        });
+        tokio::pin!(drain);
+        let drain_until = started + self.delivery.drain_time();
+        if tokio::time::timeout_at(drain_until, &mut drain)
+            .await
+            .is_err()
+        {
+            // (The supervisor is busy draining: no status question now.)
+            tracing::warn!(
+                "shutting down: deliveries still in flight after {} ms: handing them back",
+                self.delivery.drain_time().as_millis()
+            );
+            let _ = self.hand_back.send(true);
+            // Handing back is one NAK each: moments, unless NATS is gone.
+            let _ = tokio::time::timeout_at(deadline, &mut drain).await;
         }
-        tracing::info!("stopped");
+        self.supervisor.stop(None);
+        let _ = tokio::time::timeout_at(deadline, self.supervisor_done).await;
+        // The audit actor stores what it still holds as it stops.
+        if tokio::time::timeout_at(deadline, self.services.shutdown())
+            .await
+            .is_err()
+        {
+            tracing::warn!("shutting down: the audit trail did not store everything in time");
+        }
+        self.server.abort();
+        let _ = tokio::time::timeout_at(deadline, self.bus.close()).await;
+        if let Some(s) = self.embedded {
+            // nats-server gets its own short while after our deadline: its store must close.
+            let _ = tokio::time::timeout(
+                Duration::from_millis(left(tokio::time::Instant::now()).max(2000)),
+                s.stop(),
+            )
+            .await;
+        }
+        tracing::info!("stopped in {} ms", started.elapsed().as_millis());
     }
 }
 
@@ -355,10 +404,78 @@ fn merge(folder: Vec<Arc<crate::connector::Connector>>, registry: Vec<Change>) -
     (run, folder, invalid, inbound)
 }
 
-/// Runs until `shutdown` completes, then shuts down cleanly.
+/// How often `up` says it is still waiting for NATS.
+const NATS_WAIT_LINE: Duration = Duration::from_secs(5);
+
+/// Waits until something answers at `url` (`nats.embedded` is off, so nothing else will
+/// start it), saying so at once and every few seconds.
+async fn wait_for_nats(url: &str) {
+    let since = tokio::time::Instant::now();
+    tracing::warn!(
+        "NATS: nothing answers at {url} (nats.embedded is off): trying every second; connectors start once it answers"
+    );
+    let mut said = since;
+    loop {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        if Bus::reachable(url).await {
+            tracing::info!(
+                "NATS: {url} answers after {} s: starting",
+                since.elapsed().as_secs()
+            );
+            return;
+        }
+        if said.elapsed() >= NATS_WAIT_LINE {
+            said = tokio::time::Instant::now();
+            tracing::warn!(
+                "NATS: still nothing at {url} after {} s (nats.embedded is off); still trying",
+                since.elapsed().as_secs()
+            );
+        }
+    }
+}
+
+/// Connects; with `patient` (NATS not started by us, `nats.embedded` off) a server that does
+/// not answer is waited for (said every few seconds) instead of failing start-up. Refused
+/// credentials and untrusted certificates fail at once either way.
+async fn connect(nats: &crate::config::NatsConnect, patient: bool) -> anyhow::Result<Bus> {
+    let since = tokio::time::Instant::now();
+    loop {
+        match Bus::connect_with(nats).await {
+            Ok(bus) => return Ok(bus),
+            Err(e)
+                if patient
+                    && matches!(
+                        e.kind,
+                        crate::bus::BusErrorKind::NotConnected | crate::bus::BusErrorKind::Timeout
+                    ) =>
+            {
+                tracing::warn!(
+                    "NATS: {e}; still trying (for {} s)",
+                    since.elapsed().as_secs()
+                );
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+/// Runs until `shutdown` completes, then shuts down cleanly (within
+/// `delivery.shutdownTimeoutMs`, plus a moment for the embedded nats-server). A shutdown
+/// while start-up still waits for NATS ends it there.
 pub async fn run(cfg: RuntimeConfig, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
-    let rt = Runtime::start(cfg).await?;
+    let limit = cfg.delivery.shutdown_timeout() + Duration::from_secs(3);
+    tokio::pin!(shutdown);
+    let rt = tokio::select! {
+        rt = Runtime::start(cfg) => rt?,
+        _ = &mut shutdown => {
+            tracing::info!("stopped before start-up finished");
+            return Ok(());
+        }
+    };
     shutdown.await;
-    rt.shutdown().await;
+    if tokio::time::timeout(limit, rt.shutdown()).await.is_err() {
+        tracing::warn!("shutdown took longer than delivery.shutdownTimeoutMs: exiting anyway");
+    }
     Ok(())
 }

@@ -136,11 +136,14 @@ fn block_on(f: impl std::future::Future<Output = anyhow::Result<ExitCode>>) -> E
             return ExitCode::FAILURE;
         }
     };
-    match rt.block_on(f) {
+    let code = match rt.block_on(f) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e:#}");
             ExitCode::FAILURE
         }
-    }
+    };
+    // Tasks still running (a lookup stuck in the resolver, a connection) do not hold the exit.
+    rt.shutdown_timeout(std::time::Duration::from_millis(500));
+    code
 }

@@ -58,12 +58,36 @@ impl Pipeline {
         let attempted = match prepared {
             Prepared::Filtered => return settle::filtered(self, d).await,
             Prepared::Invalid(a) => *a,
-            Prepared::Ready(ready) => send::send(self, ready, d, &key).await,
+            Prepared::Ready(ready) => {
+                // At shutdown, a delivery still sending when the drain time is up is handed
+                // back: no answer came, so nothing is settled, and JetStream offers it again.
+                let mut stop = self.hand_back.clone();
+                tokio::select! {
+                    a = send::send(self, ready, d, &key) => a,
+                    true = async { stop.wait_for(|stop| *stop).await.is_ok() } => {
+                        return hand_back(self, d).await
+                    }
+                }
+            }
         };
         let jitter = rand::random::<f64>() * 2.0 - 1.0;
         let action = decide(&attempted.outcome, d.delivered, &c.retry, jitter);
         settle::settle(self, d, &key, attempted, action).await
     }
+}
+
+/// Hands `d` back to JetStream at shutdown (NAK without delay: offered again at once, to
+/// another instance or after a restart).
+async fn hand_back(p: &Pipeline, d: &Delivery) -> Finished {
+    tracing::info!(
+        "[{}] event seq {} handed back at shutdown (no answer yet)",
+        p.connector.id,
+        d.stream_sequence
+    );
+    if let Err(e) = d.retry_after(std::time::Duration::ZERO).await {
+        tracing::warn!(connector = %p.connector.id, "{e}");
+    }
+    Finished::Retry(std::time::Duration::ZERO)
 }
 
 /// Runs `work` (the whole delivery of `d`), telling JetStream every `every` that `d` is still

@@ -111,6 +111,11 @@ impl Target {
         self.sink.set_delay(d);
     }
 
+    /// Requests it is answering now (waiting out their delay).
+    pub fn concurrent(&self) -> usize {
+        self.sink.concurrent()
+    }
+
     /// The most requests it was answering at once.
     pub fn max_concurrent(&self) -> usize {
         self.sink.max_concurrent()

@@ -12,6 +12,7 @@ mod fleet;
 mod hostile;
 mod inbound;
 mod instances;
+mod lifecycle;
 mod load;
 mod nats_server;
 mod operator;
