@@ -54,4 +54,4 @@ pub mod cli;
 pub mod runtime;
 pub mod server;
 
-pub use runtime::{run, Runtime};
+pub use runtime::{run, run_with_reloads, Runtime};

@@ -42,6 +42,18 @@ pub struct Runtime {
     /// rest back.
     delivery: crate::config::DeliveryConfig,
     hand_back: tokio::sync::watch::Sender<bool>,
+    /// The runtime config, for reading the connectors folder again (SIGHUP).
+    cfg: RuntimeConfig,
+}
+
+/// What re-reading the connectors folder did.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Reloaded {
+    /// Outbound connectors.
+    pub outbound: crate::actors::supervisor::FolderChanges,
+    /// Inbound connectors (webhook paths) served from the folder now, and those no longer.
+    pub inbound_served: Vec<String>,
+    pub inbound_removed: Vec<String>,
 }
 
 /// Loads every connector of the configured folder (all problems at once).
@@ -229,7 +241,66 @@ impl Runtime {
             webhooks,
             delivery: cfg.delivery.clone(),
             hand_back,
+            cfg,
         })
+    }
+
+    /// Reads the connectors folder again and applies what changed, as a registry deploy does:
+    /// new connectors start, changed ones are swapped in after their in-flight deliveries
+    /// (same durable consumer: nothing lost or skipped), removed ones drain and stop (their
+    /// consumer is kept 24 h); the registry's definition of an id still wins. A folder with
+    /// any problem changes nothing (the problems are the error, as `file:line:col`).
+    pub async fn reload_folder(&self) -> anyhow::Result<Reloaded> {
+        let all = load_connectors(&self.cfg)?;
+        let mut outbound = HashMap::new();
+        let mut inbound = Vec::new();
+        for c in all {
+            match c {
+                AnyConnector::Outbound(c) => {
+                    connector::warn_missing_secrets(&c);
+                    let c = Arc::<crate::connector::Connector>::from(c);
+                    outbound.insert(c.id.clone(), c);
+                }
+                AnyConnector::Inbound(c) => {
+                    connector::warn_missing_webhook_secrets(&c);
+                    inbound.push(*c);
+                }
+            }
+        }
+        let mut topics: Vec<String> = outbound.values().map(|c| c.trigger.topic.clone()).collect();
+        topics.extend(inbound.iter().map(|c| c.publish.capture.clone()));
+        self.bus.ensure_streams(&topics, &self.cfg.streams).await?;
+        let changes = ractor::call_t!(self.supervisor, SupervisorMsg::Folder, 30_000, outbound)
+            .map_err(|e| anyhow::anyhow!("the connector supervisor did not answer: {e}"))?;
+        let mut done = Reloaded {
+            outbound: changes,
+            ..Reloaded::default()
+        };
+        // Webhooks: the folder's are served anew; the registry's (origin in the bucket) stay.
+        let from_registry = |origin: &str| origin.starts_with(crate::bus::kv::REGISTRY_BUCKET);
+        let ids: std::collections::HashSet<String> = inbound.iter().map(|c| c.id.clone()).collect();
+        for served in self.webhooks.list() {
+            if !from_registry(&served.origin) && !ids.contains(&served.id) {
+                self.webhooks.remove(&served.id);
+                done.inbound_removed.push(served.id.clone());
+            }
+        }
+        for c in inbound {
+            let registry_has_it = self
+                .webhooks
+                .list()
+                .iter()
+                .any(|s| s.id == c.id && from_registry(&s.origin));
+            if registry_has_it {
+                continue;
+            }
+            let id = c.id.clone();
+            match self.webhooks.insert(c) {
+                Ok(_) => done.inbound_served.push(id),
+                Err(e) => tracing::error!("[{id}] not served: {e}"),
+            }
+        }
+        Ok(done)
     }
 
     /// The webhook paths being served (the registry deploys inbound connectors through it).
@@ -464,8 +535,20 @@ async fn connect(nats: &crate::config::NatsConnect, patient: bool) -> anyhow::Re
 /// `delivery.shutdownTimeoutMs`, plus a moment for the embedded nats-server). A shutdown
 /// while start-up still waits for NATS ends it there.
 pub async fn run(cfg: RuntimeConfig, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+    run_with_reloads(cfg, shutdown, futures::stream::pending()).await
+}
+
+/// Like [`run`]; every item of `reloads` (SIGHUP) reads the connectors folder again
+/// ([`Runtime::reload_folder`]). A reload that fails changes nothing and is logged.
+pub async fn run_with_reloads(
+    cfg: RuntimeConfig,
+    shutdown: impl Future<Output = ()>,
+    reloads: impl futures::Stream<Item = ()>,
+) -> anyhow::Result<()> {
+    use futures::StreamExt;
     let limit = cfg.delivery.shutdown_timeout() + Duration::from_secs(3);
     tokio::pin!(shutdown);
+    tokio::pin!(reloads);
     let rt = tokio::select! {
         rt = Runtime::start(cfg) => rt?,
         _ = &mut shutdown => {
@@ -473,7 +556,28 @@ pub async fn run(cfg: RuntimeConfig, shutdown: impl Future<Output = ()>) -> anyh
             return Ok(());
         }
     };
-    shutdown.await;
+    loop {
+        tokio::select! {
+            _ = &mut shutdown => break,
+            Some(()) = reloads.next() => {
+                tracing::info!("SIGHUP: reading the connectors folder again");
+                match rt.reload_folder().await {
+                    Ok(r) => tracing::info!(
+                        "connectors folder applied: added {:?}, changed {:?}, removed {:?}, registry wins for {:?}; webhooks served {:?}, removed {:?}",
+                        r.outbound.added,
+                        r.outbound.changed,
+                        r.outbound.removed,
+                        r.outbound.shadowed,
+                        r.inbound_served,
+                        r.inbound_removed
+                    ),
+                    Err(e) => tracing::error!(
+                        "connectors folder not applied (everything keeps running as it was): {e:#}"
+                    ),
+                }
+            }
+        }
+    }
     if tokio::time::timeout(limit, rt.shutdown()).await.is_err() {
         tracing::warn!("shutdown took longer than delivery.shutdownTimeoutMs: exiting anyway");
     }

@@ -253,3 +253,148 @@ async fn up_waits_for_nats_saying_so_and_starts_once_it_answers() {
     })
     .await;
 }
+
+/// A connector on `topic` calling `target` at `/{path}/{id}`.
+fn to_path(id: &str, topic: &str, target: &Target, path: &str) -> String {
+    format!(
+        "id: {id}\ntype: outbound\ntrigger:\n  topic: {topic}\nmap:\n  to:\n    url: \"{}/{path}/{{id}}\"\n    method: PUT\n    body:\n      id: \"{{{{ id }}}}\"\n",
+        target.url()
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_applies_the_connectors_folder_without_dropping_anything() {
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::SeqCst};
+    use std::sync::Arc;
+    init_logs();
+    let nats = Nats::start().await;
+    let target = Target::start().await;
+    target.set_delay(Duration::from_millis(5));
+    let setup = Setup::new(
+        &nats,
+        &[
+            ("a.yaml", to_path("hup.a.v1", "hup.a", &target, "a")),
+            ("b.yaml", to_path("hup.b.v1", "hup.b", &target, "b")),
+        ],
+        "",
+    );
+    setup.start().await.shutdown().await;
+    let up = Up::start(&setup);
+    eventually(Duration::from_secs(30), "up ready", || up.ready()).await;
+    let js = async_nats::jetstream::new(nats.client().await);
+    // A flood on both topics, all along.
+    let stop = Arc::new(AtomicBool::new(false));
+    let sent = Arc::new(AtomicU64::new(0));
+    let flood = {
+        let (js, stop, sent) = (js.clone(), stop.clone(), sent.clone());
+        tokio::spawn(async move {
+            let mut n = 0u64;
+            while !stop.load(SeqCst) {
+                for topic in ["hup.a", "hup.b"] {
+                    publish(&js, topic, json!({"id": format!("{topic}-{n}")})).await;
+                }
+                n += 1;
+                sent.store(n, SeqCst);
+                tokio::time::sleep(Duration::from_millis(5)).await; // the flood's pace
+            }
+            n
+        })
+    };
+    eventually(Duration::from_secs(30), "the flood under way", || async {
+        target.count() >= 100
+    })
+    .await;
+    // Change a, remove b, add c and an inbound connector; then SIGHUP.
+    setup.write_connector("a.yaml", &to_path("hup.a.v1", "hup.a", &target, "a2"));
+    std::fs::remove_file(setup.dir.path().join("connectors/b.yaml")).unwrap();
+    setup.write_connector("c.yaml", &to_path("hup.c.v1", "hup.c", &target, "c"));
+    setup.write_connector(
+        "hook.yaml",
+        "id: hup.hook.v1\ntype: inbound\nsource:\n  webhookUrl: /webhooks/hup\n  signature:\n    scheme: hmac-sha256\n    header: X-Signature\n    encoding: hex\n    secret: \"${HMS_IT_HUP_HOOK}\"\npublish:\n  topic: hup.hooked\n",
+    );
+    up.signal(libc::SIGHUP);
+    eventually(Duration::from_secs(30), "the folder applied", || async {
+        up.console().contains("connectors folder applied")
+    })
+    .await;
+    let console = up.console();
+    assert!(
+        console.contains("added [\"hup.c.v1\"], changed [\"hup.a.v1\"], removed [\"hup.b.v1\"]"),
+        "{console}"
+    );
+    publish(&js, "hup.c", json!({"id": "c-1"})).await;
+    let hook = reqwest::Client::new()
+        .post(format!("{}/webhooks/hup", up.http))
+        .header("Content-Type", "application/json")
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        hook.status().as_u16(),
+        401,
+        "the new webhook path is served"
+    );
+    // A folder with a broken file changes nothing.
+    setup.write_connector("d.yaml", "id: [broken\n");
+    up.signal(libc::SIGHUP);
+    eventually(
+        Duration::from_secs(30),
+        "the broken folder refused",
+        || async { up.console().contains("connectors folder not applied") },
+    )
+    .await;
+    assert!(up.console().contains("d.yaml:2:1"), "{}", up.console());
+    tokio::time::sleep(Duration::from_millis(300)).await; // more of the flood after the reload
+    stop.store(true, SeqCst);
+    let rounds = flood.await.unwrap();
+    std::fs::remove_file(setup.dir.path().join("connectors/d.yaml")).unwrap();
+    // Still the same process (SIGHUP used to end it with 129).
+    assert!(up.ready().await, "{}", up.console());
+    wait_idle(&js, "hup_a_v1", Duration::from_secs(60)).await;
+    eventually(Duration::from_secs(20), "c delivered", || async {
+        target.requests().iter().any(|r| r.path == "/c/c-1")
+    })
+    .await;
+    let reqs = target.requests();
+    // Every a event delivered, each once; the old definition never after the new one.
+    let a: Vec<_> = reqs
+        .iter()
+        .filter(|r| r.path.starts_with("/a/") || r.path.starts_with("/a2/"))
+        .collect();
+    let mut ids: Vec<&str> = a
+        .iter()
+        .map(|r| r.path.rsplit('/').next().unwrap())
+        .collect();
+    ids.sort();
+    ids.dedup();
+    assert_eq!(ids.len() as u64, rounds, "every a event delivered");
+    assert_eq!(a.len() as u64, rounds, "each once");
+    let last_old = a
+        .iter()
+        .filter(|r| r.path.starts_with("/a/"))
+        .map(|r| r.at)
+        .max();
+    let first_new = a
+        .iter()
+        .filter(|r| r.path.starts_with("/a2/"))
+        .map(|r| r.at)
+        .min();
+    assert!(first_new.is_some(), "the new definition runs");
+    assert!(
+        last_old < first_new,
+        "no old-definition call after the swap"
+    );
+    // b: what was not delivered before it stopped waits on its consumer (nothing dropped).
+    let b_delivered = reqs.iter().filter(|r| r.path.starts_with("/b/")).count() as u64;
+    let b = consumer(&js, "hup_b_v1").await;
+    assert_eq!(
+        b_delivered + b.num_pending + b.num_ack_pending as u64,
+        rounds,
+        "b: delivered {b_delivered}, waiting {} + {}",
+        b.num_pending,
+        b.num_ack_pending
+    );
+    assert_eq!(b.config.inactive_threshold, Duration::from_secs(24 * 3600));
+    assert!(b_delivered < rounds, "b stopped");
+}
