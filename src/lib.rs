@@ -55,3 +55,6 @@ pub mod runtime;
 pub mod server;
 
 pub use runtime::{run, run_with_reloads, Runtime};
+
+#[cfg(test)]
+mod props;
