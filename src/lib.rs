@@ -21,6 +21,7 @@ pub mod outcome;
 pub mod policy;
 pub mod restart;
 pub mod schema;
+pub mod scrub;
 pub mod signature;
 pub mod template;
 pub mod wire;

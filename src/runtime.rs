@@ -395,7 +395,7 @@ impl Runtime {
             )
             .await;
         }
-        tracing::info!("stopped in {} ms", started.elapsed().as_millis());
+        tracing::info!(elapsed_ms = started.elapsed().as_millis() as u64, "stopped");
     }
 }
 

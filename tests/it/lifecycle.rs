@@ -2,7 +2,7 @@
 //! NATS not there yet at start, SIGHUP re-reading the connectors folder.
 
 use std::collections::HashMap;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 use serde_json::json;
@@ -10,25 +10,34 @@ use serde_json::json;
 use crate::harness::*;
 
 /// `hms-sync up` as a child process on its own HTTP port, its console in a file.
-struct Up {
+pub struct Up {
     child: Option<Child>,
-    http: String,
+    pub http: String,
     log: std::path::PathBuf,
     _dir: tempfile::TempDir,
 }
 
 impl Up {
-    fn start(setup: &Setup) -> Up {
+    pub fn start(setup: &Setup) -> Up {
+        Up::start_with(setup, &[], "info")
+    }
+
+    /// With more arguments for `up` and this `HMS_SYNC_LOG` filter.
+    pub fn start_with(setup: &Setup, args: &[&str], log_filter: &str) -> Up {
+        // The test's own HTTP calls (reqwest with rustls) need the process's crypto provider.
+        hms_sync::http_client::install_crypto();
         let dir = tempfile::tempdir().unwrap();
         let log = dir.path().join("up.log");
         let port = free_port();
+        let out = std::fs::File::create(&log).unwrap();
         let child = Command::new(env!("CARGO_BIN_EXE_hms-sync"))
+            .args(args)
             .args(["up", "--config"])
             .arg(setup.config_path())
             .args(["--listen", &format!("127.0.0.1:{port}")])
-            .env("HMS_SYNC_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
+            .env("HMS_SYNC_LOG", log_filter)
+            .stdout(out.try_clone().unwrap())
+            .stderr(out)
             .spawn()
             .unwrap();
         Up {
@@ -39,28 +48,29 @@ impl Up {
         }
     }
 
-    fn console(&self) -> String {
+    /// What it printed so far (stdout and stderr).
+    pub fn console(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
-    fn pid(&self) -> i32 {
+    pub fn pid(&self) -> i32 {
         self.child.as_ref().map_or(0, |c| c.id() as i32)
     }
 
-    fn signal(&self, sig: i32) {
+    pub fn signal(&self, sig: i32) {
         unsafe {
             libc::kill(self.pid(), sig);
         }
     }
 
-    async fn ready(&self) -> bool {
+    pub async fn ready(&self) -> bool {
         reqwest::get(format!("{}/readyz", self.http))
             .await
             .is_ok_and(|r| r.status().is_success())
     }
 
     /// Sends SIGTERM; (exit status, how long it took).
-    async fn terminate(&mut self) -> (std::process::ExitStatus, Duration) {
+    pub async fn terminate(&mut self) -> (std::process::ExitStatus, Duration) {
         let started = Instant::now();
         let child = self.child.take().unwrap();
         let status = terminate(child).await;

@@ -25,6 +25,7 @@ mod prod_support;
 mod protection;
 mod registry;
 mod saas;
+mod secrets;
 mod status;
 mod status_page;
 mod supervision;
