@@ -35,7 +35,10 @@ async fn timed(http: &reqwest::Client, url: &str) -> Option<f64> {
 fn worst_and_p99(mut v: Vec<f64>) -> (f64, f64, usize) {
     v.sort_by(f64::total_cmp);
     let n = v.len();
-    let p99 = v.get((n * 99 / 100).min(n.saturating_sub(1))).copied().unwrap_or(0.0);
+    let p99 = v
+        .get((n * 99 / 100).min(n.saturating_sub(1)))
+        .copied()
+        .unwrap_or(0.0);
     (v.last().copied().unwrap_or(0.0), p99, n)
 }
 
@@ -163,7 +166,11 @@ pub async fn overload(o: &Opts) -> Result<(), String> {
     let (m_worst, m_p99, mn) = worst_and_p99(metrics);
     let elapsed = t0.elapsed().as_secs_f64();
     println!("overload: {events} events backlog, rateLimit {RATE}/s, ackWaitMs {ACK_WAIT_MS}, {elapsed:.0} s");
-    println!("  delivered            {} ({:.1}/s)", sink.delivered(), sink.delivered() as f64 / elapsed);
+    println!(
+        "  delivered            {} ({:.1}/s)",
+        sink.delivered(),
+        sink.delivered() as f64 / elapsed
+    );
     println!("  duplicates at target {}", summary.duplicates);
     println!(
         "  JetStream            delivered seq {} (consumer seq {}), redelivered now {}, ack pending {}",

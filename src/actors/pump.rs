@@ -31,6 +31,10 @@ use crate::template::Secrets;
 /// by a redeploy) waits before JetStream redelivers it, to the new definition.
 const NOT_MINE_DELAY: Duration = Duration::from_millis(500);
 
+/// How long an event that arrives while the audit trail holds work back waits before JetStream
+/// offers it again.
+const HELD_BACK_DELAY: Duration = Duration::from_secs(1);
+
 /// Told why the pump stopped on its own (the subscription ended, or a delivery panicked).
 pub type OnEnd = Box<dyn Fn(String) + Send + Sync>;
 
@@ -205,6 +209,11 @@ async fn run(
                         // The consumer's filter was changed for a new definition of this
                         // connector: leave the event to it.
                         let _ = d.retry_after(NOT_MINE_DELAY).await;
+                    }
+                    Ok(Pulled::Event(d)) if *audit_hold.borrow() => {
+                        // Asked for before the audit trail held work back (or a pinned
+                        // consumer's keep-alive request): it waits on JetStream too.
+                        let _ = d.retry_after(HELD_BACK_DELAY).await;
                     }
                     Ok(Pulled::Event(d)) if keyed && (takeover.new_pin(&d) || takeover.waiting()) => {
                         // Held until the earlier holder's events are back (see `Takeover`).

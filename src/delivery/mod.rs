@@ -42,6 +42,10 @@ impl Pipeline {
     async fn stages(&self, d: &Delivery) -> Finished {
         let c = &*self.connector;
         let key = idempotency_key(&c.id, d);
+        if let Some(pending) = self.history.pending_park(d.stream_sequence) {
+            // Judged for parking already; only storing the job failed: no new call.
+            return settle::repark(self, d, &key, pending).await;
+        }
         // Preparing is pure code over hostile input: a panic in it (a bug here or in a
         // library) parks this event instead of killing the connector on every redelivery.
         let prepared = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {

@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use super::attempt::{Attempted, Finished};
+use super::attempt::{Attempted, Finished, PendingPark};
 use super::pipeline::Pipeline;
 use crate::audit::{AttemptRecord, AuditRecord, EventRef};
 use crate::bus::{BusError, Delivery};
@@ -13,8 +13,10 @@ use crate::clock::now_rfc3339;
 use crate::outcome::{describe, Action, Outcome};
 use crate::parked::{Attempt, ParkedEvent, ParkedJob};
 
-/// Wait before offering an event again when parking it failed (NATS trouble).
+/// Wait before offering an event again when parking it failed (NATS trouble, a full stream),
+/// doubled for each failure in a row up to [`PARK_RETRY_MAX`].
 const PARK_RETRY: Duration = Duration::from_secs(5);
+const PARK_RETRY_MAX: Duration = Duration::from_secs(300);
 /// How often a connector's failing parks are told on `hitl.review.requested`.
 const PARK_ALERT_EVERY: Duration = Duration::from_secs(60);
 /// Bytes of a parked job's message kept for its NATS headers.
@@ -80,25 +82,52 @@ pub async fn settle(
             if !matches!(a.outcome, Outcome::Invalid(_)) || attempts.is_empty() {
                 attempts.push(Attempt::new(d.delivered, &a.outcome, &error, &a.body));
             }
-            if let Err(e) = park(p, d, key, &error, &a.url, attempts.clone()).await {
-                // Not parked: not acked either. JetStream will offer it again.
-                tracing::error!(
-                    "[{}] could not park event seq {}: {e}; retrying later",
-                    c.id,
-                    d.stream_sequence
-                );
-                park_failed(p, d, &e);
-                p.history.restore(d.stream_sequence, attempts);
-                let _ = d.retry_after(PARK_RETRY).await;
-                return Finished::Retry(PARK_RETRY);
-            }
-            p.telemetry.parked();
-            if let Err(e) = d.ack().await {
-                tracing::warn!(connector = %c.id, "{e}");
-            }
-            Finished::Done
+            park_or_retry(p, d, key, &error, &a.url, attempts).await
         }
     }
+}
+
+/// Parks an event whose parking failed before, for the reason it was judged for then, without
+/// calling its target again (no audit record either: no attempt is made).
+pub async fn repark(p: &Pipeline, d: &Delivery, key: &str, pending: PendingPark) -> Finished {
+    let attempts = p.history.forget(d.stream_sequence);
+    park_or_retry(p, d, key, &pending.error, &pending.url, attempts).await
+}
+
+/// Stores the parked job and acks; when parking fails, the event is not acked but offered
+/// again after a wait that grows with each failure in a row (5 s doubling, at most 5 min).
+async fn park_or_retry(
+    p: &Pipeline,
+    d: &Delivery,
+    key: &str,
+    error: &str,
+    url: &str,
+    attempts: Vec<Attempt>,
+) -> Finished {
+    let c = &*p.connector;
+    if let Err(e) = park(p, d, key, error, url, attempts.clone()).await {
+        // Not parked: not acked either. JetStream will offer it again.
+        let failures = p.history.park_failed(d.stream_sequence, error, url);
+        let wait = PARK_RETRY
+            .saturating_mul(1 << failures.saturating_sub(1).min(6))
+            .min(PARK_RETRY_MAX);
+        tracing::error!(
+            "[{}] could not park event seq {}: {e}; trying again in {} s",
+            c.id,
+            d.stream_sequence,
+            wait.as_secs()
+        );
+        park_failed(p, d, &e);
+        p.history.restore(d.stream_sequence, attempts);
+        let _ = d.retry_after(wait).await;
+        return Finished::Retry(wait);
+    }
+    p.history.parked(d.stream_sequence);
+    p.telemetry.parked();
+    if let Err(e) = d.ack().await {
+        tracing::warn!(connector = %c.id, "{e}");
+    }
+    Finished::Done
 }
 
 /// Counts a park that failed, and tells reviewers (at most once a minute per connector): the

@@ -551,11 +551,18 @@ async fn a_full_parked_stream_keeps_the_event_unacked_and_says_why() {
         .await
             >= 1.0
     );
-    // Offered again (every 5 s), never acked, never dropped.
+    // Offered again (after 5 s, then 10 s, ...), never acked, never dropped; parked again
+    // without calling the target again.
     eventually(Duration::from_secs(20), "offered again", || async {
-        target.count() >= 6
+        js.get_stream("HMS_EVENTS")
+            .await
+            .unwrap()
+            .consumer_info("full_parked_v1")
+            .await
+            .is_ok_and(|i| i.delivered.consumer_sequence >= 6)
     })
     .await;
+    assert_eq!(target.count(), 3, "no new call while only parking fails");
     assert_eq!(acked_up_to(&js, "full_parked_v1").await, 0, "nothing acked");
     assert_eq!(
         metric(&rt, "sync_parked_total{connector=\"full.parked.v1\"}").await,
@@ -566,7 +573,8 @@ async fn a_full_parked_stream_keeps_the_event_unacked_and_says_why() {
     let mut config = parked.info().await.unwrap().config.clone();
     config.max_bytes = -1;
     js.update_stream(config).await.unwrap();
-    wait_idle(&js, "full_parked_v1", Duration::from_secs(30)).await;
+    wait_idle(&js, "full_parked_v1", Duration::from_secs(40)).await;
+    assert_eq!(target.count(), 3);
     let jobs = parked.info().await.unwrap().state.messages;
     assert_eq!(jobs, 3, "each event parked once");
     rt.shutdown().await;
