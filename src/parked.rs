@@ -96,7 +96,9 @@ impl ParkedEvent {
 /// A parked job as one message: `header` (for [`JOB_HEADER`]) and body.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct JobMessage {
+    /// The record, when it goes in the [`JOB_HEADER`] header (the body is then the event).
     pub header: Option<String>,
+    /// The record as JSON, or the event's exact bytes.
     pub body: Vec<u8>,
 }
 

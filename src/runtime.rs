@@ -51,8 +51,9 @@ pub struct Runtime {
 pub struct Reloaded {
     /// Outbound connectors.
     pub outbound: crate::actors::supervisor::FolderChanges,
-    /// Inbound connectors (webhook paths) served from the folder now, and those no longer.
+    /// Inbound connectors (webhook paths) served from the folder now.
     pub inbound_served: Vec<String>,
+    /// Inbound connectors of the folder no longer served.
     pub inbound_removed: Vec<String>,
 }
 

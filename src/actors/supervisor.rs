@@ -60,8 +60,11 @@ pub enum SupervisorMsg {
 /// What re-reading the connectors folder changed (ids, sorted).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct FolderChanges {
+    /// Connectors started.
     pub added: Vec<String>,
+    /// Connectors swapped to their new definition.
     pub changed: Vec<String>,
+    /// Connectors drained and stopped.
     pub removed: Vec<String>,
     /// In the folder and in the registry: the registry's definition keeps running.
     pub shadowed: Vec<String>,

@@ -160,11 +160,17 @@ pub struct Puller {
 
 /// How a pull starts.
 pub struct PullSpec {
+    /// The stream (`HMS_EVENTS`).
     pub stream: String,
+    /// The durable consumer.
     pub consumer: String,
+    /// Largest request (`delivery.pullBatch`).
     pub max_batch: usize,
+    /// How long a request waits on the server.
     pub expires: Duration,
+    /// Idle heartbeat the server sends while a request waits.
     pub heartbeat: Duration,
+    /// A pinned-client priority group consumer (keyed connectors).
     pub pinned: bool,
 }
 
