@@ -146,6 +146,11 @@ pub struct HttpConfig {
     pub admin_token: Option<String>,
     /// How often the status page's charts are sampled (ms; 15 minutes are kept).
     pub chart_sample_ms: u64,
+    /// How long a client may take to send a request's head, and how long a kept-alive
+    /// connection may stay idle; slower ones are closed (slowloris).
+    pub header_timeout_ms: u64,
+    /// Connections served at once; beyond, new ones wait until one closes.
+    pub max_connections: usize,
 }
 
 impl HttpConfig {
@@ -247,6 +252,10 @@ pub struct DeliveryConfig {
     /// Console lines printed one by one per connector and second (default 100; 0: every
     /// line). Beyond it, the deliveries of that second are summed up in one line.
     pub console_lines_per_second: u32,
+    /// How long a shutdown (SIGTERM, Ctrl-C) may take: deliveries in flight get until 2 s
+    /// before it (at least half of it) to finish, then are handed back to JetStream (NAK, so
+    /// they are offered again at once); the process exits within it.
+    pub shutdown_timeout_ms: u64,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -287,6 +296,8 @@ impl Default for HttpConfig {
             admin_listen: None,
             admin_token: None,
             chart_sample_ms: 10_000,
+            header_timeout_ms: 10_000,
+            max_connections: 4096,
         }
     }
 }
@@ -310,6 +321,7 @@ impl Default for DeliveryConfig {
             heartbeat_ms: 2_000,
             pin_timeout_ms: 10_000,
             console_lines_per_second: 100,
+            shutdown_timeout_ms: 20_000,
         }
     }
 }
@@ -336,6 +348,18 @@ impl DeliveryConfig {
     /// The pull requests' idle heartbeat (at least 100 ms, at most half a pull's expiry).
     pub fn heartbeat(&self, pinned: bool) -> Duration {
         Duration::from_millis(self.heartbeat_ms.max(100)).min(self.pull_expires(pinned) / 2)
+    }
+
+    /// How long a shutdown may take (at least 1 s).
+    pub fn shutdown_timeout(&self) -> Duration {
+        Duration::from_millis(self.shutdown_timeout_ms.max(1000))
+    }
+
+    /// How long deliveries in flight may take to finish at shutdown before they are handed
+    /// back: 2 s less than the shutdown timeout, and at least half of it.
+    pub fn drain_time(&self) -> Duration {
+        let t = self.shutdown_timeout();
+        t.saturating_sub(Duration::from_secs(2)).max(t / 2)
     }
 
     /// How long a silent pinned instance keeps a keyed connector (at least 1 s).

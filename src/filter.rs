@@ -50,9 +50,12 @@ pub enum Verdict {
     Pass,
     /// The expression evaluated to false.
     Excluded,
-    /// The expression could not be evaluated for this event (e.g. a missing field): treated as
-    /// "not matched", with the reason.
+    /// The expression reads a field this event does not have: treated as "not matched", with
+    /// the reason (`has(object.x)` says so explicitly).
     NotEvaluable(String),
+    /// The expression failed on this event (a type that does not fit, a value that is not a
+    /// boolean, a division by zero, ...): the event is parked with the reason.
+    Failed(String),
 }
 
 impl Filter {
@@ -124,7 +127,7 @@ impl Filter {
                         match cel_interpreter::to_value(v) {
                             Ok(v) => part.insert(f.clone(), v),
                             Err(_) => {
-                                return Verdict::NotEvaluable(format!(
+                                return Verdict::Failed(format!(
                                     "payload field `{f}` cannot be bound"
                                 ))
                             }
@@ -138,25 +141,47 @@ impl Filter {
         };
         if let Err(e) = bound {
             let _ = e;
-            return Verdict::NotEvaluable("the payload cannot be bound".into());
+            return Verdict::Failed("the payload cannot be bound".into());
         }
         if self.uses_event {
             if let Err(e) = ctx.add_variable("event", meta) {
-                return Verdict::NotEvaluable(format!("metadata cannot be bound: {e}"));
+                return Verdict::Failed(format!("metadata cannot be bound: {e}"));
             }
         }
-        match self.program.execute(&ctx) {
-            Ok(Value::Bool(true)) => Verdict::Pass,
-            Ok(Value::Bool(false)) => Verdict::Excluded,
-            Ok(other) => Verdict::NotEvaluable(format!(
+        // The interpreter is a library: should it panic on some input, that event fails the
+        // filter (and is parked) instead of taking the connector down with it.
+        let run =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.program.execute(&ctx)));
+        match run {
+            Ok(Ok(Value::Bool(true))) => Verdict::Pass,
+            Ok(Ok(Value::Bool(false))) => Verdict::Excluded,
+            Ok(Ok(other)) => Verdict::Failed(format!(
                 "filter `{}` gave a {}, not a boolean",
                 self.source,
                 type_name(&other)
             )),
-            Err(e) => Verdict::NotEvaluable(format!(
+            // A field missing from an object payload: "not matched". From a payload that is
+            // no object at all (a list, a string): a type that does not fit.
+            Ok(Err(e @ cel_interpreter::ExecutionError::NoSuchKey(_))) if object.is_object() => {
+                Verdict::NotEvaluable(format!(
+                    "filter `{}`: {}",
+                    self.source,
+                    describe_execution(&e)
+                ))
+            }
+            Ok(Err(cel_interpreter::ExecutionError::NoSuchKey(_))) => Verdict::Failed(format!(
+                "filter `{}`: the payload is {}, not an object",
+                self.source,
+                json_type(object)
+            )),
+            Ok(Err(e)) => Verdict::Failed(format!(
                 "filter `{}`: {}",
                 self.source,
                 describe_execution(&e)
+            )),
+            Err(_) => Verdict::Failed(format!(
+                "filter `{}`: the CEL interpreter failed on this event",
+                self.source
             )),
         }
     }
@@ -279,14 +304,30 @@ fn quiet_parser_panics() {
     ONCE.call_once(|| {
         let previous = std::panic::take_hook();
         std::panic::set_hook(Box::new(move |info| {
+            // The parser's panics, and the interpreter's (cel-interpreter 0.10 has `todo!()`s,
+            // e.g. a macro over a string): both are caught where they are called.
             let in_parser = info.location().is_some_and(|l| {
-                l.file().contains("antlr4rust") || l.file().contains("cel-parser")
+                l.file().contains("antlr4rust")
+                    || l.file().contains("cel-parser")
+                    || l.file().contains("cel-interpreter")
             });
             if !in_parser {
                 previous(info);
             }
         }));
     });
+}
+
+/// The type of a JSON value, by name (never the value).
+fn json_type(v: &Json) -> &'static str {
+    match v {
+        Json::Null => "null",
+        Json::Bool(_) => "a boolean",
+        Json::Number(_) => "a number",
+        Json::String(_) => "a string",
+        Json::Array(_) => "a list",
+        Json::Object(_) => "an object",
+    }
 }
 
 /// The type of a CEL value, by name (never the value).
@@ -410,8 +451,19 @@ mod tests {
         let f = Filter::compile("object.agency").unwrap();
         assert!(matches!(
             f.evaluate(&json!({"agency": "x"}), &meta()),
-            Verdict::NotEvaluable(_)
+            Verdict::Failed(_)
         ));
+        // Wrong types, not missing fields: the event fails the filter (it is parked).
+        for (src, obj) in [
+            ("object.amount > 10", json!({"amount": "lots"})),
+            ("object.a / object.b > 1", json!({"a": 1, "b": 0})),
+            ("object.agency == \"DDOT\"", json!([1, 2])),
+            ("object.tags.exists(t, t > 1)", json!({"tags": "x"})),
+        ] {
+            let f = Filter::compile(src).unwrap();
+            let v = f.evaluate(&obj, &meta());
+            assert!(matches!(v, Verdict::Failed(_)), "{src} on {obj}: {v:?}");
+        }
     }
 
     #[test]

@@ -303,11 +303,38 @@ impl HttpClient {
                     .and_then(|v| parse_retry_after(v, SystemTime::now()));
                 let headers = std::mem::take(resp.headers_mut());
                 let reason = status.canonical_reason().unwrap_or("").to_string();
-                let mut body = Vec::new();
-                // Read to the end (so the connection is reused), keeping at most MAX_BODY.
-                while let Ok(Some(chunk)) = resp.chunk().await {
-                    let room = MAX_BODY.saturating_sub(body.len());
-                    body.extend_from_slice(&chunk[..chunk.len().min(room)]);
+                let (body, cut) = read_bounded(&mut resp).await;
+                if let Some(cut) = cut {
+                    // The answer broke off, or did not end in time: no answer to judge. The
+                    // first bytes go to the parked job.
+                    let (outcome, why) = match cut {
+                        Cut::Timeout => (
+                            Outcome::Timeout,
+                            format!(
+                                "timeout after {} ms while reading the answer (HTTP {}, {} bytes read)",
+                                timeout.as_millis(),
+                                status.as_u16(),
+                                body.len()
+                            ),
+                        ),
+                        Cut::Broken(e) => {
+                            let why = format!(
+                                "the answer broke off (HTTP {}, {} bytes read): {e}",
+                                status.as_u16(),
+                                body.len()
+                            );
+                            (Outcome::Connect(why.clone()), why)
+                        }
+                    };
+                    return Exchange {
+                        answer: Answer {
+                            outcome,
+                            reason: why,
+                            body: snippet(&body),
+                        },
+                        headers,
+                        body,
+                    };
                 }
                 let snippet = if status.is_success() {
                     String::new()
@@ -402,7 +429,17 @@ fn find_denied<'a>(e: &'a (dyn std::error::Error + 'static)) -> Option<&'a Denie
 fn connect_error_text(e: &reqwest::Error) -> String {
     match tls::explain(e) {
         Some(why) => why,
-        None => error_chain(e),
+        None => reqwest_error_text(e),
+    }
+}
+
+/// A reqwest error's chain without the URL reqwest puts in its text (a URL may hold a secret
+/// in its query or path, and the request's URL is shown masked elsewhere).
+fn reqwest_error_text(e: &reqwest::Error) -> String {
+    let text = error_chain(e);
+    match e.url() {
+        Some(u) => text.replace(&format!(" for url ({u})"), ""),
+        None => text,
     }
 }
 
@@ -473,8 +510,39 @@ impl UrlBase {
     }
 }
 
-/// Largest answer body kept by [`HttpClient::exchange`].
+/// Largest answer body read and kept by [`HttpClient::exchange`]; reading stops there (the
+/// connection is then not reused).
 pub const MAX_BODY: usize = 1 << 20;
+
+/// Why reading an answer's body stopped before its end.
+enum Cut {
+    /// The request's timeout passed (it covers the whole exchange, body included).
+    Timeout,
+    /// The connection failed (reset, closed early, a malformed chunk).
+    Broken(String),
+}
+
+/// Reads an answer's body: to its end, or its first [`MAX_BODY`] bytes when it is longer (the
+/// rest is not read: an endless or huge answer costs at most that), within the request's
+/// timeout. `Some(cut)` when it stopped short for another reason.
+async fn read_bounded(resp: &mut reqwest::Response) -> (Vec<u8>, Option<Cut>) {
+    let mut body = Vec::new();
+    loop {
+        match resp.chunk().await {
+            Ok(None) => return (body, None),
+            Ok(Some(chunk)) => {
+                let room = MAX_BODY - body.len();
+                body.extend_from_slice(&chunk[..chunk.len().min(room)]);
+                if chunk.len() >= room {
+                    // Enough: what follows is not read.
+                    return (body, None);
+                }
+            }
+            Err(e) if e.is_timeout() => return (body, Some(Cut::Timeout)),
+            Err(e) => return (body, Some(Cut::Broken(reqwest_error_text(&e)))),
+        }
+    }
+}
 
 /// The start of a body as text (lossy UTF-8, at most [`BODY_SNIPPET`] bytes).
 pub fn snippet(body: &[u8]) -> String {
@@ -550,7 +618,7 @@ impl HttpClient {
         let resp = req
             .send()
             .await
-            .map_err(|e| HttpError::Transport(error_chain(&e)))?;
+            .map_err(|e| HttpError::Transport(reqwest_error_text(&e)))?;
         let status = resp.status();
         if !status.is_success() {
             return Err(HttpError::Status(status.to_string()));
@@ -558,7 +626,7 @@ impl HttpClient {
         let bytes = resp
             .bytes()
             .await
-            .map_err(|e| HttpError::Transport(error_chain(&e)))?;
+            .map_err(|e| HttpError::Transport(reqwest_error_text(&e)))?;
         serde_json::from_slice(&bytes).map_err(|e| HttpError::NotJson(e.to_string()))
     }
 }

@@ -25,6 +25,7 @@ pub mod policy;
 pub mod ratelimit_headers;
 pub mod restart;
 pub mod schema;
+pub mod scrub;
 pub mod selection;
 pub mod signature;
 pub mod template;
@@ -40,6 +41,7 @@ pub mod bus;
 pub mod http_client;
 pub mod logging;
 pub mod nats_server;
+pub mod serve;
 pub mod sink;
 pub mod tls;
 
@@ -60,4 +62,7 @@ pub mod cli;
 pub mod runtime;
 pub mod server;
 
-pub use runtime::{run, Runtime};
+pub use runtime::{run, run_with_reloads, Runtime};
+
+#[cfg(test)]
+mod props;

@@ -24,9 +24,14 @@ pub const RATE_LIMIT_WAITING: &str = "sync_rate_limit_waiting";
 pub const AUDIT_PENDING: &str = "sync_audit_pending";
 pub const AUDIT_WRITTEN_TOTAL: &str = "sync_audit_written_total";
 pub const AUDIT_DROPPED_TOTAL: &str = "sync_audit_dropped_total";
+pub const AUDIT_STORE_FAILURES_TOTAL: &str = "sync_audit_store_failures_total";
+pub const AUDIT_HOLDING_BACK: &str = "sync_audit_holding_back";
+pub const PARK_FAILURES_TOTAL: &str = "sync_park_failures_total";
 pub const REGISTRY_INVALID_TOTAL: &str = "sync_registry_invalid_total";
 pub const WEBHOOK_RECEIVED_TOTAL: &str = "webhook_received_total";
 pub const WEBHOOK_REJECTED_TOTAL: &str = "webhook_rejected_total";
+pub const HTTP_CONNECTIONS: &str = "sync_http_connections";
+pub const HTTP_HEADER_TIMEOUTS_TOTAL: &str = "sync_http_header_timeouts_total";
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 
@@ -76,6 +81,26 @@ fn describe() {
         "Events the trigger filter excluded (acked at once)"
     );
     describe_gauge!(SYNC_IN_FLIGHT, "Requests in flight, per connector");
+    describe_counter!(
+        AUDIT_STORE_FAILURES_TOTAL,
+        "Batches of audit records HMS_AUDIT did not take, per reason (limit_reached, not_connected, timeout, ...)"
+    );
+    describe_gauge!(
+        AUDIT_HOLDING_BACK,
+        "1 while HMS_AUDIT refuses records: no new deliveries start, webhooks are answered 503"
+    );
+    describe_counter!(
+        PARK_FAILURES_TOTAL,
+        "Events that could not be parked (not acked, offered again), per connector and reason"
+    );
+    describe_gauge!(
+        HTTP_CONNECTIONS,
+        "Connections open to the HTTP server (at most http.maxConnections)"
+    );
+    describe_counter!(
+        HTTP_HEADER_TIMEOUTS_TOTAL,
+        "Connections closed because a request head did not arrive within http.headerTimeoutMs"
+    );
     describe_counter!(
         WEBHOOK_RECEIVED_TOTAL,
         "Webhooks accepted (answered 2xx after the JetStream ack), per inbound connector"

@@ -177,22 +177,40 @@ pub fn decide(outcome: &Outcome, attempt: u32, retry: &Retry, jitter: f64) -> Ac
     }
 }
 
-/// Delay after attempt `n`: `backoff * 2^(n-1)`, times (1 + 0.2 * jitter), capped.
+/// Delay after attempt `n`: `backoff * 2^(n-1)`, times (1 + 0.2 * jitter), capped (also for
+/// delays too large to represent, and a jitter that is not a number).
 pub fn backoff(attempt: u32, retry: &Retry, jitter: f64) -> Duration {
     let exp = attempt.saturating_sub(1).min(30);
     let base = retry.backoff.as_secs_f64() * f64::from(1u32 << exp);
-    let jittered = base * (1.0 + 0.2 * jitter.clamp(-1.0, 1.0));
-    Duration::from_secs_f64(jittered.max(0.0)).min(retry.max_backoff)
+    let jitter = if jitter.is_nan() {
+        0.0
+    } else {
+        jitter.clamp(-1.0, 1.0)
+    };
+    let jittered = base * (1.0 + 0.2 * jitter);
+    Duration::try_from_secs_f64(jittered.max(0.0))
+        .unwrap_or(retry.max_backoff)
+        .min(retry.max_backoff)
 }
 
-/// Parses a `Retry-After` header: delay-seconds or an HTTP date (relative to `now`).
+/// The longest `Retry-After` taken from a target (a day): longer ones are read as this, so
+/// that no answer can pause an endpoint for ever (a connector's `maxBackoffMs` caps the
+/// event's own wait further).
+pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(24 * 3600);
+
+/// Parses a `Retry-After` header: delay-seconds or an HTTP date (relative to `now`), at most
+/// [`MAX_RETRY_AFTER`].
 pub fn parse_retry_after(value: &str, now: std::time::SystemTime) -> Option<Duration> {
     let v = value.trim();
     if let Ok(secs) = v.parse::<u64>() {
-        return Some(Duration::from_secs(secs));
+        return Some(Duration::from_secs(secs).min(MAX_RETRY_AFTER));
     }
     let when = httpdate::parse_http_date(v).ok()?;
-    Some(when.duration_since(now).unwrap_or(Duration::ZERO))
+    Some(
+        when.duration_since(now)
+            .unwrap_or(Duration::ZERO)
+            .min(MAX_RETRY_AFTER),
+    )
 }
 
 /// A 429 (or 503) without `Retry-After` from a target whose rate-limit headers said its budget

@@ -65,7 +65,105 @@ pub struct ParkedEvent {
     pub published: String,
     pub msg_id: Option<String>,
     pub headers: Vec<(String, String)>,
+    /// The event's exact bytes: as text when they are UTF-8, else in base64
+    /// (`payloadEncoding: base64`).
     pub payload: String,
+    /// How `payload` holds the bytes: absent for UTF-8 text, [`BASE64`] otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub payload_encoding: Option<String>,
+}
+
+/// `payloadEncoding` of a payload stored in base64 (its bytes are not UTF-8).
+pub const BASE64: &str = "base64";
+
+/// Header of a parked-job message that holds the job's record when the message's body is the
+/// event's bytes (a job too large for one JSON message: events near the server's maximum
+/// payload). The record then says `payloadEncoding: body`.
+pub const JOB_HEADER: &str = "Hms-Parked-Job";
+const IN_BODY: &str = "body";
+
+impl ParkedEvent {
+    /// `payload` and `payloadEncoding` for an event's bytes: the text when they are UTF-8,
+    /// else base64. Never lossy.
+    pub fn encode_payload(bytes: &[u8]) -> (String, Option<String>) {
+        use base64::Engine as _;
+        match std::str::from_utf8(bytes) {
+            Ok(text) => (text.to_string(), None),
+            Err(_) => (
+                base64::engine::general_purpose::STANDARD.encode(bytes),
+                Some(BASE64.to_string()),
+            ),
+        }
+    }
+
+    /// The event's exact bytes.
+    pub fn payload_bytes(&self) -> Result<Vec<u8>, String> {
+        use base64::Engine as _;
+        match self.payload_encoding.as_deref() {
+            None => Ok(self.payload.clone().into_bytes()),
+            Some(BASE64) => base64::engine::general_purpose::STANDARD
+                .decode(&self.payload)
+                .map_err(|e| format!("payload is not valid base64: {e}")),
+            Some(other) => Err(format!("unknown payload encoding `{other}`")),
+        }
+    }
+
+    /// The payload for people: the text, or the base64 marked as such.
+    pub fn shown_payload(&self) -> String {
+        match self.payload_encoding.as_deref() {
+            None => self.payload.clone(),
+            Some(e) => format!("({e}) {}", self.payload),
+        }
+    }
+}
+
+/// A parked job as one message: `header` (for [`JOB_HEADER`]) and body.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JobMessage {
+    /// The record, when it goes in the [`JOB_HEADER`] header (the body is then the event).
+    pub header: Option<String>,
+    /// The record as JSON, or the event's exact bytes.
+    pub body: Vec<u8>,
+}
+
+impl ParkedJob {
+    /// The message that stores this job: its JSON record when that fits in `max_bytes`, else
+    /// the record without the payload in [`JOB_HEADER`] and the event's exact bytes
+    /// (`payload`) as the body.
+    pub fn to_message(&self, payload: &[u8], max_bytes: usize) -> JobMessage {
+        let json = serde_json::to_vec(self).unwrap_or_default();
+        if json.len() <= max_bytes {
+            return JobMessage {
+                header: None,
+                body: json,
+            };
+        }
+        let mut head = self.clone();
+        head.event.payload = String::new();
+        head.event.payload_encoding = Some(IN_BODY.to_string());
+        JobMessage {
+            header: Some(serde_json::to_string(&head).unwrap_or_default()),
+            body: payload.to_vec(),
+        }
+    }
+
+    /// The job stored as `header` and `body` ([`ParkedJob::to_message`]) as its JSON record,
+    /// with the payload back in it (text or base64).
+    pub fn record_of(header: Option<&str>, body: &[u8]) -> Json {
+        let Some(head) = header else {
+            return serde_json::from_slice(body).unwrap_or(Json::Null);
+        };
+        let mut record: Json = serde_json::from_str(head).unwrap_or(Json::Null);
+        if let Some(event) = record.get_mut("event").and_then(Json::as_object_mut) {
+            let (payload, encoding) = ParkedEvent::encode_payload(body);
+            event.insert("payload".into(), Json::String(payload));
+            match encoding {
+                Some(e) => event.insert("payloadEncoding".into(), Json::String(e)),
+                None => event.remove("payloadEncoding"),
+            };
+        }
+        record
+    }
 }
 
 /// One attempt, as recorded in a parked job.
@@ -167,10 +265,11 @@ pub struct Reviewed {
 
 impl Reviewed {
     fn from_stored(s: StoredJob) -> Reviewed {
+        let raw = ParkedJob::record_of(s.job_header.as_deref(), &s.payload);
         Reviewed {
             id: s.id,
-            raw: serde_json::from_slice(&s.payload).unwrap_or(Json::Null),
-            job: serde_json::from_slice(&s.payload).ok(),
+            job: serde_json::from_value(raw.clone()).ok(),
+            raw,
             subject: s.subject,
         }
     }
@@ -203,6 +302,8 @@ impl Reviewed {
 pub enum ReviewError {
     #[error("parked job {0}: not a parked job record")]
     NotAJob(u64),
+    #[error("parked job {0}: {1}")]
+    BadPayload(u64, String),
     #[error(transparent)]
     Bus(#[from] BusError),
 }
@@ -330,12 +431,12 @@ pub async fn act(
 /// records who did it. Returns the record of the action.
 pub async fn replay(bus: &Bus, r: &Reviewed, by: &Operator) -> Result<Json, ReviewError> {
     let p = r.job.as_ref().ok_or(ReviewError::NotAJob(r.id))?;
+    let payload = p
+        .event
+        .payload_bytes()
+        .map_err(|why| ReviewError::BadPayload(r.id, why))?;
     let seq = bus
-        .publish_replay(
-            &p.consumer,
-            &replay_headers(p, r.id),
-            p.event.payload.clone().into_bytes(),
-        )
+        .publish_replay(&p.consumer, &replay_headers(p, r.id), payload)
         .await?;
     let record = json!({
         "action": "replayed", "parkedId": r.id, "connector": p.connector,
@@ -509,6 +610,7 @@ mod tests {
                     .map(|(k, v)| (k.to_string(), v.to_string()))
                     .collect(),
                 payload: "{}".into(),
+                payload_encoding: None,
             },
         }
     }
@@ -535,6 +637,38 @@ mod tests {
         .collect();
         assert_eq!(h, want);
         assert_eq!(j.dedup_id(3), "a_v1:7:3");
+    }
+
+    #[test]
+    fn payloads_are_kept_exactly_as_text_base64_or_body() {
+        let cases: [&[u8]; 4] = [
+            b"{\"a\":1}",
+            b"not json \xff\xfe\x00",
+            b"",
+            "caf\u{e9} \u{1F6A7}".as_bytes(),
+        ];
+        for bytes in cases {
+            let mut j = job(&[]);
+            (j.event.payload, j.event.payload_encoding) = ParkedEvent::encode_payload(bytes);
+            assert_eq!(j.event.payload_bytes().unwrap(), bytes);
+            // One JSON message.
+            let m = j.to_message(bytes, 1 << 20);
+            assert_eq!(m.header, None);
+            let back: ParkedJob =
+                serde_json::from_value(ParkedJob::record_of(None, &m.body)).unwrap();
+            assert_eq!(back.event.payload_bytes().unwrap(), bytes);
+            // Too large for one: the bytes are the body, the record a header.
+            let m = j.to_message(bytes, 10);
+            assert_eq!(m.body, bytes);
+            let record = ParkedJob::record_of(m.header.as_deref(), &m.body);
+            let back: ParkedJob = serde_json::from_value(record).unwrap();
+            assert_eq!(back.event.payload_bytes().unwrap(), bytes);
+            assert_eq!(back.idempotency_key, "k1");
+        }
+        let mut j = job(&[]);
+        (j.event.payload, j.event.payload_encoding) = ParkedEvent::encode_payload(b"\xff");
+        assert_eq!(j.event.payload_encoding.as_deref(), Some(BASE64));
+        assert_eq!(j.event.shown_payload(), "(base64) /w==");
     }
 
     #[test]

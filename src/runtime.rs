@@ -8,6 +8,7 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use anyhow::Context as _;
 use ractor::{Actor, ActorRef};
@@ -37,6 +38,23 @@ pub struct Runtime {
     embedded: Option<EmbeddedServer>,
     services: services::Running,
     webhooks: Webhooks,
+    /// Shutdown: how long it may take, how long deliveries get, and the signal that hands the
+    /// rest back.
+    delivery: crate::config::DeliveryConfig,
+    hand_back: tokio::sync::watch::Sender<bool>,
+    /// The runtime config, for reading the connectors folder again (SIGHUP).
+    cfg: RuntimeConfig,
+}
+
+/// What re-reading the connectors folder did.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Reloaded {
+    /// Outbound connectors.
+    pub outbound: crate::actors::supervisor::FolderChanges,
+    /// Inbound connectors (webhook paths) served from the folder now.
+    pub inbound_served: Vec<String>,
+    /// Inbound connectors of the folder no longer served.
+    pub inbound_removed: Vec<String>,
 }
 
 /// Loads every connector of the configured folder (all problems at once).
@@ -104,10 +122,10 @@ impl Runtime {
                         .map_err(|e| anyhow::anyhow!(e))?,
                 );
             } else {
-                anyhow::bail!("nothing answers at {url} and nats.embedded is off");
+                wait_for_nats(&url).await;
             }
         }
-        let bus = Bus::connect_with(&nats).await?;
+        let bus = connect(&nats, embedded.is_none() && !cfg.nats.embedded).await?;
         let kv = bus.registry().await?;
         let snapshot = registry::snapshot(&kv).await?;
         let (connectors, folder, invalid, registry_inbound) = merge(outbound, snapshot.changes);
@@ -135,6 +153,7 @@ impl Runtime {
         let services = services::Running::start(&bus, &http, cfg.endpoints.clone(), run_id)
             .await
             .context("start the services")?;
+        let (hand_back, hand_back_rx) = tokio::sync::watch::channel(false);
         let deps = Deps {
             bus: bus.clone(),
             http,
@@ -142,6 +161,7 @@ impl Runtime {
             started_at,
             services: services.services.clone(),
             streams: cfg.streams.clone(),
+            hand_back: hand_back_rx,
         };
         let webhooks = Webhooks::default();
         for c in inbound {
@@ -184,6 +204,13 @@ impl Runtime {
             }
             tokio::time::sleep(std::time::Duration::from_millis(10)).await;
         }
+        let files = crate::serve::raise_open_files_limit();
+        if files > 0 && files < cfg.http.max_connections as u64 + 256 {
+            tracing::warn!(
+                "open files are limited to {files}: fewer than http.maxConnections ({}) can be served",
+                cfg.http.max_connections
+            );
+        }
         let admin_token = cfg
             .http
             .admin_token(&env)
@@ -222,7 +249,68 @@ impl Runtime {
             embedded,
             services,
             webhooks,
+            delivery: cfg.delivery.clone(),
+            hand_back,
+            cfg,
         })
+    }
+
+    /// Reads the connectors folder again and applies what changed, as a registry deploy does:
+    /// new connectors start, changed ones are swapped in after their in-flight deliveries
+    /// (same durable consumer: nothing lost or skipped), removed ones drain and stop (their
+    /// consumer is kept 24 h); the registry's definition of an id still wins. A folder with
+    /// any problem changes nothing (the problems are the error, as `file:line:col`).
+    pub async fn reload_folder(&self) -> anyhow::Result<Reloaded> {
+        let all = load_connectors(&self.cfg)?;
+        let mut outbound = HashMap::new();
+        let mut inbound = Vec::new();
+        for c in all {
+            match c {
+                AnyConnector::Outbound(c) => {
+                    connector::warn_missing_secrets(&c);
+                    let c = Arc::<crate::connector::Connector>::from(c);
+                    outbound.insert(c.id.clone(), c);
+                }
+                AnyConnector::Inbound(c) => {
+                    connector::warn_missing_webhook_secrets(&c);
+                    inbound.push(*c);
+                }
+            }
+        }
+        let mut topics: Vec<String> = outbound.values().map(|c| c.trigger.topic.clone()).collect();
+        topics.extend(inbound.iter().map(|c| c.publish.capture.clone()));
+        self.bus.ensure_streams(&topics, &self.cfg.streams).await?;
+        let changes = ractor::call_t!(self.supervisor, SupervisorMsg::Folder, 30_000, outbound)
+            .map_err(|e| anyhow::anyhow!("the connector supervisor did not answer: {e}"))?;
+        let mut done = Reloaded {
+            outbound: changes,
+            ..Reloaded::default()
+        };
+        // Webhooks: the folder's are served anew; the registry's (origin in the bucket) stay.
+        let from_registry = |origin: &str| origin.starts_with(crate::bus::kv::REGISTRY_BUCKET);
+        let ids: std::collections::HashSet<String> = inbound.iter().map(|c| c.id.clone()).collect();
+        for served in self.webhooks.list() {
+            if !from_registry(&served.origin) && !ids.contains(&served.id) {
+                self.webhooks.remove(&served.id);
+                done.inbound_removed.push(served.id.clone());
+            }
+        }
+        for c in inbound {
+            let registry_has_it = self
+                .webhooks
+                .list()
+                .iter()
+                .any(|s| s.id == c.id && from_registry(&s.origin));
+            if registry_has_it {
+                continue;
+            }
+            let id = c.id.clone();
+            match self.webhooks.insert(c) {
+                Ok(_) => done.inbound_served.push(id),
+                Err(e) => tracing::error!("[{id}] not served: {e}"),
+            }
+        }
+        Ok(done)
     }
 
     /// The webhook paths being served (the registry deploys inbound connectors through it).
@@ -269,21 +357,61 @@ impl Runtime {
     }
 
     /// Drains in-flight deliveries, stops the actors and the HTTP server, then the embedded
-    /// nats-server if one was started.
+    /// nats-server if one was started; within `delivery.shutdownTimeoutMs`: deliveries still
+    /// sending when their drain time is up are handed back to JetStream (offered again at
+    /// once), and each later step gets what is left of the timeout.
     pub async fn shutdown(self) {
-        tracing::info!("shutting down: draining in-flight deliveries");
+        let started = tokio::time::Instant::now();
+        let deadline = started + self.delivery.shutdown_timeout();
+        let in_flight: u64 = self.status().await.iter().map(|v| v.in_process).sum();
+        tracing::info!(
+            "shutting down: draining {in_flight} in-flight deliveries (at most {} ms, then they are handed back)",
+            self.delivery.drain_time().as_millis()
+        );
+        let left = |at: tokio::time::Instant| {
+            deadline.saturating_duration_since(at).as_millis().max(1) as u64
+        };
         // The registry watch stops first: no deploys while draining.
-        let _ = ractor::call_t!(self.supervisor, SupervisorMsg::DrainAll, 60_000);
-        self.supervisor.stop(None);
-        let _ = self.supervisor_done.await;
-        // The audit actor stores what it still holds as it stops.
-        self.services.shutdown().await;
-        self.server.stop();
-        self.bus.close().await;
-        if let Some(s) = self.embedded {
-            s.stop().await;
+        let supervisor = self.supervisor.clone();
+        let drain_ms = left(started);
+        let drain = tokio::spawn(async move {
+            let _ = ractor::call_t!(supervisor, SupervisorMsg::DrainAll, drain_ms);
+        });
+        tokio::pin!(drain);
+        let drain_until = started + self.delivery.drain_time();
+        if tokio::time::timeout_at(drain_until, &mut drain)
+            .await
+            .is_err()
+        {
+            // (The supervisor is busy draining: no status question now.)
+            tracing::warn!(
+                "shutting down: deliveries still in flight after {} ms: handing them back",
+                self.delivery.drain_time().as_millis()
+            );
+            let _ = self.hand_back.send(true);
+            // Handing back is one NAK each: moments, unless NATS is gone.
+            let _ = tokio::time::timeout_at(deadline, &mut drain).await;
         }
-        tracing::info!("stopped");
+        self.supervisor.stop(None);
+        let _ = tokio::time::timeout_at(deadline, self.supervisor_done).await;
+        // The audit actor stores what it still holds as it stops.
+        if tokio::time::timeout_at(deadline, self.services.shutdown())
+            .await
+            .is_err()
+        {
+            tracing::warn!("shutting down: the audit trail did not store everything in time");
+        }
+        self.server.stop();
+        let _ = tokio::time::timeout_at(deadline, self.bus.close()).await;
+        if let Some(s) = self.embedded {
+            // nats-server gets its own short while after our deadline: its store must close.
+            let _ = tokio::time::timeout(
+                Duration::from_millis(left(tokio::time::Instant::now()).max(2000)),
+                s.stop(),
+            )
+            .await;
+        }
+        tracing::info!(elapsed_ms = started.elapsed().as_millis() as u64, "stopped");
     }
 }
 
@@ -363,10 +491,111 @@ fn merge(folder: Vec<Arc<crate::connector::Connector>>, registry: Vec<Change>) -
     (run, folder, invalid, inbound)
 }
 
-/// Runs until `shutdown` completes, then shuts down cleanly.
+/// How often `up` says it is still waiting for NATS.
+const NATS_WAIT_LINE: Duration = Duration::from_secs(5);
+
+/// Waits until something answers at `url` (`nats.embedded` is off, so nothing else will
+/// start it), saying so at once and every few seconds.
+async fn wait_for_nats(url: &str) {
+    let since = tokio::time::Instant::now();
+    tracing::warn!(
+        "NATS: nothing answers at {url} (nats.embedded is off): trying every second; connectors start once it answers"
+    );
+    let mut said = since;
+    loop {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        if Bus::reachable(url).await {
+            tracing::info!(
+                "NATS: {url} answers after {} s: starting",
+                since.elapsed().as_secs()
+            );
+            return;
+        }
+        if said.elapsed() >= NATS_WAIT_LINE {
+            said = tokio::time::Instant::now();
+            tracing::warn!(
+                "NATS: still nothing at {url} after {} s (nats.embedded is off); still trying",
+                since.elapsed().as_secs()
+            );
+        }
+    }
+}
+
+/// Connects; with `patient` (NATS not started by us, `nats.embedded` off) a server that does
+/// not answer is waited for (said every few seconds) instead of failing start-up. Refused
+/// credentials and untrusted certificates fail at once either way.
+async fn connect(nats: &crate::config::NatsConnect, patient: bool) -> anyhow::Result<Bus> {
+    let since = tokio::time::Instant::now();
+    loop {
+        match Bus::connect_with(nats).await {
+            Ok(bus) => return Ok(bus),
+            Err(e)
+                if patient
+                    && matches!(
+                        e.kind,
+                        crate::bus::BusErrorKind::NotConnected | crate::bus::BusErrorKind::Timeout
+                    ) =>
+            {
+                tracing::warn!(
+                    "NATS: {e}; still trying (for {} s)",
+                    since.elapsed().as_secs()
+                );
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+/// Runs until `shutdown` completes, then shuts down cleanly (within
+/// `delivery.shutdownTimeoutMs`, plus a moment for the embedded nats-server). A shutdown
+/// while start-up still waits for NATS ends it there.
 pub async fn run(cfg: RuntimeConfig, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
-    let rt = Runtime::start(cfg).await?;
-    shutdown.await;
-    rt.shutdown().await;
+    run_with_reloads(cfg, shutdown, futures::stream::pending()).await
+}
+
+/// Like [`run`]; every item of `reloads` (SIGHUP) reads the connectors folder again
+/// ([`Runtime::reload_folder`]). A reload that fails changes nothing and is logged.
+pub async fn run_with_reloads(
+    cfg: RuntimeConfig,
+    shutdown: impl Future<Output = ()>,
+    reloads: impl futures::Stream<Item = ()>,
+) -> anyhow::Result<()> {
+    use futures::StreamExt;
+    let limit = cfg.delivery.shutdown_timeout() + Duration::from_secs(3);
+    tokio::pin!(shutdown);
+    tokio::pin!(reloads);
+    let rt = tokio::select! {
+        rt = Runtime::start(cfg) => rt?,
+        _ = &mut shutdown => {
+            tracing::info!("stopped before start-up finished");
+            return Ok(());
+        }
+    };
+    loop {
+        tokio::select! {
+            _ = &mut shutdown => break,
+            Some(()) = reloads.next() => {
+                tracing::info!("SIGHUP: reading the connectors folder again");
+                match rt.reload_folder().await {
+                    Ok(r) => tracing::info!(
+                        "connectors folder applied: added {:?}, changed {:?}, removed {:?}, registry wins for {:?}; webhooks served {:?}, removed {:?}",
+                        r.outbound.added,
+                        r.outbound.changed,
+                        r.outbound.removed,
+                        r.outbound.shadowed,
+                        r.inbound_served,
+                        r.inbound_removed
+                    ),
+                    Err(e) => tracing::error!(
+                        "connectors folder not applied (everything keeps running as it was): {e:#}"
+                    ),
+                }
+            }
+        }
+    }
+    if tokio::time::timeout(limit, rt.shutdown()).await.is_err() {
+        tracing::warn!("shutdown took longer than delivery.shutdownTimeoutMs: exiting anyway");
+    }
     Ok(())
 }

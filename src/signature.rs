@@ -249,8 +249,8 @@ fn within_tolerance(t: i64, now: i64, tolerance_sec: u64) -> Result<(), Signatur
     let age = now.saturating_sub(t);
     if age > tolerance {
         Err(SignatureError::Stale(age))
-    } else if -age > tolerance {
-        Err(SignatureError::Future(-age))
+    } else if age.saturating_neg() > tolerance {
+        Err(SignatureError::Future(age.saturating_neg()))
     } else {
         Ok(())
     }

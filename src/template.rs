@@ -148,9 +148,11 @@ fn to_upon(v: &Json) -> upon::Value {
     match v {
         Json::Null => upon::Value::None,
         Json::Bool(b) => upon::Value::Bool(*b),
-        Json::Number(n) => match n.as_i64() {
-            Some(i) => upon::Value::Integer(i),
-            None => upon::Value::Float(n.as_f64().unwrap_or(f64::NAN)),
+        Json::Number(n) => match (n.as_i64(), n.is_u64()) {
+            (Some(i), _) => upon::Value::Integer(i),
+            // Above i64: as the event wrote it (a float would lose digits).
+            (None, true) => upon::Value::String(n.to_string()),
+            (None, false) => upon::Value::Float(n.as_f64().unwrap_or(f64::NAN)),
         },
         Json::String(s) => upon::Value::String(s.clone()),
         Json::Array(a) => upon::Value::List(a.iter().map(to_upon).collect()),
@@ -381,6 +383,14 @@ impl StringTemplate {
                 }
             }
         }
+        if self.flavor == Flavor::Url && !self.is_constant() && has_dot_segment(&out) {
+            // `.` and `..` are not data in a URL path: a parser resolves them, so a value
+            // could climb out of its segment (`/items/{id}/x` with id `..`).
+            return Err(RenderError::Invalid {
+                path: self.source.clone(),
+                reason: "a value made a `.` or `..` path segment".into(),
+            });
+        }
         Ok(out)
     }
 
@@ -396,6 +406,18 @@ impl StringTemplate {
             Err(e) => Err(e),
         }
     }
+}
+
+/// Whether the path of `url` (after `scheme://authority`, before `?` or `#`) has a segment
+/// that URL parsers resolve: `.` or `..`, also written with `%2e`.
+fn has_dot_segment(url: &str) -> bool {
+    let rest = url.split_once("://").map_or(url, |(_, r)| r);
+    let path = rest.find('/').map_or("", |i| &rest[i..]);
+    let path = path.split(['?', '#']).next().unwrap_or_default();
+    path.split('/').any(|seg| {
+        let seg = seg.to_ascii_lowercase().replace("%2e", ".");
+        seg == "." || seg == ".."
+    })
 }
 
 /// Best-effort list of plain variable paths inside `{{ ... }}` expressions (for schemas).

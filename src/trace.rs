@@ -574,6 +574,10 @@ fn judge(
                 Verdict::Pass => None,
                 Verdict::Excluded => Some(format!("`{}` is false for this event", f.source())),
                 Verdict::NotEvaluable(why) => Some(why),
+                Verdict::Failed(why) => Some(format!(
+                    "`{}` fails on this event ({why}): it is parked",
+                    f.source()
+                )),
             }
         })
     };

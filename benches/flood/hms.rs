@@ -276,7 +276,7 @@ fn tail(path: &Path, n: usize) -> String {
 }
 
 /// The hms-sync binary under test: this build's, or `FLOOD_HMS_BIN` (to compare two builds).
-fn hms_bin() -> PathBuf {
+pub fn hms_bin() -> PathBuf {
     std::env::var_os("FLOOD_HMS_BIN")
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_hms-sync")))

@@ -1,7 +1,8 @@
 //! Flood bench (issue 8): hms-sync against synthetic event floods, beside two baselines.
 //!
 //! Run: `cargo bench --bench flood -- <scenario>|all [--events N] [--payload-bytes B] [--json FILE]`
-//! (more options: `--help`). Scenarios: `drain`, `fanout`, `steady`, `flaky`, `ordered`, `idle`.
+//! (more options: `--help`). Scenarios: `drain`, `fanout`, `steady`, `flaky`, `ordered`, `idle`;
+//! `overload` (issue 15) is a run of its own: a rate-limited backlog, see `overload.rs`.
 //!
 //! Per scenario the bench starts its own nats-server (the library's launcher: free port, temp
 //! store, killed at the end) and a loopback target (the library's sink: 200 for every request,
@@ -22,6 +23,7 @@ mod audit_store;
 mod baselines;
 mod hms;
 mod opts;
+mod overload;
 mod procfs;
 mod report;
 mod scenarios;
@@ -77,6 +79,12 @@ fn main() -> std::process::ExitCode {
                 eprintln!("audit-store: {e}");
                 return std::process::ExitCode::FAILURE;
             }
+        }
+    }
+    if opts.overload {
+        if let Err(e) = ctl.block_on(overload::overload(&opts)) {
+            eprintln!("overload: {e}");
+            return std::process::ExitCode::FAILURE;
         }
     }
     if opts.scenarios.is_empty() {

@@ -14,6 +14,10 @@ pub const FLAKY_BACKOFF_MS: u64 = 50;
 
 pub const USAGE: &str =
     "usage: cargo bench --bench flood -- <drain|fanout|steady|flaky|ordered|idle|all>...
+       cargo bench --bench flood -- overload [--events N] [--seconds S]   (a backlog of N
+                      (100000) events for a target limited to 20 requests/s, ackWaitMs 2000,
+                      for S (60) seconds: peak RSS, /healthz and /metrics answer times,
+                      duplicates at the target, JetStream redeliveries)
        cargo bench --bench flood -- audit-store   (what storing one audit record costs, by way
                       of storing: JetStream publish with Nats-Msg-Id and ack / without the id /
                       plain publish; CPU of nats-server and of the publisher per record)
@@ -58,6 +62,7 @@ pub struct Opts {
     pub json: Option<PathBuf>,
     pub repeat: usize,
     pub audit_store: bool,
+    pub overload: bool,
 }
 
 pub fn parse_opts() -> Result<Opts, String> {
@@ -78,7 +83,9 @@ pub fn parse_opts() -> Result<Opts, String> {
         json: None,
         repeat: 1,
         audit_store: false,
+        overload: false,
     };
+    let mut seconds_given = false;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         let mut val = |name: &str| args.next().ok_or(format!("{name} needs a value"));
@@ -89,7 +96,10 @@ pub fn parse_opts() -> Result<Opts, String> {
             "--events" => o.events = Some(num(val(&a)?)? as u64),
             "--payload-bytes" => o.payload_bytes = num(val(&a)?)? as usize,
             "--rate" => o.rate = num(val(&a)?)?,
-            "--seconds" => o.seconds = num(val(&a)?)?,
+            "--seconds" => {
+                o.seconds = num(val(&a)?)?;
+                seconds_given = true;
+            }
             "--fail" => o.fail = num(val(&a)?)?,
             "--connectors" => o.connectors = (num(val(&a)?)? as usize).max(1),
             "--busy" => o.busy = Some((num(val(&a)?)? as usize).max(1)),
@@ -102,11 +112,15 @@ pub fn parse_opts() -> Result<Opts, String> {
             "--repeat" => o.repeat = (num(val(&a)?)? as usize).max(1),
             "all" => o.scenarios.extend(SCENARIOS.iter().map(|s| s.to_string())),
             "audit-store" => o.audit_store = true,
+            "overload" => o.overload = true,
             s if SCENARIOS.contains(&s) => o.scenarios.push(s.to_string()),
             other => return Err(format!("unknown argument {other}")),
         }
     }
-    if o.scenarios.is_empty() && !o.audit_store {
+    if o.overload && !seconds_given {
+        o.seconds = 60.0;
+    }
+    if o.scenarios.is_empty() && !o.audit_store && !o.overload {
         return Err("name a scenario, or all".into());
     }
     Ok(o)

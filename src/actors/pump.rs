@@ -4,14 +4,18 @@
 //! in memory, kept alive with in-progress acks, and a key whose head is scheduled again waits
 //! for it, woken by the retry-timer actor when it is overdue.
 //!
-//! The pump pulls only when a delivery slot is free, so it never holds more events than it
-//! can start (events of a busy key aside), and stopped, it lets what is in flight finish and
-//! gives the subscription back.
+//! The pump asks the server for no more events than it has free delivery slots (the credit of
+//! [`crate::bus::pull`]), so no event waits fetched and untaken while its ack timer runs, and it
+//! never holds more events than it can start (events of a busy key aside). An event that
+//! arrives without a free slot all the same (a pinned consumer's keep-alive request, a slot
+//! taken meanwhile by a key's next event) waits for one kept alive with in-progress acks.
+//! Stopped, it lets what is in flight finish, hands back what arrives meanwhile, and gives the
+//! subscription back.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{mpsc, watch, Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 
 use super::stall::StallWatch;
@@ -26,6 +30,10 @@ use crate::template::Secrets;
 /// How long an event that no longer matches this connector's topic (its filter is being changed
 /// by a redeploy) waits before JetStream redelivers it, to the new definition.
 const NOT_MINE_DELAY: Duration = Duration::from_millis(500);
+
+/// How long an event that arrives while the audit trail holds work back waits before JetStream
+/// offers it again.
+const HELD_BACK_DELAY: Duration = Duration::from_secs(1);
 
 /// Told why the pump stopped on its own (the subscription ended, or a delivery panicked).
 pub type OnEnd = Box<dyn Fn(String) + Send + Sync>;
@@ -91,6 +99,7 @@ async fn run(
     let mut spawner = Spawner {
         pipeline: pipeline.clone(),
         permits: Arc::new(Semaphore::new(limit)),
+        freed: Arc::new(Notify::new()),
         done: mpsc::unbounded_channel(),
         heartbeat: keep_alive(ack_wait),
     };
@@ -103,13 +112,25 @@ async fn run(
     reconnects.mark_unchanged();
     let mut heartbeat = tokio::time::interval(keep_alive(ack_wait));
     let mut health = PullHealth::default();
-    // A delivery slot taken before pulling: the next event may start at once.
-    let mut slot: Option<OwnedSemaphorePermit> = None;
+    let freed = spawner.freed.clone();
+    // While the audit trail refuses records, no new delivery starts (its events stay on
+    // JetStream): see `services::audit::HoldBack`.
+    let mut audit_hold = pipeline.services.audit.hold_back();
     let ended = loop {
         if let Some(why) = reap(&mut tasks) {
             break Some(why);
         }
+        // Ask for as many events as there are free slots (and no more).
+        let free = if *audit_hold.borrow() {
+            0
+        } else {
+            spawner.permits.available_permits()
+        };
+        if let Err(e) = source.want(free, limit).await {
+            tracing::warn!("[{id}] {e}");
+        }
         tokio::select! {
+            Ok(()) = audit_hold.changed() => {}
             _ = stop.changed() => break None,
             Some((key, finished)) = spawner.done.1.recv() => {
                 let retry = match finished { Finished::Retry(d) => Some(d), Finished::Done => None };
@@ -170,18 +191,15 @@ async fn run(
                 watch.reopen(&mut source, "NATS reconnected").await;
             }
             _ = watch.tick.tick() => {
-                // Held events wait for their key's turn: not a stall.
-                if lanes.held_count() == 0 {
+                // Held events wait for their key's turn, held-back ones for the audit trail:
+                // not a stall.
+                if lanes.held_count() == 0 && !*audit_hold.borrow() {
                     watch.guard(&mut source).await;
                 }
             }
-            permit = spawner.permits.clone().acquire_owned(), if slot.is_none() => {
-                match permit {
-                    Ok(p) => slot = Some(p),
-                    Err(_) => break None,
-                }
-            }
-            next = source.next(), if slot.is_some() => {
+            // A delivery ended and freed its slot: ask for more at the top of the loop.
+            _ = freed.notified() => {}
+            next = source.next() => {
                 watch.received = true;
                 match health.take(next, &id) {
                     Err(why) => break Some(why),
@@ -192,6 +210,11 @@ async fn run(
                         // connector: leave the event to it.
                         let _ = d.retry_after(NOT_MINE_DELAY).await;
                     }
+                    Ok(Pulled::Event(d)) if *audit_hold.borrow() => {
+                        // Asked for before the audit trail held work back (or a pinned
+                        // consumer's keep-alive request): it waits on JetStream too.
+                        let _ = d.retry_after(HELD_BACK_DELAY).await;
+                    }
                     Ok(Pulled::Event(d)) if keyed && (takeover.new_pin(&d) || takeover.waiting()) => {
                         // Held until the earlier holder's events are back (see `Takeover`).
                         takeover.held.push(*d);
@@ -200,11 +223,11 @@ async fn run(
                         let d = *d;
                         let key = if keyed { ordering_key(&pipeline, &d) } else { None };
                         match key {
-                            None => spawner.now(&mut tasks, slot.take(), None, d),
+                            None => spawner.start(&mut tasks, None, d),
                             Some(key) => {
                                 let seq = d.stream_sequence;
                                 if let Arrival::Run(d) = lanes.arrive(&key, seq, d, Instant::now()) {
-                                    spawner.now(&mut tasks, slot.take(), Some(key), d);
+                                    spawner.start(&mut tasks, Some(key), d);
                                 }
                             }
                         }
@@ -213,9 +236,10 @@ async fn run(
             }
         }
     };
-    drop(slot);
-    // Drain: let what is in flight finish.
-    finish_all(&mut tasks, &id).await;
+    // Drain: let what is in flight finish; what still arrives for requests made earlier is
+    // handed back at once (it would otherwise wait unacked, past its ack wait).
+    finish_all(&mut tasks, &mut source, &id).await;
+    super::stall::release_buffered(&mut source).await;
     // Held events were never attempted: hand them back so JetStream offers them again at once.
     for d in lanes.drain().into_iter().chain(takeover.held) {
         let _ = d.retry_after(Duration::ZERO).await;
@@ -342,6 +366,8 @@ type KeyDone = (String, Finished);
 struct Spawner {
     pipeline: Arc<Pipeline>,
     permits: Arc<Semaphore>,
+    /// Told whenever a delivery gives its slot back.
+    freed: Arc<Notify>,
     /// Keyed deliveries report their end here (their key's next event may run).
     done: (
         mpsc::UnboundedSender<KeyDone>,
@@ -351,19 +377,32 @@ struct Spawner {
 }
 
 impl Spawner {
-    /// Runs `d` now, on the slot the pump took for it.
+    /// Runs `d` on a free slot, or once one is free (kept alive meanwhile).
+    fn start(&self, tasks: &mut JoinSet<()>, key: Option<String>, d: Delivery) {
+        match self.permits.clone().try_acquire_owned() {
+            Ok(slot) => self.now(tasks, slot, key, d),
+            Err(_) => self.waiting(tasks, key, d),
+        }
+    }
+
+    /// Runs `d` now, on `slot`.
     fn now(
         &self,
         tasks: &mut JoinSet<()>,
-        slot: Option<OwnedSemaphorePermit>,
+        slot: OwnedSemaphorePermit,
         key: Option<String>,
         d: Delivery,
     ) {
-        let (p, done) = (self.pipeline.clone(), self.done.0.clone());
+        let (p, done, freed) = (
+            self.pipeline.clone(),
+            self.done.0.clone(),
+            self.freed.clone(),
+        );
         let counted = InProcess::new(p.stats());
         tasks.spawn(async move {
             let finished = p.handle(d).await;
             drop((slot, counted));
+            freed.notify_one();
             if let Some(key) = key {
                 let _ = done.send((key, finished));
             }
@@ -372,19 +411,22 @@ impl Spawner {
 
     /// Runs `d` (the next of its key) once a slot is free, keeping it alive meanwhile.
     fn waiting(&self, tasks: &mut JoinSet<()>, key: Option<String>, d: Delivery) {
-        let (p, done, permits) = (
+        let (p, done, permits, freed) = (
             self.pipeline.clone(),
             self.done.0.clone(),
             self.permits.clone(),
+            self.freed.clone(),
         );
         let counted = InProcess::new(p.stats());
         let every = self.heartbeat;
         tasks.spawn(async move {
             let _counted = counted;
-            let Some(_slot) = slot_for(&permits, &d, every).await else {
+            let Some(slot) = slot_for(&permits, &d, every).await else {
                 return;
             };
             let finished = p.handle(d).await;
+            drop(slot);
+            freed.notify_one();
             if let Some(key) = key {
                 let _ = done.send((key, finished));
             }
@@ -421,7 +463,12 @@ fn is_mine(pipeline: &Pipeline, d: &Delivery) -> bool {
 fn ordering_key(pipeline: &Pipeline, d: &Delivery) -> Option<String> {
     let template = pipeline.connector.trigger.ordering_key.as_ref()?;
     let event: serde_json::Value = serde_json::from_slice(d.payload()).ok()?;
-    template.render_text(&event, Secrets::Masked).ok()
+    // Hostile input must not take the pump down: a panic renders no key.
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        template.render_text(&event, Secrets::Masked).ok()
+    }))
+    .ok()
+    .flatten()
 }
 
 /// What one pull brought.
@@ -480,12 +527,19 @@ fn reap(tasks: &mut JoinSet<()>) -> Option<String> {
     None
 }
 
-/// Drain: lets what is in flight finish.
-async fn finish_all(tasks: &mut JoinSet<()>, id: &str) {
-    while let Some(done) = tasks.join_next().await {
-        if let Err(e) = done {
-            if e.is_panic() {
-                tracing::error!("[{id}] a delivery panicked: {e}");
+/// Drain: lets what is in flight finish, handing back at once whatever still arrives.
+async fn finish_all(tasks: &mut JoinSet<()>, source: &mut EventSource, id: &str) {
+    loop {
+        tokio::select! {
+            done = tasks.join_next() => match done {
+                None => return,
+                Some(Err(e)) if e.is_panic() => {
+                    tracing::error!("[{id}] a delivery panicked: {e}");
+                }
+                Some(_) => {}
+            },
+            Some(Ok(d)) = source.next(), if source.outstanding() > 0 => {
+                let _ = d.retry_after(Duration::ZERO).await;
             }
         }
     }

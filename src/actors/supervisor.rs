@@ -54,6 +54,23 @@ pub enum SupervisorMsg {
     Lookup(String, RpcReplyPort<Option<ActorRef<ConnectorMsg>>>),
     /// Drain every connector (finish in-flight deliveries), then reply.
     DrainAll(RpcReplyPort<()>),
+    /// The connectors folder was read again (SIGHUP): its outbound connectors by id. New ones
+    /// start, changed ones are swapped in, removed ones drain and stop, as registry changes
+    /// are; the registry's definition of an id still wins. Replies what changed.
+    Folder(HashMap<String, Arc<Connector>>, RpcReplyPort<FolderChanges>),
+}
+
+/// What re-reading the connectors folder changed (ids, sorted).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct FolderChanges {
+    /// Connectors started.
+    pub added: Vec<String>,
+    /// Connectors swapped to their new definition.
+    pub changed: Vec<String>,
+    /// Connectors drained and stopped.
+    pub removed: Vec<String>,
+    /// In the folder and in the registry: the registry's definition keeps running.
+    pub shadowed: Vec<String>,
 }
 
 /// Where a connector is in its life.
@@ -312,6 +329,10 @@ impl Actor for Supervisor {
                     Err(e) => restart_watch(&myself, state, &e.to_string()),
                 }
             }
+            SupervisorMsg::Folder(folder, reply) => {
+                let changes = refolder(&myself, state, folder).await;
+                let _ = reply.send(changes);
+            }
             SupervisorMsg::DrainAll(reply) => {
                 state.draining = true;
                 // No more deploys while draining.
@@ -507,6 +528,86 @@ fn swap(
             result,
         });
     });
+}
+
+/// Applies a new reading of the connectors folder (see [`SupervisorMsg::Folder`]).
+async fn refolder(
+    myself: &ActorRef<SupervisorMsg>,
+    state: &mut SupervisorState,
+    folder: HashMap<String, Arc<Connector>>,
+) -> FolderChanges {
+    let mut changes = FolderChanges::default();
+    if state.draining {
+        return changes;
+    }
+    let old = std::mem::replace(&mut state.folder, folder.clone());
+    let mut ids: Vec<&String> = folder.keys().collect();
+    ids.sort();
+    for id in ids {
+        let c = &folder[id];
+        let desired = Desired {
+            connector: c.clone(),
+            origin: Origin::Folder(c.origin.clone()),
+        };
+        match state.slots.get(id) {
+            None => {
+                changes.added.push(id.clone());
+                deploy(myself, state, desired).await;
+            }
+            Some(slot) if matches!(slot.origin, Origin::Registry(_)) => {
+                changes.shadowed.push(id.clone());
+            }
+            Some(slot) => {
+                // Compiled definitions compared as a whole (templates, filter, schema, limits,
+                // target, auth, origin): unchanged ones keep running untouched.
+                if format!("{:?}", slot.pipeline.connector) != format!("{c:?}") {
+                    changes.changed.push(id.clone());
+                    deploy(myself, state, desired).await;
+                }
+            }
+        }
+    }
+    let mut gone: Vec<&String> = old.keys().filter(|id| !folder.contains_key(*id)).collect();
+    gone.sort();
+    for id in gone {
+        let from_folder = state
+            .slots
+            .get(id)
+            .is_some_and(|s| matches!(s.origin, Origin::Folder(_)));
+        if !from_folder {
+            continue;
+        }
+        changes.removed.push(id.clone());
+        let Some(slot) = state.slots.remove(id) else {
+            continue;
+        };
+        tracing::info!(
+            "[{id}] removed from the connectors folder: draining in-flight events, then stopping"
+        );
+        let consumer = slot.pipeline.connector.consumer.clone();
+        let bus = state.deps.bus.clone();
+        let actor = slot.actor;
+        if let Some(a) = &actor {
+            state.by_actor.remove(&a.get_id());
+        }
+        let id = id.clone();
+        tokio::spawn(async move {
+            if let Some(actor) = actor {
+                let _ = ractor::call_t!(actor, ConnectorMsg::Drain, 60_000);
+                actor.stop(None);
+            }
+            // Kept a while like an undeployed connector's: put back within the grace, it
+            // resumes where it stopped.
+            if let Err(e) = bus
+                .retire_consumer(&consumer, crate::registry::UNDEPLOY_GRACE)
+                .await
+            {
+                tracing::warn!("[{id}] consumer {consumer} not retired: {e}");
+            }
+            tracing::info!("[{id}] stopped");
+        });
+    }
+    changes
 }
 
 /// A registry entry was deleted: fall back to the folder's definition, or stop and forget it.

@@ -25,6 +25,7 @@ pub use parked::{StoredJob, ORIGINAL_SUBJECT_HEADER, REPLAY_OF_HEADER, REPLAY_PR
 pub mod flood;
 pub mod kv;
 pub mod limits;
+pub mod pull;
 
 pub const EVENTS_STREAM: &str = "HMS_EVENTS";
 pub const PARKED_STREAM: &str = "HMS_SYNC_PARKED";
@@ -54,6 +55,20 @@ pub enum BusErrorKind {
 }
 
 impl BusErrorKind {
+    /// The kind as a metric label (`limit_reached`, `not_connected`, ...).
+    pub fn label(self) -> &'static str {
+        match self {
+            BusErrorKind::NotConnected => "not_connected",
+            BusErrorKind::Timeout => "timeout",
+            BusErrorKind::StreamMissing => "stream_missing",
+            BusErrorKind::ConsumerMissing => "consumer_missing",
+            BusErrorKind::LimitReached => "limit_reached",
+            BusErrorKind::Authorization => "authorization",
+            BusErrorKind::MissedHeartbeat => "missed_heartbeat",
+            BusErrorKind::Other => "other",
+        }
+    }
+
     /// Classifies a NATS error by its text: JetStream API errors carry their error code
     /// (`... (code 404, error code 10059)`), client errors name what happened.
     pub fn of(message: &str) -> BusErrorKind {
@@ -271,20 +286,21 @@ impl Bus {
         spec: &ConsumerSpec,
         delivery: &DeliveryConfig,
     ) -> Result<EventSource, BusError> {
-        let consumer = self.ensure_consumer(spec, delivery).await?;
-        let mut pull = consumer
-            .stream()
-            .max_messages_per_batch(delivery.pull_batch.max(1))
-            .heartbeat(delivery.heartbeat(spec.pinned))
-            .expires(delivery.pull_expires(spec.pinned));
-        if spec.pinned {
-            pull = pull.group(PIN_GROUP);
-        }
-        let messages = pull
-            .messages()
-            .await
-            .map_err(|x| err(format!("consumer {}", spec.name))(x.to_string()))?;
-        Ok(EventSource { messages })
+        self.ensure_consumer(spec, delivery).await?;
+        let puller = pull::Puller::open(
+            &self.client,
+            &self.js,
+            pull::PullSpec {
+                stream: EVENTS_STREAM.to_string(),
+                consumer: spec.name.clone(),
+                max_batch: delivery.pull_batch.max(1),
+                expires: delivery.pull_expires(spec.pinned),
+                heartbeat: delivery.heartbeat(spec.pinned),
+                pinned: spec.pinned,
+            },
+        )
+        .await?;
+        Ok(EventSource { puller })
     }
 
     /// Creates the connector's durable consumer, or updates it in place (filter, description,
@@ -440,16 +456,31 @@ impl Bus {
             .map_err(|e| err("consumer names of HMS_EVENTS")(e.to_string()))
     }
 
-    /// Stores a parked job durably (JetStream ack awaited). Returns its stream sequence.
-    pub async fn park(&self, consumer: &str, dedup_id: &str, job: &[u8]) -> Result<u64, BusError> {
+    /// The largest message the server takes (headers and body).
+    pub fn max_payload(&self) -> usize {
+        self.client.server_info().max_payload
+    }
+
+    /// Stores a parked job durably (JetStream ack awaited): `job` is its message (the record,
+    /// or for a large job the record in a header and the event as the body). Returns its
+    /// stream sequence.
+    pub async fn park(
+        &self,
+        consumer: &str,
+        dedup_id: &str,
+        job: crate::parked::JobMessage,
+    ) -> Result<u64, BusError> {
         let mut headers = HeaderMap::new();
         headers.insert("Nats-Msg-Id", dedup_id);
+        if let Some(record) = &job.header {
+            headers.insert(crate::parked::JOB_HEADER, record.as_str());
+        }
         let ack = self
             .js
             .publish_with_headers(
                 format!("sync.parked.{consumer}"),
                 headers,
-                Bytes::copy_from_slice(job),
+                Bytes::from(job.body),
             )
             .await
             .map_err(|e| err("park")(e.to_string()))?
@@ -674,27 +705,30 @@ pub fn covers(pattern: &str, sub: &str) -> bool {
     p.len() == s.len()
 }
 
-/// A pull subscription on a connector's durable consumer.
+/// A pull subscription on a connector's durable consumer, by credit ([`pull`]): it asks for
+/// no more events than the pump says it can start.
 pub struct EventSource {
-    messages: consumer::pull::Stream,
+    puller: pull::Puller,
 }
 
 impl EventSource {
+    /// Asks for events when `free` of the pump's `slots` delivery slots are not yet covered by
+    /// what was asked for (never more than `free`, but for the one request a pinned consumer
+    /// keeps while busy).
+    pub async fn want(&mut self, free: usize, slots: usize) -> Result<(), BusError> {
+        self.puller.want(free, slots).await
+    }
+
+    /// Events asked for and not yet received.
+    pub fn outstanding(&self) -> usize {
+        self.puller.outstanding()
+    }
+
     /// The next delivery; `None` when the subscription ended. Errors are worth logging; the
-    /// stream keeps going after transient ones (missed heartbeats).
+    /// subscription keeps going after transient ones (missed heartbeats: the pump re-creates
+    /// it). Cancel-safe.
     pub async fn next(&mut self) -> Option<Result<Delivery, BusError>> {
-        let item = self.messages.next().await?;
-        Some(
-            item.map_err(|e| {
-                let missed = e.kind() == consumer::pull::MessagesErrorKind::MissingHeartbeat;
-                let mut e = err("pull")(e.to_string());
-                if missed {
-                    e.kind = BusErrorKind::MissedHeartbeat;
-                }
-                e
-            })
-            .and_then(Delivery::new),
-        )
+        self.puller.next().await
     }
 }
 
@@ -711,7 +745,7 @@ pub struct Delivery {
 }
 
 impl Delivery {
-    fn new(msg: jetstream::Message) -> Result<Delivery, BusError> {
+    pub(crate) fn new(msg: jetstream::Message) -> Result<Delivery, BusError> {
         let info = msg.info().map_err(|e| err("message info")(e.to_string()))?;
         let stream_sequence = info.stream_sequence;
         let delivered = u32::try_from(info.delivered.max(1)).unwrap_or(u32::MAX);

@@ -23,6 +23,15 @@ pub struct StoredJob {
     pub id: u64,
     pub subject: String,
     pub payload: Bytes,
+    /// The job's record when `payload` is the event's bytes (`Hms-Parked-Job`, a large job).
+    pub job_header: Option<String>,
+}
+
+/// The `Hms-Parked-Job` header of a stored message.
+fn job_header(m: &async_nats::jetstream::message::StreamMessage) -> Option<String> {
+    m.headers
+        .get(crate::parked::JOB_HEADER)
+        .map(|v| v.as_str().to_string())
 }
 
 impl Bus {
@@ -59,6 +68,7 @@ impl Bus {
                 out.push(StoredJob {
                     id: seq,
                     subject,
+                    job_header: job_header(&m),
                     payload: m.payload,
                 });
             }
@@ -73,6 +83,7 @@ impl Bus {
             Ok(m) if m.subject.starts_with("sync.parked.") => Ok(Some(StoredJob {
                 id,
                 subject: m.subject.to_string(),
+                job_header: job_header(&m),
                 payload: m.payload,
             })),
             _ => Ok(None),

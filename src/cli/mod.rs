@@ -246,13 +246,16 @@ fn block_on(
             return ExitCode::FAILURE;
         }
     };
-    match rt.block_on(f) {
+    let code = match rt.block_on(f) {
         Ok(code) => code,
         Err(e) => {
             fail(json, &format!("{e:#}"));
             ExitCode::FAILURE
         }
-    }
+    };
+    // Tasks still running (a lookup stuck in the resolver, a connection) do not hold the exit.
+    rt.shutdown_timeout(std::time::Duration::from_millis(500));
+    code
 }
 
 /// Reports the error that ends a command.

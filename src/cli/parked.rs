@@ -157,7 +157,7 @@ async fn run(bus: &Bus, cfg: &crate::config::RuntimeConfig, cmd: &Cmd) -> anyhow
                 for (k, v) in &p.event.headers {
                     println!("    {k}: {v}");
                 }
-                println!("  payload:         {}", p.event.payload);
+                println!("  payload:         {}", p.event.shown_payload());
                 println!("  attempts:");
                 for a in &p.attempts {
                     let status = a

@@ -166,6 +166,11 @@ pub fn exec(args: &Args) -> ExitCode {
                 eprintln!("filtered out: {why}; nothing would be sent");
                 return ExitCode::from(1);
             }
+            Verdict::Failed(why) => {
+                return invalid(format!(
+                    "{name}: the filter failed on this event: {why} (it would be parked)"
+                ));
+            }
         }
     }
     if let Err(e) = c.schema.check(&event) {

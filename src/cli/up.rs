@@ -21,12 +21,19 @@ pub async fn exec(cli: &Cli, args: &Args) -> anyhow::Result<ExitCode> {
     use tokio::signal::unix::{signal, SignalKind};
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
+    // SIGHUP reads the connectors folder again (instead of ending the process).
+    let hangups = signal(SignalKind::hangup())?;
     let shutdown = async move {
         tokio::select! {
             _ = term.recv() => {},
             _ = int.recv() => {},
         }
     };
-    crate::run(cfg, shutdown).await?;
+    let reloads =
+        futures::stream::unfold(
+            hangups,
+            |mut h| async move { h.recv().await.map(|()| ((), h)) },
+        );
+    crate::run_with_reloads(cfg, shutdown, reloads).await?;
     Ok(ExitCode::SUCCESS)
 }

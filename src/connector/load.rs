@@ -16,6 +16,28 @@ pub fn parse(file: &str, text: &str) -> Result<AnyConnector, Problems> {
     parse_with(file, text, &|p: &Path| std::fs::read_to_string(p))
 }
 
+/// Reads one connector file as text: at most [`super::compile::MAX_CONNECTOR_BYTES`] (checked
+/// before it is read whole), UTF-8.
+pub fn read_text(path: &Path, file: &str) -> Result<String, Problems> {
+    let cannot = |e: std::io::Error| {
+        Problems(vec![Problem {
+            file: file.to_string(),
+            pos: Pos { line: 1, col: 1 },
+            message: format!("cannot read: {e}"),
+        }])
+    };
+    let f = std::fs::File::open(path).map_err(cannot)?;
+    let mut bytes = Vec::new();
+    // One byte more than allowed is enough to know it is too large.
+    let limit = super::compile::MAX_CONNECTOR_BYTES as u64 + 1;
+    std::io::Read::read_to_end(&mut std::io::Read::take(f, limit), &mut bytes).map_err(cannot)?;
+    if bytes.len() as u64 == limit {
+        let len = std::fs::metadata(path).map_or(bytes.len() as u64, |m| m.len());
+        return Err(super::compile::too_large(file, len));
+    }
+    super::compile::text_of(file, bytes)
+}
+
 /// Reads and validates connector files; duplicate ids across files are errors too.
 pub fn load_files(files: &[PathBuf]) -> Result<Vec<AnyConnector>, Problems> {
     load_sources(files).map(|v| v.into_iter().map(|(c, _)| c).collect())
@@ -28,14 +50,10 @@ pub fn load_sources(files: &[PathBuf]) -> Result<Vec<(AnyConnector, String)>, Pr
     let mut seen: HashMap<String, String> = HashMap::new();
     for path in files {
         let file = path.display().to_string();
-        let text = match std::fs::read_to_string(path) {
+        let text = match read_text(path, &file) {
             Ok(t) => t,
-            Err(e) => {
-                problems.push(Problem {
-                    file,
-                    pos: Pos { line: 1, col: 1 },
-                    message: format!("cannot read: {e}"),
-                });
+            Err(Problems(p)) => {
+                problems.extend(p);
                 continue;
             }
         };

@@ -22,9 +22,9 @@ pub mod signing;
 pub mod standards;
 pub mod yaml_pos;
 
-pub use compile::parse_with;
+pub use compile::{parse_with, text_of, MAX_CONNECTOR_BYTES};
 pub use load::{
-    check_policy, files_in, load_files, load_sources, parse, warn_missing_secrets,
+    check_policy, files_in, load_files, load_sources, parse, read_text, warn_missing_secrets,
     warn_missing_webhook_secrets,
 };
 pub use model::{

@@ -22,6 +22,8 @@ pub struct Positions {
     values: HashMap<String, Pos>,
     /// Keys of each mapping, in document order: path of the mapping -> (key, key position).
     children: HashMap<String, Vec<(String, Pos)>>,
+    /// Keys written twice in one mapping: (dotted path, where it is repeated, where it first was).
+    duplicates: Vec<(String, Pos, Pos)>,
 }
 
 impl Positions {
@@ -60,6 +62,12 @@ impl Positions {
     /// The keys of the mapping at `path` ("" is the document root), in document order.
     pub fn children(&self, path: &str) -> &[(String, Pos)] {
         self.children.get(path).map(Vec::as_slice).unwrap_or(&[])
+    }
+
+    /// Keys written twice in one mapping: (dotted path, position of the repeat, position of
+    /// the first), in document order.
+    pub fn duplicates(&self) -> &[(String, Pos, Pos)] {
+        &self.duplicates
     }
 }
 
@@ -127,12 +135,15 @@ impl MarkedEventReceiver for Receiver {
                 if let Some(Frame::Map { path, pending_key }) = self.stack.last_mut() {
                     if pending_key.is_none() {
                         let p = join(path, &text);
-                        self.out.keys.insert(p, mark);
-                        self.out
-                            .children
-                            .entry(path.clone())
-                            .or_default()
-                            .push((text.clone(), mark));
+                        let siblings = self.out.children.entry(path.clone()).or_default();
+                        // A mapping under a complex key has no path of its own ("?"): not checked.
+                        if !path.starts_with('?') {
+                            if let Some((_, first)) = siblings.iter().find(|(k, _)| *k == text) {
+                                self.out.duplicates.push((p.clone(), mark, *first));
+                            }
+                        }
+                        siblings.push((text.clone(), mark));
+                        self.out.keys.entry(p).or_insert(mark);
                         *pending_key = Some((text, mark));
                         return;
                     }
@@ -184,6 +195,23 @@ mod tests {
         assert_eq!(keys, ["url", "headers"]);
         // Unknown path falls back to the closest ancestor.
         assert_eq!(p.key("map.to.nothing"), Pos { line: 3, col: 3 });
+    }
+
+    #[test]
+    fn keys_written_twice_are_found_where_they_repeat() {
+        let src = "id: a\nid: b\nmap:\n  to:\n    headers: { A: 1, B: 2, A: 3 }\nl:\n  - k: 1\n  - k: 2\n";
+        let p = Positions::scan(src).unwrap();
+        let d: Vec<(String, Pos, Pos)> = p.duplicates().to_vec();
+        let at = |line, col| Pos { line, col };
+        assert_eq!(
+            d,
+            [
+                ("id".to_string(), at(2, 1), at(1, 1)),
+                ("map.to.headers.A".to_string(), at(5, 28), at(5, 16)),
+            ]
+        );
+        // The first occurrence keeps its position.
+        assert_eq!(p.key("id"), at(1, 1));
     }
 
     #[test]

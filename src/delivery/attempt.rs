@@ -59,6 +59,17 @@ pub enum Finished {
 #[derive(Default)]
 pub struct History {
     attempts: Mutex<HashMap<u64, Vec<Attempt>>>,
+    /// Events whose parking failed: parked again when offered again, without another call.
+    parks: Mutex<HashMap<u64, PendingPark>>,
+}
+
+/// An event judged for parking whose park failed (`HMS_SYNC_PARKED` refused it): why, where,
+/// and how many parks failed in a row.
+#[derive(Debug, Clone)]
+pub struct PendingPark {
+    pub error: String,
+    pub url: String,
+    pub failures: u32,
 }
 
 /// Events whose attempts are remembered at once; beyond, the memory is cleared.
@@ -80,6 +91,35 @@ impl History {
     pub fn restore(&self, seq: u64, attempts: Vec<Attempt>) {
         if let Ok(mut map) = self.attempts.lock() {
             map.insert(seq, attempts);
+        }
+    }
+
+    /// Remembers that parking event `seq` failed; returns how many times in a row.
+    pub fn park_failed(&self, seq: u64, error: &str, url: &str) -> u32 {
+        let Ok(mut map) = self.parks.lock() else {
+            return 1;
+        };
+        if map.len() >= MAX_TRACKED && !map.contains_key(&seq) {
+            map.clear();
+        }
+        let p = map.entry(seq).or_insert_with(|| PendingPark {
+            error: error.to_string(),
+            url: url.to_string(),
+            failures: 0,
+        });
+        p.failures += 1;
+        p.failures
+    }
+
+    /// Whether event `seq` waits to be parked again (and why).
+    pub fn pending_park(&self, seq: u64) -> Option<PendingPark> {
+        self.parks.lock().ok()?.get(&seq).cloned()
+    }
+
+    /// Event `seq` is parked (or gone): nothing waits any more.
+    pub fn parked(&self, seq: u64) {
+        if let Ok(mut map) = self.parks.lock() {
+            map.remove(&seq);
         }
     }
 

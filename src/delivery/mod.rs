@@ -37,21 +37,86 @@ impl Pipeline {
             attempt = d.delivered,
             endpoint = tracing::field::Empty,
         );
-        self.stages(d).instrument(span).await
+        let work = self.stages(&d).instrument(span);
+        keep_alive(&d, self.heartbeat, work).await
     }
 
-    async fn stages(&self, d: Delivery) -> Finished {
+    async fn stages(&self, d: &Delivery) -> Finished {
         let c = &*self.connector;
-        let key = idempotency_key(&c.id, &d);
+        let key = idempotency_key(&c.id, d);
+        if let Some(pending) = self.history.pending_park(d.stream_sequence) {
+            // Judged for parking already; only storing the job failed: no new call.
+            return settle::repark(self, d, &key, pending).await;
+        }
+        // Preparing is pure code over hostile input: a panic in it (a bug here or in a
+        // library) parks this event instead of killing the connector on every redelivery.
+        let prepared = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            prepare::prepare(c, d, &key)
+        }))
+        .unwrap_or_else(|_| {
+            Prepared::Invalid(Box::new(Attempted::invalid(
+                "preparing this event failed inside hms-sync (a bug: please report it)".into(),
+                c.target.url.source().to_string(),
+                c.target.method.clone(),
+                std::time::Instant::now(),
+            )))
+        });
         // The send and settle futures are large (HTTP, token, permit, parking): boxed, so that
         // a delivery task stays small to spawn and to move.
-        let attempted = match prepare::prepare(c, &d, &key) {
-            Prepared::Filtered => return settle::filtered(self, &d).await,
+        let attempted = match prepared {
+            Prepared::Filtered => return settle::filtered(self, d).await,
             Prepared::Invalid(a) => *a,
-            Prepared::Ready(ready) => Box::pin(send::send(self, ready, &d, &key)).await,
+            Prepared::Ready(ready) => {
+                // At shutdown, a delivery still sending when the drain time is up is handed
+                // back: no answer came, so nothing is settled, and JetStream offers it again.
+                let mut stop = self.hand_back.clone();
+                tokio::select! {
+                    a = Box::pin(send::send(self, ready, d, &key)) => a,
+                    true = async { stop.wait_for(|stop| *stop).await.is_ok() } => {
+                        return hand_back(self, d).await
+                    }
+                }
+            }
         };
         let jitter = rand::random::<f64>() * 2.0 - 1.0;
         let action = decide(&attempted.outcome, d.delivered, &c.retry, jitter);
-        Box::pin(settle::settle(self, &d, &key, attempted, action)).await
+        Box::pin(settle::settle(self, d, &key, attempted, action)).await
+    }
+}
+
+/// Hands `d` back to JetStream at shutdown (NAK without delay: offered again at once, to
+/// another instance or after a restart).
+async fn hand_back(p: &Pipeline, d: &Delivery) -> Finished {
+    tracing::info!(
+        "[{}] event seq {} handed back at shutdown (no answer yet)",
+        p.connector.id,
+        d.stream_sequence
+    );
+    if let Err(e) = d.retry_after(std::time::Duration::ZERO).await {
+        tracing::warn!(connector = %p.connector.id, "{e}");
+    }
+    Finished::Retry(std::time::Duration::ZERO)
+}
+
+/// Runs `work` (the whole delivery of `d`), telling JetStream every `every` that `d` is still
+/// being worked on, so that no wait inside a delivery (a token, a permit, a slow answer, a
+/// park) outlasts the ack wait and has the event redelivered to another worker meanwhile.
+async fn keep_alive(
+    d: &Delivery,
+    every: std::time::Duration,
+    work: impl std::future::Future<Output = Finished>,
+) -> Finished {
+    tokio::pin!(work);
+    let mut beat = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+    loop {
+        tokio::select! {
+            biased;
+            finished = &mut work => return finished,
+            _ = beat.tick() => {
+                if let Err(e) = d.in_progress().await {
+                    tracing::debug!("in-progress ack: {e}");
+                }
+            }
+        }
     }
 }

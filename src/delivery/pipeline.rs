@@ -23,6 +23,9 @@ pub struct Deps {
     pub services: Services,
     /// `HMS_EVENTS` gets the subjects of connectors deployed while running.
     pub streams: StreamsConfig,
+    /// Turns true when shutdown stops waiting for deliveries in flight: those still sending
+    /// are handed back to JetStream.
+    pub hand_back: tokio::sync::watch::Receiver<bool>,
 }
 
 /// Everything a delivery needs; shared by all deliveries of one connector (one definition:
@@ -43,6 +46,8 @@ pub struct Pipeline {
     pub telemetry: Telemetry,
     /// Attempts seen by this process, by stream sequence (for the parked job).
     pub history: History,
+    /// See [`Deps::hand_back`].
+    pub hand_back: tokio::sync::watch::Receiver<bool>,
 }
 
 impl Pipeline {
@@ -74,6 +79,7 @@ impl Pipeline {
             services: deps.services.clone(),
             heartbeat: (deps.delivery.ack_wait() / 3).max(Duration::from_millis(200)),
             history: History::default(),
+            hand_back: deps.hand_back.clone(),
         }
     }
 

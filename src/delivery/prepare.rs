@@ -10,6 +10,7 @@ use super::attempt::Attempted;
 use crate::bus::Delivery;
 use crate::connector::Connector;
 use crate::filter::{EventMeta, Verdict};
+use crate::outcome::Outcome;
 use crate::request::{self, Request};
 use crate::template::Secrets;
 
@@ -69,6 +70,20 @@ pub fn prepare(c: &Connector, d: &Delivery, key: &str) -> Prepared {
             Verdict::NotEvaluable(why) => {
                 tracing::debug!(connector = %c.id, seq = d.stream_sequence, "filtered out: {why}");
                 return Prepared::Filtered;
+            }
+            Verdict::Failed(why) => {
+                let mut a = Attempted::invalid(
+                    String::new(),
+                    c.target.url.source().to_string(),
+                    c.target.method.clone(),
+                    Instant::now(),
+                );
+                a.outcome = Outcome::Rejected {
+                    reason: "filter",
+                    transient: false,
+                    message: format!("the filter failed on this event: {why}"),
+                };
+                return Prepared::Invalid(Box::new(a));
             }
         }
     }

@@ -107,7 +107,7 @@ pub async fn send(p: &Pipeline, ready: Ready, d: &Delivery, key: &str) -> Attemp
                         transient: check.on_failure == OnFailure::Transient,
                         message: format!("HTTP {code}, but {msg}"),
                     },
-                    snippet(&ex.body),
+                    shown_body(p, &ex.body),
                 ),
             }
         }
@@ -223,6 +223,11 @@ async fn call(
         let metrics = &p.telemetry.metrics;
         metrics.in_flight.increment(1.0);
         let mut ex = p.http.exchange_on(r, p.url_base.as_ref(), c.timeout).await;
+        if !ex.answer.body.is_empty() {
+            // What the target said may quote what it was sent: no secret goes on from here.
+            let token = current.as_ref().map(|t| t.value.expose().to_string());
+            ex.answer.body = scrubber(p, token).scrub(&ex.answer.body);
+        }
         metrics.in_flight.decrement(1.0);
         let announced = match ex.status() {
             Some(_) => Announced::of_map(&ex.headers, SystemTime::now()),
@@ -320,7 +325,7 @@ async fn lookup(
                 transient: class == Class::Transient,
                 message: format!("lookup {} {shown}: HTTP {status}", l.method),
             },
-            snippet(&ex.body),
+            shown_body(p, &ex.body),
         ));
     }
     let json = check::body_json(&ex.body);
@@ -337,7 +342,7 @@ async fn lookup(
                     transient: check.on_failure == OnFailure::Transient,
                     message: format!("lookup {shown}: {msg}"),
                 },
-                snippet(&ex.body),
+                shown_body(p, &ex.body),
             ));
         }
     }
@@ -348,8 +353,30 @@ async fn lookup(
                 transient: false,
                 message: format!("lookup {shown}: the answer is not JSON"),
             },
-            snippet(&ex.body),
+            shown_body(p, &ex.body),
         ));
     }
     Ok(json)
+}
+
+/// The secret values a request of this connector carries (its `${VAR}`s, and the token when
+/// there is one), to take out of what a target answers.
+fn scrubber(p: &Pipeline, token: Option<String>) -> crate::scrub::Scrubber {
+    let names = crate::connector::secrets_used(&p.connector);
+    crate::scrub::Scrubber::new(
+        names
+            .iter()
+            .filter_map(|n| std::env::var(n).ok())
+            .chain(token),
+    )
+}
+
+/// The start of an answer's body as kept for the parked job and the logs: no secret of the
+/// request in it.
+fn shown_body(p: &Pipeline, body: &[u8]) -> String {
+    let text = snippet(body);
+    if text.is_empty() {
+        return text;
+    }
+    scrubber(p, None).scrub(&text)
 }

@@ -2,9 +2,10 @@
 //! record, the console line, the metrics and status numbers, then acks, schedules the event
 //! again (NAK with the judged delay) or parks it (then acks).
 
-use std::time::Duration;
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
 
-use super::attempt::{Attempted, Finished};
+use super::attempt::{Attempted, Finished, PendingPark};
 use super::pipeline::Pipeline;
 use super::telemetry::Ended;
 use crate::audit::{AttemptRecord, AuditRecord, EventRef};
@@ -14,8 +15,14 @@ use crate::logging::CONSOLE;
 use crate::outcome::{describe, Action, Outcome};
 use crate::parked::{Attempt, ParkedEvent, ParkedJob};
 
-/// Wait before offering an event again when parking it failed (NATS trouble).
+/// Wait before offering an event again when parking it failed (NATS trouble, a full stream),
+/// doubled for each failure in a row up to [`PARK_RETRY_MAX`].
 const PARK_RETRY: Duration = Duration::from_secs(5);
+const PARK_RETRY_MAX: Duration = Duration::from_secs(300);
+/// How often a connector's failing parks are told on `hitl.review.requested`.
+const PARK_ALERT_EVERY: Duration = Duration::from_secs(60);
+/// Bytes of a parked job's message kept for its NATS headers.
+const PARK_HEADROOM: usize = 4096;
 
 /// The filter excluded the event: counted and acked.
 pub async fn filtered(p: &Pipeline, d: &Delivery) -> Finished {
@@ -111,24 +118,94 @@ pub async fn settle(
             if !matches!(a.outcome, Outcome::Invalid(_)) || attempts.is_empty() {
                 attempts.push(Attempt::new(d.delivered, &a.outcome, &error, &a.body));
             }
-            if let Err(e) = park(p, d, key, &error, &a.url, attempts.clone()).await {
-                // Not parked: not acked either. JetStream will offer it again.
-                tracing::error!(
-                    "[{}] could not park event seq {}: {e}; retrying later",
-                    c.id,
-                    d.stream_sequence
-                );
-                p.history.restore(d.stream_sequence, attempts);
-                let _ = d.retry_after(PARK_RETRY).await;
-                return Finished::Retry(PARK_RETRY);
-            }
-            p.telemetry.parked();
-            if let Err(e) = d.ack().await {
-                tracing::warn!(connector = %c.id, "{e}");
-            }
-            Finished::Done
+            park_or_retry(p, d, key, &error, &a.url, attempts).await
         }
     }
+}
+
+/// Parks an event whose parking failed before, for the reason it was judged for then, without
+/// calling its target again (no audit record either: no attempt is made).
+pub async fn repark(p: &Pipeline, d: &Delivery, key: &str, pending: PendingPark) -> Finished {
+    let attempts = p.history.forget(d.stream_sequence);
+    park_or_retry(p, d, key, &pending.error, &pending.url, attempts).await
+}
+
+/// Stores the parked job and acks; when parking fails, the event is not acked but offered
+/// again after a wait that grows with each failure in a row (5 s doubling, at most 5 min).
+async fn park_or_retry(
+    p: &Pipeline,
+    d: &Delivery,
+    key: &str,
+    error: &str,
+    url: &str,
+    attempts: Vec<Attempt>,
+) -> Finished {
+    let c = &*p.connector;
+    if let Err(e) = park(p, d, key, error, url, attempts.clone()).await {
+        // Not parked: not acked either. JetStream will offer it again.
+        let failures = p.history.park_failed(d.stream_sequence, error, url);
+        let wait = PARK_RETRY
+            .saturating_mul(1 << failures.saturating_sub(1).min(6))
+            .min(PARK_RETRY_MAX);
+        tracing::error!(
+            "[{}] could not park event seq {}: {e}; trying again in {} s",
+            c.id,
+            d.stream_sequence,
+            wait.as_secs()
+        );
+        park_failed(p, d, &e);
+        p.history.restore(d.stream_sequence, attempts);
+        let _ = d.retry_after(wait).await;
+        return Finished::Retry(wait);
+    }
+    p.history.parked(d.stream_sequence);
+    p.telemetry.parked();
+    if let Err(e) = d.ack().await {
+        tracing::warn!(connector = %c.id, "{e}");
+    }
+    Finished::Done
+}
+
+/// Counts a park that failed, and tells reviewers (at most once a minute per connector): the
+/// event stays unacked and is offered again, so nothing is lost, but nothing gets parked
+/// either until `HMS_SYNC_PARKED` takes writes again.
+fn park_failed(p: &Pipeline, d: &Delivery, e: &BusError) {
+    let c = &*p.connector;
+    metrics::counter!(
+        crate::metrics::PARK_FAILURES_TOTAL,
+        "connector" => c.id.clone(),
+        "reason" => e.kind.label()
+    )
+    .increment(1);
+    static LAST: std::sync::Mutex<Option<HashMap<String, Instant>>> = std::sync::Mutex::new(None);
+    let due = {
+        let mut last = LAST
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let map = last.get_or_insert_with(HashMap::new);
+        let due = map
+            .get(&c.id)
+            .is_none_or(|t| t.elapsed() >= PARK_ALERT_EVERY);
+        if due {
+            map.insert(c.id.clone(), Instant::now());
+        }
+        due
+    };
+    if !due {
+        return;
+    }
+    let alert = serde_json::json!({
+        "kind": "sync.park_failed",
+        "connector": c.id,
+        "reason": e.kind.label(),
+        "error": e.to_string(),
+        "streamSequence": d.stream_sequence,
+        "at": now_rfc3339(),
+    });
+    let bus = p.bus.clone();
+    tokio::spawn(async move {
+        let _ = bus.review(alert.to_string().as_bytes()).await;
+    });
 }
 
 /// Hands the attempt's record to the audit actor (never waits for it).
@@ -170,6 +247,8 @@ async fn park(
     attempts: Vec<Attempt>,
 ) -> Result<u64, BusError> {
     let c = &*p.connector;
+    // The exact bytes of the event, never a lossy conversion.
+    let (payload, payload_encoding) = ParkedEvent::encode_payload(d.payload());
     let job = ParkedJob {
         connector: c.id.clone(),
         consumer: c.consumer.clone(),
@@ -185,13 +264,16 @@ async fn park(
             published: crate::clock::format(d.published),
             msg_id: d.msg_id.clone(),
             headers: d.headers(),
-            payload: String::from_utf8_lossy(d.payload()).into_owned(),
+            payload,
+            payload_encoding,
         },
     };
-    let bytes = serde_json::to_vec(&job).unwrap_or_default();
+    // Room for the headers of the message (ids, and the record itself when it goes there).
+    let room = p.bus.max_payload().saturating_sub(PARK_HEADROOM);
+    let message = job.to_message(d.payload(), room);
     let seq = p
         .bus
-        .park(&c.consumer, &job.dedup_id(d.delivered), &bytes)
+        .park(&c.consumer, &job.dedup_id(d.delivered), message)
         .await?;
     tracing::warn!(
         target: CONSOLE,

@@ -211,7 +211,7 @@ async fn receive(
     let outcome = match handshake {
         Some(Ok(resp)) => return resp,
         Some(Err(rej)) => Err(rej),
-        None => accept(&s.bus, &c, &method, &headers, body).await,
+        None => accept(&s.bus, s.audit.as_ref(), &c, &method, &headers, body).await,
     };
     match outcome {
         Ok(accepted) => {
@@ -325,6 +325,7 @@ fn validation(c: &InboundConnector, headers: &HeaderMap) -> Result<Response, Rej
 /// CloudEvents batch, each awaited). Returns the events and JetStream's acks.
 async fn accept(
     bus: &Bus,
+    audit: Option<&Auditor>,
     c: &InboundConnector,
     method: &Method,
     headers: &HeaderMap,
@@ -364,6 +365,11 @@ async fn accept(
     };
     if !bus.is_connected() {
         return Err(Rejection::Unavailable("NATS is not connected".into()));
+    }
+    if audit.is_some_and(Auditor::holds_back) {
+        return Err(Rejection::Unavailable(
+            "the audit trail (HMS_AUDIT) refuses records".into(),
+        ));
     }
     let publish_all = async {
         let mut stored = Vec::with_capacity(events.len());

@@ -132,6 +132,7 @@ pub async fn serve(
             http.listen
         );
     }
+    let limits = crate::serve::Limits::of(http);
     let public = bind(http.listen, "http.listen").await?;
     let addr = public.local_addr().unwrap_or(http.listen);
     let mut tasks = vec![charts::start(
@@ -142,14 +143,14 @@ pub async fn serve(
     let admin_addr = match http.admin_listen {
         None => {
             let app = public_router(state).merge(admin).merge(webhooks);
-            tasks.push(spawn(public, app));
+            tasks.push(spawn(public, app, limits));
             addr
         }
         Some(a) => {
             let listener = bind(a, "http.adminListen").await?;
             let admin_addr = listener.local_addr().unwrap_or(a);
-            tasks.push(spawn(public, public_router(state).merge(webhooks)));
-            tasks.push(spawn(listener, admin));
+            tasks.push(spawn(public, public_router(state).merge(webhooks), limits));
+            tasks.push(spawn(listener, admin, limits));
             admin_addr
         }
     };
@@ -160,11 +161,10 @@ pub async fn serve(
     })
 }
 
-fn spawn(listener: tokio::net::TcpListener, app: Router) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(async move {
-        let app = app.into_make_service_with_connect_info::<SocketAddr>();
-        if let Err(e) = axum::serve(listener, app).await {
-            tracing::error!("HTTP server: {e}");
-        }
-    })
+fn spawn(
+    listener: tokio::net::TcpListener,
+    app: Router,
+    limits: crate::serve::Limits,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(crate::serve::serve(listener, app, limits))
 }

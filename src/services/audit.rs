@@ -60,7 +60,26 @@ pub struct Ledger {
     accounts: Mutex<HashMap<String, Arc<Account>>>,
     stores: AtomicU64,
     stored: tokio::sync::Notify,
+    /// Whether new work is held back because `HMS_AUDIT` refuses records (see [`HoldBack`]).
+    hold: HoldBack,
 }
+
+/// While `HMS_AUDIT` refuses writes because a limit is reached (its `max_bytes` with discard
+/// new, JetStream storage full, permissions), or has been unavailable with [`HOLD_BACK_AT`]
+/// records waiting, pumps start no new deliveries and webhooks are answered 503: the events
+/// stay on JetStream (unacked, unpulled) instead of piling up as records that would overflow
+/// the backlog into a gap. Deliveries under way finish; their records wait in memory.
+#[derive(Debug)]
+pub struct HoldBack(tokio::sync::watch::Sender<bool>);
+
+impl Default for HoldBack {
+    fn default() -> Self {
+        HoldBack(tokio::sync::watch::channel(false).0)
+    }
+}
+
+/// Records waiting, with `HMS_AUDIT` unavailable, at which new work is held back.
+pub const HOLD_BACK_AT: usize = 10_000;
 
 /// How long a new audit actor waits for its predecessor's store before reckoning the loss.
 const PREDECESSOR_STORE_WAIT: Duration = Duration::from_secs(10);
@@ -170,6 +189,16 @@ impl Auditor {
             .map(|(consumer, a)| (consumer, a.outstanding(), a.lost.load(SeqCst)))
             .collect();
         (std::mem::take(&mut *waiting), accounts)
+    }
+
+    /// Whether new work is held back now (the audit trail refuses records; see [`HoldBack`]).
+    pub fn holds_back(&self) -> bool {
+        *self.ledger.hold.0.borrow()
+    }
+
+    /// Follows [`Auditor::holds_back`] (changes when it does).
+    pub fn hold_back(&self) -> tokio::sync::watch::Receiver<bool> {
+        self.ledger.hold.0.subscribe()
     }
 
     /// Takes the records that waited for an actor.
@@ -305,6 +334,10 @@ pub struct AuditState {
     pending: metrics::Gauge,
     /// Who waits for the drain at shutdown.
     draining: Option<ractor::RpcReplyPort<()>>,
+    /// The last store failed because `HMS_AUDIT` refuses records (a limit, permissions).
+    refused: bool,
+    /// What the last failed store said.
+    last_error: Option<String>,
 }
 
 impl AuditState {
@@ -391,6 +424,8 @@ impl Actor for AuditActor {
             failures_in_a_row: 0,
             pending: metrics::gauge!(crate::metrics::AUDIT_PENDING),
             draining: None,
+            refused: false,
+            last_error: None,
         };
         // Whatever a predecessor was handed and did not store is lost with it: declare it,
         // once its last store is done (what that store confirms is not lost). Records that
@@ -457,6 +492,15 @@ impl Actor for AuditActor {
                 metrics::counter!(crate::metrics::AUDIT_WRITTEN_TOTAL).increment(stored);
                 st.in_flight = 0;
                 if !unstored.is_empty() {
+                    let kind = crate::bus::BusErrorKind::of(error.as_deref().unwrap_or(""));
+                    metrics::counter!(crate::metrics::AUDIT_STORE_FAILURES_TOTAL, "reason" => kind.label())
+                        .increment(1);
+                    st.refused = matches!(
+                        kind,
+                        crate::bus::BusErrorKind::LimitReached
+                            | crate::bus::BusErrorKind::Authorization
+                    );
+                    st.last_error = error.clone();
                     st.failures_in_a_row += 1;
                     if st.failures_in_a_row == 1 || st.failures_in_a_row % 20 == 0 {
                         let held: u64 = unstored.iter().map(|b| b.records).sum();
@@ -475,6 +519,7 @@ impl Actor for AuditActor {
                         tracing::info!("audit: HMS_AUDIT available again");
                     }
                     st.failures_in_a_row = 0;
+                    st.refused = false;
                     if !st.backlog.is_empty() || !st.gaps.is_empty() {
                         flush(&me, st);
                     }
@@ -485,6 +530,7 @@ impl Actor for AuditActor {
             + st.retry.iter().map(|b| b.records).sum::<u64>()
             + st.in_flight;
         st.pending.set(waiting as f64);
+        hold_back(st, waiting as usize);
         if waiting == 0 && st.gaps.is_empty() {
             if let Some(reply) = st.draining.take() {
                 let _ = reply.send(());
@@ -517,6 +563,35 @@ impl Actor for AuditActor {
         }
         Ok(())
     }
+}
+
+/// Holds new work back, or lets it go again, as the audit trail refuses records or takes them
+/// again (see [`HoldBack`]); each change is logged, counted and published for reviewers.
+fn hold_back(st: &mut AuditState, waiting: usize) {
+    let hold = st.failures_in_a_row > 0 && (st.refused || waiting >= HOLD_BACK_AT);
+    if !st
+        .ledger
+        .hold
+        .0
+        .send_if_modified(|h| std::mem::replace(h, hold) != hold)
+    {
+        return;
+    }
+    metrics::gauge!(crate::metrics::AUDIT_HOLDING_BACK).set(if hold { 1.0 } else { 0.0 });
+    let error = st.last_error.clone().unwrap_or_default();
+    let alert = if hold {
+        tracing::error!(
+            "audit: HMS_AUDIT refuses records ({error}); {waiting} wait in memory; no new deliveries start and webhooks are answered 503 until it takes them again (events stay on JetStream)"
+        );
+        json!({"kind": "audit.blocked", "error": error, "waiting": waiting, "at": now_rfc3339()})
+    } else {
+        tracing::info!("audit: HMS_AUDIT takes records again; deliveries and webhooks resume");
+        json!({"kind": "audit.resumed", "at": now_rfc3339()})
+    };
+    let bus = st.bus.clone();
+    tokio::spawn(async move {
+        let _ = bus.review(alert.to_string().as_bytes()).await;
+    });
 }
 
 fn schedule(me: &ActorRef<AuditMsg>, st: &mut AuditState, after: Duration) {

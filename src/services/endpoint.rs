@@ -236,10 +236,16 @@ impl EndpointState {
     }
 }
 
+/// The longest rate-limit period (one request a day).
+const MAX_PERIOD: Duration = Duration::from_secs(24 * 3600);
+
 pub struct EndpointActor;
 
 fn limiter_for(rate: &RateLimit) -> Option<Limiter> {
-    let period = Duration::from_secs_f64(1.0 / rate.per_second);
+    // At most one request a day: a tiny `perSecond` does not overflow the period.
+    let period = Duration::try_from_secs_f64(1.0 / rate.per_second)
+        .unwrap_or(MAX_PERIOD)
+        .min(MAX_PERIOD);
     let burst = std::num::NonZeroU32::new(rate.burst.max(1))?;
     Quota::with_period(period).map(|q| RateLimiter::direct(q.allow_burst(burst)))
 }
@@ -341,7 +347,8 @@ fn on_signal(st: &mut EndpointState, signal: Signal, now: Instant) {
     let threshold = st.args.breaker_failures;
     match signal {
         Signal::SlowDown(d) => {
-            let until = now + d;
+            let d = d.min(crate::outcome::MAX_RETRY_AFTER);
+            let until = now.checked_add(d).unwrap_or(now);
             st.slow_until = Some(st.slow_until.map_or(until, |u| u.max(until)));
             tracing::warn!(
                 "endpoint {} asked to slow down: pausing it for {} ms",

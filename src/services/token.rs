@@ -189,14 +189,62 @@ pub async fn fetch_token(http: &HttpClient, auth: &Auth) -> Result<Granted, Auth
         .unwrap_or_default();
     let req = auth.token_request(Secrets::Env, key_json.as_deref(), now.as_secs())?;
     let url = req.url.clone();
+    // A token endpoint's error may quote what it was sent (credentials, the assertion): what
+    // it says is scrubbed of every secret of the request before anyone sees it.
+    let scrubber = token_request_secrets(auth, &req, key_json.as_deref());
     let ex = http.exchange(req, TOKEN_TIMEOUT).await;
-    match ex.answer.outcome {
+    let answer = match ex.answer.outcome {
         Outcome::Status { code, .. } => auth.parse_answer(code, &ex.body, now.as_millis() as u64),
         _ => Err(AuthError::Unavailable(format!(
             "{url}: {}",
             ex.answer.reason
         ))),
+    };
+    answer.map_err(|e| match e {
+        AuthError::Config(m) => AuthError::Config(scrubber.scrub(&m)),
+        AuthError::Refused(m) => AuthError::Refused(scrubber.scrub(&m)),
+        AuthError::Unavailable(m) => AuthError::Unavailable(scrubber.scrub(&m)),
+    })
+}
+
+/// The secret values of a token request: the `${VAR}`s its auth reads, the values of the form
+/// fields and headers that carry credentials, and the Google key's private parts.
+fn token_request_secrets(
+    auth: &Auth,
+    req: &crate::wire::Request,
+    key_json: Option<&str>,
+) -> crate::scrub::Scrubber {
+    let mut values: Vec<String> = auth
+        .secrets()
+        .iter()
+        .filter_map(|v| std::env::var(v).ok())
+        .collect();
+    for (name, value) in &req.headers {
+        if name == http::header::AUTHORIZATION {
+            if let Ok(v) = value.to_str() {
+                values.extend(v.split_once(' ').map(|(_, cred)| cred.to_string()));
+                values.push(v.to_string());
+            }
+        }
     }
+    if let Some(body) = &req.body {
+        for (k, v) in form_urlencoded::parse(body) {
+            if matches!(
+                k.as_ref(),
+                "client_secret" | "assertion" | "password" | "refresh_token" | "client_assertion"
+            ) {
+                values.push(v.into_owned());
+            }
+        }
+    }
+    if let Some(key) = key_json.and_then(|k| serde_json::from_str::<serde_json::Value>(k).ok()) {
+        for field in ["private_key", "private_key_id"] {
+            if let Some(v) = key.get(field).and_then(|v| v.as_str()) {
+                values.push(v.to_string());
+            }
+        }
+    }
+    crate::scrub::Scrubber::new(values)
 }
 
 /// The Google key JSON: from its file, or from `${VAR}` (the JSON itself, or a path to it).

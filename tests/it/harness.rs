@@ -130,6 +130,11 @@ impl Target {
         self.sink.set_delay(d);
     }
 
+    /// Requests it is answering now (waiting out their delay).
+    pub fn concurrent(&self) -> usize {
+        self.sink.concurrent()
+    }
+
     /// The most requests it was answering at once.
     pub fn max_concurrent(&self) -> usize {
         self.sink.max_concurrent()
@@ -197,6 +202,21 @@ impl Setup {
 
     pub fn config_path(&self) -> PathBuf {
         self.dir.path().join("hms-sync.yaml")
+    }
+
+    /// Adds keys to the config file's `http:` block (`lines`: `key: value` lines).
+    pub fn set_http(&self, lines: &str) {
+        let path = self.config_path();
+        let text = std::fs::read_to_string(&path).unwrap();
+        let keys: String = lines.lines().map(|l| format!("  {l}\n")).collect();
+        let text = text.replacen("http:\n", &format!("http:\n{keys}"), 1);
+        std::fs::write(&path, text).unwrap();
+    }
+
+    /// Writes (or replaces) a connector file of its `connectors/` folder.
+    #[allow(dead_code)] // used by the SIGHUP test
+    pub fn write_connector(&self, name: &str, yaml: &str) {
+        std::fs::write(self.dir.path().join("connectors").join(name), yaml).unwrap();
     }
 
     pub fn config(&self) -> hms_sync::config::RuntimeConfig {
@@ -481,4 +501,24 @@ pub async fn start_simple(
         extra_config,
     )
     .await
+}
+
+/// Resident memory of process `pid` in kilobytes (`VmRSS`), and its peak (`VmHWM`).
+pub fn rss_kb(pid: u32) -> (u64, u64) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    };
+    (field("VmRSS:"), field("VmHWM:"))
+}
+
+/// Raises this test process's soft limit of open files to its hard limit (tests that open
+/// thousands of connections).
+pub fn raise_open_files() {
+    hms_sync::serve::raise_open_files_limit();
 }
