@@ -12,10 +12,14 @@ pub struct Instance {
 
 impl Instance {
     pub fn start(setup: &Setup) -> Instance {
-        let port = free_port();
+        Instance::from_config(&setup.config_path(), free_port())
+    }
+
+    /// `hms-sync up --config <config>` listening on 127.0.0.1:`port`.
+    pub fn from_config(config: &std::path::Path, port: u16) -> Instance {
         let child = Command::new(env!("CARGO_BIN_EXE_hms-sync"))
             .args(["up", "--config"])
-            .arg(setup.config_path())
+            .arg(config)
             .args(["--listen", &format!("127.0.0.1:{port}")])
             .env(
                 "HMS_SYNC_LOG",

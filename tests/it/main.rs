@@ -8,6 +8,7 @@ mod cluster;
 mod crash;
 mod delivery;
 mod embedded;
+mod example_cluster;
 mod faults;
 mod fleet;
 mod hostile;
