@@ -26,6 +26,7 @@ mod opts;
 mod overload;
 mod procfs;
 mod report;
+mod rounds;
 mod scenarios;
 
 use std::time::Duration;
@@ -33,7 +34,7 @@ use std::time::Duration;
 use audit_store::audit_store;
 use opts::{parse_opts, USAGE};
 use report::print_table;
-use scenarios::run_all;
+use rounds::run_all;
 
 fn main() -> std::process::ExitCode {
     // `cargo test --all-targets` runs bench binaries too (without `--bench`): not a bench run.

@@ -241,13 +241,8 @@ pub fn compile_lookup(
             r.at(pos.value("lookup.url"), format!("url `{}`: {msg}", raw.url));
         }
     }
-    let allow_hosts = super::outbound::compile_allow_hosts(
-        &raw.url,
-        raw.allow_hosts.as_deref(),
-        "lookup",
-        pos,
-        r,
-    );
+    let allow_hosts =
+        super::hosts::compile_allow_hosts(&raw.url, raw.allow_hosts.as_deref(), "lookup", pos, r);
     let mut headers = Vec::new();
     for (name, value) in &raw.headers {
         let path = format!("lookup.headers.{name}");
