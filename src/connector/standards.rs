@@ -4,7 +4,7 @@
 use super::model::{CloudEventsSpec, Format, Sign};
 use super::problems::Report;
 use super::raw::RawTo;
-use super::signing::{compile_scheme, compile_secrets, SchemeKeys};
+use super::signing::{compile_scheme, compile_secrets};
 use super::yaml_pos::Positions;
 use crate::cloudevents::RESERVED;
 use crate::signature::Scheme;
@@ -126,13 +126,7 @@ pub fn compile_sign(
 ) -> Option<Sign> {
     let raw = to.sign.as_ref()?;
     let at = "map.to.sign";
-    let keys = SchemeKeys {
-        scheme: &raw.scheme,
-        header: raw.header.as_deref(),
-        encoding: raw.encoding.as_deref(),
-        prefix: raw.prefix.as_deref(),
-    };
-    let scheme = compile_scheme(&keys, at, &OUTBOUND_SCHEMES, pos, r);
+    let scheme = compile_scheme(raw, at, &OUTBOUND_SCHEMES, pos, r);
     let secrets = compile_secrets(raw.secret.as_deref(), raw.secrets.as_deref(), at, pos, r);
     let scheme = scheme?;
     if matches!(scheme, Scheme::HmacSha256(_)) && secrets.len() > 1 {
