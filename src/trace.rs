@@ -12,6 +12,7 @@ use std::sync::Arc;
 use serde::Serialize;
 use serde_json::Value as Json;
 
+use crate::audit::attempt_record;
 use crate::bus::scan::{Position, ScanSpec, Step, StoredMessage};
 use crate::bus::{audit::AUDIT_STREAM, records_of, EVENTS_STREAM, PARKED_STREAM};
 use crate::bus::{covers, Bus, BusError, ORIGINAL_SUBJECT_HEADER, REPLAY_PREFIX};
@@ -398,13 +399,10 @@ async fn audit_attempts(
             if !keys.iter().any(|k| memchr_find(line, k.as_bytes())) {
                 continue;
             }
-            let Ok(r) = serde_json::from_slice::<Json>(line) else {
+            let Some((r, key)) = attempt_record(line) else {
                 continue;
             };
-            let Some(key) = r["idempotencyKey"].as_str() else {
-                continue;
-            };
-            if r["kind"] != "attempt" || !keys.contains(key) {
+            if !keys.contains(key.as_str()) {
                 continue;
             }
             let consumer = m
@@ -413,19 +411,17 @@ async fn audit_attempts(
                 .unwrap_or_default()
                 .to_string();
             let seq = r["event"]["streamSequence"].as_u64().unwrap_or_default();
-            out.entry((consumer, key.to_string()))
-                .or_default()
-                .push(AttemptSeen {
-                    at: r["at"].as_str().unwrap_or_default().to_string(),
-                    attempt: r["attempt"].as_u64().unwrap_or_default(),
-                    method: r["method"].as_str().unwrap_or_default().to_string(),
-                    url: r["url"].as_str().unwrap_or_default().to_string(),
-                    status: r["status"].as_u64().and_then(|s| u16::try_from(s).ok()),
-                    error: r["error"].as_str().map(str::to_string),
-                    latency_ms: r["latencyMs"].as_f64(),
-                    stream_sequence: seq,
-                    replay: false,
-                });
+            out.entry((consumer, key)).or_default().push(AttemptSeen {
+                at: r["at"].as_str().unwrap_or_default().to_string(),
+                attempt: r["attempt"].as_u64().unwrap_or_default(),
+                method: r["method"].as_str().unwrap_or_default().to_string(),
+                url: r["url"].as_str().unwrap_or_default().to_string(),
+                status: r["status"].as_u64().and_then(|s| u16::try_from(s).ok()),
+                error: r["error"].as_str().map(str::to_string),
+                latency_ms: r["latencyMs"].as_f64(),
+                stream_sequence: seq,
+                replay: false,
+            });
         }
         Step::Continue
     });

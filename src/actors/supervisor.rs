@@ -193,9 +193,8 @@ impl Actor for Supervisor {
         };
         if let Some(spec) = args.watch {
             let me = myself.clone();
-            let sink: super::watch::Sink = Arc::new(move |d: Directive| {
-                me.send_message(SupervisorMsg::Registry(d)).is_ok()
-            });
+            let sink: super::watch::Sink =
+                Arc::new(move |d: Directive| me.send_message(SupervisorMsg::Registry(d)).is_ok());
             state.watch = Some(spec(sink));
             myself.send_message(SupervisorMsg::Watch)?;
         }
@@ -247,9 +246,7 @@ impl Actor for Supervisor {
             SupervisorMsg::Registry(Directive::Deploy(desired)) => {
                 deploy(&myself, state, *desired).await
             }
-            SupervisorMsg::Registry(Directive::Undeploy(id)) => {
-                undeploy(&myself, state, &id).await
-            }
+            SupervisorMsg::Registry(Directive::Undeploy(id)) => undeploy(&myself, state, &id).await,
             SupervisorMsg::Registry(Directive::Invalid {
                 key,
                 revision,

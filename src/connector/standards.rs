@@ -157,7 +157,7 @@ mod tests {
     use serde_json::json;
 
     use crate::connector::{parse, AnyConnector, Connector, Format};
-    use crate::request::{self, EventOrigin};
+    use crate::request::{self, EventOrigin, Request};
     use crate::template::Secrets;
 
     fn yaml(to_extra: &str) -> String {
@@ -171,6 +171,19 @@ mod tests {
             Ok(AnyConnector::Outbound(c)) => *c,
             other => panic!("{other:?}"),
         }
+    }
+
+    /// The request `c` makes of `{"permitId": "RW-481"}` published on `permit.updated`
+    /// (key `k1`), as a CloudEvent.
+    fn permit_cloud_event(c: &Connector) -> Request {
+        let ev = json!({"permitId": "RW-481"});
+        let mut r = request::build(c, &ev, Some("k1"), Secrets::Masked).unwrap();
+        let origin = EventOrigin {
+            topic: "permit.updated",
+            time: "2024-05-10T08:00:00Z",
+        };
+        request::cloud_event(c, &mut r, &ev, "k1", origin).unwrap();
+        r
     }
 
     fn problems(text: &str) -> String {
@@ -279,13 +292,7 @@ mod tests {
             "    format: cloudevents\n    cloudevents:\n      subject: \"{{ permitId }}\"\n      extensions: { agency: DDOT }\n",
         ));
         assert!(matches!(c.target.format, Format::CloudEvents(_)));
-        let ev = json!({"permitId": "RW-481"});
-        let mut r = request::build(&c, &ev, Some("k1"), Secrets::Masked).unwrap();
-        let origin = EventOrigin {
-            topic: "permit.updated",
-            time: "2024-05-10T08:00:00Z",
-        };
-        request::cloud_event(&c, &mut r, &ev, "k1", origin).unwrap();
+        let r = permit_cloud_event(&c);
         assert_eq!(
             r.to_text(),
             "POST https://partner.example/hooks\n\
@@ -308,13 +315,7 @@ mod tests {
         let c = outbound(&yaml(
             "    format: cloudevents-structured\n    cloudevents: { source: /ddot/permits, type: gov.ddot.permit.updated }\n    sign: { scheme: standard-webhooks, secret: \"${HMS_TEST_SIGN_SECRET}\" }\n",
         ));
-        let ev = json!({"permitId": "RW-481"});
-        let mut r = request::build(&c, &ev, Some("k1"), Secrets::Masked).unwrap();
-        let origin = EventOrigin {
-            topic: "permit.updated",
-            time: "2024-05-10T08:00:00Z",
-        };
-        request::cloud_event(&c, &mut r, &ev, "k1", origin).unwrap();
+        let mut r = permit_cloud_event(&c);
         let body: serde_json::Value = serde_json::from_slice(r.body.as_ref().unwrap()).unwrap();
         assert_eq!(
             body,
