@@ -153,9 +153,7 @@ async fn admin_side_on_its_own_address_behind_the_token() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn by_default_one_address_no_token_and_no_review_actions() {
-    init_logs();
-    let nats = Nats::start().await;
-    let target = Target::start().await;
+    let (nats, target) = nats_and_target().await;
     let (_setup, rt, _js) = start_simple(&nats, &target, "plain.v1", "plain.topic", "", "").await;
     assert_eq!(rt.http_addr(), rt.admin_addr());
     let base = format!("http://{}", rt.http_addr());
@@ -194,11 +192,7 @@ fn bin() -> Command {
 
 fn output(c: &mut Command) -> (i32, String, String) {
     let out = c.stdin(Stdio::null()).output().unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    code_and_text(&out)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -11,9 +11,7 @@ const T: Duration = Duration::from_secs(20);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn transient_failures_are_retried_with_the_same_idempotency_key() {
-    init_logs();
-    let nats = Nats::start().await;
-    let target = Target::start().await;
+    let (nats, target) = nats_and_target().await;
     // First two identical requests fail with 503, then 200.
     target.respond(|_, n| if n < 2 { (503, vec![]) } else { (200, vec![]) });
     let (_setup, rt, js) = start_simple(
@@ -53,9 +51,7 @@ async fn transient_failures_are_retried_with_the_same_idempotency_key() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn exhausted_retries_and_permanent_errors_are_parked_with_a_review_alert() {
-    init_logs();
-    let nats = Nats::start().await;
-    let target = Target::start().await;
+    let (nats, target) = nats_and_target().await;
     target.respond(|r, _| {
         if r.path.contains("bad") {
             (400, vec![])
@@ -163,9 +159,7 @@ async fn exhausted_retries_and_permanent_errors_are_parked_with_a_review_alert()
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn random_503s_on_2000_events_all_delivered_none_parked() {
-    init_logs();
-    let nats = Nats::start().await;
-    let target = Target::start().await;
+    let (nats, target) = nats_and_target().await;
     target.respond(|_, _| {
         if rand::random::<f64>() < 0.3 {
             (503, vec![])
@@ -213,9 +207,7 @@ async fn random_503s_on_2000_events_all_delivered_none_parked() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retry_after_is_honoured() {
-    init_logs();
-    let nats = Nats::start().await;
-    let target = Target::start().await;
+    let (nats, target) = nats_and_target().await;
     target.respond(|_, n| {
         if n == 0 {
             (429, vec![("Retry-After".into(), "1".into())])
@@ -246,9 +238,7 @@ async fn retry_after_is_honoured() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn status_overrides_and_schema_check() {
-    init_logs();
-    let nats = Nats::start().await;
-    let target = Target::start().await;
+    let (nats, target) = nats_and_target().await;
     target.respond(|r, _| {
         if r.path.ends_with("exists") {
             (409, vec![])
@@ -322,9 +312,7 @@ async fn status_overrides_and_schema_check() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replayed_parked_job_is_delivered_once_with_its_original_key() {
-    init_logs();
-    let nats = Nats::start().await;
-    let target = Target::start().await;
+    let (nats, target) = nats_and_target().await;
     target.respond(|_, _| (500, vec![]));
     let (_setup, rt, js) = start_with(
         &nats,
@@ -424,9 +412,7 @@ async fn replayed_parked_job_is_delivered_once_with_its_original_key() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn per_key_ordering_survives_random_503s() {
-    init_logs();
-    let nats = Nats::start().await;
-    let target = Target::start().await;
+    let (nats, target) = nats_and_target().await;
     target.respond(|_, _| {
         if rand::random::<f64>() < 0.3 {
             (503, vec![])
@@ -489,9 +475,7 @@ async fn a_pull_that_receives_nothing_while_work_waits_is_reopened() {
     // Events held unacknowledged elsewhere look, to the connector, like a stalled pull: its
     // consumer holds work, nothing arrives, nothing is in process. The stall check re-opens the
     // subscription (counted), and the re-opened one delivers once the events come back.
-    init_logs();
-    let nats = Nats::start().await;
-    let target = Target::start().await;
+    let (nats, target) = nats_and_target().await;
     let (setup, rt, js) = start_simple(
         &nats,
         &target,

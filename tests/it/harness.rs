@@ -174,16 +174,34 @@ impl Setup {
 
     /// Like [`Setup::new`], for NATS at `url` (a cluster node, a list of seed URLs).
     pub fn at(url: &str, connectors: &[(&str, String)], extra: &str) -> Setup {
+        let cfg = format!(
+            "nats:\n  url: {url}\n  embedded: false\nhttp:\n  listen: 127.0.0.1:0\nconnectors:\n  dir: connectors\n{extra}"
+        );
+        Setup::from_config(&cfg, connectors)
+    }
+
+    /// A folder whose `hms-sync.yaml` is `config` as given (the whole runtime config), with
+    /// `connectors` (file name, YAML) in `connectors/`.
+    pub fn from_config(config: &str, connectors: &[(&str, String)]) -> Setup {
         let dir = tempfile::tempdir().expect("temp dir");
         std::fs::create_dir_all(dir.path().join("connectors")).unwrap();
         for (name, yaml) in connectors {
             std::fs::write(dir.path().join("connectors").join(name), yaml).unwrap();
         }
-        let cfg = format!(
-            "nats:\n  url: {url}\n  embedded: false\nhttp:\n  listen: 127.0.0.1:0\nconnectors:\n  dir: connectors\n{extra}"
-        );
-        std::fs::write(dir.path().join("hms-sync.yaml"), cfg).unwrap();
+        std::fs::write(dir.path().join("hms-sync.yaml"), config).unwrap();
         Setup { dir }
+    }
+
+    /// A path in the folder.
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// Writes a file of the folder; returns its path.
+    pub fn write(&self, name: &str, text: &str) -> PathBuf {
+        let p = self.path(name);
+        std::fs::write(&p, text).unwrap();
+        p
     }
 
     /// Like [`Setup::new`], with `http` lines (indented keys such as `  adminListen: ...`)
@@ -223,6 +241,7 @@ impl Setup {
         hms_sync::config::RuntimeConfig::load(&self.config_path(), true).expect("config")
     }
 
+    /// Starts the runtime in this process.
     pub async fn start(&self) -> hms_sync::Runtime {
         hms_sync::Runtime::start(self.config())
             .await
@@ -342,29 +361,27 @@ pub async fn publish(js: &async_nats::jetstream::Context, subject: &str, body: s
         .expect("stream ack");
 }
 
-/// Every message stored on a stream subject (parked jobs).
+/// Every message stored on a stream whose payload is JSON (parked jobs), in stream order.
 pub async fn stream_messages(
     js: &async_nats::jetstream::Context,
     stream: &str,
 ) -> Vec<serde_json::Value> {
-    let Ok(mut s) = js.get_stream(stream).await else {
-        return vec![];
-    };
-    let Ok(info) = s.info().await else {
-        return vec![];
-    };
-    let (first, last) = (info.state.first_sequence, info.state.last_sequence);
-    let mut out = Vec::new();
-    for seq in first..=last {
-        if let Ok(m) = s.get_raw_message(seq).await {
-            if let Ok(v) = serde_json::from_slice(&m.payload) {
-                out.push(v);
-            }
-        }
-    }
-    out
+    stream_raw(js, stream)
+        .await
+        .iter()
+        .filter_map(|m| serde_json::from_slice(&m.payload).ok())
+        .collect()
 }
 
+/// The opening of most tests: [`init_logs`], a nats-server of this test alone and a target.
+pub async fn nats_and_target() -> (Nats, Target) {
+    init_logs();
+    let nats = Nats::start().await;
+    let target = Target::start().await;
+    (nats, target)
+}
+
+/// Test logs (`HMS_SYNC_LOG`, default `warn`) and the process's TLS provider.
 pub fn init_logs() {
     // Clients built by tests (reqwest) need the process's TLS provider, as hms-sync's own do.
     hms_sync::http_client::install_crypto();
@@ -521,4 +538,50 @@ pub fn rss_kb(pid: u32) -> (u64, u64) {
 /// thousands of connections).
 pub fn raise_open_files() {
     hms_sync::serve::raise_open_files_limit();
+}
+
+/// A finished command's exit code (-1 when a signal ended it), stdout and stderr as text.
+pub fn code_and_text(out: &std::process::Output) -> (i32, String, String) {
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Runs `hms-sync ARGS --config <setup's config>` to its end, with `envs` set and without the
+/// test environment's `NATS_URL`: (exit code, stdout, stderr).
+pub async fn hms_sync_on(
+    setup: &Setup,
+    args: &[&str],
+    envs: &[(&str, &str)],
+) -> (i32, String, String) {
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_hms-sync"))
+        .args(args)
+        .arg("--config")
+        .arg(setup.config_path())
+        .env_remove("NATS_URL")
+        .envs(envs.iter().copied())
+        .output()
+        .await
+        .unwrap();
+    code_and_text(&out)
+}
+
+/// The body of `GET url` as text (any status).
+pub async fn get_text(url: &str) -> String {
+    reqwest::get(url).await.unwrap().text().await.unwrap()
+}
+
+/// The info of a consumer of `HMS_EVENTS` (the stream and the consumer must exist).
+pub async fn consumer_info(
+    js: &async_nats::jetstream::Context,
+    name: &str,
+) -> async_nats::jetstream::consumer::Info {
+    js.get_stream("HMS_EVENTS")
+        .await
+        .unwrap()
+        .consumer_info(name)
+        .await
+        .unwrap()
 }

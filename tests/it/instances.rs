@@ -177,9 +177,7 @@ async fn per_key_order_holds_across_three_instances_and_a_kill_9() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_breaker_for_every_instance_one_probe_at_a_time_one_alert() {
-    init_logs();
-    let nats = Nats::start().await;
-    let target = Target::start().await;
+    let (nats, target) = nats_and_target().await;
     target.set_delay(Duration::from_millis(300));
     let down = Arc::new(std::sync::atomic::AtomicBool::new(true));
     let d = down.clone();

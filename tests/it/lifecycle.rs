@@ -87,18 +87,6 @@ impl Drop for Up {
     }
 }
 
-async fn consumer(
-    js: &async_nats::jetstream::Context,
-    name: &str,
-) -> async_nats::jetstream::consumer::Info {
-    js.get_stream("HMS_EVENTS")
-        .await
-        .unwrap()
-        .consumer_info(name)
-        .await
-        .unwrap()
-}
-
 /// Requests per Idempotency-Key the target answered.
 fn per_key(target: &Target) -> HashMap<String, usize> {
     let mut m = HashMap::new();
@@ -111,9 +99,7 @@ fn per_key(target: &Target) -> HashMap<String, usize> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_mid_flood_finishes_what_is_in_flight_acks_it_and_exits_in_time() {
-    init_logs();
-    let nats = Nats::start().await;
-    let target = Target::start().await;
+    let (nats, target) = nats_and_target().await;
     target.set_delay(Duration::from_millis(200));
     let setup = Setup::new(
         &nats,
@@ -146,7 +132,7 @@ async fn sigterm_mid_flood_finishes_what_is_in_flight_acks_it_and_exits_in_time(
         up.console()
     );
     // Everything it delivered is acked; nothing waits for an ack timeout.
-    let info = consumer(&js, "term_flood_v1").await;
+    let info = consumer_info(&js, "term_flood_v1").await;
     assert_eq!(info.num_ack_pending, 0, "{info:?}");
     let first_run = per_key(&target);
     assert!(first_run.len() < 400, "the flood was still under way");
@@ -162,9 +148,7 @@ async fn sigterm_mid_flood_finishes_what_is_in_flight_acks_it_and_exits_in_time(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_with_a_target_that_never_answers_hands_back_and_exits_in_time() {
-    init_logs();
-    let nats = Nats::start().await;
-    let target = Target::start().await;
+    let (nats, target) = nats_and_target().await;
     target.set_delay(Duration::from_secs(300));
     let setup = Setup::new(
         &nats,
@@ -210,7 +194,7 @@ async fn sigterm_with_a_target_that_never_answers_hands_back_and_exits_in_time()
         restarted.elapsed() < Duration::from_secs(20),
         "not waiting for the ack wait (30 s)"
     );
-    let info = consumer(&js, "term_hang_v1").await;
+    let info = consumer_info(&js, "term_hang_v1").await;
     assert_eq!(
         info.delivered.consumer_sequence, 20,
         "each delivered twice (handed back once): {info:?}"
@@ -276,9 +260,7 @@ fn to_path(id: &str, topic: &str, target: &Target, path: &str) -> String {
 async fn sighup_applies_the_connectors_folder_without_dropping_anything() {
     use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::SeqCst};
     use std::sync::Arc;
-    init_logs();
-    let nats = Nats::start().await;
-    let target = Target::start().await;
+    let (nats, target) = nats_and_target().await;
     target.set_delay(Duration::from_millis(5));
     let setup = Setup::new(
         &nats,
@@ -397,7 +379,7 @@ async fn sighup_applies_the_connectors_folder_without_dropping_anything() {
     );
     // b: what was not delivered before it stopped waits on its consumer (nothing dropped).
     let b_delivered = reqs.iter().filter(|r| r.path.starts_with("/b/")).count() as u64;
-    let b = consumer(&js, "hup_b_v1").await;
+    let b = consumer_info(&js, "hup_b_v1").await;
     assert_eq!(
         b_delivered + b.num_pending + b.num_ack_pending as u64,
         rounds,

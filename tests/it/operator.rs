@@ -148,7 +148,7 @@ async fn metrics_pass_promtool_apart_from_the_ms_unit() {
         nats: _nats,
     } = scene().await;
     let url = format!("http://{}/metrics", rt.http_addr());
-    let text = reqwest::get(&url).await.unwrap().text().await.unwrap();
+    let text = get_text(&url).await;
     for m in [
         "sync_ok_total",
         "sync_parked_total",

@@ -14,9 +14,7 @@ const T: Duration = Duration::from_secs(20);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_429_slows_the_whole_endpoint() {
-    init_logs();
-    let nats = Nats::start().await;
-    let target = Target::start().await;
+    let (nats, target) = nats_and_target().await;
     let first = Arc::new(AtomicBool::new(true));
     let f = first.clone();
     target.respond(move |_, _| {
@@ -58,9 +56,7 @@ async fn a_429_slows_the_whole_endpoint() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_circuit_breaker_pauses_probes_and_resumes() {
-    init_logs();
-    let nats = Nats::start().await;
-    let target = Target::start().await;
+    let (nats, target) = nats_and_target().await;
     let down = Arc::new(AtomicBool::new(true));
     let d = down.clone();
     target.respond(move |_, _| {
@@ -137,17 +133,13 @@ fn verify(nats: &Nats) -> (i32, String) {
         .args(["audit", "verify", "--nats-url", &nats.url()])
         .output()
         .unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-    )
+    let (code, stdout, _) = code_and_text(&out);
+    (code, stdout)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_attempt_is_audited_and_tampering_is_detected() {
-    init_logs();
-    let nats = Nats::start().await;
-    let target = Target::start().await;
+    let (nats, target) = nats_and_target().await;
     target.respond(|_, n| if n == 0 { (503, vec![]) } else { (200, vec![]) });
     let setup = Setup::new(
         &nats,
@@ -285,9 +277,7 @@ async fn block_holding(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_deleted_audit_record_is_detected() {
-    init_logs();
-    let nats = Nats::start().await;
-    let target = Target::start().await;
+    let (nats, target) = nats_and_target().await;
     let (_setup, rt, js) = start_simple(&nats, &target, "del.v1", "del.in", "", "").await;
     for i in 0..5 {
         publish(&js, "del.in", json!({"id": format!("e{i}"), "n": i})).await;
@@ -328,9 +318,7 @@ async fn a_deleted_audit_record_is_detected() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deliveries_go_on_while_the_audit_stream_is_unavailable() {
-    init_logs();
-    let nats = Nats::start().await;
-    let target = Target::start().await;
+    let (nats, target) = nats_and_target().await;
     let (_setup, rt, js) = start_simple(&nats, &target, "noaudit.v1", "noaudit.in", "", "").await;
     js.delete_stream("HMS_AUDIT").await.unwrap();
     for i in 0..20 {
@@ -377,9 +365,7 @@ async fn deliveries_go_on_while_the_audit_stream_is_unavailable() {
 async fn a_flood_of_attempts_is_audited_whole_in_batches() {
     // Batches of more than two records take the fast store (plain publishes between two acked
     // ones): every record must land once, in chain order.
-    init_logs();
-    let nats = Nats::start().await;
-    let target = Target::start().await;
+    let (nats, target) = nats_and_target().await;
     let (_setup, rt, js) = start_simple(&nats, &target, "many.v1", "many.in", "", "").await;
     let n = 2_000;
     publish_many(
@@ -416,9 +402,7 @@ async fn an_endpoint_in_flight_cap_holds_across_its_connectors() {
     // so 80 events keep the cap busy. Permits come from the endpoint's fast lane while a slot
     // is free and from its actor's queue while full: neither may exceed the cap, and no
     // waiter may be forgotten (every event delivered).
-    init_logs();
-    let nats = Nats::start().await;
-    let target = Target::start().await;
+    let (nats, target) = nats_and_target().await;
     target.set_delay(Duration::from_millis(20));
     let (_setup, rt, js) = start_with(
         &nats,

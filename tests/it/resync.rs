@@ -12,20 +12,7 @@ use serde_json::{json, Value};
 use crate::harness::*;
 
 async fn hms(setup: &Setup, args: &[&str]) -> (i32, String, String) {
-    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_hms-sync"))
-        .args(args)
-        .arg("--config")
-        .arg(setup.config_path())
-        .env_remove("NATS_URL")
-        .env("USER", "rosa")
-        .output()
-        .await
-        .unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    hms_sync_on(setup, args, &[("USER", "rosa")]).await
 }
 
 /// Idempotency-Key of every request, by path.
@@ -41,9 +28,7 @@ fn keys_by_path(target: &Target) -> BTreeMap<String, Vec<String>> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn resync_resends_with_the_original_keys_without_moving_the_consumer() {
-    init_logs();
-    let nats = Nats::start().await;
-    let target = Target::start().await;
+    let (nats, target) = nats_and_target().await;
     let connector = format!(
         "id: resync.r.v1\ntype: outbound\ntrigger:\n  topic: resync.topic\n  filter: \"!has(object.skip)\"\nmap:\n  to:\n    url: \"{}/items/{{id}}\"\n    method: PUT\n    body:\n      id: \"{{{{ id }}}}\"\n",
         target.url()
@@ -228,9 +213,7 @@ async fn resync_resends_with_the_original_keys_without_moving_the_consumer() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn parked_replay_by_connector_reason_and_time_with_a_dry_run() {
-    init_logs();
-    let nats = Nats::start().await;
-    let target = Target::start().await;
+    let (nats, target) = nats_and_target().await;
     let fixed = Arc::new(AtomicBool::new(false));
     let f = fixed.clone();
     target.respond(

@@ -28,9 +28,7 @@ fn verify_json(nats: &Nats) -> serde_json::Value {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_audit_actor_is_restarted_and_its_loss_is_a_sealed_gap() {
-    init_logs();
-    let nats = Nats::start().await;
-    let target = Target::start().await;
+    let (nats, target) = nats_and_target().await;
     let (_setup, rt, js) = start_simple(&nats, &target, "audkill.v1", "audkill.in", "", "").await;
     // With HMS_AUDIT away, the records of the first events wait in the actor's memory: killing
     // it loses them for sure.

@@ -13,9 +13,7 @@ use harness::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rate_limit_holds_in_every_one_second_window() {
-    init_logs();
-    let nats = Nats::start().await;
-    let target = Target::start().await;
+    let (nats, target) = nats_and_target().await;
     let limited = simple_connector(
         "limited.v1",
         "limited.in",
@@ -57,9 +55,7 @@ mod fleet;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_rate_budget_for_three_instances() {
-    init_logs();
-    let nats = Nats::start().await;
-    let target = Target::start().await;
+    let (nats, target) = nats_and_target().await;
     let limited = simple_connector(
         "shared.budget.v1",
         "shared.budget.in",
