@@ -33,10 +33,8 @@ async fn get(url: &str, token: Option<&str>) -> (u16, String, Option<String>) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn admin_side_on_its_own_address_behind_the_token() {
-    init_logs();
     std::env::set_var("HMS_IT_ADMIN_HMAC", "portal-secret");
-    let nats = Nats::start().await;
-    let target = Target::start().await;
+    let (nats, target) = nats_and_target().await;
     let setup = Setup::with_http(
         &nats,
         &[

@@ -160,13 +160,7 @@ async fn exhausted_retries_and_permanent_errors_are_parked_with_a_review_alert()
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn random_503s_on_2000_events_all_delivered_none_parked() {
     let (nats, target) = nats_and_target().await;
-    target.respond(|_, _| {
-        if rand::random::<f64>() < 0.3 {
-            (503, vec![])
-        } else {
-            (200, vec![])
-        }
-    });
+    target.fail_at_random(0.3);
     let (_setup, rt, js) = start_simple(
         &nats,
         &target,
@@ -413,13 +407,7 @@ async fn replayed_parked_job_is_delivered_once_with_its_original_key() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn per_key_ordering_survives_random_503s() {
     let (nats, target) = nats_and_target().await;
-    target.respond(|_, _| {
-        if rand::random::<f64>() < 0.3 {
-            (503, vec![])
-        } else {
-            (200, vec![])
-        }
-    });
+    target.fail_at_random(0.3);
     let yaml = format!(
         "id: ordered.v1\ntype: outbound\ntrigger:\n  topic: ordered.in\n  orderingKey: \"{{{{ key }}}}\"\nmap:\n  to:\n    url: \"{}/items/{{key}}\"\n    method: PUT\n    body:\n      key: \"{{{{ key }}}}\"\n      n: \"{{{{ n }}}}\"\nretry:\n  max: 20\n  backoffMs: 5\n  maxBackoffMs: 50\n",
         target.url()

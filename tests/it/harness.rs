@@ -5,6 +5,8 @@
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use hms_sync::nats_server::NatsServer;
@@ -150,6 +152,32 @@ impl Target {
         f: impl Fn(&Recorded, usize) -> (u16, Vec<(String, String)>) + Send + Sync + 'static,
     ) {
         self.sink.respond(f);
+    }
+
+    /// From now on answers 503 to a random `share` (0 to 1) of the requests, 200 to the rest.
+    pub fn fail_at_random(&self, share: f64) {
+        self.respond(move |_, _| {
+            if rand::random::<f64>() < share {
+                (503, vec![])
+            } else {
+                (200, vec![])
+            }
+        });
+    }
+
+    /// From now on answers 500 while the returned switch is on (it starts on), 200 once the
+    /// test turns it off.
+    pub fn outage(&self) -> Arc<AtomicBool> {
+        let down = Arc::new(AtomicBool::new(true));
+        let d = down.clone();
+        self.respond(move |_, _| {
+            if d.load(Ordering::SeqCst) {
+                (500, vec![])
+            } else {
+                (200, vec![])
+            }
+        });
+        down
     }
 
     pub fn requests(&self) -> Vec<Recorded> {
@@ -319,6 +347,19 @@ pub async fn terminate(child: std::process::Child) -> std::process::ExitStatus {
         .await
         .unwrap()
         .unwrap()
+}
+
+/// The seed's example event: `connectors/gis-ddot.yaml` sends it as `PATCH
+/// .../item/roadwork/RW-481`.
+pub const SEED_PERMIT: &str =
+    r#"{"permitId":"RW-481","agency":"DDOT","startDate":"2024-05-10","status":"APPROVED"}"#;
+
+/// Publishes `body` on `subject` with plain core NATS, like `nats pub` (not flushed).
+pub async fn publish_plain(client: &async_nats::Client, subject: &str, body: &str) {
+    client
+        .publish(subject.to_string(), body.to_string().into())
+        .await
+        .unwrap();
 }
 
 /// The seed connector with its URL pointed at `target`.

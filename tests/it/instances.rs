@@ -179,15 +179,7 @@ async fn per_key_order_holds_across_three_instances_and_a_kill_9() {
 async fn one_breaker_for_every_instance_one_probe_at_a_time_one_alert() {
     let (nats, target) = nats_and_target().await;
     target.set_delay(Duration::from_millis(300));
-    let down = Arc::new(std::sync::atomic::AtomicBool::new(true));
-    let d = down.clone();
-    target.respond(move |_, _| {
-        if d.load(std::sync::atomic::Ordering::SeqCst) {
-            (500, vec![])
-        } else {
-            (200, vec![])
-        }
-    });
+    let down = target.outage();
     let config = format!(
         "delivery:\n  pullBatch: 4\n  maxInFlight: 4\nendpoints:\n  \"http://{}\":\n    breaker: {{ failures: 5, probeIntervalMs: 500 }}\n",
         target.addr

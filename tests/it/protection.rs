@@ -57,15 +57,7 @@ async fn a_429_slows_the_whole_endpoint() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_circuit_breaker_pauses_probes_and_resumes() {
     let (nats, target) = nats_and_target().await;
-    let down = Arc::new(AtomicBool::new(true));
-    let d = down.clone();
-    target.respond(move |_, _| {
-        if d.load(Ordering::SeqCst) {
-            (500, vec![])
-        } else {
-            (200, vec![])
-        }
-    });
+    let down = target.outage();
     let cfg = format!(
         "endpoints:\n  \"http://{}\":\n    maxInFlight: 4\n    breaker: {{ failures: 3, probeIntervalMs: 300 }}\n",
         target.addr

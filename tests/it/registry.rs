@@ -532,10 +532,8 @@ async fn invalid_bucket_entries_are_reported_and_harm_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn registry_wins_over_the_folder_and_undeploy_falls_back() {
-    init_logs();
     std::env::set_var("ARC_TOKEN", "arc-secret-token");
-    let nats = Nats::start().await;
-    let target = Target::start().await;
+    let (nats, target) = nats_and_target().await;
     let seed = seed_as(&target, "ddot.gis.wins.v1");
     let setup = Setup::new(&nats, &[("gis-ddot.yaml", seed.clone())], "");
     let bus = connect_bus(&nats).await;
@@ -578,14 +576,7 @@ fn seed_as(target: &Target, id: &str) -> String {
 
 async fn seed_publish_and_expect_patch(nats: &Nats, target: &Target, n: usize) {
     let client = nats.client().await;
-    client
-        .publish(
-            "permit.updated",
-            r#"{"permitId":"RW-481","agency":"DDOT","startDate":"2024-05-10","status":"APPROVED"}"#
-                .into(),
-        )
-        .await
-        .unwrap();
+    publish_plain(&client, "permit.updated", SEED_PERMIT).await;
     client.flush().await.unwrap();
     eventually(T, "the PATCH", || async { target.count() >= n }).await;
     let r = &target.requests()[n - 1];
@@ -599,10 +590,8 @@ async fn seed_publish_and_expect_patch(nats: &Nats, target: &Target, n: usize) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn seed_sequence_deploy_then_up() {
-    init_logs();
     std::env::set_var("ARC_TOKEN", "arc-secret-token");
-    let nats = Nats::start().await;
-    let target = Target::start().await;
+    let (nats, target) = nats_and_target().await;
     let setup = Setup::new(&nats, &[], "");
     let dir = setup.dir.path();
     std::fs::create_dir_all(dir.join("seed")).unwrap();
@@ -625,10 +614,8 @@ async fn seed_sequence_deploy_then_up() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn seed_sequence_up_then_deploy() {
-    init_logs();
     std::env::set_var("ARC_TOKEN", "arc-secret-token");
-    let nats = Nats::start().await;
-    let target = Target::start().await;
+    let (nats, target) = nats_and_target().await;
     let setup = Setup::new(&nats, &[], "");
     let rt = setup.start().await;
     let dir = setup.dir.path();
@@ -704,14 +691,7 @@ async fn seed_sequence_with_the_embedded_default() {
     })
     .await;
     let client = async_nats::connect(&url).await.unwrap();
-    client
-        .publish(
-            "permit.updated",
-            r#"{"permitId":"RW-481","agency":"DDOT","startDate":"2024-05-10","status":"APPROVED"}"#
-                .into(),
-        )
-        .await
-        .unwrap();
+    publish_plain(&client, "permit.updated", SEED_PERMIT).await;
     client.flush().await.unwrap();
     eventually(T, "the PATCH", || async { target.count() >= 1 }).await;
     assert_eq!(target.requests()[0].path, "/item/roadwork/RW-481");

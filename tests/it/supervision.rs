@@ -148,10 +148,8 @@ async fn token_endpoint(grants: Arc<AtomicUsize>) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_token_actor_is_restarted_and_the_next_request_gets_a_token() {
-    init_logs();
     std::env::set_var("HMS_T_SUPERVISED_SECRET", "s3cret");
-    let nats = Nats::start().await;
-    let target = Target::start().await;
+    let (nats, target) = nats_and_target().await;
     let grants = Arc::new(AtomicUsize::new(0));
     let token_url = token_endpoint(grants.clone()).await;
     let connector = format!(

@@ -153,20 +153,13 @@ fn config_prints_the_effective_config_with_secrets_masked() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hms_bus_publish_as_the_seed_writes_it() {
-    init_logs();
     std::env::set_var("ARC_TOKEN", "arc-secret-token");
-    let nats = Nats::start().await;
-    let target = Target::start().await;
+    let (nats, target) = nats_and_target().await;
     let (_setup, rt, _js) = start_with(&nats, &[("gis.yaml", seed_connector(&target))], "").await;
     // The seed's command, verbatim, from a folder without a config (the defaults), NATS_URL set.
     let dir = tempfile::tempdir().unwrap();
     let out = tokio::process::Command::new(BUS)
-        .args([
-            "publish",
-            "permit.updated",
-            "--data",
-            r#"{"permitId":"RW-481","agency":"DDOT","startDate":"2024-05-10","status":"APPROVED"}"#,
-        ])
+        .args(["publish", "permit.updated", "--data", SEED_PERMIT])
         .current_dir(dir.path())
         .env("NATS_URL", nats.url())
         .output()

@@ -10,31 +10,20 @@ const T: Duration = Duration::from_secs(20);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn seed_walkthrough_patches_ddot_events_and_skips_others() {
-    init_logs();
     std::env::set_var("ARC_TOKEN", "arc-secret-token");
-    let nats = Nats::start().await;
-    let target = Target::start().await;
+    let (nats, target) = nats_and_target().await;
     let (_setup, rt, js) =
         start_with(&nats, &[("gis-ddot.yaml", seed_connector(&target))], "").await;
 
     // Plain core NATS publish, like `nats pub permit.updated '{...}'`.
     let client = nats.client().await;
-    client
-        .publish(
-            "permit.updated",
-            r#"{"permitId":"RW-481","agency":"DDOT","startDate":"2024-05-10","status":"APPROVED"}"#
-                .into(),
-        )
-        .await
-        .unwrap();
-    client
-        .publish(
-            "permit.updated",
-            r#"{"permitId":"NY-1","agency":"NYC","startDate":"2024-05-11","status":"APPROVED"}"#
-                .into(),
-        )
-        .await
-        .unwrap();
+    publish_plain(&client, "permit.updated", SEED_PERMIT).await;
+    publish_plain(
+        &client,
+        "permit.updated",
+        r#"{"permitId":"NY-1","agency":"NYC","startDate":"2024-05-11","status":"APPROVED"}"#,
+    )
+    .await;
     client.flush().await.unwrap();
 
     eventually(T, "one PATCH at the target", || async {
