@@ -626,3 +626,48 @@ pub async fn consumer_info(
         .await
         .unwrap()
 }
+
+/// Runs `hms-sync ARGS --config <setup's config>` (without the test environment's `NATS_URL`
+/// and `HMS_SYNC_LOG`) until `done` holds for the lines of its stderr, then sends SIGTERM;
+/// returns its exit status and every line it wrote. Panics after `timeout`, saying `late` and
+/// the lines so far.
+pub async fn stderr_until(
+    setup: &Setup,
+    args: &[&str],
+    timeout: Duration,
+    late: &str,
+    done: impl Fn(&[String]) -> bool,
+) -> (std::process::ExitStatus, Vec<String>) {
+    use std::io::{BufRead, BufReader};
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_hms-sync"))
+        .args(args)
+        .arg("--config")
+        .arg(setup.config_path())
+        .env_remove("NATS_URL")
+        .env_remove("HMS_SYNC_LOG")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let mut lines = Vec::new();
+    let deadline = Instant::now() + timeout;
+    while !done(&lines) {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(l) => lines.push(l),
+            Err(_) => panic!("{late}; stderr so far:\n{lines:#?}"),
+        }
+    }
+    let status = terminate(child).await;
+    lines.extend(rx.try_iter());
+    (status, lines)
+}

@@ -87,6 +87,31 @@ impl Drop for Up {
     }
 }
 
+/// `hms-sync up` (a child process) with `connector` as `c.yaml` and `config` appended, ready,
+/// then `n` events `{"id": "<prefix><i>", "n": i}` published on `topic`. The stream and the
+/// consumer exist before anything is published (a runtime in this process made them).
+async fn up_and_published(
+    nats: &Nats,
+    connector: String,
+    config: &str,
+    topic: &str,
+    prefix: &str,
+    n: usize,
+) -> (Setup, Up, async_nats::jetstream::Context) {
+    let setup = Setup::new(nats, &[("c.yaml", connector)], config);
+    setup.start().await.shutdown().await;
+    let up = Up::start(&setup);
+    eventually(Duration::from_secs(30), "up ready", || up.ready()).await;
+    let js = async_nats::jetstream::new(nats.client().await);
+    publish_many(
+        &js,
+        topic,
+        (0..n).map(|i| json!({"id": format!("{prefix}{i}"), "n": i})),
+    )
+    .await;
+    (setup, up, js)
+}
+
 /// Requests per Idempotency-Key the target answered.
 fn per_key(target: &Target) -> HashMap<String, usize> {
     let mut m = HashMap::new();
@@ -101,25 +126,10 @@ fn per_key(target: &Target) -> HashMap<String, usize> {
 async fn sigterm_mid_flood_finishes_what_is_in_flight_acks_it_and_exits_in_time() {
     let (nats, target) = nats_and_target().await;
     target.set_delay(Duration::from_millis(200));
-    let setup = Setup::new(
-        &nats,
-        &[(
-            "c.yaml",
-            simple_connector("term.flood.v1", "term.flood", &target, ""),
-        )],
-        "delivery:\n  maxInFlight: 16\n  shutdownTimeoutMs: 4000\n",
-    );
-    // The stream and the consumer exist before anything is published.
-    setup.start().await.shutdown().await;
-    let mut up = Up::start(&setup);
-    eventually(Duration::from_secs(30), "up ready", || up.ready()).await;
-    let js = async_nats::jetstream::new(nats.client().await);
-    publish_many(
-        &js,
-        "term.flood",
-        (0..400).map(|i| json!({"id": format!("e{i}"), "n": i})),
-    )
-    .await;
+    let connector = simple_connector("term.flood.v1", "term.flood", &target, "");
+    let config = "delivery:\n  maxInFlight: 16\n  shutdownTimeoutMs: 4000\n";
+    let (setup, mut up, js) =
+        up_and_published(&nats, connector, config, "term.flood", "e", 400).await;
     eventually(Duration::from_secs(30), "a flood under way", || async {
         target.count() >= 40
     })
@@ -150,24 +160,10 @@ async fn sigterm_mid_flood_finishes_what_is_in_flight_acks_it_and_exits_in_time(
 async fn sigterm_with_a_target_that_never_answers_hands_back_and_exits_in_time() {
     let (nats, target) = nats_and_target().await;
     target.set_delay(Duration::from_secs(300));
-    let setup = Setup::new(
-        &nats,
-        &[(
-            "c.yaml",
-            simple_connector("term.hang.v1", "term.hang", &target, "timeoutMs: 600000\n"),
-        )],
-        "delivery:\n  shutdownTimeoutMs: 3000\n",
-    );
-    setup.start().await.shutdown().await;
-    let mut up = Up::start(&setup);
-    eventually(Duration::from_secs(30), "up ready", || up.ready()).await;
-    let js = async_nats::jetstream::new(nats.client().await);
-    publish_many(
-        &js,
-        "term.hang",
-        (0..10).map(|i| json!({"id": format!("h{i}"), "n": i})),
-    )
-    .await;
+    let connector = simple_connector("term.hang.v1", "term.hang", &target, "timeoutMs: 600000\n");
+    let config = "delivery:\n  shutdownTimeoutMs: 3000\n";
+    let (setup, mut up, js) =
+        up_and_published(&nats, connector, config, "term.hang", "h", 10).await;
     eventually(Duration::from_secs(30), "ten requests hanging", || async {
         target.concurrent() == 10
     })
