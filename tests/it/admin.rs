@@ -329,12 +329,12 @@ fn read_all(mut r: impl std::io::Read + Send + 'static) -> std::thread::JoinHand
 fn validate_checks_the_admin_keys_with_positions() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("hms-sync.yaml");
-    std::fs::write(
-        &file,
-        "nats:\n  embedded: false\nhttp:\n  listen: 0.0.0.0:7500\n  adminListen: 127.0.0.1:7500\n  adminToken: short\n  chartSampleMs: 5\n",
-    )
-    .unwrap();
-    let (code, out, _) = output(bin().args(["validate", "--config"]).arg(&file));
+    // Writes the config file, then validates it.
+    let validate = |text: &str| {
+        std::fs::write(&file, text).unwrap();
+        output(bin().args(["validate", "--config"]).arg(&file))
+    };
+    let (code, out, _) = validate("nats:\n  embedded: false\nhttp:\n  listen: 0.0.0.0:7500\n  adminListen: 127.0.0.1:7500\n  adminToken: short\n  chartSampleMs: 5\n");
     assert_eq!(code, 2, "{out}");
     let f = file.display().to_string();
     assert!(
@@ -353,26 +353,15 @@ fn validate_checks_the_admin_keys_with_positions() {
         out.contains(&format!("{f}:7:18: http.chartSampleMs: 5 (at least 100)")),
         "{out}"
     );
-    std::fs::write(
-        &file,
-        "nats:\n  embedded: false\nhttp:\n  listen: 0.0.0.0:7500\n  adminListen: 127.0.0.1:7501\n  adminToken: ${HMS ADMIN}\n",
-    )
-    .unwrap();
-    let (code, out, _) = output(bin().args(["validate", "--config"]).arg(&file));
+    let (code, out, _) = validate("nats:\n  embedded: false\nhttp:\n  listen: 0.0.0.0:7500\n  adminListen: 127.0.0.1:7501\n  adminToken: ${HMS ADMIN}\n");
     assert_eq!(code, 2, "{out}");
     assert!(
         out.contains(&format!("{f}:6:15: http.adminToken: `${{HMS ADMIN}}`")),
         "{out}"
     );
-    std::fs::write(
-        &file,
-        "nats:\n  embedded: false\nhttp:\n  listen: 0.0.0.0:7500\n  adminListen: 127.0.0.1:7501\n  adminToken: ${HMS_ADMIN_TOKEN}\n",
-    )
-    .unwrap();
-    let (code, out, err) = output(bin().args(["validate", "--config"]).arg(&file));
+    let (code, out, err) = validate("nats:\n  embedded: false\nhttp:\n  listen: 0.0.0.0:7500\n  adminListen: 127.0.0.1:7501\n  adminToken: ${HMS_ADMIN_TOKEN}\n");
     assert_eq!(code, 0, "{out}{err}");
-    std::fs::write(&file, "http:\n  adminListen: nowhere\n").unwrap();
-    let (code, out, err) = output(bin().args(["validate", "--config"]).arg(&file));
+    let (code, out, err) = validate("http:\n  adminListen: nowhere\n");
     assert_eq!(code, 2, "{out}{err}");
     assert!(
         out.contains(&format!(

@@ -484,9 +484,7 @@ async fn a_pull_that_receives_nothing_while_work_waits_is_reopened() {
         async move { stream.consumer_info("stall_v1").await.unwrap().num_waiting == 0 }
     })
     .await;
-    for i in 0..3 {
-        publish(&js, "stall.in", json!({"id": format!("s{i}"), "n": i})).await;
-    }
+    publish_numbered(&js, "stall.in", "s", 0..3).await;
     let consumer: async_nats::jetstream::consumer::PullConsumer = js
         .get_stream("HMS_EVENTS")
         .await

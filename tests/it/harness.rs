@@ -402,6 +402,24 @@ pub async fn publish(js: &async_nats::jetstream::Context, subject: &str, body: s
         .expect("stream ack");
 }
 
+/// Publishes `{"id": "<prefix><i>", "n": i}` on `subject` for each `i` of `numbers`, one after
+/// another (each stream ack awaited before the next).
+pub async fn publish_numbered(
+    js: &async_nats::jetstream::Context,
+    subject: &str,
+    prefix: &str,
+    numbers: std::ops::Range<usize>,
+) {
+    for i in numbers {
+        publish(
+            js,
+            subject,
+            serde_json::json!({"id": format!("{prefix}{i}"), "n": i}),
+        )
+        .await;
+    }
+}
+
 /// Every message stored on a stream whose payload is JSON (parked jobs), in stream order.
 pub async fn stream_messages(
     js: &async_nats::jetstream::Context,

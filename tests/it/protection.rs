@@ -37,9 +37,7 @@ async fn a_429_slows_the_whole_endpoint() {
         &cfg,
     )
     .await;
-    for i in 0..5 {
-        publish(&js, "slow.in", json!({"id": format!("e{i}"), "n": i})).await;
-    }
+    publish_numbered(&js, "slow.in", "e", 0..5).await;
     eventually(T, "all five delivered", || async {
         target.requests().iter().filter(|r| r.status == 200).count() == 5
     })
@@ -79,9 +77,7 @@ async fn the_circuit_breaker_pauses_probes_and_resumes() {
     let client = nats.client().await;
     let mut alerts = client.subscribe("hitl.review.requested").await.unwrap();
     let js = async_nats::jetstream::new(client.clone());
-    for i in 0..20 {
-        publish(&js, "breaker.in", json!({"id": format!("e{i}"), "n": i})).await;
-    }
+    publish_numbered(&js, "breaker.in", "e", 0..20).await;
     let paused = tokio::time::timeout(T, alerts.next())
         .await
         .expect("pause alert")
@@ -163,9 +159,7 @@ async fn every_attempt_is_audited_and_tampering_is_detected() {
     .unwrap()
     .await
     .unwrap();
-    for i in 1..6 {
-        publish(&js, "audited.in", json!({"id": format!("e{i}"), "n": i})).await;
-    }
+    publish_numbered(&js, "audited.in", "e", 1..6).await;
     // 6 events, each failing once then delivered: 12 attempts.
     eventually(T, "12 audit records", || async {
         audit_records(&js).await.len() == 12
@@ -234,17 +228,7 @@ async fn every_attempt_is_audited_and_tampering_is_detected() {
             r.to_string()
         })
         .collect();
-    js.get_stream("HMS_AUDIT")
-        .await
-        .unwrap()
-        .delete_message(seq)
-        .await
-        .unwrap();
-    js.publish(subject, (changed.join("\n") + "\n").into())
-        .await
-        .unwrap()
-        .await
-        .unwrap();
+    store_again(&js, subject, seq, &changed).await;
     let (code, out) = verify(&nats);
     assert_eq!(code, 1, "{out}");
     assert!(out.contains("BROKEN at HMS_AUDIT message"), "{out}");
@@ -267,13 +251,34 @@ async fn block_holding(
     panic!("no block holds record {n}");
 }
 
+/// Takes the stored block `seq` out of `HMS_AUDIT` and stores `records` (JSON lines) as a new
+/// block on `subject`; none left: nothing is stored.
+async fn store_again(
+    js: &async_nats::jetstream::Context,
+    subject: String,
+    seq: u64,
+    records: &[String],
+) {
+    js.get_stream("HMS_AUDIT")
+        .await
+        .unwrap()
+        .delete_message(seq)
+        .await
+        .unwrap();
+    if !records.is_empty() {
+        js.publish(subject, (records.join("\n") + "\n").into())
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_deleted_audit_record_is_detected() {
     let (nats, target) = nats_and_target().await;
     let (_setup, rt, js) = start_simple(&nats, &target, "del.v1", "del.in", "", "").await;
-    for i in 0..5 {
-        publish(&js, "del.in", json!({"id": format!("e{i}"), "n": i})).await;
-    }
+    publish_numbered(&js, "del.in", "e", 0..5).await;
     eventually(T, "5 audit records", || async {
         audit_records(&js).await.len() == 5
     })
@@ -287,19 +292,7 @@ async fn a_deleted_audit_record_is_detected() {
         .filter(|r| r["n"] != 3)
         .map(|r| r.to_string())
         .collect();
-    js.get_stream("HMS_AUDIT")
-        .await
-        .unwrap()
-        .delete_message(seq)
-        .await
-        .unwrap();
-    if !kept.is_empty() {
-        js.publish(subject, (kept.join("\n") + "\n").into())
-            .await
-            .unwrap()
-            .await
-            .unwrap();
-    }
+    store_again(&js, subject, seq, &kept).await;
     let (code, out) = verify(&nats);
     assert_eq!(code, 1, "{out}");
     assert!(
@@ -313,9 +306,7 @@ async fn deliveries_go_on_while_the_audit_stream_is_unavailable() {
     let (nats, target) = nats_and_target().await;
     let (_setup, rt, js) = start_simple(&nats, &target, "noaudit.v1", "noaudit.in", "", "").await;
     js.delete_stream("HMS_AUDIT").await.unwrap();
-    for i in 0..20 {
-        publish(&js, "noaudit.in", json!({"id": format!("e{i}"), "n": i})).await;
-    }
+    publish_numbered(&js, "noaudit.in", "e", 0..20).await;
     eventually(T, "all delivered without an audit stream", || async {
         target.count() == 20
     })

@@ -15,6 +15,16 @@ async fn hms(setup: &Setup, args: &[&str]) -> (i32, String, String) {
     hms_sync_on(setup, args, &[("USER", "rosa")]).await
 }
 
+/// `hms-sync resync resync.r.v1 --since 10m MORE` (the connector and window of the resync
+/// test).
+async fn resync_r(setup: &Setup, more: &[&str]) -> (i32, String, String) {
+    let args: Vec<&str> = ["resync", "resync.r.v1", "--since", "10m"]
+        .into_iter()
+        .chain(more.iter().copied())
+        .collect();
+    hms(setup, &args).await
+}
+
 /// Idempotency-Key of every request, by path.
 fn keys_by_path(target: &Target) -> BTreeMap<String, Vec<String>> {
     let mut out: BTreeMap<String, Vec<String>> = BTreeMap::new();
@@ -59,11 +69,7 @@ async fn resync_resends_with_the_original_keys_without_moving_the_consumer() {
         .cached_info()
         .state
         .last_sequence;
-    let (code, out, err) = hms(
-        &setup,
-        &["resync", "resync.r.v1", "--since", "10m", "--dry-run"],
-    )
-    .await;
+    let (code, out, err) = resync_r(&setup, &["--dry-run"]).await;
     assert_eq!(code, 0, "{err}");
     assert!(
         out.starts_with("resync.r.v1: 7 events on resync.topic since ")
@@ -88,18 +94,7 @@ async fn resync_resends_with_the_original_keys_without_moving_the_consumer() {
     assert_eq!(target.count(), 6);
 
     // One event, by field: delivered again with its original key.
-    let (code, out, err) = hms(
-        &setup,
-        &[
-            "resync",
-            "resync.r.v1",
-            "--since",
-            "10m",
-            "--where",
-            "id=R-3",
-        ],
-    )
-    .await;
+    let (code, out, err) = resync_r(&setup, &["--where", "id=R-3"]).await;
     assert_eq!(code, 0, "{out}{err}");
     assert!(
         out.contains("resync.r.v1: resent 1 event (HMS_EVENTS seq "),
@@ -112,19 +107,7 @@ async fn resync_resends_with_the_original_keys_without_moving_the_consumer() {
     );
 
     // Everything, in chunks of 2: each event once more, each with its original key.
-    let (code, out, err) = hms(
-        &setup,
-        &[
-            "resync",
-            "resync.r.v1",
-            "--since",
-            "10m",
-            "--chunk",
-            "2",
-            "--json",
-        ],
-    )
-    .await;
+    let (code, out, err) = resync_r(&setup, &["--chunk", "2", "--json"]).await;
     assert_eq!(code, 0, "{out}{err}");
     let v: Value = serde_json::from_str(&out).unwrap();
     assert_eq!(v["selection"]["selected"], 6, "{v:#}");
@@ -162,11 +145,7 @@ async fn resync_resends_with_the_original_keys_without_moving_the_consumer() {
     assert_eq!(keys_by_path(&target)["/items/R-live"].len(), 1);
 
     // Bad input: exit 2, saying which argument and why.
-    let (code, _, err) = hms(
-        &setup,
-        &["resync", "resync.r.v1", "--since", "10m", "--until", "1h"],
-    )
-    .await;
+    let (code, _, err) = resync_r(&setup, &["--until", "1h"]).await;
     assert_eq!(code, 2);
     assert!(
         err.contains("--until") && err.contains("is before --since"),
@@ -182,18 +161,7 @@ async fn resync_resends_with_the_original_keys_without_moving_the_consumer() {
     // With no `up` running the connector, it says so (after 10 s without a pull) instead
     // of waiting; what was sent stays queued and goes out once one runs.
     rt.shutdown().await;
-    let (code, out, err) = hms(
-        &setup,
-        &[
-            "resync",
-            "resync.r.v1",
-            "--since",
-            "10m",
-            "--where",
-            "id=R-1",
-        ],
-    )
-    .await;
+    let (code, out, err) = resync_r(&setup, &["--where", "id=R-1"]).await;
     assert_eq!(code, 1, "{out}{err}");
     assert!(
         err.contains(

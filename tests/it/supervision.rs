@@ -33,9 +33,7 @@ async fn a_killed_audit_actor_is_restarted_and_its_loss_is_a_sealed_gap() {
     // With HMS_AUDIT away, the records of the first events wait in the actor's memory: killing
     // it loses them for sure.
     js.delete_stream("HMS_AUDIT").await.unwrap();
-    for i in 0..50 {
-        publish(&js, "audkill.in", json!({"id": format!("w{i}"), "n": i})).await;
-    }
+    publish_numbered(&js, "audkill.in", "w", 0..50).await;
     eventually(T, "records wait in memory", || async {
         metric(&rt, "sync_audit_pending").await >= 50.0
     })
