@@ -243,28 +243,29 @@ async fn clients_pass_the_token_and_nothing_prints_it() {
     })
     .await;
 
+    // `hms-sync ARGS --config <setup>` with these variables set.
+    let on_setup = |args: &[&str], envs: &[(&str, &str)]| {
+        output(
+            bin()
+                .args(args)
+                .arg("--config")
+                .arg(setup.config_path())
+                .envs(envs.iter().copied()),
+        )
+    };
     // `status` with HMS_ADMIN_TOKEN (or --admin-token) reads the instance.
-    let (code, out, err) = output(
-        bin()
-            .args(["status", "--config"])
-            .arg(setup.config_path())
-            .env("HMS_ADMIN_TOKEN", TOKEN),
-    );
+    let (code, out, err) = on_setup(&["status"], &[("HMS_ADMIN_TOKEN", TOKEN)]);
     assert_eq!(code, 0, "{err}");
     assert!(
         out.contains("tok.v1") && out.contains("running"),
         "{out}\n{err}"
     );
     assert!(!err.contains("no running instance"), "{err}");
-    let (code, out, err) = output(
-        bin()
-            .args(["status", "--admin-token", TOKEN, "--json", "--config"])
-            .arg(setup.config_path()),
-    );
+    let (code, out, err) = on_setup(&["status", "--admin-token", TOKEN, "--json"], &[]);
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("\"delivered\": 1"), "{out}");
     // Without it: the instance says 401, status says so and shows what NATS knows.
-    let (code, out, err) = output(bin().args(["status", "--config"]).arg(setup.config_path()));
+    let (code, out, err) = on_setup(&["status"], &[]);
     assert_eq!(code, 0, "{err}");
     assert!(
         err.contains(&format!(
@@ -273,25 +274,11 @@ async fn clients_pass_the_token_and_nothing_prints_it() {
         "{err}"
     );
     assert!(out.contains("unknown (the instance at"), "{out}");
-    let (code, _, err) = output(
-        bin()
-            .args([
-                "status",
-                "--admin-token",
-                "wrong-token-0123456789",
-                "--config",
-            ])
-            .arg(setup.config_path()),
-    );
+    let (code, _, err) = on_setup(&["status", "--admin-token", "wrong-token-0123456789"], &[]);
     assert_eq!(code, 0);
     assert!(err.contains("refused the admin token"), "{err}");
     // `config` shows the token as ***.
-    let (code, out, err) = output(
-        bin()
-            .args(["config", "--config"])
-            .arg(setup.config_path())
-            .env("HMS_ADMIN_TOKEN", TOKEN),
-    );
+    let (code, out, err) = on_setup(&["config"], &[("HMS_ADMIN_TOKEN", TOKEN)]);
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("adminToken: '***'"), "{out}");
     assert!(

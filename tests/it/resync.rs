@@ -25,6 +25,23 @@ async fn resync_r(setup: &Setup, more: &[&str]) -> (i32, String, String) {
     hms(setup, &args).await
 }
 
+/// `hms-sync parked replay --connector replay.p.v1 --reason REASON MORE` (the connector of the
+/// replay test).
+async fn replay_p(setup: &Setup, reason: &str, more: &[&str]) -> (i32, String, String) {
+    let args: Vec<&str> = [
+        "parked",
+        "replay",
+        "--connector",
+        "replay.p.v1",
+        "--reason",
+        reason,
+    ]
+    .into_iter()
+    .chain(more.iter().copied())
+    .collect();
+    hms(setup, &args).await
+}
+
 /// Idempotency-Key of every request, by path.
 fn keys_by_path(target: &Target) -> BTreeMap<String, Vec<String>> {
     let mut out: BTreeMap<String, Vec<String>> = BTreeMap::new();
@@ -218,19 +235,7 @@ async fn parked_replay_by_connector_reason_and_time_with_a_dry_run() {
     let first_keys = keys_by_path(&target);
 
     // A dry run: which would go, nothing sent.
-    let (code, out, err) = hms(
-        &setup,
-        &[
-            "parked",
-            "replay",
-            "--connector",
-            "replay.p.v1",
-            "--reason",
-            "http 503",
-            "--dry-run",
-        ],
-    )
-    .await;
+    let (code, out, err) = replay_p(&setup, "http 503", &["--dry-run"]).await;
     assert_eq!(code, 0, "{err}");
     let lines: Vec<&str> = out.lines().collect();
     assert_eq!(lines.len(), 3, "{out}");
@@ -254,20 +259,7 @@ async fn parked_replay_by_connector_reason_and_time_with_a_dry_run() {
 
     // Fixed: replay the 503s of one connector; the other connector's 503 stays.
     fixed.store(true, Ordering::SeqCst);
-    let (code, out, err) = hms(
-        &setup,
-        &[
-            "parked",
-            "replay",
-            "--connector",
-            "replay.p.v1",
-            "--reason",
-            "HTTP 503",
-            "--since",
-            "1h",
-        ],
-    )
-    .await;
+    let (code, out, err) = replay_p(&setup, "HTTP 503", &["--since", "1h"]).await;
     assert_eq!(code, 0, "{out}{err}");
     assert!(
         out.ends_with(
