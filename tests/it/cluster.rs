@@ -214,12 +214,7 @@ async fn a_killed_stream_leader_mid_flood_loses_nothing() {
     let (_setup, rt) = start_at(&cluster.urls(), &target).await;
     let n = 3_000;
     // All published first: the publisher may be connected to the node that is killed.
-    publish_many(
-        &js,
-        TOPIC,
-        (0..n).map(|i| json!({"id": format!("e{i}"), "n": i})),
-    )
-    .await;
+    publish_many(&js, TOPIC, numbered("e", 0..n)).await;
     under_way(&target, 500).await;
     // The node leading the consumer (where its pull requests wait) and, with it most often,
     // the stream.
@@ -248,12 +243,7 @@ async fn a_restarted_server_mid_flood_loses_nothing() {
     let (_setup, rt) = start_at(&url, &target).await;
     let js = jetstream::new(async_nats::connect(&url).await.unwrap());
     let n = 2_000;
-    publish_many(
-        &js,
-        TOPIC,
-        (0..n).map(|i| json!({"id": format!("e{i}"), "n": i})),
-    )
-    .await;
+    publish_many(&js, TOPIC, numbered("e", 0..n)).await;
     under_way(&target, 300).await;
     let server = server.restart().await.expect("restarted");
     let at = delivered(&target);

@@ -170,12 +170,7 @@ async fn random_503s_on_2000_events_all_delivered_none_parked() {
         "",
     )
     .await;
-    publish_many(
-        &js,
-        "flaky.in",
-        (0..2000).map(|i| json!({"id": format!("e{i}"), "n": i})),
-    )
-    .await;
+    publish_many(&js, "flaky.in", numbered("e", 0..2000)).await;
     let delivered = || {
         target
             .requests()

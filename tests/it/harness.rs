@@ -410,14 +410,18 @@ pub async fn publish_numbered(
     prefix: &str,
     numbers: std::ops::Range<usize>,
 ) {
-    for i in numbers {
-        publish(
-            js,
-            subject,
-            serde_json::json!({"id": format!("{prefix}{i}"), "n": i}),
-        )
-        .await;
+    for event in numbered(prefix, numbers) {
+        publish(js, subject, event).await;
     }
+}
+
+/// The events `{"id": "<prefix><i>", "n": i}` for each `i` of `numbers`: what most tests
+/// publish.
+pub fn numbered(
+    prefix: &str,
+    numbers: std::ops::Range<usize>,
+) -> impl Iterator<Item = serde_json::Value> + '_ {
+    numbers.map(move |i| serde_json::json!({"id": format!("{prefix}{i}"), "n": i}))
 }
 
 /// Every message stored on a stream whose payload is JSON (parked jobs), in stream order.

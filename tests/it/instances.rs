@@ -223,12 +223,7 @@ async fn one_breaker_for_every_instance_one_probe_at_a_time_one_alert() {
         eventually(Duration::from_secs(30), "instance ready", || i.ready()).await;
     }
     let js = async_nats::jetstream::new(client.clone());
-    publish_many(
-        &js,
-        "broken.in",
-        (0..60).map(|i| json!({"id": format!("e{i}"), "n": i})),
-    )
-    .await;
+    publish_many(&js, "broken.in", numbered("e", 0..60)).await;
     eventually(Duration::from_secs(30), "the breaker opened", || async {
         !kinds("endpoint.paused").is_empty()
     })

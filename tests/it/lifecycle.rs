@@ -103,12 +103,7 @@ async fn up_and_published(
     let up = Up::start(&setup);
     eventually(Duration::from_secs(30), "up ready", || up.ready()).await;
     let js = async_nats::jetstream::new(nats.client().await);
-    publish_many(
-        &js,
-        topic,
-        (0..n).map(|i| json!({"id": format!("{prefix}{i}"), "n": i})),
-    )
-    .await;
+    publish_many(&js, topic, numbered(prefix, 0..n)).await;
     (setup, up, js)
 }
 

@@ -351,12 +351,7 @@ async fn a_flood_of_attempts_is_audited_whole_in_batches() {
     let (nats, target) = nats_and_target().await;
     let (_setup, rt, js) = start_simple(&nats, &target, "many.v1", "many.in", "", "").await;
     let n = 2_000;
-    publish_many(
-        &js,
-        "many.in",
-        (0..n).map(|i| json!({"id": format!("e{i}"), "n": i})),
-    )
-    .await;
+    publish_many(&js, "many.in", numbered("e", 0..n)).await;
     eventually(T, "all delivered", || async { target.count() >= n }).await;
     eventually(T, "every attempt on HMS_AUDIT", || async {
         audit_records(&js).await.len() >= n
@@ -399,18 +394,8 @@ async fn an_endpoint_in_flight_cap_holds_across_its_connectors() {
         ),
     )
     .await;
-    publish_many(
-        &js,
-        "cap.a",
-        (0..40).map(|i| json!({"id": format!("a{i}"), "n": i})),
-    )
-    .await;
-    publish_many(
-        &js,
-        "cap.b",
-        (0..40).map(|i| json!({"id": format!("b{i}"), "n": i})),
-    )
-    .await;
+    publish_many(&js, "cap.a", numbered("a", 0..40)).await;
+    publish_many(&js, "cap.b", numbered("b", 0..40)).await;
     eventually(T, "all 80 delivered", || async { target.count() >= 80 }).await;
     let max = target.max_concurrent();
     assert!(

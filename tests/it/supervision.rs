@@ -52,12 +52,7 @@ async fn a_killed_audit_actor_is_restarted_and_its_loss_is_a_sealed_gap() {
     let publisher = {
         let js = js.clone();
         tokio::spawn(async move {
-            publish_many(
-                &js,
-                "audkill.in",
-                (0..n).map(|i| json!({"id": format!("e{i}"), "n": i})),
-            )
-            .await;
+            publish_many(&js, "audkill.in", numbered("e", 0..n)).await;
         })
     };
     let n = n + 50;
