@@ -583,6 +583,35 @@ pub async fn start_simple(
     .await
 }
 
+/// Starts a runtime with connector `<name>.v1` on `<name>.in` ([`simple_connector`], no
+/// retry rules), deletes `HMS_AUDIT`, then publishes `n` events numbered with `prefix`
+/// ([`publish_numbered`]); returns the JetStream context too.
+pub async fn start_without_audit(
+    nats: &Nats,
+    target: &Target,
+    name: &str,
+    prefix: &str,
+    n: usize,
+) -> (Setup, hms_sync::Runtime, async_nats::jetstream::Context) {
+    let (id, topic) = (format!("{name}.v1"), format!("{name}.in"));
+    let (setup, rt, js) = start_simple(nats, target, &id, &topic, "", "").await;
+    js.delete_stream("HMS_AUDIT").await.unwrap();
+    publish_numbered(&js, &topic, prefix, 0..n).await;
+    (setup, rt, js)
+}
+
+/// Creates `HMS_AUDIT` again (subjects `external.sync.>`, defaults otherwise): the stream
+/// [`start_without_audit`] took away comes back.
+pub async fn audit_stream_back(js: &async_nats::jetstream::Context) {
+    js.create_stream(async_nats::jetstream::stream::Config {
+        name: "HMS_AUDIT".into(),
+        subjects: vec!["external.sync.>".into()],
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+}
+
 /// Resident memory of process `pid` in kilobytes (`VmRSS`), and its peak (`VmHWM`).
 pub fn rss_kb(pid: u32) -> (u64, u64) {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();

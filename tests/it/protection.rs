@@ -304,9 +304,7 @@ async fn a_deleted_audit_record_is_detected() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deliveries_go_on_while_the_audit_stream_is_unavailable() {
     let (nats, target) = nats_and_target().await;
-    let (_setup, rt, js) = start_simple(&nats, &target, "noaudit.v1", "noaudit.in", "", "").await;
-    js.delete_stream("HMS_AUDIT").await.unwrap();
-    publish_numbered(&js, "noaudit.in", "e", 0..20).await;
+    let (_setup, rt, js) = start_without_audit(&nats, &target, "noaudit", "e", 20).await;
     eventually(T, "all delivered without an audit stream", || async {
         target.count() == 20
     })
@@ -329,13 +327,7 @@ async fn deliveries_go_on_while_the_audit_stream_is_unavailable() {
     })
     .await;
     // The stream comes back: the backlog is stored, and the chain verifies.
-    js.create_stream(async_nats::jetstream::stream::Config {
-        name: "HMS_AUDIT".into(),
-        subjects: vec!["external.sync.>".into()],
-        ..Default::default()
-    })
-    .await
-    .unwrap();
+    audit_stream_back(&js).await;
     eventually(Duration::from_secs(30), "backlog stored", || async {
         audit_records(&js).await.len() == 20
     })

@@ -29,24 +29,16 @@ fn verify_json(nats: &Nats) -> serde_json::Value {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_audit_actor_is_restarted_and_its_loss_is_a_sealed_gap() {
     let (nats, target) = nats_and_target().await;
-    let (_setup, rt, js) = start_simple(&nats, &target, "audkill.v1", "audkill.in", "", "").await;
     // With HMS_AUDIT away, the records of the first events wait in the actor's memory: killing
     // it loses them for sure.
-    js.delete_stream("HMS_AUDIT").await.unwrap();
-    publish_numbered(&js, "audkill.in", "w", 0..50).await;
+    let (_setup, rt, js) = start_without_audit(&nats, &target, "audkill", "w", 50).await;
     eventually(T, "records wait in memory", || async {
         metric(&rt, "sync_audit_pending").await >= 50.0
     })
     .await;
     let first = rt.services().audit.actor().expect("an audit actor runs");
     first.kill();
-    js.create_stream(async_nats::jetstream::stream::Config {
-        name: "HMS_AUDIT".into(),
-        subjects: vec!["external.sync.>".into()],
-        ..Default::default()
-    })
-    .await
-    .unwrap();
+    audit_stream_back(&js).await;
     // Kill the next one mid-flood too.
     let n = 3_000;
     let publisher = {
