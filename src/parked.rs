@@ -12,6 +12,8 @@ use serde_json::{json, Value as Json};
 
 use crate::audit::{AuditRecord, Chainer};
 use crate::bus::{AuditBlock, Bus, BusError, StoredJob, ORIGINAL_SUBJECT_HEADER, REPLAY_OF_HEADER};
+// The message form of a job is the bus's (it stores it); named here too, where jobs are made.
+pub use crate::bus::{JobMessage, JOB_HEADER};
 use crate::clock::now_rfc3339;
 use crate::connector::Connector;
 use crate::outcome::Outcome;
@@ -76,10 +78,6 @@ pub struct ParkedEvent {
 /// `payloadEncoding` of a payload stored in base64 (its bytes are not UTF-8).
 pub const BASE64: &str = "base64";
 
-/// Header of a parked-job message that holds the job's record when the message's body is the
-/// event's bytes (a job too large for one JSON message: events near the server's maximum
-/// payload). The record then says `payloadEncoding: body`.
-pub const JOB_HEADER: &str = "Hms-Parked-Job";
 const IN_BODY: &str = "body";
 
 impl ParkedEvent {
@@ -115,15 +113,6 @@ impl ParkedEvent {
             Some(e) => format!("({e}) {}", self.payload),
         }
     }
-}
-
-/// A parked job as one message: `header` (for [`JOB_HEADER`]) and body.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct JobMessage {
-    /// The record, when it goes in the [`JOB_HEADER`] header (the body is then the event).
-    pub header: Option<String>,
-    /// The record as JSON, or the event's exact bytes.
-    pub body: Vec<u8>,
 }
 
 impl ParkedJob {

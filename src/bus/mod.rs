@@ -21,7 +21,9 @@ pub mod connect;
 pub mod parked;
 pub mod scan;
 pub mod status;
-pub use parked::{StoredJob, ORIGINAL_SUBJECT_HEADER, REPLAY_OF_HEADER, REPLAY_PREFIX};
+pub use parked::{
+    JobMessage, StoredJob, JOB_HEADER, ORIGINAL_SUBJECT_HEADER, REPLAY_OF_HEADER, REPLAY_PREFIX,
+};
 pub mod flood;
 pub mod kv;
 pub mod limits;
@@ -454,12 +456,12 @@ impl Bus {
         &self,
         consumer: &str,
         dedup_id: &str,
-        job: crate::parked::JobMessage,
+        job: JobMessage,
     ) -> Result<u64, BusError> {
         let mut headers = HeaderMap::new();
         headers.insert("Nats-Msg-Id", dedup_id);
         if let Some(record) = &job.header {
-            headers.insert(crate::parked::JOB_HEADER, record.as_str());
+            headers.insert(JOB_HEADER, record.as_str());
         }
         let ack = self
             .js

@@ -16,6 +16,20 @@ pub const ORIGINAL_SUBJECT_HEADER: &str = "Hms-Original-Subject";
 /// Header of a replayed event naming the parked job it came from.
 pub const REPLAY_OF_HEADER: &str = "Hms-Replay-Of";
 
+/// Header of a parked-job message that holds the job's record when the message's body is the
+/// event's bytes (a job too large for one JSON message: events near the server's maximum
+/// payload). The record then says `payloadEncoding: body`.
+pub const JOB_HEADER: &str = "Hms-Parked-Job";
+
+/// A parked job as one message: `header` (for [`JOB_HEADER`]) and body.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JobMessage {
+    /// The record, when it goes in the [`JOB_HEADER`] header (the body is then the event).
+    pub header: Option<String>,
+    /// The record as JSON, or the event's exact bytes.
+    pub body: Vec<u8>,
+}
+
 /// One stored parked job.
 #[derive(Debug, Clone)]
 pub struct StoredJob {
@@ -29,9 +43,7 @@ pub struct StoredJob {
 
 /// The `Hms-Parked-Job` header of a stored message.
 fn job_header(m: &async_nats::jetstream::message::StreamMessage) -> Option<String> {
-    m.headers
-        .get(crate::parked::JOB_HEADER)
-        .map(|v| v.as_str().to_string())
+    m.headers.get(JOB_HEADER).map(|v| v.as_str().to_string())
 }
 
 impl Bus {

@@ -11,12 +11,11 @@ use super::extras;
 use super::model::{consumer_name, Connector, Kind, Lookup, RateLimit, Target, Trigger};
 use super::problems::Report;
 use super::raw::{RawClientTls, RawConnector, RawMap, RawRateLimit, RawRetry, RawTo, RawTrigger};
-use super::rules::{allow_hosts_problem, authority_of, subject_problem, url_problem, METHODS};
+use super::rules::{subject_problem, url_problem, METHODS};
 use super::standards;
 use super::yaml_pos::Positions;
 use crate::filter::Filter;
 use crate::outcome::{Retry, StatusPattern, DEFAULT_MAX_BACKOFF};
-use crate::policy::HostPort;
 use crate::schema::InputSchema;
 use crate::template::{BodyTemplate, Flavor};
 use crate::tls::{ClientIdentity, TlsError};
@@ -144,7 +143,8 @@ fn compile_target(
             r.at(pos.value("map.to.url"), format!("url `{}`: {msg}", to.url));
         }
     }
-    let allow_hosts = compile_allow_hosts(&to.url, to.allow_hosts.as_deref(), "map.to", pos, r);
+    let allow_hosts =
+        extras::compile_allow_hosts(&to.url, to.allow_hosts.as_deref(), "map.to", pos, r);
     let identity = to
         .tls
         .as_ref()
@@ -208,37 +208,6 @@ fn compile_target(
         format,
         sign,
     })
-}
-
-/// A URL's scheme, host and port must be written out, unless `allowHosts` (at `at`) lists the
-/// hosts its template may produce.
-pub(super) fn compile_allow_hosts(
-    url: &str,
-    allow: Option<&[String]>,
-    at: &str,
-    pos: &Positions,
-    r: &mut Report<'_>,
-) -> Option<Vec<HostPort>> {
-    let (authority, templated) = authority_of(url);
-    match allow {
-        None if templated => {
-            r.at(
-                pos.value(&format!("{at}.url")),
-                format!(
-                    "url `{url}`: the scheme, host and port (`{authority}`) must be written out: templates, {{field}} and ${{VAR}} go only in the path and the query (or list the hosts the template may produce in `{at}.allowHosts`)"
-                ),
-            );
-            None
-        }
-        None => None,
-        Some(list) => match allow_hosts_problem(list) {
-            Some(msg) => {
-                r.at(pos.value(&format!("{at}.allowHosts")), msg);
-                None
-            }
-            None => Some(list.iter().filter_map(|e| HostPort::parse(e)).collect()),
-        },
-    }
 }
 
 /// `map.to.tls`: read the certificate and key (relative to the connector file) and check
