@@ -25,6 +25,14 @@ pub fn hash_of(record: &Json) -> String {
     hex::encode(h.finalize())
 }
 
+/// One line of an audit block read as an attempt's record: the record and its idempotency
+/// key; `None` for other records (and for a line that is not a record).
+pub fn attempt_record(line: &[u8]) -> Option<(Json, String)> {
+    let r: Json = serde_json::from_slice(line).ok()?;
+    let key = r["idempotencyKey"].as_str()?.to_string();
+    (r["kind"] == "attempt").then_some((r, key))
+}
+
 /// Appends records to chains, remembering each chain's last hash and position.
 #[derive(Debug, Default)]
 pub struct Chainer {

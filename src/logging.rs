@@ -18,6 +18,14 @@ use tracing_subscriber::registry::LookupSpan;
 /// `idempotency_key`, `attempt`, ...).
 pub const CONSOLE: &str = "hms_sync::console";
 
+/// Text that came from elsewhere (an event, a consumer, NATS) made safe for one terminal line:
+/// every control character (newline, escape, ...) becomes a space.
+pub fn printable(s: &str) -> String {
+    s.chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect()
+}
+
 /// Collects the `message` field of an event.
 struct MessageOnly(String);
 

@@ -58,6 +58,55 @@ pub fn install() -> PrometheusHandle {
         .clone()
 }
 
+/// Every counter with its help text.
+const COUNTERS: &[(&str, &str)] = &[
+    (SYNC_OK_TOTAL, "Events delivered (2xx), per connector"),
+    (PULL_REOPENED_TOTAL, "Pull subscriptions re-opened because work waited on the consumer but none arrived, per connector"),
+    (SYNC_FAIL_TOTAL, "Failed attempts, per connector and reason"),
+    (SYNC_RETRY_TOTAL, "Attempts scheduled again after a transient failure"),
+    (SYNC_PARKED_TOTAL, "Events parked for human review"),
+    (SYNC_FILTERED_TOTAL, "Events the trigger filter excluded (acked at once)"),
+    (AUDIT_STORE_FAILURES_TOTAL, "Batches of audit records HMS_AUDIT did not take, per reason (limit_reached, not_connected, timeout, ...)"),
+    (PARK_FAILURES_TOTAL, "Events that could not be parked (not acked, offered again), per connector and reason"),
+    (HTTP_HEADER_TIMEOUTS_TOTAL, "Connections closed because a request head did not arrive within http.headerTimeoutMs"),
+    (WEBHOOK_RECEIVED_TOTAL, "Webhooks accepted (answered 2xx after the JetStream ack), per inbound connector"),
+    (WEBHOOK_REJECTED_TOTAL, "Webhooks refused (4xx/5xx), per inbound connector and reason"),
+    (CONNECTOR_RESTARTS_TOTAL, "Connector actor restarts by the supervisor"),
+    (SERVICE_RESTARTS_TOTAL, "Restarts of a service actor (audit, tokens, timers, an endpoint) by its supervisor"),
+    (ENDPOINT_PAUSES_TOTAL, "Times the endpoint's circuit breaker opened"),
+    (ENDPOINT_BUDGET_WAITS_TOTAL, "Times the endpoint waited for the reset of the budget its target announced spent"),
+    (AUDIT_WRITTEN_TOTAL, "Audit records stored on HMS_AUDIT"),
+    (AUDIT_DROPPED_TOTAL, "Audit records dropped because HMS_AUDIT was unavailable too long"),
+    (REGISTRY_INVALID_TOTAL, "Registry values (KV hms_sync_connectors) that could not run, per key"),
+];
+
+/// Every gauge with its help text.
+const GAUGES: &[(&str, &str)] = &[
+    (SYNC_IN_FLIGHT, "Requests in flight, per connector"),
+    (
+        AUDIT_HOLDING_BACK,
+        "1 while HMS_AUDIT refuses records: no new deliveries start, webhooks are answered 503",
+    ),
+    (
+        HTTP_CONNECTIONS,
+        "Connections open to the HTTP server (at most http.maxConnections)",
+    ),
+    (
+        ENDPOINT_WAITING,
+        "Requests waiting for a permit, per endpoint",
+    ),
+    (ENDPOINT_IN_FLIGHT, "Requests in flight, per endpoint"),
+    (
+        ENDPOINT_PAUSED,
+        "1 while the endpoint's circuit breaker is open",
+    ),
+    (
+        RATE_LIMIT_WAITING,
+        "Deliveries waiting for an endpoint permit, per connector",
+    ),
+    (AUDIT_PENDING, "Audit records not yet stored on HMS_AUDIT"),
+];
+
 fn describe() {
     use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
     describe_histogram!(
@@ -65,89 +114,12 @@ fn describe() {
         Unit::Milliseconds,
         "Event publish time to 2xx received, per connector"
     );
-    describe_counter!(SYNC_OK_TOTAL, "Events delivered (2xx), per connector");
-    describe_counter!(
-        PULL_REOPENED_TOTAL,
-        "Pull subscriptions re-opened because work waited on the consumer but none arrived, per connector"
-    );
-    describe_counter!(SYNC_FAIL_TOTAL, "Failed attempts, per connector and reason");
-    describe_counter!(
-        SYNC_RETRY_TOTAL,
-        "Attempts scheduled again after a transient failure"
-    );
-    describe_counter!(SYNC_PARKED_TOTAL, "Events parked for human review");
-    describe_counter!(
-        SYNC_FILTERED_TOTAL,
-        "Events the trigger filter excluded (acked at once)"
-    );
-    describe_gauge!(SYNC_IN_FLIGHT, "Requests in flight, per connector");
-    describe_counter!(
-        AUDIT_STORE_FAILURES_TOTAL,
-        "Batches of audit records HMS_AUDIT did not take, per reason (limit_reached, not_connected, timeout, ...)"
-    );
-    describe_gauge!(
-        AUDIT_HOLDING_BACK,
-        "1 while HMS_AUDIT refuses records: no new deliveries start, webhooks are answered 503"
-    );
-    describe_counter!(
-        PARK_FAILURES_TOTAL,
-        "Events that could not be parked (not acked, offered again), per connector and reason"
-    );
-    describe_gauge!(
-        HTTP_CONNECTIONS,
-        "Connections open to the HTTP server (at most http.maxConnections)"
-    );
-    describe_counter!(
-        HTTP_HEADER_TIMEOUTS_TOTAL,
-        "Connections closed because a request head did not arrive within http.headerTimeoutMs"
-    );
-    describe_counter!(
-        WEBHOOK_RECEIVED_TOTAL,
-        "Webhooks accepted (answered 2xx after the JetStream ack), per inbound connector"
-    );
-    describe_counter!(
-        WEBHOOK_REJECTED_TOTAL,
-        "Webhooks refused (4xx/5xx), per inbound connector and reason"
-    );
-    describe_counter!(
-        CONNECTOR_RESTARTS_TOTAL,
-        "Connector actor restarts by the supervisor"
-    );
-    describe_counter!(
-        SERVICE_RESTARTS_TOTAL,
-        "Restarts of a service actor (audit, tokens, timers, an endpoint) by its supervisor"
-    );
-    describe_gauge!(
-        ENDPOINT_WAITING,
-        "Requests waiting for a permit, per endpoint"
-    );
-    describe_gauge!(ENDPOINT_IN_FLIGHT, "Requests in flight, per endpoint");
-    describe_gauge!(
-        ENDPOINT_PAUSED,
-        "1 while the endpoint's circuit breaker is open"
-    );
-    describe_counter!(
-        ENDPOINT_PAUSES_TOTAL,
-        "Times the endpoint's circuit breaker opened"
-    );
-    describe_counter!(
-        ENDPOINT_BUDGET_WAITS_TOTAL,
-        "Times the endpoint waited for the reset of the budget its target announced spent"
-    );
-    describe_gauge!(
-        RATE_LIMIT_WAITING,
-        "Deliveries waiting for an endpoint permit, per connector"
-    );
-    describe_gauge!(AUDIT_PENDING, "Audit records not yet stored on HMS_AUDIT");
-    describe_counter!(AUDIT_WRITTEN_TOTAL, "Audit records stored on HMS_AUDIT");
-    describe_counter!(
-        AUDIT_DROPPED_TOTAL,
-        "Audit records dropped because HMS_AUDIT was unavailable too long"
-    );
-    describe_counter!(
-        REGISTRY_INVALID_TOTAL,
-        "Registry values (KV hms_sync_connectors) that could not run, per key"
-    );
+    for (name, help) in COUNTERS {
+        describe_counter!(*name, *help);
+    }
+    for (name, help) in GAUGES {
+        describe_gauge!(*name, *help);
+    }
 }
 
 /// Handles of one connector's metrics (labels resolved once, not per event).

@@ -12,6 +12,8 @@ use serde_json::{json, Value as Json};
 
 use crate::audit::{AuditRecord, Chainer};
 use crate::bus::{AuditBlock, Bus, BusError, StoredJob, ORIGINAL_SUBJECT_HEADER, REPLAY_OF_HEADER};
+// The message form of a job is the bus's (it stores it); named here too, where jobs are made.
+pub use crate::bus::{JobMessage, JOB_HEADER};
 use crate::clock::now_rfc3339;
 use crate::connector::Connector;
 use crate::outcome::Outcome;
@@ -76,8 +78,6 @@ pub struct ParkedEvent {
 /// `payloadEncoding` of a payload stored in base64 (its bytes are not UTF-8).
 pub const BASE64: &str = "base64";
 
-// The message layout of a job is the parked stream's (`bus::parked`).
-pub use crate::bus::{JobMessage, JOB_HEADER};
 const IN_BODY: &str = "body";
 
 impl ParkedEvent {

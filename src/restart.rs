@@ -4,6 +4,20 @@
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
+use ractor::{ActorCell, SupervisionEvent};
+
+/// The child a supervision event says ended, and why (its error, its stop reason, or
+/// `stopped`); `None` for the events that end no child (started, process groups).
+pub fn child_ended(evt: SupervisionEvent) -> Option<(ActorCell, String)> {
+    match evt {
+        SupervisionEvent::ActorFailed(cell, err) => Some((cell, err.to_string())),
+        SupervisionEvent::ActorTerminated(cell, _, reason) => {
+            Some((cell, reason.unwrap_or_else(|| "stopped".to_string())))
+        }
+        _ => None,
+    }
+}
+
 /// How a supervisor restarts one kind of child.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RestartPolicy {

@@ -17,8 +17,9 @@ use bytes::Bytes;
 use serde::Serialize;
 use serde_json::Value as Json;
 
+use crate::audit::attempt_record;
 use crate::bus::audit::AUDIT_STREAM;
-use crate::bus::scan::{ScanSpec, Step};
+use crate::bus::scan::{Position, ScanSpec, Step};
 use crate::bus::{
     Bus, BusError, BusErrorKind, EVENTS_STREAM, ORIGINAL_SUBJECT_HEADER, PIN_HEADER,
     REPLAY_OF_HEADER,
@@ -317,6 +318,70 @@ pub async fn send(
     }
 }
 
+/// Where the consumer is now; `NoConsumer` when it is gone.
+async fn position(bus: &Bus, consumer: &str) -> Result<Position, ResyncError> {
+    bus.consumer_position(consumer)
+        .await?
+        .ok_or_else(|| ResyncError::NoConsumer(consumer.to_string()))
+}
+
+/// How long a consumer has not moved, and when that was last told (a `Tick::Stalled` every
+/// [`STALL_NOTE`]).
+struct Standstill {
+    since: tokio::time::Instant,
+    noted: tokio::time::Instant,
+}
+
+impl Standstill {
+    fn new() -> Standstill {
+        let now = tokio::time::Instant::now();
+        Standstill {
+            since: now,
+            noted: now,
+        }
+    }
+
+    /// The consumer moved: the standstill starts again.
+    fn moved(&mut self) {
+        *self = Standstill::new();
+    }
+
+    /// Gives up when no instance pulls (nothing pulled or unacknowledged for [`NO_PULLER`])
+    /// or nothing moved for `idle`; else notes a long standstill. `waiting`: the events not
+    /// handled yet.
+    fn check(
+        &mut self,
+        consumer: &str,
+        p: &Position,
+        waiting: u64,
+        idle: Duration,
+        tick: &mut (dyn FnMut(Tick) + Send),
+    ) -> Result<(), ResyncError> {
+        let stalled = self.since.elapsed();
+        if p.waiting_pulls == 0 && p.ack_pending == 0 && stalled >= NO_PULLER {
+            return Err(ResyncError::NoPuller {
+                consumer: consumer.to_string(),
+                waiting,
+            });
+        }
+        if stalled >= idle {
+            return Err(ResyncError::Stalled {
+                consumer: consumer.to_string(),
+                waiting,
+                secs: stalled.as_secs(),
+            });
+        }
+        if self.noted.elapsed() >= STALL_NOTE {
+            self.noted = tokio::time::Instant::now();
+            tick(Tick::Stalled {
+                waiting,
+                secs: stalled.as_secs(),
+            });
+        }
+        Ok(())
+    }
+}
+
 /// Waits until the consumer has fewer than `below` events waiting to be handed out.
 async fn pace(
     bus: &Bus,
@@ -326,42 +391,17 @@ async fn pace(
     tick: &mut (dyn FnMut(Tick) + Send),
 ) -> Result<(), ResyncError> {
     let mut last = None;
-    let mut since = tokio::time::Instant::now();
-    let mut noted = since;
+    let mut standstill = Standstill::new();
     loop {
-        let p = bus
-            .consumer_position(consumer)
-            .await?
-            .ok_or_else(|| ResyncError::NoConsumer(consumer.to_string()))?;
+        let p = position(bus, consumer).await?;
         if p.pending < below {
             return Ok(());
         }
         if last != Some(p.pending) {
             last = Some(p.pending);
-            since = tokio::time::Instant::now();
-            noted = since;
+            standstill.moved();
         } else {
-            let stalled = since.elapsed();
-            if p.waiting_pulls == 0 && p.ack_pending == 0 && stalled >= NO_PULLER {
-                return Err(ResyncError::NoPuller {
-                    consumer: consumer.to_string(),
-                    waiting: p.pending,
-                });
-            }
-            if stalled >= idle {
-                return Err(ResyncError::Stalled {
-                    consumer: consumer.to_string(),
-                    waiting: p.pending,
-                    secs: stalled.as_secs(),
-                });
-            }
-            if noted.elapsed() >= STALL_NOTE {
-                noted = tokio::time::Instant::now();
-                tick(Tick::Stalled {
-                    waiting: p.pending,
-                    secs: stalled.as_secs(),
-                });
-            }
+            standstill.check(consumer, &p, p.pending, idle, tick)?;
         }
         tokio::time::sleep(POLL).await;
     }
@@ -380,44 +420,20 @@ pub async fn follow(
         return Ok(());
     };
     let mut taken_before = None;
-    let mut since = tokio::time::Instant::now();
-    let mut noted = since;
+    let mut standstill = Standstill::new();
     loop {
-        let p = bus
-            .consumer_position(consumer)
-            .await?
-            .ok_or_else(|| ResyncError::NoConsumer(consumer.to_string()))?;
+        let p = position(bus, consumer).await?;
         let taken = sequences.partition_point(|s| *s <= p.ack_floor) as u64;
         if taken_before != Some(taken) {
             taken_before = Some(taken);
-            since = tokio::time::Instant::now();
-            noted = since;
+            standstill.moved();
             tick(Tick::Taken(taken));
         }
         if p.ack_floor >= last_seq {
             return Ok(());
         }
-        let stalled = since.elapsed();
-        if p.waiting_pulls == 0 && p.ack_pending == 0 && stalled >= NO_PULLER {
-            return Err(ResyncError::NoPuller {
-                consumer: consumer.to_string(),
-                waiting: sequences.len() as u64 - taken,
-            });
-        }
-        if stalled >= idle {
-            return Err(ResyncError::Stalled {
-                consumer: consumer.to_string(),
-                waiting: sequences.len() as u64 - taken,
-                secs: stalled.as_secs(),
-            });
-        }
-        if noted.elapsed() >= STALL_NOTE {
-            noted = tokio::time::Instant::now();
-            tick(Tick::Stalled {
-                waiting: sequences.len() as u64 - taken,
-                secs: stalled.as_secs(),
-            });
-        }
+        let waiting = sequences.len() as u64 - taken;
+        standstill.check(consumer, &p, waiting, idle, tick)?;
         tokio::time::sleep(POLL).await;
     }
 }
@@ -462,13 +478,10 @@ pub async fn outcomes(
     let scan = bus.scan(&spec, |m| {
         // A message is a block of records, one per line.
         for line in crate::bus::records_of(&m.payload) {
-            let Ok(r) = serde_json::from_slice::<Json>(line) else {
+            let Some((r, key)) = attempt_record(line) else {
                 continue;
             };
-            let Some(key) = r["idempotencyKey"].as_str() else {
-                continue;
-            };
-            if r["kind"] != "attempt" || !keys.contains(key) {
+            if !keys.contains(&key) {
                 continue;
             }
             let ok = r["error"].is_null()
@@ -483,7 +496,7 @@ pub async fn outcomes(
                     ) == crate::outcome::Class::Success
                 });
             if ok {
-                delivered.insert(key.to_string());
+                delivered.insert(key);
             } else {
                 failed += 1;
             }

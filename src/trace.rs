@@ -12,11 +12,13 @@ use std::sync::Arc;
 use serde::Serialize;
 use serde_json::Value as Json;
 
+use crate::audit::attempt_record;
 use crate::bus::scan::{Position, ScanSpec, Step, StoredMessage};
 use crate::bus::{audit::AUDIT_STREAM, records_of, EVENTS_STREAM, PARKED_STREAM};
 use crate::bus::{covers, Bus, BusError, ORIGINAL_SUBJECT_HEADER, REPLAY_PREFIX};
 use crate::connector::Connector;
 use crate::filter::{EventMeta, Verdict};
+use crate::logging::printable;
 use crate::outcome::{classify, Class, Outcome as AttemptOutcome};
 use crate::parked::{self, event_key, REPLAY_KEY_HEADER};
 use crate::selection::{all_match, FieldMatch, Window};
@@ -397,13 +399,10 @@ async fn audit_attempts(
             if !keys.iter().any(|k| memchr_find(line, k.as_bytes())) {
                 continue;
             }
-            let Ok(r) = serde_json::from_slice::<Json>(line) else {
+            let Some((r, key)) = attempt_record(line) else {
                 continue;
             };
-            let Some(key) = r["idempotencyKey"].as_str() else {
-                continue;
-            };
-            if r["kind"] != "attempt" || !keys.contains(key) {
+            if !keys.contains(key.as_str()) {
                 continue;
             }
             let consumer = m
@@ -412,19 +411,17 @@ async fn audit_attempts(
                 .unwrap_or_default()
                 .to_string();
             let seq = r["event"]["streamSequence"].as_u64().unwrap_or_default();
-            out.entry((consumer, key.to_string()))
-                .or_default()
-                .push(AttemptSeen {
-                    at: r["at"].as_str().unwrap_or_default().to_string(),
-                    attempt: r["attempt"].as_u64().unwrap_or_default(),
-                    method: r["method"].as_str().unwrap_or_default().to_string(),
-                    url: r["url"].as_str().unwrap_or_default().to_string(),
-                    status: r["status"].as_u64().and_then(|s| u16::try_from(s).ok()),
-                    error: r["error"].as_str().map(str::to_string),
-                    latency_ms: r["latencyMs"].as_f64(),
-                    stream_sequence: seq,
-                    replay: false,
-                });
+            out.entry((consumer, key)).or_default().push(AttemptSeen {
+                at: r["at"].as_str().unwrap_or_default().to_string(),
+                attempt: r["attempt"].as_u64().unwrap_or_default(),
+                method: r["method"].as_str().unwrap_or_default().to_string(),
+                url: r["url"].as_str().unwrap_or_default().to_string(),
+                status: r["status"].as_u64().and_then(|s| u16::try_from(s).ok()),
+                error: r["error"].as_str().map(str::to_string),
+                latency_ms: r["latencyMs"].as_f64(),
+                stream_sequence: seq,
+                replay: false,
+            });
         }
         Step::Continue
     });
@@ -694,32 +691,32 @@ impl Report {
                 out,
                 "event HMS_EVENTS seq {}  {}  published {}",
                 e.stream_sequence,
-                clean(&e.subject),
+                printable(&e.subject),
                 e.published
             );
             if let Some(id) = &e.msg_id {
-                let _ = write!(out, "  msg id {}", clean(id));
+                let _ = write!(out, "  msg id {}", printable(id));
             }
             out.push('\n');
             if let Some(w) = &e.webhook {
-                let _ = writeln!(out, "  from webhook of {}", clean(w));
+                let _ = writeln!(out, "  from webhook of {}", printable(w));
             }
             if let Some(s) = &e.replay_of_subject {
-                let _ = writeln!(out, "  a replay of an event on {}", clean(s));
+                let _ = writeln!(out, "  a replay of an event on {}", printable(s));
             }
-            let _ = writeln!(out, "  payload: {}", clean(&shorten(&e.payload, 300)));
+            let _ = writeln!(out, "  payload: {}", printable(&shorten(&e.payload, 300)));
             if e.connectors.is_empty() {
                 let _ = writeln!(
                     out,
                     "  no outbound connector listens on {}",
-                    clean(&e.subject)
+                    printable(&e.subject)
                 );
             }
             for c in &e.connectors {
-                let _ = writeln!(out, "  {}  (key {})", clean(&c.id), c.idempotency_key);
+                let _ = writeln!(out, "  {}  (key {})", printable(&c.id), c.idempotency_key);
                 for a in &c.attempts {
                     let result = match (&a.status, &a.error) {
-                        (_, Some(err)) => clean(err),
+                        (_, Some(err)) => printable(err),
                         (Some(s), None) => format!("HTTP {s}"),
                         (None, None) => "-".into(),
                     };
@@ -738,7 +735,7 @@ impl Report {
                         a.attempt,
                         a.at,
                         a.method,
-                        clean(&a.url)
+                        printable(&a.url)
                     );
                 }
                 if !matches!(c.outcome, Outcome::Parked | Outcome::Resolved) {
@@ -759,12 +756,12 @@ impl Report {
                             line.push_str(&format!(" at {}", p.parked_at));
                         }
                         if !p.error.is_empty() {
-                            line.push_str(&format!(" ({})", clean(&p.error)));
+                            line.push_str(&format!(" ({})", printable(&p.error)));
                         }
-                        let _ = writeln!(out, "{line}; {}", clean(&what));
+                        let _ = writeln!(out, "{line}; {}", printable(&what));
                     }
                 }
-                let _ = writeln!(out, "    => {}", clean(&c.summary));
+                let _ = writeln!(out, "    => {}", printable(&c.summary));
             }
         }
         if self.attempts_truncated {
@@ -792,12 +789,6 @@ fn shorten(s: &str, max: usize) -> String {
     let mut t: String = s.chars().take(max).collect();
     t.push('…');
     t
-}
-
-fn clean(s: &str) -> String {
-    s.chars()
-        .map(|c| if c.is_control() { ' ' } else { c })
-        .collect()
 }
 
 #[cfg(test)]

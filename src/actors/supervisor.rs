@@ -19,24 +19,18 @@ use crate::connector::Connector;
 use crate::delivery::{ConnectorStats, Deps, Pipeline};
 use crate::metrics::CONNECTOR_RESTARTS_TOTAL;
 use crate::registry::{consumer_spec, Desired, Origin};
-use crate::restart::{Restarts, CONNECTORS, SERVICES};
+use crate::restart::{child_ended, Restarts, CONNECTORS, SERVICES};
 
 /// Messages to the supervisor.
 pub enum SupervisorMsg {
     /// Start (or restart) the connector with this id.
     Start(String),
-    /// A connector from the registry: start it if new, swap it in if changed (drain, then
-    /// continue with the new definition on the same durable consumer).
-    Deploy(Box<Desired>),
-    /// Its registry entry was deleted: stop it (drain first), or go back to the connectors
-    /// folder's definition of the same id if there is one.
-    Undeploy(String),
-    /// A registry value that cannot run: reported in status; a running version keeps running.
-    Invalid {
-        key: String,
-        revision: u64,
-        error: String,
-    },
+    /// What a registry write asks (from the watch): `Deploy` starts the connector if new and
+    /// swaps it in if changed (drain, then continue with the new definition on the same
+    /// durable consumer); `Undeploy` stops it (drain first), or goes back to the connectors
+    /// folder's definition of the same id if there is one; `Invalid` is reported in status
+    /// while a running version keeps running.
+    Registry(Directive),
     /// A swap ordered by `Deploy` finished (sent by the task awaiting it).
     Applied {
         id: String,
@@ -199,22 +193,8 @@ impl Actor for Supervisor {
         };
         if let Some(spec) = args.watch {
             let me = myself.clone();
-            let sink: super::watch::Sink = Arc::new(move |d: Directive| {
-                let msg = match d {
-                    Directive::Deploy(d) => SupervisorMsg::Deploy(d),
-                    Directive::Undeploy(id) => SupervisorMsg::Undeploy(id),
-                    Directive::Invalid {
-                        key,
-                        revision,
-                        error,
-                    } => SupervisorMsg::Invalid {
-                        key,
-                        revision,
-                        error,
-                    },
-                };
-                me.send_message(msg).is_ok()
-            });
+            let sink: super::watch::Sink =
+                Arc::new(move |d: Directive| me.send_message(SupervisorMsg::Registry(d)).is_ok());
             state.watch = Some(spec(sink));
             myself.send_message(SupervisorMsg::Watch)?;
         }
@@ -263,13 +243,15 @@ impl Actor for Supervisor {
                     }
                 }
             }
-            SupervisorMsg::Deploy(desired) => deploy(&myself, state, *desired).await,
-            SupervisorMsg::Undeploy(id) => undeploy(&myself, state, &id).await,
-            SupervisorMsg::Invalid {
+            SupervisorMsg::Registry(Directive::Deploy(desired)) => {
+                deploy(&myself, state, *desired).await
+            }
+            SupervisorMsg::Registry(Directive::Undeploy(id)) => undeploy(&myself, state, &id).await,
+            SupervisorMsg::Registry(Directive::Invalid {
                 key,
                 revision,
                 error,
-            } => match state.slots.get_mut(&key) {
+            }) => match state.slots.get_mut(&key) {
                 Some(slot) => {
                     slot.registry_error = Some(format!(
                         "revision {revision} is invalid; the previous definition keeps running: {error}"
@@ -364,12 +346,8 @@ impl Actor for Supervisor {
         evt: SupervisionEvent,
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
-        let (cell, why) = match evt {
-            SupervisionEvent::ActorFailed(cell, err) => (cell, err.to_string()),
-            SupervisionEvent::ActorTerminated(cell, _, reason) => {
-                (cell, reason.unwrap_or_else(|| "stopped".to_string()))
-            }
-            _ => return Ok(()),
+        let Some((cell, why)) = child_ended(evt) else {
+            return Ok(());
         };
         if state.watch_actor == Some(cell.get_id()) {
             state.watch_actor = None;

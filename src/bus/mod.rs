@@ -418,21 +418,7 @@ impl Bus {
             .consumer_info(name)
             .await
             .map_err(|e| err(format!("consumer {name}"))(e.to_string()))?;
-        Ok(ConsumerStats {
-            pending: info.num_pending,
-            ack_pending: info.num_ack_pending as u64,
-            redelivered: info.num_redelivered as u64,
-            description: info.config.description.clone().unwrap_or_default(),
-            paused: info.paused,
-            pinned: info
-                .priority_groups
-                .iter()
-                .any(|g| g.pinned_client_id.is_some()),
-            pin_id: info
-                .priority_groups
-                .iter()
-                .find_map(|g| g.pinned_client_id.clone()),
-        })
+        Ok(ConsumerStats::of(&info))
     }
 
     /// Whether the consumer exists.
@@ -622,6 +608,27 @@ pub struct ConsumerStats {
     pub pin_id: Option<String>,
 }
 
+impl ConsumerStats {
+    /// The numbers of a consumer's info, as the server gave them.
+    pub fn of(info: &consumer::Info) -> ConsumerStats {
+        ConsumerStats {
+            pending: info.num_pending,
+            ack_pending: info.num_ack_pending as u64,
+            redelivered: info.num_redelivered as u64,
+            description: info.config.description.clone().unwrap_or_default(),
+            paused: info.paused,
+            pinned: info
+                .priority_groups
+                .iter()
+                .any(|g| g.pinned_client_id.is_some()),
+            pin_id: info
+                .priority_groups
+                .iter()
+                .find_map(|g| g.pinned_client_id.clone()),
+        }
+    }
+}
+
 /// What differs between an existing stream's settings and those hms-sync would create it
 /// with (replicas, storage, retention, age limit, duplicate window): empty when nothing does.
 pub fn stream_differences(have: &stream::Config, want: &stream::Config) -> Vec<String> {
@@ -773,18 +780,7 @@ impl Delivery {
 
     /// Every header of the original event (name, value), for parked jobs.
     pub fn headers(&self) -> Vec<(String, String)> {
-        self.msg
-            .headers
-            .as_ref()
-            .map(|h| {
-                h.iter()
-                    .flat_map(|(k, vs)| {
-                        vs.iter()
-                            .map(move |v| (k.to_string(), v.as_str().to_string()))
-                    })
-                    .collect()
-            })
-            .unwrap_or_default()
+        header_pairs(self.msg.headers.as_ref())
     }
 
     /// The subject the event was first published on (a replayed event carries it in a header).
@@ -826,6 +822,20 @@ impl Delivery {
             .await
             .map_err(|e| err("progress")(e.to_string()))
     }
+}
+
+/// Every (name, value) pair of a message's headers, a name once per value; none without
+/// headers.
+pub(crate) fn header_pairs(h: Option<&HeaderMap>) -> Vec<(String, String)> {
+    h.map(|h| {
+        h.iter()
+            .flat_map(|(k, vs)| {
+                vs.iter()
+                    .map(move |v| (k.to_string(), v.as_str().to_string()))
+            })
+            .collect()
+    })
+    .unwrap_or_default()
 }
 
 #[cfg(test)]

@@ -8,7 +8,7 @@ use async_nats::jetstream::consumer::{self, pull::OrderedConfig, DeliverPolicy};
 use bytes::Bytes;
 use futures::StreamExt;
 
-use super::{err, Bus, BusError, BusErrorKind, EVENTS_STREAM};
+use super::{err, header_pairs, Bus, BusError, BusErrorKind, EVENTS_STREAM};
 
 /// How long a scan waits for the next message before it gives up.
 const SCAN_IDLE: Duration = Duration::from_secs(10);
@@ -75,18 +75,6 @@ pub struct Scanned {
     pub truncated: bool,
 }
 
-fn headers_of(h: Option<&async_nats::HeaderMap>) -> Vec<(String, String)> {
-    h.map(|h| {
-        h.iter()
-            .flat_map(|(k, vs)| {
-                vs.iter()
-                    .map(move |v| (k.to_string(), v.as_str().to_string()))
-            })
-            .collect()
-    })
-    .unwrap_or_default()
-}
-
 impl Bus {
     /// One event of `HMS_EVENTS` by stream sequence (`None`: no such message, or deleted).
     pub async fn event(&self, sequence: u64) -> Result<Option<StoredMessage>, BusError> {
@@ -100,7 +88,7 @@ impl Bus {
                 sequence,
                 subject: m.subject.to_string(),
                 published: m.time,
-                headers: headers_of(Some(&m.headers)),
+                headers: header_pairs(Some(&m.headers)),
                 payload: m.payload,
             })),
             Err(e) => {
@@ -212,7 +200,7 @@ impl Bus {
                 sequence,
                 subject: next.subject.to_string(),
                 published,
-                headers: headers_of(next.headers.as_ref()),
+                headers: header_pairs(next.headers.as_ref()),
                 payload: next.payload.clone(),
             };
             if visit(m) == Step::Stop || pending == 0 || sequence >= last {

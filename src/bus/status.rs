@@ -34,17 +34,10 @@ impl Bus {
             .into_iter()
             .map(|info| EventConsumer {
                 name: info.name.clone(),
+                // The listing does not name who holds a pin (`consumer_stats` does).
                 stats: ConsumerStats {
-                    pending: info.num_pending,
-                    ack_pending: info.num_ack_pending as u64,
-                    redelivered: info.num_redelivered as u64,
-                    description: info.config.description.clone().unwrap_or_default(),
-                    paused: info.paused,
-                    pinned: info
-                        .priority_groups
-                        .iter()
-                        .any(|g| g.pinned_client_id.is_some()),
                     pin_id: None,
+                    ..ConsumerStats::of(&info)
                 },
             })
             .collect();

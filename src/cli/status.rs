@@ -11,6 +11,7 @@ use serde_json::Value as Json;
 use super::Cli;
 use crate::bus::Bus;
 use crate::http_client::HttpClient;
+use crate::logging::printable;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -208,15 +209,15 @@ fn table(rows: &[Row]) -> String {
         .iter()
         .map(|r| {
             [
-                clean(&r.id),
-                clean(&r.state),
+                printable(&r.id),
+                printable(&r.state),
                 n(r.pending),
                 n(r.ack_pending),
                 n(r.redelivered),
                 n(r.parked),
                 ms(r.latency_p50_ms),
                 ms(r.latency_p99_ms),
-                r.last_error.as_deref().map_or("-".to_string(), clean),
+                r.last_error.as_deref().map_or("-".to_string(), printable),
             ]
         })
         .collect();
@@ -245,12 +246,6 @@ fn table(rows: &[Row]) -> String {
         line(row.each_ref().map(String::as_str));
     }
     out
-}
-
-fn clean(s: &str) -> String {
-    s.chars()
-        .map(|c| if c.is_control() { ' ' } else { c })
-        .collect()
 }
 
 #[cfg(test)]

@@ -1,4 +1,5 @@
-//! Validation of the `auth:`, `lookup:` and `responseCheck:` blocks of an outbound connector.
+//! Validation of the `auth:`, `lookup:` and `responseCheck:` blocks of an outbound connector,
+//! and the `allowHosts` rule that `map.to` and `lookup` share.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -6,10 +7,11 @@ use std::sync::Arc;
 use super::model::{Lookup, LookupAuth};
 use super::problems::Report;
 use super::raw::{RawAuth, RawCheck, RawLookup};
-use super::rules::{url_problem, METHODS};
+use super::rules::{allow_hosts_problem, authority_of, url_problem, METHODS};
 use super::yaml_pos::Positions;
 use crate::auth::{Auth, ClientAuth, KeySource, Provider};
 use crate::check::{Check, OnFailure, ResponseCheck};
+use crate::policy::HostPort;
 use crate::template::{Flavor, StringTemplate};
 use crate::wire::{HeaderName, Method};
 
@@ -241,8 +243,7 @@ pub fn compile_lookup(
             r.at(pos.value("lookup.url"), format!("url `{}`: {msg}", raw.url));
         }
     }
-    let allow_hosts =
-        super::hosts::compile_allow_hosts(&raw.url, raw.allow_hosts.as_deref(), "lookup", pos, r);
+    let allow_hosts = compile_allow_hosts(&raw.url, raw.allow_hosts.as_deref(), "lookup", pos, r);
     let mut headers = Vec::new();
     for (name, value) in &raw.headers {
         let path = format!("lookup.headers.{name}");
@@ -315,4 +316,35 @@ pub fn compile_lookup(
         check,
         allow_hosts,
     })
+}
+
+/// A URL's scheme, host and port must be written out, unless `allowHosts` (at `at`) lists the
+/// hosts its template may produce.
+pub(super) fn compile_allow_hosts(
+    url: &str,
+    allow: Option<&[String]>,
+    at: &str,
+    pos: &Positions,
+    r: &mut Report<'_>,
+) -> Option<Vec<HostPort>> {
+    let (authority, templated) = authority_of(url);
+    match allow {
+        None if templated => {
+            r.at(
+                pos.value(&format!("{at}.url")),
+                format!(
+                    "url `{url}`: the scheme, host and port (`{authority}`) must be written out: templates, {{field}} and ${{VAR}} go only in the path and the query (or list the hosts the template may produce in `{at}.allowHosts`)"
+                ),
+            );
+            None
+        }
+        None => None,
+        Some(list) => match allow_hosts_problem(list) {
+            Some(msg) => {
+                r.at(pos.value(&format!("{at}.allowHosts")), msg);
+                None
+            }
+            None => Some(list.iter().filter_map(|e| HostPort::parse(e)).collect()),
+        },
+    }
 }

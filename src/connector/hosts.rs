@@ -3,11 +3,11 @@
 //! the policy can never let through) is refused with its `file:line:col`.
 
 use super::model::{AnyConnector, Connector, LookupAuth};
-use super::problems::{Problem, Report};
-use super::rules::{allow_hosts_problem, authority_of};
+use super::problems::Problem;
+use super::rules::authority_of;
 use super::yaml_pos::Positions;
 use crate::auth::{Auth, Provider};
-use crate::policy::{AddressPolicy, HostPort};
+use crate::policy::AddressPolicy;
 
 /// Every `(key path, host)` written out in an outbound connector.
 pub fn literal_hosts(c: &Connector) -> Vec<(String, String)> {
@@ -72,35 +72,4 @@ pub fn policy_problems(
             })
         })
         .collect()
-}
-
-/// A URL's scheme, host and port must be written out, unless `allowHosts` (at `at`) lists the
-/// hosts its template may produce.
-pub(super) fn compile_allow_hosts(
-    url: &str,
-    allow: Option<&[String]>,
-    at: &str,
-    pos: &Positions,
-    r: &mut Report<'_>,
-) -> Option<Vec<HostPort>> {
-    let (authority, templated) = authority_of(url);
-    match allow {
-        None if templated => {
-            r.at(
-                pos.value(&format!("{at}.url")),
-                format!(
-                    "url `{url}`: the scheme, host and port (`{authority}`) must be written out: templates, {{field}} and ${{VAR}} go only in the path and the query (or list the hosts the template may produce in `{at}.allowHosts`)"
-                ),
-            );
-            None
-        }
-        None => None,
-        Some(list) => match allow_hosts_problem(list) {
-            Some(msg) => {
-                r.at(pos.value(&format!("{at}.allowHosts")), msg);
-                None
-            }
-            None => Some(list.iter().filter_map(|e| HostPort::parse(e)).collect()),
-        },
-    }
 }

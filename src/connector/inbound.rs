@@ -4,7 +4,7 @@ use super::model::{InboundConnector, InboundFormat, Publish, Signature, DEFAULT_
 use super::problems::Report;
 use super::raw::{RawConnector, RawPublish, RawSignature, RawSource};
 use super::rules::subject_problem;
-use super::signing::{compile_scheme, compile_secrets, SchemeKeys};
+use super::signing::{compile_scheme, compile_secrets};
 use super::yaml_pos::Positions;
 use crate::signature::DEFAULT_TOLERANCE_SEC;
 use crate::template::{BodyTemplate, Flavor, StringTemplate};
@@ -107,13 +107,7 @@ pub fn compile(
 
 fn signature(s: &RawSignature, pos: &Positions, r: &mut Report<'_>) -> Option<Signature> {
     let at = "source.signature";
-    let keys = SchemeKeys {
-        scheme: &s.scheme,
-        header: s.header.as_deref(),
-        encoding: s.encoding.as_deref(),
-        prefix: s.prefix.as_deref(),
-    };
-    let scheme = compile_scheme(&keys, at, &INBOUND_SCHEMES, pos, r);
+    let scheme = compile_scheme(s, at, &INBOUND_SCHEMES, pos, r);
     if let Some(sc) = &scheme {
         if !sc.has_timestamp() && s.tolerance_sec.is_some() {
             r.at(

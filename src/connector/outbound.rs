@@ -8,7 +8,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::extras;
-use super::hosts::compile_allow_hosts;
 use super::model::{consumer_name, Connector, Kind, Lookup, RateLimit, Target, Trigger};
 use super::problems::Report;
 use super::raw::{RawClientTls, RawConnector, RawMap, RawRateLimit, RawRetry, RawTo, RawTrigger};
@@ -144,7 +143,8 @@ fn compile_target(
             r.at(pos.value("map.to.url"), format!("url `{}`: {msg}", to.url));
         }
     }
-    let allow_hosts = compile_allow_hosts(&to.url, to.allow_hosts.as_deref(), "map.to", pos, r);
+    let allow_hosts =
+        extras::compile_allow_hosts(&to.url, to.allow_hosts.as_deref(), "map.to", pos, r);
     let identity = to
         .tls
         .as_ref()

@@ -95,9 +95,10 @@ pub struct RawTo {
     /// CloudEvents attributes of the request (with `format: cloudevents...`).
     #[serde(default)]
     pub cloudevents: Option<RawCloudEvents>,
-    /// How the request is signed for the target (`standard-webhooks` or `hmac-sha256`).
+    /// How the request is signed for the target (`standard-webhooks` or `hmac-sha256`); the
+    /// keys of `source.signature` but `toleranceSec` (refused here as an unknown key).
     #[serde(default)]
-    pub sign: Option<RawSign>,
+    pub sign: Option<RawSignature>,
 }
 
 /// `map.to.cloudevents` as written: templates of the outgoing event's attributes.
@@ -115,28 +116,6 @@ pub struct RawCloudEvents {
     /// Extension attributes: name (lower-case letters and digits) -> template.
     #[serde(default)]
     pub extensions: BTreeMap<String, String>,
-}
-
-/// `map.to.sign` as written (keys as in `source.signature`).
-#[derive(Debug, Clone, Deserialize, Serialize)]
-pub struct RawSign {
-    /// `standard-webhooks` or `hmac-sha256`.
-    pub scheme: String,
-    /// The signing secret, as `${VAR}` (read from the environment at each send).
-    #[serde(default)]
-    pub secret: Option<String>,
-    /// standard-webhooks: several secrets during a rotation (one signature each).
-    #[serde(default)]
-    pub secrets: Option<Vec<String>>,
-    /// hmac-sha256: the header carrying the signature.
-    #[serde(default)]
-    pub header: Option<String>,
-    /// hmac-sha256: `hex` (default) or `base64`.
-    #[serde(default)]
-    pub encoding: Option<String>,
-    /// hmac-sha256: text before the signature (e.g. `sha256=`).
-    #[serde(default)]
-    pub prefix: Option<String>,
 }
 
 /// `map.to.tls`: certificate and key files (PEM), relative to the connector file.
@@ -192,18 +171,23 @@ pub struct RawSource {
     pub allowed_rate: Option<u32>,
 }
 
+/// A signing block as written: `source.signature` (how a sender signs its webhooks) and
+/// `map.to.sign` (how a request is signed for its target).
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct RawSignature {
-    /// `stripe`, `github`, `standard-webhooks` or `hmac-sha256`.
+    /// `stripe`, `github`, `standard-webhooks` or `hmac-sha256` (outbound: the last two).
     pub scheme: String,
-    /// The signing secret, as `${VAR}` (read from the environment when a webhook arrives).
+    /// The signing secret, as `${VAR}` (read from the environment when a webhook arrives, or
+    /// at each send).
     #[serde(default)]
     pub secret: Option<String>,
-    /// Several secrets valid at once (rotation), each `${VAR}`; combined with `secret`.
+    /// Several secrets valid at once (rotation), each `${VAR}`; combined with `secret`
+    /// (outbound standard-webhooks: one signature each).
     #[serde(default)]
     pub secrets: Option<Vec<String>>,
-    /// Largest age (or lead) of the signed timestamp, in seconds (stripe, standard-webhooks; default 300).
+    /// Inbound only: largest age (or lead) of the signed timestamp, in seconds (stripe,
+    /// standard-webhooks; default 300).
     #[serde(default)]
     pub tolerance_sec: Option<u64>,
     /// hmac-sha256: the header carrying the signature.

@@ -2,33 +2,22 @@
 //! with its header, encoding and prefix, and the secrets (each exactly one `${VAR}`).
 
 use super::problems::Report;
+use super::raw::RawSignature;
 use super::yaml_pos::Positions;
 use crate::signature::{HmacSpec, Scheme, SigEncoding};
 use crate::template::{Flavor, StringTemplate};
 
-/// The keys of a signing block as written.
-pub struct SchemeKeys<'a> {
-    /// `scheme`.
-    pub scheme: &'a str,
-    /// `header` (hmac-sha256).
-    pub header: Option<&'a str>,
-    /// `encoding` (hmac-sha256).
-    pub encoding: Option<&'a str>,
-    /// `prefix` (hmac-sha256).
-    pub prefix: Option<&'a str>,
-}
-
 /// Compiles the scheme of the block at `at` (a dotted path); `allowed` lists the scheme names
 /// this block accepts.
 pub fn compile_scheme(
-    keys: &SchemeKeys<'_>,
+    block: &RawSignature,
     at: &str,
     allowed: &[&str],
     pos: &Positions,
     r: &mut Report<'_>,
 ) -> Option<Scheme> {
     let path = |k: &str| format!("{at}.{k}");
-    let scheme = match keys.scheme {
+    let scheme = match block.scheme.as_str() {
         s if !allowed.contains(&s) => {
             r.at(
                 pos.value(&path("scheme")),
@@ -40,7 +29,7 @@ pub fn compile_scheme(
         "github" => Some(Scheme::Github),
         "standard-webhooks" => Some(Scheme::StandardWebhooks),
         _ => {
-            let encoding = match keys.encoding {
+            let encoding = match block.encoding.as_deref() {
                 None | Some("hex") => SigEncoding::Hex,
                 Some("base64") => SigEncoding::Base64,
                 Some(other) => {
@@ -51,7 +40,7 @@ pub fn compile_scheme(
                     SigEncoding::Hex
                 }
             };
-            match keys.header {
+            match block.header.as_deref() {
                 None => {
                     r.at(
                         pos.key(at),
@@ -69,7 +58,7 @@ pub fn compile_scheme(
                 Some(h) => Some(Scheme::HmacSha256(HmacSpec {
                     header: h.to_ascii_lowercase(),
                     encoding,
-                    prefix: keys.prefix.unwrap_or_default().to_string(),
+                    prefix: block.prefix.clone().unwrap_or_default(),
                 })),
             }
         }

@@ -4,7 +4,7 @@
 use super::model::{CloudEventsSpec, Format, Sign};
 use super::problems::Report;
 use super::raw::RawTo;
-use super::signing::{compile_scheme, compile_secrets, SchemeKeys};
+use super::signing::{compile_scheme, compile_secrets};
 use super::yaml_pos::Positions;
 use crate::cloudevents::RESERVED;
 use crate::signature::Scheme;
@@ -126,13 +126,7 @@ pub fn compile_sign(
 ) -> Option<Sign> {
     let raw = to.sign.as_ref()?;
     let at = "map.to.sign";
-    let keys = SchemeKeys {
-        scheme: &raw.scheme,
-        header: raw.header.as_deref(),
-        encoding: raw.encoding.as_deref(),
-        prefix: raw.prefix.as_deref(),
-    };
-    let scheme = compile_scheme(&keys, at, &OUTBOUND_SCHEMES, pos, r);
+    let scheme = compile_scheme(raw, at, &OUTBOUND_SCHEMES, pos, r);
     let secrets = compile_secrets(raw.secret.as_deref(), raw.secrets.as_deref(), at, pos, r);
     let scheme = scheme?;
     if matches!(scheme, Scheme::HmacSha256(_)) && secrets.len() > 1 {
@@ -163,7 +157,7 @@ mod tests {
     use serde_json::json;
 
     use crate::connector::{parse, AnyConnector, Connector, Format};
-    use crate::request::{self, EventOrigin};
+    use crate::request::{self, EventOrigin, Request};
     use crate::template::Secrets;
 
     fn yaml(to_extra: &str) -> String {
@@ -177,6 +171,19 @@ mod tests {
             Ok(AnyConnector::Outbound(c)) => *c,
             other => panic!("{other:?}"),
         }
+    }
+
+    /// The request `c` makes of `{"permitId": "RW-481"}` published on `permit.updated`
+    /// (key `k1`), as a CloudEvent.
+    fn permit_cloud_event(c: &Connector) -> Request {
+        let ev = json!({"permitId": "RW-481"});
+        let mut r = request::build(c, &ev, Some("k1"), Secrets::Masked).unwrap();
+        let origin = EventOrigin {
+            topic: "permit.updated",
+            time: "2024-05-10T08:00:00Z",
+        };
+        request::cloud_event(c, &mut r, &ev, "k1", origin).unwrap();
+        r
     }
 
     fn problems(text: &str) -> String {
@@ -285,13 +292,7 @@ mod tests {
             "    format: cloudevents\n    cloudevents:\n      subject: \"{{ permitId }}\"\n      extensions: { agency: DDOT }\n",
         ));
         assert!(matches!(c.target.format, Format::CloudEvents(_)));
-        let ev = json!({"permitId": "RW-481"});
-        let mut r = request::build(&c, &ev, Some("k1"), Secrets::Masked).unwrap();
-        let origin = EventOrigin {
-            topic: "permit.updated",
-            time: "2024-05-10T08:00:00Z",
-        };
-        request::cloud_event(&c, &mut r, &ev, "k1", origin).unwrap();
+        let r = permit_cloud_event(&c);
         assert_eq!(
             r.to_text(),
             "POST https://partner.example/hooks\n\
@@ -314,13 +315,7 @@ mod tests {
         let c = outbound(&yaml(
             "    format: cloudevents-structured\n    cloudevents: { source: /ddot/permits, type: gov.ddot.permit.updated }\n    sign: { scheme: standard-webhooks, secret: \"${HMS_TEST_SIGN_SECRET}\" }\n",
         ));
-        let ev = json!({"permitId": "RW-481"});
-        let mut r = request::build(&c, &ev, Some("k1"), Secrets::Masked).unwrap();
-        let origin = EventOrigin {
-            topic: "permit.updated",
-            time: "2024-05-10T08:00:00Z",
-        };
-        request::cloud_event(&c, &mut r, &ev, "k1", origin).unwrap();
+        let mut r = permit_cloud_event(&c);
         let body: serde_json::Value = serde_json::from_slice(r.body.as_ref().unwrap()).unwrap();
         assert_eq!(
             body,

@@ -17,7 +17,7 @@ use super::timer::TimerActor;
 use super::token::TokenActor;
 use crate::bus::Bus;
 use crate::http_client::HttpClient;
-use crate::restart::{Restarts, SERVICES};
+use crate::restart::{child_ended, Restarts, SERVICES};
 
 /// One child of the services supervisor.
 #[derive(Clone)]
@@ -224,12 +224,8 @@ impl Actor for ServicesSupervisor {
         evt: SupervisionEvent,
         st: &mut ServicesState,
     ) -> Result<(), ActorProcessingErr> {
-        let (cell, why) = match evt {
-            SupervisionEvent::ActorFailed(cell, err) => (cell, err.to_string()),
-            SupervisionEvent::ActorTerminated(cell, _, reason) => {
-                (cell, reason.unwrap_or_else(|| "stopped".to_string()))
-            }
-            _ => return Ok(()),
+        let Some((cell, why)) = child_ended(evt) else {
+            return Ok(());
         };
         if st.stopping {
             return Ok(());

@@ -33,10 +33,8 @@ async fn get(url: &str, token: Option<&str>) -> (u16, String, Option<String>) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn admin_side_on_its_own_address_behind_the_token() {
-    init_logs();
     std::env::set_var("HMS_IT_ADMIN_HMAC", "portal-secret");
-    let nats = Nats::start().await;
-    let target = Target::start().await;
+    let (nats, target) = nats_and_target().await;
     let setup = Setup::with_http(
         &nats,
         &[
@@ -153,9 +151,7 @@ async fn admin_side_on_its_own_address_behind_the_token() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn by_default_one_address_no_token_and_no_review_actions() {
-    init_logs();
-    let nats = Nats::start().await;
-    let target = Target::start().await;
+    let (nats, target) = nats_and_target().await;
     let (_setup, rt, _js) = start_simple(&nats, &target, "plain.v1", "plain.topic", "", "").await;
     assert_eq!(rt.http_addr(), rt.admin_addr());
     let base = format!("http://{}", rt.http_addr());
@@ -194,11 +190,7 @@ fn bin() -> Command {
 
 fn output(c: &mut Command) -> (i32, String, String) {
     let out = c.stdin(Stdio::null()).output().unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    code_and_text(&out)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -251,28 +243,29 @@ async fn clients_pass_the_token_and_nothing_prints_it() {
     })
     .await;
 
+    // `hms-sync ARGS --config <setup>` with these variables set.
+    let on_setup = |args: &[&str], envs: &[(&str, &str)]| {
+        output(
+            bin()
+                .args(args)
+                .arg("--config")
+                .arg(setup.config_path())
+                .envs(envs.iter().copied()),
+        )
+    };
     // `status` with HMS_ADMIN_TOKEN (or --admin-token) reads the instance.
-    let (code, out, err) = output(
-        bin()
-            .args(["status", "--config"])
-            .arg(setup.config_path())
-            .env("HMS_ADMIN_TOKEN", TOKEN),
-    );
+    let (code, out, err) = on_setup(&["status"], &[("HMS_ADMIN_TOKEN", TOKEN)]);
     assert_eq!(code, 0, "{err}");
     assert!(
         out.contains("tok.v1") && out.contains("running"),
         "{out}\n{err}"
     );
     assert!(!err.contains("no running instance"), "{err}");
-    let (code, out, err) = output(
-        bin()
-            .args(["status", "--admin-token", TOKEN, "--json", "--config"])
-            .arg(setup.config_path()),
-    );
+    let (code, out, err) = on_setup(&["status", "--admin-token", TOKEN, "--json"], &[]);
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("\"delivered\": 1"), "{out}");
     // Without it: the instance says 401, status says so and shows what NATS knows.
-    let (code, out, err) = output(bin().args(["status", "--config"]).arg(setup.config_path()));
+    let (code, out, err) = on_setup(&["status"], &[]);
     assert_eq!(code, 0, "{err}");
     assert!(
         err.contains(&format!(
@@ -281,25 +274,11 @@ async fn clients_pass_the_token_and_nothing_prints_it() {
         "{err}"
     );
     assert!(out.contains("unknown (the instance at"), "{out}");
-    let (code, _, err) = output(
-        bin()
-            .args([
-                "status",
-                "--admin-token",
-                "wrong-token-0123456789",
-                "--config",
-            ])
-            .arg(setup.config_path()),
-    );
+    let (code, _, err) = on_setup(&["status", "--admin-token", "wrong-token-0123456789"], &[]);
     assert_eq!(code, 0);
     assert!(err.contains("refused the admin token"), "{err}");
     // `config` shows the token as ***.
-    let (code, out, err) = output(
-        bin()
-            .args(["config", "--config"])
-            .arg(setup.config_path())
-            .env("HMS_ADMIN_TOKEN", TOKEN),
-    );
+    let (code, out, err) = on_setup(&["config"], &[("HMS_ADMIN_TOKEN", TOKEN)]);
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("adminToken: '***'"), "{out}");
     assert!(
@@ -337,12 +316,12 @@ fn read_all(mut r: impl std::io::Read + Send + 'static) -> std::thread::JoinHand
 fn validate_checks_the_admin_keys_with_positions() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("hms-sync.yaml");
-    std::fs::write(
-        &file,
-        "nats:\n  embedded: false\nhttp:\n  listen: 0.0.0.0:7500\n  adminListen: 127.0.0.1:7500\n  adminToken: short\n  chartSampleMs: 5\n",
-    )
-    .unwrap();
-    let (code, out, _) = output(bin().args(["validate", "--config"]).arg(&file));
+    // Writes the config file, then validates it.
+    let validate = |text: &str| {
+        std::fs::write(&file, text).unwrap();
+        output(bin().args(["validate", "--config"]).arg(&file))
+    };
+    let (code, out, _) = validate("nats:\n  embedded: false\nhttp:\n  listen: 0.0.0.0:7500\n  adminListen: 127.0.0.1:7500\n  adminToken: short\n  chartSampleMs: 5\n");
     assert_eq!(code, 2, "{out}");
     let f = file.display().to_string();
     assert!(
@@ -361,26 +340,15 @@ fn validate_checks_the_admin_keys_with_positions() {
         out.contains(&format!("{f}:7:18: http.chartSampleMs: 5 (at least 100)")),
         "{out}"
     );
-    std::fs::write(
-        &file,
-        "nats:\n  embedded: false\nhttp:\n  listen: 0.0.0.0:7500\n  adminListen: 127.0.0.1:7501\n  adminToken: ${HMS ADMIN}\n",
-    )
-    .unwrap();
-    let (code, out, _) = output(bin().args(["validate", "--config"]).arg(&file));
+    let (code, out, _) = validate("nats:\n  embedded: false\nhttp:\n  listen: 0.0.0.0:7500\n  adminListen: 127.0.0.1:7501\n  adminToken: ${HMS ADMIN}\n");
     assert_eq!(code, 2, "{out}");
     assert!(
         out.contains(&format!("{f}:6:15: http.adminToken: `${{HMS ADMIN}}`")),
         "{out}"
     );
-    std::fs::write(
-        &file,
-        "nats:\n  embedded: false\nhttp:\n  listen: 0.0.0.0:7500\n  adminListen: 127.0.0.1:7501\n  adminToken: ${HMS_ADMIN_TOKEN}\n",
-    )
-    .unwrap();
-    let (code, out, err) = output(bin().args(["validate", "--config"]).arg(&file));
+    let (code, out, err) = validate("nats:\n  embedded: false\nhttp:\n  listen: 0.0.0.0:7500\n  adminListen: 127.0.0.1:7501\n  adminToken: ${HMS_ADMIN_TOKEN}\n");
     assert_eq!(code, 0, "{out}{err}");
-    std::fs::write(&file, "http:\n  adminListen: nowhere\n").unwrap();
-    let (code, out, err) = output(bin().args(["validate", "--config"]).arg(&file));
+    let (code, out, err) = validate("http:\n  adminListen: nowhere\n");
     assert_eq!(code, 2, "{out}{err}");
     assert!(
         out.contains(&format!(

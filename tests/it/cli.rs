@@ -28,11 +28,7 @@ fn run(cmd: &mut Command, stdin: &str) -> (i32, String, String) {
         .write_all(stdin.as_bytes())
         .unwrap();
     let out = child.wait_with_output().unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    code_and_text(&out)
 }
 
 #[test]
@@ -128,9 +124,7 @@ fn validate_reports_every_problem_with_file_line_col() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn publish_reaches_a_running_connector() {
-    init_logs();
-    let nats = Nats::start().await;
-    let target = Target::start().await;
+    let (nats, target) = nats_and_target().await;
     let setup = Setup::new(
         &nats,
         &[("c.yaml", simple_connector("pub.v1", "pub.in", &target, ""))],

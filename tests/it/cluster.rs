@@ -145,6 +145,34 @@ async fn start_at(url: &str, target: &Target) -> (Setup, hms_sync::Runtime) {
     (setup, rt)
 }
 
+/// A 3-node cluster of this test alone.
+async fn three_nodes() -> Cluster {
+    Cluster::start(NatsServer::builder().bin(nats_server_bin()), 3)
+        .await
+        .expect("cluster")
+}
+
+/// Waits until the target has answered `at_least` events (within 60 s).
+async fn under_way(target: &Target, at_least: usize) {
+    eventually(Duration::from_secs(60), "deliveries under way", || async {
+        delivered(target) >= at_least
+    })
+    .await;
+}
+
+/// Waits until all `n` events are delivered (60 s) and the pull was re-created at least
+/// once (10 s more).
+async fn all_delivered_and_pull_reopened(rt: &hms_sync::Runtime, target: &Target, n: usize) {
+    eventually(Duration::from_secs(60), "every event delivered", || async {
+        delivered(target) == n
+    })
+    .await;
+    eventually(Duration::from_secs(10), "the pull re-created", || async {
+        reopened(rt).await >= 1.0
+    })
+    .await;
+}
+
 async fn reopened(rt: &hms_sync::Runtime) -> f64 {
     metric(rt, "sync_pull_reopened_total{connector=\"ha.v1\"}").await
 }
@@ -152,9 +180,7 @@ async fn reopened(rt: &hms_sync::Runtime) -> f64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lame_duck_node_mid_flood_loses_nothing() {
     init_logs();
-    let mut cluster = Cluster::start(NatsServer::builder().bin(nats_server_bin()), 3)
-        .await
-        .expect("cluster");
+    let mut cluster = three_nodes().await;
     let node1 = cluster.nodes()[0].url().to_string();
     let js = jetstream::new(async_nats::connect(cluster.nodes()[2].url()).await.unwrap());
     r3_streams(&js).await;
@@ -163,31 +189,19 @@ async fn a_lame_duck_node_mid_flood_loses_nothing() {
     let (_setup, rt) = start_at(&node1, &target).await;
     let n = 3_000;
     let publisher = flood(js.clone(), n);
-    eventually(Duration::from_secs(60), "deliveries under way", || async {
-        delivered(&target) >= 500
-    })
-    .await;
+    under_way(&target, 500).await;
     cluster.node_mut(0).unwrap().lame_duck();
     let at = delivered(&target);
     resumes(&js, None, &target, at, "after lame duck").await;
     publisher.await.unwrap();
-    eventually(Duration::from_secs(60), "every event delivered", || async {
-        delivered(&target) == n
-    })
-    .await;
-    eventually(Duration::from_secs(10), "the pull re-created", || async {
-        reopened(&rt).await >= 1.0
-    })
-    .await;
+    all_delivered_and_pull_reopened(&rt, &target, n).await;
     rt.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_stream_leader_mid_flood_loses_nothing() {
     init_logs();
-    let mut cluster = Cluster::start(NatsServer::builder().bin(nats_server_bin()), 3)
-        .await
-        .expect("cluster");
+    let mut cluster = three_nodes().await;
     let seeds: Vec<async_nats::ServerAddr> = cluster
         .urls()
         .split(',')
@@ -200,26 +214,11 @@ async fn a_killed_stream_leader_mid_flood_loses_nothing() {
     let (_setup, rt) = start_at(&cluster.urls(), &target).await;
     let n = 3_000;
     // All published first: the publisher may be connected to the node that is killed.
-    publish_many(
-        &js,
-        TOPIC,
-        (0..n).map(|i| json!({"id": format!("e{i}"), "n": i})),
-    )
-    .await;
-    eventually(Duration::from_secs(60), "deliveries under way", || async {
-        delivered(&target) >= 500
-    })
-    .await;
+    publish_many(&js, TOPIC, numbered("e", 0..n)).await;
+    under_way(&target, 500).await;
     // The node leading the consumer (where its pull requests wait) and, with it most often,
     // the stream.
-    let consumer = js
-        .get_stream("HMS_EVENTS")
-        .await
-        .unwrap()
-        .consumer_info(CONSUMER)
-        .await
-        .unwrap()
-        .clone();
+    let consumer = consumer_info(&js, CONSUMER).await;
     let leader = consumer.cluster.and_then(|c| c.leader).expect("a leader");
     let i = (0..3)
         .find(|i| leader == format!("n{}", i + 1))
@@ -227,14 +226,7 @@ async fn a_killed_stream_leader_mid_flood_loses_nothing() {
     cluster.node_mut(i).unwrap().kill();
     let at = delivered(&target);
     resumes(&js, Some(&leader), &target, at, "after the leader's kill").await;
-    eventually(Duration::from_secs(60), "every event delivered", || async {
-        delivered(&target) == n
-    })
-    .await;
-    eventually(Duration::from_secs(10), "the pull re-created", || async {
-        reopened(&rt).await >= 1.0
-    })
-    .await;
+    all_delivered_and_pull_reopened(&rt, &target, n).await;
     rt.shutdown().await;
 }
 
@@ -251,28 +243,13 @@ async fn a_restarted_server_mid_flood_loses_nothing() {
     let (_setup, rt) = start_at(&url, &target).await;
     let js = jetstream::new(async_nats::connect(&url).await.unwrap());
     let n = 2_000;
-    publish_many(
-        &js,
-        TOPIC,
-        (0..n).map(|i| json!({"id": format!("e{i}"), "n": i})),
-    )
-    .await;
-    eventually(Duration::from_secs(60), "deliveries under way", || async {
-        delivered(&target) >= 300
-    })
-    .await;
+    publish_many(&js, TOPIC, numbered("e", 0..n)).await;
+    under_way(&target, 300).await;
     let server = server.restart().await.expect("restarted");
     let at = delivered(&target);
     let js = jetstream::new(async_nats::connect(&url).await.unwrap());
     resumes(&js, None, &target, at, "after the restart").await;
-    eventually(Duration::from_secs(60), "every event delivered", || async {
-        delivered(&target) == n
-    })
-    .await;
-    eventually(Duration::from_secs(10), "the pull re-created", || async {
-        reopened(&rt).await >= 1.0
-    })
-    .await;
+    all_delivered_and_pull_reopened(&rt, &target, n).await;
     rt.shutdown().await;
     drop(server);
 }

@@ -5,8 +5,6 @@ use std::collections::HashMap;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use serde_json::json;
-
 use crate::harness::*;
 
 fn up(setup: &Setup) -> Child {
@@ -22,9 +20,7 @@ fn up(setup: &Setup) -> Child {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_mid_flood_loses_nothing() {
-    init_logs();
-    let nats = Nats::start().await;
-    let target = Target::start().await;
+    let (nats, target) = nats_and_target().await;
     let setup = Setup::new(
         &nats,
         &[(
@@ -37,12 +33,7 @@ async fn kill_9_mid_flood_loses_nothing() {
     let rt = setup.start().await;
     rt.shutdown().await;
     let js = async_nats::jetstream::new(nats.client().await);
-    publish_many(
-        &js,
-        "flood.in",
-        (0..5000).map(|i| json!({"id": format!("e{i}"), "n": i})),
-    )
-    .await;
+    publish_many(&js, "flood.in", numbered("e", 0..5000)).await;
     let mut child = up(&setup);
     eventually(Duration::from_secs(30), "some events delivered", || async {
         target.count() >= 500

@@ -11,9 +11,7 @@ const T: Duration = Duration::from_secs(20);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn transient_failures_are_retried_with_the_same_idempotency_key() {
-    init_logs();
-    let nats = Nats::start().await;
-    let target = Target::start().await;
+    let (nats, target) = nats_and_target().await;
     // First two identical requests fail with 503, then 200.
     target.respond(|_, n| if n < 2 { (503, vec![]) } else { (200, vec![]) });
     let (_setup, rt, js) = start_simple(
@@ -53,9 +51,7 @@ async fn transient_failures_are_retried_with_the_same_idempotency_key() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn exhausted_retries_and_permanent_errors_are_parked_with_a_review_alert() {
-    init_logs();
-    let nats = Nats::start().await;
-    let target = Target::start().await;
+    let (nats, target) = nats_and_target().await;
     target.respond(|r, _| {
         if r.path.contains("bad") {
             (400, vec![])
@@ -163,16 +159,8 @@ async fn exhausted_retries_and_permanent_errors_are_parked_with_a_review_alert()
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn random_503s_on_2000_events_all_delivered_none_parked() {
-    init_logs();
-    let nats = Nats::start().await;
-    let target = Target::start().await;
-    target.respond(|_, _| {
-        if rand::random::<f64>() < 0.3 {
-            (503, vec![])
-        } else {
-            (200, vec![])
-        }
-    });
+    let (nats, target) = nats_and_target().await;
+    target.fail_at_random(0.3);
     let (_setup, rt, js) = start_simple(
         &nats,
         &target,
@@ -182,12 +170,7 @@ async fn random_503s_on_2000_events_all_delivered_none_parked() {
         "",
     )
     .await;
-    publish_many(
-        &js,
-        "flaky.in",
-        (0..2000).map(|i| json!({"id": format!("e{i}"), "n": i})),
-    )
-    .await;
+    publish_many(&js, "flaky.in", numbered("e", 0..2000)).await;
     let delivered = || {
         target
             .requests()
@@ -213,9 +196,7 @@ async fn random_503s_on_2000_events_all_delivered_none_parked() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retry_after_is_honoured() {
-    init_logs();
-    let nats = Nats::start().await;
-    let target = Target::start().await;
+    let (nats, target) = nats_and_target().await;
     target.respond(|_, n| {
         if n == 0 {
             (429, vec![("Retry-After".into(), "1".into())])
@@ -246,9 +227,7 @@ async fn retry_after_is_honoured() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn status_overrides_and_schema_check() {
-    init_logs();
-    let nats = Nats::start().await;
-    let target = Target::start().await;
+    let (nats, target) = nats_and_target().await;
     target.respond(|r, _| {
         if r.path.ends_with("exists") {
             (409, vec![])
@@ -322,9 +301,7 @@ async fn status_overrides_and_schema_check() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replayed_parked_job_is_delivered_once_with_its_original_key() {
-    init_logs();
-    let nats = Nats::start().await;
-    let target = Target::start().await;
+    let (nats, target) = nats_and_target().await;
     target.respond(|_, _| (500, vec![]));
     let (_setup, rt, js) = start_with(
         &nats,
@@ -424,16 +401,8 @@ async fn replayed_parked_job_is_delivered_once_with_its_original_key() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn per_key_ordering_survives_random_503s() {
-    init_logs();
-    let nats = Nats::start().await;
-    let target = Target::start().await;
-    target.respond(|_, _| {
-        if rand::random::<f64>() < 0.3 {
-            (503, vec![])
-        } else {
-            (200, vec![])
-        }
-    });
+    let (nats, target) = nats_and_target().await;
+    target.fail_at_random(0.3);
     let yaml = format!(
         "id: ordered.v1\ntype: outbound\ntrigger:\n  topic: ordered.in\n  orderingKey: \"{{{{ key }}}}\"\nmap:\n  to:\n    url: \"{}/items/{{key}}\"\n    method: PUT\n    body:\n      key: \"{{{{ key }}}}\"\n      n: \"{{{{ n }}}}\"\nretry:\n  max: 20\n  backoffMs: 5\n  maxBackoffMs: 50\n",
         target.url()
@@ -489,9 +458,7 @@ async fn a_pull_that_receives_nothing_while_work_waits_is_reopened() {
     // Events held unacknowledged elsewhere look, to the connector, like a stalled pull: its
     // consumer holds work, nothing arrives, nothing is in process. The stall check re-opens the
     // subscription (counted), and the re-opened one delivers once the events come back.
-    init_logs();
-    let nats = Nats::start().await;
-    let target = Target::start().await;
+    let (nats, target) = nats_and_target().await;
     let (setup, rt, js) = start_simple(
         &nats,
         &target,
@@ -512,9 +479,7 @@ async fn a_pull_that_receives_nothing_while_work_waits_is_reopened() {
         async move { stream.consumer_info("stall_v1").await.unwrap().num_waiting == 0 }
     })
     .await;
-    for i in 0..3 {
-        publish(&js, "stall.in", json!({"id": format!("s{i}"), "n": i})).await;
-    }
+    publish_numbered(&js, "stall.in", "s", 0..3).await;
     let consumer: async_nats::jetstream::consumer::PullConsumer = js
         .get_stream("HMS_EVENTS")
         .await

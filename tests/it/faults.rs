@@ -295,12 +295,7 @@ async fn a_target_that_never_answers_times_out_and_holds_up_no_one_else() {
     .await;
     // Meanwhile the other connector, to another endpoint, delivers as usual.
     let started = Instant::now();
-    publish_many(
-        &js,
-        "fault.fine",
-        (0..300).map(|i| json!({"id": format!("f{i}"), "n": i})),
-    )
-    .await;
+    publish_many(&js, "fault.fine", numbered("f", 0..300)).await;
     eventually(
         Duration::from_secs(30),
         "the other connector delivers",

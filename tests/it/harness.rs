@@ -5,6 +5,8 @@
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use hms_sync::nats_server::NatsServer;
@@ -152,6 +154,32 @@ impl Target {
         self.sink.respond(f);
     }
 
+    /// From now on answers 503 to a random `share` (0 to 1) of the requests, 200 to the rest.
+    pub fn fail_at_random(&self, share: f64) {
+        self.respond(move |_, _| {
+            if rand::random::<f64>() < share {
+                (503, vec![])
+            } else {
+                (200, vec![])
+            }
+        });
+    }
+
+    /// From now on answers 500 while the returned switch is on (it starts on), 200 once the
+    /// test turns it off.
+    pub fn outage(&self) -> Arc<AtomicBool> {
+        let down = Arc::new(AtomicBool::new(true));
+        let d = down.clone();
+        self.respond(move |_, _| {
+            if d.load(Ordering::SeqCst) {
+                (500, vec![])
+            } else {
+                (200, vec![])
+            }
+        });
+        down
+    }
+
     pub fn requests(&self) -> Vec<Recorded> {
         self.sink.requests()
     }
@@ -174,16 +202,34 @@ impl Setup {
 
     /// Like [`Setup::new`], for NATS at `url` (a cluster node, a list of seed URLs).
     pub fn at(url: &str, connectors: &[(&str, String)], extra: &str) -> Setup {
+        let cfg = format!(
+            "nats:\n  url: {url}\n  embedded: false\nhttp:\n  listen: 127.0.0.1:0\nconnectors:\n  dir: connectors\n{extra}"
+        );
+        Setup::from_config(&cfg, connectors)
+    }
+
+    /// A folder whose `hms-sync.yaml` is `config` as given (the whole runtime config), with
+    /// `connectors` (file name, YAML) in `connectors/`.
+    pub fn from_config(config: &str, connectors: &[(&str, String)]) -> Setup {
         let dir = tempfile::tempdir().expect("temp dir");
         std::fs::create_dir_all(dir.path().join("connectors")).unwrap();
         for (name, yaml) in connectors {
             std::fs::write(dir.path().join("connectors").join(name), yaml).unwrap();
         }
-        let cfg = format!(
-            "nats:\n  url: {url}\n  embedded: false\nhttp:\n  listen: 127.0.0.1:0\nconnectors:\n  dir: connectors\n{extra}"
-        );
-        std::fs::write(dir.path().join("hms-sync.yaml"), cfg).unwrap();
+        std::fs::write(dir.path().join("hms-sync.yaml"), config).unwrap();
         Setup { dir }
+    }
+
+    /// A path in the folder.
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// Writes a file of the folder; returns its path.
+    pub fn write(&self, name: &str, text: &str) -> PathBuf {
+        let p = self.path(name);
+        std::fs::write(&p, text).unwrap();
+        p
     }
 
     /// Like [`Setup::new`], with `http` lines (indented keys such as `  adminListen: ...`)
@@ -223,6 +269,7 @@ impl Setup {
         hms_sync::config::RuntimeConfig::load(&self.config_path(), true).expect("config")
     }
 
+    /// Starts the runtime in this process.
     pub async fn start(&self) -> hms_sync::Runtime {
         hms_sync::Runtime::start(self.config())
             .await
@@ -302,6 +349,19 @@ pub async fn terminate(child: std::process::Child) -> std::process::ExitStatus {
         .unwrap()
 }
 
+/// The seed's example event: `connectors/gis-ddot.yaml` sends it as `PATCH
+/// .../item/roadwork/RW-481`.
+pub const SEED_PERMIT: &str =
+    r#"{"permitId":"RW-481","agency":"DDOT","startDate":"2024-05-10","status":"APPROVED"}"#;
+
+/// Publishes `body` on `subject` with plain core NATS, like `nats pub` (not flushed).
+pub async fn publish_plain(client: &async_nats::Client, subject: &str, body: &str) {
+    client
+        .publish(subject.to_string(), body.to_string().into())
+        .await
+        .unwrap();
+}
+
 /// The seed connector with its URL pointed at `target`.
 pub fn seed_connector(target: &Target) -> String {
     include_str!("../../connectors/gis-ddot.yaml")
@@ -342,29 +402,49 @@ pub async fn publish(js: &async_nats::jetstream::Context, subject: &str, body: s
         .expect("stream ack");
 }
 
-/// Every message stored on a stream subject (parked jobs).
+/// Publishes `{"id": "<prefix><i>", "n": i}` on `subject` for each `i` of `numbers`, one after
+/// another (each stream ack awaited before the next).
+pub async fn publish_numbered(
+    js: &async_nats::jetstream::Context,
+    subject: &str,
+    prefix: &str,
+    numbers: std::ops::Range<usize>,
+) {
+    for event in numbered(prefix, numbers) {
+        publish(js, subject, event).await;
+    }
+}
+
+/// The events `{"id": "<prefix><i>", "n": i}` for each `i` of `numbers`: what most tests
+/// publish.
+pub fn numbered(
+    prefix: &str,
+    numbers: std::ops::Range<usize>,
+) -> impl Iterator<Item = serde_json::Value> + '_ {
+    numbers.map(move |i| serde_json::json!({"id": format!("{prefix}{i}"), "n": i}))
+}
+
+/// Every message stored on a stream whose payload is JSON (parked jobs), in stream order.
 pub async fn stream_messages(
     js: &async_nats::jetstream::Context,
     stream: &str,
 ) -> Vec<serde_json::Value> {
-    let Ok(mut s) = js.get_stream(stream).await else {
-        return vec![];
-    };
-    let Ok(info) = s.info().await else {
-        return vec![];
-    };
-    let (first, last) = (info.state.first_sequence, info.state.last_sequence);
-    let mut out = Vec::new();
-    for seq in first..=last {
-        if let Ok(m) = s.get_raw_message(seq).await {
-            if let Ok(v) = serde_json::from_slice(&m.payload) {
-                out.push(v);
-            }
-        }
-    }
-    out
+    stream_raw(js, stream)
+        .await
+        .iter()
+        .filter_map(|m| serde_json::from_slice(&m.payload).ok())
+        .collect()
 }
 
+/// The opening of most tests: [`init_logs`], a nats-server of this test alone and a target.
+pub async fn nats_and_target() -> (Nats, Target) {
+    init_logs();
+    let nats = Nats::start().await;
+    let target = Target::start().await;
+    (nats, target)
+}
+
+/// Test logs (`HMS_SYNC_LOG`, default `warn`) and the process's TLS provider.
 pub fn init_logs() {
     // Clients built by tests (reqwest) need the process's TLS provider, as hms-sync's own do.
     hms_sync::http_client::install_crypto();
@@ -503,6 +583,35 @@ pub async fn start_simple(
     .await
 }
 
+/// Starts a runtime with connector `<name>.v1` on `<name>.in` ([`simple_connector`], no
+/// retry rules), deletes `HMS_AUDIT`, then publishes `n` events numbered with `prefix`
+/// ([`publish_numbered`]); returns the JetStream context too.
+pub async fn start_without_audit(
+    nats: &Nats,
+    target: &Target,
+    name: &str,
+    prefix: &str,
+    n: usize,
+) -> (Setup, hms_sync::Runtime, async_nats::jetstream::Context) {
+    let (id, topic) = (format!("{name}.v1"), format!("{name}.in"));
+    let (setup, rt, js) = start_simple(nats, target, &id, &topic, "", "").await;
+    js.delete_stream("HMS_AUDIT").await.unwrap();
+    publish_numbered(&js, &topic, prefix, 0..n).await;
+    (setup, rt, js)
+}
+
+/// Creates `HMS_AUDIT` again (subjects `external.sync.>`, defaults otherwise): the stream
+/// [`start_without_audit`] took away comes back.
+pub async fn audit_stream_back(js: &async_nats::jetstream::Context) {
+    js.create_stream(async_nats::jetstream::stream::Config {
+        name: "HMS_AUDIT".into(),
+        subjects: vec!["external.sync.>".into()],
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+}
+
 /// Resident memory of process `pid` in kilobytes (`VmRSS`), and its peak (`VmHWM`).
 pub fn rss_kb(pid: u32) -> (u64, u64) {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
@@ -521,4 +630,95 @@ pub fn rss_kb(pid: u32) -> (u64, u64) {
 /// thousands of connections).
 pub fn raise_open_files() {
     hms_sync::serve::raise_open_files_limit();
+}
+
+/// A finished command's exit code (-1 when a signal ended it), stdout and stderr as text.
+pub fn code_and_text(out: &std::process::Output) -> (i32, String, String) {
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Runs `hms-sync ARGS --config <setup's config>` to its end, with `envs` set and without the
+/// test environment's `NATS_URL`: (exit code, stdout, stderr).
+pub async fn hms_sync_on(
+    setup: &Setup,
+    args: &[&str],
+    envs: &[(&str, &str)],
+) -> (i32, String, String) {
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_hms-sync"))
+        .args(args)
+        .arg("--config")
+        .arg(setup.config_path())
+        .env_remove("NATS_URL")
+        .envs(envs.iter().copied())
+        .output()
+        .await
+        .unwrap();
+    code_and_text(&out)
+}
+
+/// The body of `GET url` as text (any status).
+pub async fn get_text(url: &str) -> String {
+    reqwest::get(url).await.unwrap().text().await.unwrap()
+}
+
+/// The info of a consumer of `HMS_EVENTS` (the stream and the consumer must exist).
+pub async fn consumer_info(
+    js: &async_nats::jetstream::Context,
+    name: &str,
+) -> async_nats::jetstream::consumer::Info {
+    js.get_stream("HMS_EVENTS")
+        .await
+        .unwrap()
+        .consumer_info(name)
+        .await
+        .unwrap()
+}
+
+/// Runs `hms-sync ARGS --config <setup's config>` (without the test environment's `NATS_URL`
+/// and `HMS_SYNC_LOG`) until `done` holds for the lines of its stderr, then sends SIGTERM;
+/// returns its exit status and every line it wrote. Panics after `timeout`, saying `late` and
+/// the lines so far.
+pub async fn stderr_until(
+    setup: &Setup,
+    args: &[&str],
+    timeout: Duration,
+    late: &str,
+    done: impl Fn(&[String]) -> bool,
+) -> (std::process::ExitStatus, Vec<String>) {
+    use std::io::{BufRead, BufReader};
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_hms-sync"))
+        .args(args)
+        .arg("--config")
+        .arg(setup.config_path())
+        .env_remove("NATS_URL")
+        .env_remove("HMS_SYNC_LOG")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let mut lines = Vec::new();
+    let deadline = Instant::now() + timeout;
+    while !done(&lines) {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(l) => lines.push(l),
+            Err(_) => panic!("{late}; stderr so far:\n{lines:#?}"),
+        }
+    }
+    let status = terminate(child).await;
+    lines.extend(rx.try_iter());
+    (status, lines)
 }

@@ -329,9 +329,7 @@ async fn two_thousand_idle_connections_are_closed_in_bounded_time_and_memory() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hostile_events_are_parked_with_a_reason_and_their_exact_bytes() {
-    init_logs();
-    let nats = Nats::start().await;
-    let target = Target::start().await;
+    let (nats, target) = nats_and_target().await;
     let yaml = format!(
         "id: hostile.events.v1\ntype: outbound\ntrigger:\n  topic: hostile.events\n  filter: object.amount > 10\nmap:\n  to:\n    url: \"{}/items/{{id}}\"\n    method: PUT\n    headers: {{ X-Id: \"{{{{ id }}}}\" }}\n    body:\n      id: \"{{{{ id }}}}\"\nretry:\n  max: 2\n  backoffMs: 50\n",
         target.url()

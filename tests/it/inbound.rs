@@ -51,12 +51,7 @@ impl Inbound {
     }
 
     async fn metrics(&self) -> String {
-        reqwest::get(self.url("/metrics"))
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap()
+        get_text(&self.url("/metrics")).await
     }
 }
 
@@ -530,15 +525,8 @@ async fn answers_for_every_kind_of_bad_request() {
     ] {
         assert!(m.contains(line), "{line} in\n{m}");
     }
-    let list: serde_json::Value = serde_json::from_str(
-        &reqwest::get(s.url("/api/webhooks"))
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap(),
-    )
-    .unwrap();
+    let list: serde_json::Value =
+        serde_json::from_str(&get_text(&s.url("/api/webhooks")).await).unwrap();
     assert_eq!(list.as_array().map(Vec::len), Some(3), "{list}");
     s.rt.shutdown().await;
 }

@@ -177,19 +177,9 @@ async fn per_key_order_holds_across_three_instances_and_a_kill_9() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_breaker_for_every_instance_one_probe_at_a_time_one_alert() {
-    init_logs();
-    let nats = Nats::start().await;
-    let target = Target::start().await;
+    let (nats, target) = nats_and_target().await;
     target.set_delay(Duration::from_millis(300));
-    let down = Arc::new(std::sync::atomic::AtomicBool::new(true));
-    let d = down.clone();
-    target.respond(move |_, _| {
-        if d.load(std::sync::atomic::Ordering::SeqCst) {
-            (500, vec![])
-        } else {
-            (200, vec![])
-        }
-    });
+    let down = target.outage();
     let config = format!(
         "delivery:\n  pullBatch: 4\n  maxInFlight: 4\nendpoints:\n  \"http://{}\":\n    breaker: {{ failures: 5, probeIntervalMs: 500 }}\n",
         target.addr
@@ -233,12 +223,7 @@ async fn one_breaker_for_every_instance_one_probe_at_a_time_one_alert() {
         eventually(Duration::from_secs(30), "instance ready", || i.ready()).await;
     }
     let js = async_nats::jetstream::new(client.clone());
-    publish_many(
-        &js,
-        "broken.in",
-        (0..60).map(|i| json!({"id": format!("e{i}"), "n": i})),
-    )
-    .await;
+    publish_many(&js, "broken.in", numbered("e", 0..60)).await;
     eventually(Duration::from_secs(30), "the breaker opened", || async {
         !kinds("endpoint.paused").is_empty()
     })

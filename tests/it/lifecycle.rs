@@ -87,16 +87,24 @@ impl Drop for Up {
     }
 }
 
-async fn consumer(
-    js: &async_nats::jetstream::Context,
-    name: &str,
-) -> async_nats::jetstream::consumer::Info {
-    js.get_stream("HMS_EVENTS")
-        .await
-        .unwrap()
-        .consumer_info(name)
-        .await
-        .unwrap()
+/// `hms-sync up` (a child process) with `connector` as `c.yaml` and `config` appended, ready,
+/// then `n` events `{"id": "<prefix><i>", "n": i}` published on `topic`. The stream and the
+/// consumer exist before anything is published (a runtime in this process made them).
+async fn up_and_published(
+    nats: &Nats,
+    connector: String,
+    config: &str,
+    topic: &str,
+    prefix: &str,
+    n: usize,
+) -> (Setup, Up, async_nats::jetstream::Context) {
+    let setup = Setup::new(nats, &[("c.yaml", connector)], config);
+    setup.start().await.shutdown().await;
+    let up = Up::start(&setup);
+    eventually(Duration::from_secs(30), "up ready", || up.ready()).await;
+    let js = async_nats::jetstream::new(nats.client().await);
+    publish_many(&js, topic, numbered(prefix, 0..n)).await;
+    (setup, up, js)
 }
 
 /// Requests per Idempotency-Key the target answered.
@@ -111,29 +119,12 @@ fn per_key(target: &Target) -> HashMap<String, usize> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_mid_flood_finishes_what_is_in_flight_acks_it_and_exits_in_time() {
-    init_logs();
-    let nats = Nats::start().await;
-    let target = Target::start().await;
+    let (nats, target) = nats_and_target().await;
     target.set_delay(Duration::from_millis(200));
-    let setup = Setup::new(
-        &nats,
-        &[(
-            "c.yaml",
-            simple_connector("term.flood.v1", "term.flood", &target, ""),
-        )],
-        "delivery:\n  maxInFlight: 16\n  shutdownTimeoutMs: 4000\n",
-    );
-    // The stream and the consumer exist before anything is published.
-    setup.start().await.shutdown().await;
-    let mut up = Up::start(&setup);
-    eventually(Duration::from_secs(30), "up ready", || up.ready()).await;
-    let js = async_nats::jetstream::new(nats.client().await);
-    publish_many(
-        &js,
-        "term.flood",
-        (0..400).map(|i| json!({"id": format!("e{i}"), "n": i})),
-    )
-    .await;
+    let connector = simple_connector("term.flood.v1", "term.flood", &target, "");
+    let config = "delivery:\n  maxInFlight: 16\n  shutdownTimeoutMs: 4000\n";
+    let (setup, mut up, js) =
+        up_and_published(&nats, connector, config, "term.flood", "e", 400).await;
     eventually(Duration::from_secs(30), "a flood under way", || async {
         target.count() >= 40
     })
@@ -146,7 +137,7 @@ async fn sigterm_mid_flood_finishes_what_is_in_flight_acks_it_and_exits_in_time(
         up.console()
     );
     // Everything it delivered is acked; nothing waits for an ack timeout.
-    let info = consumer(&js, "term_flood_v1").await;
+    let info = consumer_info(&js, "term_flood_v1").await;
     assert_eq!(info.num_ack_pending, 0, "{info:?}");
     let first_run = per_key(&target);
     assert!(first_run.len() < 400, "the flood was still under way");
@@ -162,28 +153,12 @@ async fn sigterm_mid_flood_finishes_what_is_in_flight_acks_it_and_exits_in_time(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_with_a_target_that_never_answers_hands_back_and_exits_in_time() {
-    init_logs();
-    let nats = Nats::start().await;
-    let target = Target::start().await;
+    let (nats, target) = nats_and_target().await;
     target.set_delay(Duration::from_secs(300));
-    let setup = Setup::new(
-        &nats,
-        &[(
-            "c.yaml",
-            simple_connector("term.hang.v1", "term.hang", &target, "timeoutMs: 600000\n"),
-        )],
-        "delivery:\n  shutdownTimeoutMs: 3000\n",
-    );
-    setup.start().await.shutdown().await;
-    let mut up = Up::start(&setup);
-    eventually(Duration::from_secs(30), "up ready", || up.ready()).await;
-    let js = async_nats::jetstream::new(nats.client().await);
-    publish_many(
-        &js,
-        "term.hang",
-        (0..10).map(|i| json!({"id": format!("h{i}"), "n": i})),
-    )
-    .await;
+    let connector = simple_connector("term.hang.v1", "term.hang", &target, "timeoutMs: 600000\n");
+    let config = "delivery:\n  shutdownTimeoutMs: 3000\n";
+    let (setup, mut up, js) =
+        up_and_published(&nats, connector, config, "term.hang", "h", 10).await;
     eventually(Duration::from_secs(30), "ten requests hanging", || async {
         target.concurrent() == 10
     })
@@ -210,7 +185,7 @@ async fn sigterm_with_a_target_that_never_answers_hands_back_and_exits_in_time()
         restarted.elapsed() < Duration::from_secs(20),
         "not waiting for the ack wait (30 s)"
     );
-    let info = consumer(&js, "term_hang_v1").await;
+    let info = consumer_info(&js, "term_hang_v1").await;
     assert_eq!(
         info.delivered.consumer_sequence, 20,
         "each delivered twice (handed back once): {info:?}"
@@ -276,9 +251,7 @@ fn to_path(id: &str, topic: &str, target: &Target, path: &str) -> String {
 async fn sighup_applies_the_connectors_folder_without_dropping_anything() {
     use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::SeqCst};
     use std::sync::Arc;
-    init_logs();
-    let nats = Nats::start().await;
-    let target = Target::start().await;
+    let (nats, target) = nats_and_target().await;
     target.set_delay(Duration::from_millis(5));
     let setup = Setup::new(
         &nats,
@@ -397,7 +370,7 @@ async fn sighup_applies_the_connectors_folder_without_dropping_anything() {
     );
     // b: what was not delivered before it stopped waits on its consumer (nothing dropped).
     let b_delivered = reqs.iter().filter(|r| r.path.starts_with("/b/")).count() as u64;
-    let b = consumer(&js, "hup_b_v1").await;
+    let b = consumer_info(&js, "hup_b_v1").await;
     assert_eq!(
         b_delivered + b.num_pending + b.num_ack_pending as u64,
         rounds,

@@ -1,9 +1,8 @@
 //! Fit with the operator's tools: `/metrics` through `promtool check metrics`, the Grafana dashboard's queries, and `--log-format json`.
 
 use std::collections::BTreeSet;
-use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::Duration;
 
 use serde_json::Value;
@@ -148,7 +147,7 @@ async fn metrics_pass_promtool_apart_from_the_ms_unit() {
         nats: _nats,
     } = scene().await;
     let url = format!("http://{}/metrics", rt.http_addr());
-    let text = reqwest::get(&url).await.unwrap().text().await.unwrap();
+    let text = get_text(&url).await;
     for m in [
         "sync_ok_total",
         "sync_parked_total",
@@ -203,40 +202,16 @@ async fn up_with_log_format_json_logs_json_lines() {
         )],
         "",
     );
-    let mut child = Command::new(env!("CARGO_BIN_EXE_hms-sync"))
-        .args(["up", "--log-format", "json", "--config"])
-        .arg(setup.config_path())
-        .env_remove("NATS_URL")
-        .env_remove("HMS_SYNC_LOG")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stderr = child.stderr.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    let mut lines = Vec::new();
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    while !lines
-        .iter()
-        .any(|l: &String| l.contains("hms-sync up: http://"))
-    {
-        let left = deadline.saturating_duration_since(std::time::Instant::now());
-        match rx.recv_timeout(left) {
-            Ok(l) => lines.push(l),
-            Err(_) => panic!("no start-up line within 20 s; stderr so far:\n{lines:#?}"),
-        }
-    }
+    let (status, lines) = stderr_until(
+        &setup,
+        &["up", "--log-format", "json"],
+        Duration::from_secs(20),
+        "no start-up line within 20 s",
+        |lines| lines.iter().any(|l| l.contains("hms-sync up: http://")),
+    )
+    .await;
     // SIGTERM: the shutdown lines are JSON too.
-    let status = terminate(child).await;
     assert!(status.success(), "{status}");
-    lines.extend(rx.try_iter());
     assert!(
         lines.iter().any(|l| l.contains("\"stopped\"")),
         "{lines:#?}"

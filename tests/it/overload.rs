@@ -9,18 +9,6 @@ use serde_json::json;
 
 use crate::harness::*;
 
-async fn consumer_info(
-    js: &async_nats::jetstream::Context,
-    name: &str,
-) -> async_nats::jetstream::consumer::Info {
-    js.get_stream("HMS_EVENTS")
-        .await
-        .unwrap()
-        .consumer_info(name)
-        .await
-        .unwrap()
-}
-
 /// Every key the target saw, with how many times.
 fn keys(target: &Target) -> HashMap<String, usize> {
     let mut seen: HashMap<String, usize> = HashMap::new();
@@ -41,9 +29,7 @@ async fn exactly_once(
     events: usize,
     id: &str,
 ) {
-    init_logs();
-    let nats = Nats::start().await;
-    let target = Target::start().await;
+    let (nats, target) = nats_and_target().await;
     target.set_delay(delay);
     let topic = format!("{id}.in");
     let (_setup, rt, js) = start_with(&nats, &[("c.yaml", yaml(&target))], config).await;

@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use serde_json::json;
 
-use crate::harness::{eventually, publish, stream_messages, Nats};
-use crate::prod_support::{connector, ConnectProxy, Dir, HttpsTarget, Pki};
+use crate::harness::{eventually, publish, stream_messages, Nats, Setup};
+use crate::prod_support::{connector, ConnectProxy, HttpsTarget, Pki};
 
 fn config(nats: &Nats, extra: &str) -> String {
     format!(
@@ -29,7 +29,7 @@ async fn a_ca_trusted_with_ca_file_delivers_and_an_untrusted_one_parks_saying_wh
     let nats = Nats::start().await;
     let pki = Pki::new("agency");
     let target = HttpsTarget::start(&pki.server("gis"), None).await;
-    let trusted = Dir::new(
+    let trusted = Setup::from_config(
         &config(
             &nats,
             &format!("outbound:\n  caFile: {}\n", pki.ca_file().display()),
@@ -53,7 +53,7 @@ async fn a_ca_trusted_with_ca_file_delivers_and_an_untrusted_one_parks_saying_wh
     rt.shutdown().await;
 
     // The same target without the CA: not delivered; the parked job says why.
-    let untrusted = Dir::new(
+    let untrusted = Setup::from_config(
         &config(&nats, ""),
         &[(
             "c.yaml",
@@ -88,7 +88,7 @@ async fn a_target_demanding_a_client_certificate_gets_it_from_map_to_tls() {
     let client = clients.client("hms-sync-client");
     let out = format!("outbound:\n  caFile: {}\n", pki.ca_file().display());
     // Without map.to.tls: refused by the target, parked with the reason.
-    let without = Dir::new(
+    let without = Setup::from_config(
         &config(&nats, &out),
         &[(
             "c.yaml",
@@ -111,7 +111,7 @@ async fn a_target_demanding_a_client_certificate_gets_it_from_map_to_tls() {
     rt.shutdown().await;
 
     // With it (paths relative to the connector file): delivered, the certificate presented.
-    let with = Dir::new(&config(&nats, &out), &[]);
+    let with = Setup::from_config(&config(&nats, &out), &[]);
     std::fs::copy(&client.cert, with.path("connectors/client.pem")).unwrap();
     std::fs::copy(&client.key, with.path("connectors/client.key")).unwrap();
     with.write(
@@ -154,7 +154,7 @@ async fn https_through_a_connect_proxy() {
     let target = HttpsTarget::start(&pki.server("behind-proxy"), None).await;
     let proxy = ConnectProxy::start().await;
     std::env::set_var("HMS_T_PROXY_PW", "pr0xy-pw");
-    let dir = Dir::new(
+    let dir = Setup::from_config(
         &config(
             &nats,
             &format!(
@@ -204,7 +204,7 @@ async fn ssl_cert_file_adds_roots() {
     let system = hms_sync::tls::root_store(&[]).unwrap();
     assert_eq!(roots.len(), system.len() + 1, "added to the system's roots");
     std::env::set_var("SSL_CERT_FILE", pki.ca_file());
-    let dir = Dir::new(
+    let dir = Setup::from_config(
         &config(&nats, ""),
         &[(
             "c.yaml",

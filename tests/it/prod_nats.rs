@@ -7,8 +7,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 
-use crate::harness::{eventually, free_port, publish, Target};
-use crate::prod_support::{connector, hms_bin, run_cli, ConfNats, Dir, Operator, Pki};
+use crate::harness::{eventually, free_port, publish, Setup, Target};
+use crate::prod_support::{connector, hms_bin, run_cli, ConfNats, Operator, Pki};
 
 fn config(url: &str, nats_extra: &str, extra: &str) -> String {
     format!(
@@ -18,12 +18,12 @@ fn config(url: &str, nats_extra: &str, extra: &str) -> String {
 
 /// Starts the runtime from `dir`, publishes one event through `client` and waits for the
 /// target to get it.
-async fn delivers(dir: &Dir, client: async_nats::Client, target: &Target, topic: &str) {
+async fn delivers(dir: &Setup, client: async_nats::Client, target: &Target, topic: &str) {
     delivers_within(dir, client, target, topic, Duration::from_secs(10)).await
 }
 
 async fn delivers_within(
-    dir: &Dir,
+    dir: &Setup,
     client: async_nats::Client,
     target: &Target,
     topic: &str,
@@ -49,7 +49,7 @@ async fn user_and_password_from_the_environment() {
     std::env::set_var("HMS_T_NATS_USER_A", "hms");
     std::env::set_var("HMS_T_NATS_PASS_A", "pw-5up3r");
     let target = Target::start().await;
-    let dir = Dir::new(
+    let dir = Setup::from_config(
         &config(
             &nats.url(),
             "  user: ${HMS_T_NATS_USER_A}\n  password: ${HMS_T_NATS_PASS_A}\n",
@@ -81,7 +81,7 @@ async fn credentials_in_the_url_are_used_and_never_shown() {
         "nats://urluser:url-pw-9@127.0.0.1:{dead},nats://urluser:url-pw-9@127.0.0.1:{}",
         nats.port
     );
-    let dir = Dir::new(
+    let dir = Setup::from_config(
         &config(&url, "", ""),
         &[(
             "c.yaml",
@@ -96,7 +96,7 @@ async fn credentials_in_the_url_are_used_and_never_shown() {
     delivers(&dir, client, &target, "urlcred.in").await;
     // The same URL with a wrong password: the error names the servers, not the password.
     let wrong = url.replace("url-pw-9", "wrong-pw-7");
-    let dir = Dir::new(&config(&wrong, "", ""), &[]);
+    let dir = Setup::from_config(&config(&wrong, "", ""), &[]);
     let err = hms_sync::Runtime::start(dir.config())
         .await
         .err()
@@ -118,7 +118,7 @@ async fn token_auth() {
     .await;
     std::env::set_var("HMS_T_NATS_TOKEN_B", "t0k3n-abc");
     let target = Target::start().await;
-    let dir = Dir::new(
+    let dir = Setup::from_config(
         &config(&nats.url(), "  token: ${HMS_T_NATS_TOKEN_B}\n", ""),
         &[(
             "c.yaml",
@@ -141,7 +141,7 @@ async fn nkey_seed_file() {
     })
     .await;
     let target = Target::start().await;
-    let dir = Dir::new(
+    let dir = Setup::from_config(
         &config(&nats.url(), "  nkeySeedFile: hms-sync.nk\n", ""),
         &[(
             "c.yaml",
@@ -168,7 +168,7 @@ async fn creds_file_of_an_operator_signed_user() {
     })
     .await;
     let target = Target::start().await;
-    let dir = Dir::new(
+    let dir = Setup::from_config(
         &config(&nats.url(), "  credsFile: hms-sync.creds\n", ""),
         &[(
             "c.yaml",
@@ -209,7 +209,7 @@ async fn mutual_tls_with_an_extra_ca() {
         client_cert.key.display()
     );
     let url = format!("tls://localhost:{}", nats.port);
-    let dir = Dir::new(
+    let dir = Setup::from_config(
         &config(&url, &tls, ""),
         &[(
             "c.yaml",
@@ -231,7 +231,7 @@ async fn mutual_tls_with_an_extra_ca() {
         client_cert.cert.display(),
         client_cert.key.display()
     );
-    let dir = Dir::new(&config(&url, &no_ca, ""), &[]);
+    let dir = Setup::from_config(&config(&url, &no_ca, ""), &[]);
     let err = hms_sync::Runtime::start(dir.config())
         .await
         .err()
@@ -252,7 +252,7 @@ async fn up_with_wrong_credentials_exits_at_once() {
         format!("host: 127.0.0.1\nport: {port}\njetstream {{ store_dir: \"{}\" }}\nauthorization {{ user: hms, password: right }}\n", store.display())
     })
     .await;
-    let dir = Dir::new(
+    let dir = Setup::from_config(
         &format!(
             "nats:\n  url: {}\n  embedded: true\n  serverConfig: no-such-nats.conf\n  user: hms\n  password: ${{HMS_T_WRONG_PW}}\nhttp:\n  listen: 127.0.0.1:0\nconnectors:\n  dir: connectors\n",
             nats.url()
@@ -334,7 +334,7 @@ async fn replicas_on_a_three_node_cluster() {
         .collect::<Vec<_>>()
         .join(",");
     let target = Target::start().await;
-    let dir = Dir::new(
+    let dir = Setup::from_config(
         &config(&seeds, "  replicas: 3\n", ""),
         &[("c.yaml", connector("r3.v1", "r3.in", &target.url(), "", ""))],
     );
@@ -371,7 +371,7 @@ async fn an_existing_stream_with_other_settings_is_left_with_one_warning() {
     .await
     .unwrap();
     let target = Target::start().await;
-    let dir = Dir::new(
+    let dir = Setup::from_config(
         &config(&nats.url(), "", ""),
         &[(
             "c.yaml",

@@ -5,8 +5,8 @@ use std::time::Duration;
 
 use serde_json::json;
 
-use crate::harness::{eventually, publish, stream_messages, Nats, Target};
-use crate::prod_support::{connector, run_cli, Dir};
+use crate::harness::{eventually, get_text, publish, stream_messages, Nats, Setup, Target};
+use crate::prod_support::{connector, run_cli};
 
 fn config(nats: &Nats, extra: &str) -> String {
     format!(
@@ -36,7 +36,7 @@ async fn a_name_resolving_to_a_denied_address_parks_at_once_without_a_connection
     let with_token = format!(
         "id: policy.token.v1\ntype: outbound\ntrigger: {{ topic: policy.token }}\nauth:\n  type: oauth2-client-credentials\n  tokenUrl: {token_url}\n  clientId: hms\n  clientSecret: ${{HMS_T_POLICY_SECRET}}\nmap:\n  to:\n    url: \"https://api.example.com/items/{{id}}\"\n    method: PUT\n    body: {{ id: \"{{{{ id }}}}\" }}\nretry: {{ max: 5, backoffMs: 100 }}\n"
     );
-    let dir = Dir::new(
+    let dir = Setup::from_config(
         &config(&nats, "outbound:\n  deny: [\"127.0.0.0/8\"]\n"),
         &[
             (
@@ -79,7 +79,7 @@ async fn a_name_resolving_to_a_denied_address_parks_at_once_without_a_connection
 #[tokio::test]
 async fn validate_and_deploy_refuse_a_denied_literal_address() {
     let nats = Nats::start().await;
-    let dir = Dir::new(
+    let dir = Setup::from_config(
         &config(&nats, "outbound:\n  deny: [\"127.0.0.0/8\"]\n"),
         &[],
     );
@@ -148,14 +148,14 @@ async fn the_event_never_chooses_the_server() {
             "id: hosts.v1\ntype: outbound\ntrigger: {{ topic: hosts.in }}\nmap:\n  to:\n    url: \"http://{{{{ host }}}}:{port}/items/{{id}}\"\n    method: PUT\n    body: {{ id: \"{{{{ id }}}}\" }}\n{allow}"
         )
     };
-    let dir = Dir::new(&config(&nats, ""), &[]);
+    let dir = Setup::from_config(&config(&nats, ""), &[]);
     let bad = dir.write("bad.yaml", &templated(""));
     let (code, out, _) = run_cli(&["validate", bad.to_str().unwrap()], &[]);
     assert_eq!(code, 2, "{out}");
     assert!(out.contains("bad.yaml:6:10:"), "{out}");
     assert!(out.contains("must be written out"), "{out}");
     assert!(out.contains("allowHosts"), "{out}");
-    let dir = Dir::new(
+    let dir = Setup::from_config(
         &config(&nats, ""),
         &[(
             "c.yaml",
@@ -190,7 +190,7 @@ async fn failures_name_the_field_and_the_rule_never_the_value() {
         "id: pii.v1\ntype: outbound\ntrigger: {{ topic: pii.in }}\nmap:\n  schema:\n    type: object\n    properties:\n      ssn: {{ type: string, pattern: \"^[0-9]{{3}}$\" }}\n      age: {{ type: integer, maximum: 150 }}\n  to:\n    url: \"{}/items/{{id}}\"\n    method: PUT\n    body: {{ ssn: \"{{{{ ssn }}}}\" }}\n",
         target.url()
     );
-    let dir = Dir::new(&config(&nats, ""), &[("c.yaml", yaml)]);
+    let dir = Setup::from_config(&config(&nats, ""), &[("c.yaml", yaml)]);
     let rt = dir.start().await;
     let js = async_nats::jetstream::new(nats.client().await);
     publish(
@@ -215,23 +215,13 @@ async fn failures_name_the_field_and_the_rule_never_the_value() {
         .unwrap()
         .contains("123-45-6789"));
     let base = format!("http://{}", rt.http_addr());
-    let api = reqwest::get(format!("{base}/api/connectors"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let api = get_text(&format!("{base}/api/connectors")).await;
     assert!(api.contains("/ssn: does not match the pattern"), "{api}");
     assert!(
         !api.contains("123-45-6789") && !api.contains("40001"),
         "{api}"
     );
-    let metrics = reqwest::get(format!("{base}/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = get_text(&format!("{base}/metrics")).await;
     assert!(!metrics.contains("123-45-6789"));
     rt.shutdown().await;
 }
@@ -241,7 +231,7 @@ async fn failures_name_the_field_and_the_rule_never_the_value() {
 /// `file:line:col`.
 #[tokio::test]
 async fn validate_checks_a_runtime_config() {
-    let dir = Dir::new("", &[]);
+    let dir = Setup::from_config("", &[]);
     let check = |text: &str| {
         let cfg = dir.write("hms-sync.yaml", text);
         run_cli(&["validate", "--config", cfg.to_str().unwrap()], &[])

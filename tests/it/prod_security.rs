@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use serde_json::json;
 
-use crate::harness::{eventually, stream_messages, Target};
-use crate::prod_support::{connector, run_cli, ConfNats, Dir};
+use crate::harness::{eventually, stream_messages, Setup, Target};
+use crate::prod_support::{connector, run_cli, ConfNats};
 
 /// The first ```conf block of SECURITY.md.
 fn authorization_block() -> String {
@@ -43,7 +43,7 @@ async fn the_documented_permissions_are_enough_to_deliver_park_and_deploy() {
         "nats:\n  url: {}\n  embedded: false\n  user: hms-sync\n  password: ${{HMS_SYNC_NATS_PASSWORD}}\nhttp:\n  listen: 127.0.0.1:0\nconnectors:\n  dir: connectors\n",
         nats.url()
     );
-    let dir = Dir::new(
+    let dir = Setup::from_config(
         &config,
         &[(
             "c.yaml",

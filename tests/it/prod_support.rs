@@ -2,7 +2,6 @@
 //! material made with rcgen, NATS operator/account/user JWTs, an HTTPS target, a CONNECT
 //! proxy, and the `hms-sync` binary.
 
-use std::io::Write as _;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -12,7 +11,7 @@ use std::time::Duration;
 use base64::Engine as _;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::harness::{eventually, free_port, nats_server_bin};
+use crate::harness::{code_and_text, eventually, free_port, nats_server_bin};
 
 /// A CA, and certificates it signed, written as PEM files in a folder of their own.
 pub struct Pki {
@@ -443,50 +442,6 @@ pub fn hms_bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_hms-sync"))
 }
 
-/// A folder with a runtime config (`hms-sync.yaml`) and a connectors folder.
-pub struct Dir {
-    pub dir: tempfile::TempDir,
-}
-
-impl Dir {
-    /// `config` is the whole runtime config; `connectors` (file name, YAML) go to connectors/.
-    pub fn new(config: &str, connectors: &[(&str, String)]) -> Dir {
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::create_dir_all(dir.path().join("connectors")).unwrap();
-        for (name, yaml) in connectors {
-            std::fs::write(dir.path().join("connectors").join(name), yaml).unwrap();
-        }
-        std::fs::write(dir.path().join("hms-sync.yaml"), config).unwrap();
-        Dir { dir }
-    }
-
-    pub fn config_path(&self) -> PathBuf {
-        self.dir.path().join("hms-sync.yaml")
-    }
-
-    pub fn path(&self, name: &str) -> PathBuf {
-        self.dir.path().join(name)
-    }
-
-    pub fn write(&self, name: &str, text: &str) -> PathBuf {
-        let p = self.path(name);
-        let mut f = std::fs::File::create(&p).unwrap();
-        f.write_all(text.as_bytes()).unwrap();
-        p
-    }
-
-    pub fn config(&self) -> hms_sync::config::RuntimeConfig {
-        hms_sync::config::RuntimeConfig::load(&self.config_path(), true).expect("config")
-    }
-
-    /// Starts the runtime in this process.
-    pub async fn start(&self) -> hms_sync::Runtime {
-        hms_sync::Runtime::start(self.config())
-            .await
-            .expect("runtime starts")
-    }
-}
-
 /// `hms-sync ARGS...` run to its end: (exit code, stdout, stderr).
 pub fn run_cli(args: &[&str], env: &[(&str, &str)]) -> (i32, String, String) {
     let mut cmd = Command::new(hms_bin());
@@ -495,11 +450,7 @@ pub fn run_cli(args: &[&str], env: &[(&str, &str)]) -> (i32, String, String) {
         cmd.env(k, v);
     }
     let out = cmd.output().expect("run hms-sync");
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    code_and_text(&out)
 }
 
 /// A plain outbound connector to `base` (`PUT {base}/items/{id}`), with extra lines under

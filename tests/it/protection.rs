@@ -14,9 +14,7 @@ const T: Duration = Duration::from_secs(20);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_429_slows_the_whole_endpoint() {
-    init_logs();
-    let nats = Nats::start().await;
-    let target = Target::start().await;
+    let (nats, target) = nats_and_target().await;
     let first = Arc::new(AtomicBool::new(true));
     let f = first.clone();
     target.respond(move |_, _| {
@@ -39,9 +37,7 @@ async fn a_429_slows_the_whole_endpoint() {
         &cfg,
     )
     .await;
-    for i in 0..5 {
-        publish(&js, "slow.in", json!({"id": format!("e{i}"), "n": i})).await;
-    }
+    publish_numbered(&js, "slow.in", "e", 0..5).await;
     eventually(T, "all five delivered", || async {
         target.requests().iter().filter(|r| r.status == 200).count() == 5
     })
@@ -58,18 +54,8 @@ async fn a_429_slows_the_whole_endpoint() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_circuit_breaker_pauses_probes_and_resumes() {
-    init_logs();
-    let nats = Nats::start().await;
-    let target = Target::start().await;
-    let down = Arc::new(AtomicBool::new(true));
-    let d = down.clone();
-    target.respond(move |_, _| {
-        if d.load(Ordering::SeqCst) {
-            (500, vec![])
-        } else {
-            (200, vec![])
-        }
-    });
+    let (nats, target) = nats_and_target().await;
+    let down = target.outage();
     let cfg = format!(
         "endpoints:\n  \"http://{}\":\n    maxInFlight: 4\n    breaker: {{ failures: 3, probeIntervalMs: 300 }}\n",
         target.addr
@@ -91,9 +77,7 @@ async fn the_circuit_breaker_pauses_probes_and_resumes() {
     let client = nats.client().await;
     let mut alerts = client.subscribe("hitl.review.requested").await.unwrap();
     let js = async_nats::jetstream::new(client.clone());
-    for i in 0..20 {
-        publish(&js, "breaker.in", json!({"id": format!("e{i}"), "n": i})).await;
-    }
+    publish_numbered(&js, "breaker.in", "e", 0..20).await;
     let paused = tokio::time::timeout(T, alerts.next())
         .await
         .expect("pause alert")
@@ -137,17 +121,13 @@ fn verify(nats: &Nats) -> (i32, String) {
         .args(["audit", "verify", "--nats-url", &nats.url()])
         .output()
         .unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-    )
+    let (code, stdout, _) = code_and_text(&out);
+    (code, stdout)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_attempt_is_audited_and_tampering_is_detected() {
-    init_logs();
-    let nats = Nats::start().await;
-    let target = Target::start().await;
+    let (nats, target) = nats_and_target().await;
     target.respond(|_, n| if n == 0 { (503, vec![]) } else { (200, vec![]) });
     let setup = Setup::new(
         &nats,
@@ -179,9 +159,7 @@ async fn every_attempt_is_audited_and_tampering_is_detected() {
     .unwrap()
     .await
     .unwrap();
-    for i in 1..6 {
-        publish(&js, "audited.in", json!({"id": format!("e{i}"), "n": i})).await;
-    }
+    publish_numbered(&js, "audited.in", "e", 1..6).await;
     // 6 events, each failing once then delivered: 12 attempts.
     eventually(T, "12 audit records", || async {
         audit_records(&js).await.len() == 12
@@ -250,17 +228,7 @@ async fn every_attempt_is_audited_and_tampering_is_detected() {
             r.to_string()
         })
         .collect();
-    js.get_stream("HMS_AUDIT")
-        .await
-        .unwrap()
-        .delete_message(seq)
-        .await
-        .unwrap();
-    js.publish(subject, (changed.join("\n") + "\n").into())
-        .await
-        .unwrap()
-        .await
-        .unwrap();
+    store_again(&js, subject, seq, &changed).await;
     let (code, out) = verify(&nats);
     assert_eq!(code, 1, "{out}");
     assert!(out.contains("BROKEN at HMS_AUDIT message"), "{out}");
@@ -283,15 +251,34 @@ async fn block_holding(
     panic!("no block holds record {n}");
 }
 
+/// Takes the stored block `seq` out of `HMS_AUDIT` and stores `records` (JSON lines) as a new
+/// block on `subject`; none left: nothing is stored.
+async fn store_again(
+    js: &async_nats::jetstream::Context,
+    subject: String,
+    seq: u64,
+    records: &[String],
+) {
+    js.get_stream("HMS_AUDIT")
+        .await
+        .unwrap()
+        .delete_message(seq)
+        .await
+        .unwrap();
+    if !records.is_empty() {
+        js.publish(subject, (records.join("\n") + "\n").into())
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_deleted_audit_record_is_detected() {
-    init_logs();
-    let nats = Nats::start().await;
-    let target = Target::start().await;
+    let (nats, target) = nats_and_target().await;
     let (_setup, rt, js) = start_simple(&nats, &target, "del.v1", "del.in", "", "").await;
-    for i in 0..5 {
-        publish(&js, "del.in", json!({"id": format!("e{i}"), "n": i})).await;
-    }
+    publish_numbered(&js, "del.in", "e", 0..5).await;
     eventually(T, "5 audit records", || async {
         audit_records(&js).await.len() == 5
     })
@@ -305,19 +292,7 @@ async fn a_deleted_audit_record_is_detected() {
         .filter(|r| r["n"] != 3)
         .map(|r| r.to_string())
         .collect();
-    js.get_stream("HMS_AUDIT")
-        .await
-        .unwrap()
-        .delete_message(seq)
-        .await
-        .unwrap();
-    if !kept.is_empty() {
-        js.publish(subject, (kept.join("\n") + "\n").into())
-            .await
-            .unwrap()
-            .await
-            .unwrap();
-    }
+    store_again(&js, subject, seq, &kept).await;
     let (code, out) = verify(&nats);
     assert_eq!(code, 1, "{out}");
     assert!(
@@ -328,14 +303,8 @@ async fn a_deleted_audit_record_is_detected() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deliveries_go_on_while_the_audit_stream_is_unavailable() {
-    init_logs();
-    let nats = Nats::start().await;
-    let target = Target::start().await;
-    let (_setup, rt, js) = start_simple(&nats, &target, "noaudit.v1", "noaudit.in", "", "").await;
-    js.delete_stream("HMS_AUDIT").await.unwrap();
-    for i in 0..20 {
-        publish(&js, "noaudit.in", json!({"id": format!("e{i}"), "n": i})).await;
-    }
+    let (nats, target) = nats_and_target().await;
+    let (_setup, rt, js) = start_without_audit(&nats, &target, "noaudit", "e", 20).await;
     eventually(T, "all delivered without an audit stream", || async {
         target.count() == 20
     })
@@ -358,13 +327,7 @@ async fn deliveries_go_on_while_the_audit_stream_is_unavailable() {
     })
     .await;
     // The stream comes back: the backlog is stored, and the chain verifies.
-    js.create_stream(async_nats::jetstream::stream::Config {
-        name: "HMS_AUDIT".into(),
-        subjects: vec!["external.sync.>".into()],
-        ..Default::default()
-    })
-    .await
-    .unwrap();
+    audit_stream_back(&js).await;
     eventually(Duration::from_secs(30), "backlog stored", || async {
         audit_records(&js).await.len() == 20
     })
@@ -377,17 +340,10 @@ async fn deliveries_go_on_while_the_audit_stream_is_unavailable() {
 async fn a_flood_of_attempts_is_audited_whole_in_batches() {
     // Batches of more than two records take the fast store (plain publishes between two acked
     // ones): every record must land once, in chain order.
-    init_logs();
-    let nats = Nats::start().await;
-    let target = Target::start().await;
+    let (nats, target) = nats_and_target().await;
     let (_setup, rt, js) = start_simple(&nats, &target, "many.v1", "many.in", "", "").await;
     let n = 2_000;
-    publish_many(
-        &js,
-        "many.in",
-        (0..n).map(|i| json!({"id": format!("e{i}"), "n": i})),
-    )
-    .await;
+    publish_many(&js, "many.in", numbered("e", 0..n)).await;
     eventually(T, "all delivered", || async { target.count() >= n }).await;
     eventually(T, "every attempt on HMS_AUDIT", || async {
         audit_records(&js).await.len() >= n
@@ -416,9 +372,7 @@ async fn an_endpoint_in_flight_cap_holds_across_its_connectors() {
     // so 80 events keep the cap busy. Permits come from the endpoint's fast lane while a slot
     // is free and from its actor's queue while full: neither may exceed the cap, and no
     // waiter may be forgotten (every event delivered).
-    init_logs();
-    let nats = Nats::start().await;
-    let target = Target::start().await;
+    let (nats, target) = nats_and_target().await;
     target.set_delay(Duration::from_millis(20));
     let (_setup, rt, js) = start_with(
         &nats,
@@ -432,18 +386,8 @@ async fn an_endpoint_in_flight_cap_holds_across_its_connectors() {
         ),
     )
     .await;
-    publish_many(
-        &js,
-        "cap.a",
-        (0..40).map(|i| json!({"id": format!("a{i}"), "n": i})),
-    )
-    .await;
-    publish_many(
-        &js,
-        "cap.b",
-        (0..40).map(|i| json!({"id": format!("b{i}"), "n": i})),
-    )
-    .await;
+    publish_many(&js, "cap.a", numbered("a", 0..40)).await;
+    publish_many(&js, "cap.b", numbered("b", 0..40)).await;
     eventually(T, "all 80 delivered", || async { target.count() >= 80 }).await;
     let max = target.max_concurrent();
     assert!(

@@ -25,11 +25,7 @@ fn hms(dir: &Path, args: &[&str]) -> (i32, String, String) {
         .stdin(Stdio::null())
         .output()
         .unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    code_and_text(&out)
 }
 
 async fn hms_async(dir: &Path, args: &[&str]) -> (i32, String, String) {
@@ -84,9 +80,7 @@ async fn deploy_lib(bus: &hms_sync::bus::Bus, file: &str, yaml: &str) -> u64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deploy_list_history_undeploy_through_the_binary() {
-    init_logs();
-    let nats = Nats::start().await;
-    let target = Target::start().await;
+    let (nats, target) = nats_and_target().await;
     let setup = Setup::new(&nats, &[], "");
     let dir = setup.dir.path();
     let cfg = setup.config_path().display().to_string();
@@ -303,9 +297,7 @@ fn numbers(reqs: &[Recorded]) -> BTreeSet<u64> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hot_start_change_and_stop_while_events_flow() {
-    init_logs();
-    let nats = Nats::start().await;
-    let target = Target::start().await;
+    let (nats, target) = nats_and_target().await;
     let (_setup, rt, js) = start_with(&nats, &[], "").await;
     let bus = connect_bus(&nats).await;
     let id = "flow.v1";
@@ -391,9 +383,7 @@ async fn hot_start_change_and_stop_while_events_flow() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn topic_change_moves_the_consumer_and_the_stream_follows() {
-    init_logs();
-    let nats = Nats::start().await;
-    let target = Target::start().await;
+    let (nats, target) = nats_and_target().await;
     // An event in transit to the old subscription when the topic changes is redelivered after
     // ackWait (not lost): keep that short here.
     let (_setup, rt, js) = start_with(&nats, &[], "delivery:\n  ackWaitMs: 2000\n").await;
@@ -434,9 +424,7 @@ async fn topic_change_moves_the_consumer_and_the_stream_follows() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn invalid_bucket_entries_are_reported_and_harm_nothing() {
-    init_logs();
-    let nats = Nats::start().await;
-    let target = Target::start().await;
+    let (nats, target) = nats_and_target().await;
     let (_setup, rt, js) = start_with(
         &nats,
         &[("a.yaml", simple_connector("folder.a", "inv.a", &target, ""))],
@@ -471,12 +459,7 @@ async fn invalid_bucket_entries_are_reported_and_harm_nothing() {
 
     let base = format!("http://{}", rt.http_addr());
     let api = || async {
-        let text = reqwest::get(format!("{base}/api/connectors"))
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let text = get_text(&format!("{base}/api/connectors")).await;
         serde_json::from_str::<serde_json::Value>(&text).unwrap()
     };
     eventually(HOT, "invalid entries reported", || async {
@@ -509,12 +492,7 @@ async fn invalid_bucket_entries_are_reported_and_harm_nothing() {
             .contains("hms_sync_connectors/garbage.one@"),
         "{garbage}"
     );
-    let metrics = reqwest::get(format!("{base}/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = get_text(&format!("{base}/metrics")).await;
     assert!(
         metrics.contains(r#"sync_registry_invalid_total{connector="garbage.one"} 1"#),
         "{metrics}"
@@ -554,10 +532,8 @@ async fn invalid_bucket_entries_are_reported_and_harm_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn registry_wins_over_the_folder_and_undeploy_falls_back() {
-    init_logs();
     std::env::set_var("ARC_TOKEN", "arc-secret-token");
-    let nats = Nats::start().await;
-    let target = Target::start().await;
+    let (nats, target) = nats_and_target().await;
     let seed = seed_as(&target, "ddot.gis.wins.v1");
     let setup = Setup::new(&nats, &[("gis-ddot.yaml", seed.clone())], "");
     let bus = connect_bus(&nats).await;
@@ -600,14 +576,7 @@ fn seed_as(target: &Target, id: &str) -> String {
 
 async fn seed_publish_and_expect_patch(nats: &Nats, target: &Target, n: usize) {
     let client = nats.client().await;
-    client
-        .publish(
-            "permit.updated",
-            r#"{"permitId":"RW-481","agency":"DDOT","startDate":"2024-05-10","status":"APPROVED"}"#
-                .into(),
-        )
-        .await
-        .unwrap();
+    publish_plain(&client, "permit.updated", SEED_PERMIT).await;
     client.flush().await.unwrap();
     eventually(T, "the PATCH", || async { target.count() >= n }).await;
     let r = &target.requests()[n - 1];
@@ -621,10 +590,8 @@ async fn seed_publish_and_expect_patch(nats: &Nats, target: &Target, n: usize) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn seed_sequence_deploy_then_up() {
-    init_logs();
     std::env::set_var("ARC_TOKEN", "arc-secret-token");
-    let nats = Nats::start().await;
-    let target = Target::start().await;
+    let (nats, target) = nats_and_target().await;
     let setup = Setup::new(&nats, &[], "");
     let dir = setup.dir.path();
     std::fs::create_dir_all(dir.join("seed")).unwrap();
@@ -647,10 +614,8 @@ async fn seed_sequence_deploy_then_up() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn seed_sequence_up_then_deploy() {
-    init_logs();
     std::env::set_var("ARC_TOKEN", "arc-secret-token");
-    let nats = Nats::start().await;
-    let target = Target::start().await;
+    let (nats, target) = nats_and_target().await;
     let setup = Setup::new(&nats, &[], "");
     let rt = setup.start().await;
     let dir = setup.dir.path();
@@ -726,14 +691,7 @@ async fn seed_sequence_with_the_embedded_default() {
     })
     .await;
     let client = async_nats::connect(&url).await.unwrap();
-    client
-        .publish(
-            "permit.updated",
-            r#"{"permitId":"RW-481","agency":"DDOT","startDate":"2024-05-10","status":"APPROVED"}"#
-                .into(),
-        )
-        .await
-        .unwrap();
+    publish_plain(&client, "permit.updated", SEED_PERMIT).await;
     client.flush().await.unwrap();
     eventually(T, "the PATCH", || async { target.count() >= 1 }).await;
     assert_eq!(target.requests()[0].path, "/item/roadwork/RW-481");
@@ -743,9 +701,7 @@ async fn seed_sequence_with_the_embedded_default() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rapid_redeploys_settle_on_the_last_revision() {
-    init_logs();
-    let nats = Nats::start().await;
-    let target = Target::start().await;
+    let (nats, target) = nats_and_target().await;
     let (_setup, rt, js) = start_with(&nats, &[], "").await;
     let bus = connect_bus(&nats).await;
     let id = "rapid.v1";

@@ -12,20 +12,34 @@ use serde_json::{json, Value};
 use crate::harness::*;
 
 async fn hms(setup: &Setup, args: &[&str]) -> (i32, String, String) {
-    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_hms-sync"))
-        .args(args)
-        .arg("--config")
-        .arg(setup.config_path())
-        .env_remove("NATS_URL")
-        .env("USER", "rosa")
-        .output()
-        .await
-        .unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    hms_sync_on(setup, args, &[("USER", "rosa")]).await
+}
+
+/// `hms-sync resync resync.r.v1 --since 10m MORE` (the connector and window of the resync
+/// test).
+async fn resync_r(setup: &Setup, more: &[&str]) -> (i32, String, String) {
+    let args: Vec<&str> = ["resync", "resync.r.v1", "--since", "10m"]
+        .into_iter()
+        .chain(more.iter().copied())
+        .collect();
+    hms(setup, &args).await
+}
+
+/// `hms-sync parked replay --connector replay.p.v1 --reason REASON MORE` (the connector of the
+/// replay test).
+async fn replay_p(setup: &Setup, reason: &str, more: &[&str]) -> (i32, String, String) {
+    let args: Vec<&str> = [
+        "parked",
+        "replay",
+        "--connector",
+        "replay.p.v1",
+        "--reason",
+        reason,
+    ]
+    .into_iter()
+    .chain(more.iter().copied())
+    .collect();
+    hms(setup, &args).await
 }
 
 /// Idempotency-Key of every request, by path.
@@ -41,9 +55,7 @@ fn keys_by_path(target: &Target) -> BTreeMap<String, Vec<String>> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn resync_resends_with_the_original_keys_without_moving_the_consumer() {
-    init_logs();
-    let nats = Nats::start().await;
-    let target = Target::start().await;
+    let (nats, target) = nats_and_target().await;
     let connector = format!(
         "id: resync.r.v1\ntype: outbound\ntrigger:\n  topic: resync.topic\n  filter: \"!has(object.skip)\"\nmap:\n  to:\n    url: \"{}/items/{{id}}\"\n    method: PUT\n    body:\n      id: \"{{{{ id }}}}\"\n",
         target.url()
@@ -74,11 +86,7 @@ async fn resync_resends_with_the_original_keys_without_moving_the_consumer() {
         .cached_info()
         .state
         .last_sequence;
-    let (code, out, err) = hms(
-        &setup,
-        &["resync", "resync.r.v1", "--since", "10m", "--dry-run"],
-    )
-    .await;
+    let (code, out, err) = resync_r(&setup, &["--dry-run"]).await;
     assert_eq!(code, 0, "{err}");
     assert!(
         out.starts_with("resync.r.v1: 7 events on resync.topic since ")
@@ -103,18 +111,7 @@ async fn resync_resends_with_the_original_keys_without_moving_the_consumer() {
     assert_eq!(target.count(), 6);
 
     // One event, by field: delivered again with its original key.
-    let (code, out, err) = hms(
-        &setup,
-        &[
-            "resync",
-            "resync.r.v1",
-            "--since",
-            "10m",
-            "--where",
-            "id=R-3",
-        ],
-    )
-    .await;
+    let (code, out, err) = resync_r(&setup, &["--where", "id=R-3"]).await;
     assert_eq!(code, 0, "{out}{err}");
     assert!(
         out.contains("resync.r.v1: resent 1 event (HMS_EVENTS seq "),
@@ -127,19 +124,7 @@ async fn resync_resends_with_the_original_keys_without_moving_the_consumer() {
     );
 
     // Everything, in chunks of 2: each event once more, each with its original key.
-    let (code, out, err) = hms(
-        &setup,
-        &[
-            "resync",
-            "resync.r.v1",
-            "--since",
-            "10m",
-            "--chunk",
-            "2",
-            "--json",
-        ],
-    )
-    .await;
+    let (code, out, err) = resync_r(&setup, &["--chunk", "2", "--json"]).await;
     assert_eq!(code, 0, "{out}{err}");
     let v: Value = serde_json::from_str(&out).unwrap();
     assert_eq!(v["selection"]["selected"], 6, "{v:#}");
@@ -177,11 +162,7 @@ async fn resync_resends_with_the_original_keys_without_moving_the_consumer() {
     assert_eq!(keys_by_path(&target)["/items/R-live"].len(), 1);
 
     // Bad input: exit 2, saying which argument and why.
-    let (code, _, err) = hms(
-        &setup,
-        &["resync", "resync.r.v1", "--since", "10m", "--until", "1h"],
-    )
-    .await;
+    let (code, _, err) = resync_r(&setup, &["--until", "1h"]).await;
     assert_eq!(code, 2);
     assert!(
         err.contains("--until") && err.contains("is before --since"),
@@ -197,18 +178,7 @@ async fn resync_resends_with_the_original_keys_without_moving_the_consumer() {
     // With no `up` running the connector, it says so (after 10 s without a pull) instead
     // of waiting; what was sent stays queued and goes out once one runs.
     rt.shutdown().await;
-    let (code, out, err) = hms(
-        &setup,
-        &[
-            "resync",
-            "resync.r.v1",
-            "--since",
-            "10m",
-            "--where",
-            "id=R-1",
-        ],
-    )
-    .await;
+    let (code, out, err) = resync_r(&setup, &["--where", "id=R-1"]).await;
     assert_eq!(code, 1, "{out}{err}");
     assert!(
         err.contains(
@@ -228,9 +198,7 @@ async fn resync_resends_with_the_original_keys_without_moving_the_consumer() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn parked_replay_by_connector_reason_and_time_with_a_dry_run() {
-    init_logs();
-    let nats = Nats::start().await;
-    let target = Target::start().await;
+    let (nats, target) = nats_and_target().await;
     let fixed = Arc::new(AtomicBool::new(false));
     let f = fixed.clone();
     target.respond(
@@ -267,19 +235,7 @@ async fn parked_replay_by_connector_reason_and_time_with_a_dry_run() {
     let first_keys = keys_by_path(&target);
 
     // A dry run: which would go, nothing sent.
-    let (code, out, err) = hms(
-        &setup,
-        &[
-            "parked",
-            "replay",
-            "--connector",
-            "replay.p.v1",
-            "--reason",
-            "http 503",
-            "--dry-run",
-        ],
-    )
-    .await;
+    let (code, out, err) = replay_p(&setup, "http 503", &["--dry-run"]).await;
     assert_eq!(code, 0, "{err}");
     let lines: Vec<&str> = out.lines().collect();
     assert_eq!(lines.len(), 3, "{out}");
@@ -303,20 +259,7 @@ async fn parked_replay_by_connector_reason_and_time_with_a_dry_run() {
 
     // Fixed: replay the 503s of one connector; the other connector's 503 stays.
     fixed.store(true, Ordering::SeqCst);
-    let (code, out, err) = hms(
-        &setup,
-        &[
-            "parked",
-            "replay",
-            "--connector",
-            "replay.p.v1",
-            "--reason",
-            "HTTP 503",
-            "--since",
-            "1h",
-        ],
-    )
-    .await;
+    let (code, out, err) = replay_p(&setup, "HTTP 503", &["--since", "1h"]).await;
     assert_eq!(code, 0, "{out}{err}");
     assert!(
         out.ends_with(

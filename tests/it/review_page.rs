@@ -29,10 +29,8 @@ fn connector(target: &Target) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn review_in_headless_chromium_replay_reaches_the_target_with_the_original_key() {
-    init_logs();
     std::env::set_var("HMS_IT_REVIEW_SECRET", SECRET);
-    let nats = Nats::start().await;
-    let target = Target::start().await;
+    let (nats, target) = nats_and_target().await;
     let fixed = Arc::new(AtomicBool::new(false));
     let f = fixed.clone();
     target.respond(move |r, _| {

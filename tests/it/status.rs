@@ -22,9 +22,7 @@ pub struct Scene {
 }
 
 pub async fn scene() -> Scene {
-    init_logs();
-    let nats = Nats::start().await;
-    let target = Target::start().await;
+    let (nats, target) = nats_and_target().await;
     target.respond(|r, _| {
         if r.path.contains("RW-404") {
             (404, vec![])
@@ -80,20 +78,10 @@ async fn get_json(url: &str) -> Value {
 
 /// Runs `hms-sync status ARGS` on the scene's config; (exit code, stdout, stderr).
 async fn status(setup: &Setup, args: &[&str]) -> (i32, String, String) {
-    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_hms-sync"))
-        .arg("status")
-        .arg("--config")
-        .arg(setup.config_path())
-        .args(args)
-        .env_remove("NATS_URL")
-        .output()
-        .await
-        .unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    let args: Vec<&str> = std::iter::once("status")
+        .chain(args.iter().copied())
+        .collect();
+    hms_sync_on(setup, &args, &[]).await
 }
 
 fn row<'a>(rows: &'a Value, id: &str) -> &'a Value {

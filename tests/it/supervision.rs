@@ -28,40 +28,23 @@ fn verify_json(nats: &Nats) -> serde_json::Value {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_audit_actor_is_restarted_and_its_loss_is_a_sealed_gap() {
-    init_logs();
-    let nats = Nats::start().await;
-    let target = Target::start().await;
-    let (_setup, rt, js) = start_simple(&nats, &target, "audkill.v1", "audkill.in", "", "").await;
+    let (nats, target) = nats_and_target().await;
     // With HMS_AUDIT away, the records of the first events wait in the actor's memory: killing
     // it loses them for sure.
-    js.delete_stream("HMS_AUDIT").await.unwrap();
-    for i in 0..50 {
-        publish(&js, "audkill.in", json!({"id": format!("w{i}"), "n": i})).await;
-    }
+    let (_setup, rt, js) = start_without_audit(&nats, &target, "audkill", "w", 50).await;
     eventually(T, "records wait in memory", || async {
         metric(&rt, "sync_audit_pending").await >= 50.0
     })
     .await;
     let first = rt.services().audit.actor().expect("an audit actor runs");
     first.kill();
-    js.create_stream(async_nats::jetstream::stream::Config {
-        name: "HMS_AUDIT".into(),
-        subjects: vec!["external.sync.>".into()],
-        ..Default::default()
-    })
-    .await
-    .unwrap();
+    audit_stream_back(&js).await;
     // Kill the next one mid-flood too.
     let n = 3_000;
     let publisher = {
         let js = js.clone();
         tokio::spawn(async move {
-            publish_many(
-                &js,
-                "audkill.in",
-                (0..n).map(|i| json!({"id": format!("e{i}"), "n": i})),
-            )
-            .await;
+            publish_many(&js, "audkill.in", numbered("e", 0..n)).await;
         })
     };
     let n = n + 50;
@@ -150,10 +133,8 @@ async fn token_endpoint(grants: Arc<AtomicUsize>) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_token_actor_is_restarted_and_the_next_request_gets_a_token() {
-    init_logs();
     std::env::set_var("HMS_T_SUPERVISED_SECRET", "s3cret");
-    let nats = Nats::start().await;
-    let target = Target::start().await;
+    let (nats, target) = nats_and_target().await;
     let grants = Arc::new(AtomicUsize::new(0));
     let token_url = token_endpoint(grants.clone()).await;
     let connector = format!(

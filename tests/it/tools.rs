@@ -2,7 +2,6 @@
 //! shell completions, `hms-sync config` with secrets as `***`, `hms-bus publish` verbatim,
 //! JSON logs with real fields (and start-up errors as JSON), the text console line unchanged.
 
-use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
@@ -17,11 +16,7 @@ fn run(bin: &str, args: &[&str]) -> (i32, String, String) {
         .stdin(Stdio::null())
         .output()
         .unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    code_and_text(&out)
 }
 
 const HMS: &str = env!("CARGO_BIN_EXE_hms-sync");
@@ -157,20 +152,13 @@ fn config_prints_the_effective_config_with_secrets_masked() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hms_bus_publish_as_the_seed_writes_it() {
-    init_logs();
     std::env::set_var("ARC_TOKEN", "arc-secret-token");
-    let nats = Nats::start().await;
-    let target = Target::start().await;
+    let (nats, target) = nats_and_target().await;
     let (_setup, rt, _js) = start_with(&nats, &[("gis.yaml", seed_connector(&target))], "").await;
     // The seed's command, verbatim, from a folder without a config (the defaults), NATS_URL set.
     let dir = tempfile::tempdir().unwrap();
     let out = tokio::process::Command::new(BUS)
-        .args([
-            "publish",
-            "permit.updated",
-            "--data",
-            r#"{"permitId":"RW-481","agency":"DDOT","startDate":"2024-05-10","status":"APPROVED"}"#,
-        ])
+        .args(["publish", "permit.updated", "--data", SEED_PERMIT])
         .current_dir(dir.path())
         .env("NATS_URL", nats.url())
         .output()
@@ -201,36 +189,10 @@ async fn hms_bus_publish_as_the_seed_writes_it() {
 /// Runs `hms-sync ARGS up --config <setup>` until `done` sees its stderr lines, then SIGTERM;
 /// returns every line.
 async fn up_lines(setup: &Setup, args: &[&str], done: impl Fn(&[String]) -> bool) -> Vec<String> {
-    let mut child = Command::new(HMS)
-        .args(args)
-        .args(["up", "--config"])
-        .arg(setup.config_path())
-        .env_remove("NATS_URL")
-        .env_remove("HMS_SYNC_LOG")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stderr = child.stderr.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    let mut lines = Vec::new();
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    while !done(&lines) {
-        let left = deadline.saturating_duration_since(std::time::Instant::now());
-        match rx.recv_timeout(left) {
-            Ok(l) => lines.push(l),
-            Err(_) => panic!("not seen within 30 s; stderr so far:\n{lines:#?}"),
-        }
-    }
-    assert!(terminate(child).await.success());
-    lines.extend(rx.try_iter());
+    let args: Vec<&str> = args.iter().copied().chain(["up"]).collect();
+    let late = "not seen within 30 s";
+    let (status, lines) = stderr_until(setup, &args, Duration::from_secs(30), late, done).await;
+    assert!(status.success());
     lines
 }
 

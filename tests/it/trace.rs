@@ -45,20 +45,10 @@ async fn publish_with(
 }
 
 async fn trace(setup: &Setup, args: &[&str]) -> (i32, String, String) {
-    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_hms-sync"))
-        .arg("trace")
-        .args(args)
-        .arg("--config")
-        .arg(setup.config_path())
-        .env_remove("NATS_URL")
-        .output()
-        .await
-        .unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    let args: Vec<&str> = std::iter::once("trace")
+        .chain(args.iter().copied())
+        .collect();
+    hms_sync_on(setup, &args, &[]).await
 }
 
 async fn trace_json(setup: &Setup, args: &[&str]) -> Value {
@@ -80,9 +70,7 @@ fn connector<'a>(event: &'a Value, id: &str) -> &'a Value {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn trace_finds_events_and_tells_what_each_connector_did() {
-    init_logs();
-    let nats = Nats::start().await;
-    let target = Target::start().await;
+    let (nats, target) = nats_and_target().await;
     let fixed = Arc::new(AtomicBool::new(false));
     let f = fixed.clone();
     target.respond(move |r, before| {

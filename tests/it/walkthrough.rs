@@ -10,31 +10,20 @@ const T: Duration = Duration::from_secs(20);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn seed_walkthrough_patches_ddot_events_and_skips_others() {
-    init_logs();
     std::env::set_var("ARC_TOKEN", "arc-secret-token");
-    let nats = Nats::start().await;
-    let target = Target::start().await;
+    let (nats, target) = nats_and_target().await;
     let (_setup, rt, js) =
         start_with(&nats, &[("gis-ddot.yaml", seed_connector(&target))], "").await;
 
     // Plain core NATS publish, like `nats pub permit.updated '{...}'`.
     let client = nats.client().await;
-    client
-        .publish(
-            "permit.updated",
-            r#"{"permitId":"RW-481","agency":"DDOT","startDate":"2024-05-10","status":"APPROVED"}"#
-                .into(),
-        )
-        .await
-        .unwrap();
-    client
-        .publish(
-            "permit.updated",
-            r#"{"permitId":"NY-1","agency":"NYC","startDate":"2024-05-11","status":"APPROVED"}"#
-                .into(),
-        )
-        .await
-        .unwrap();
+    publish_plain(&client, "permit.updated", SEED_PERMIT).await;
+    publish_plain(
+        &client,
+        "permit.updated",
+        r#"{"permitId":"NY-1","agency":"NYC","startDate":"2024-05-11","status":"APPROVED"}"#,
+    )
+    .await;
     client.flush().await.unwrap();
 
     eventually(T, "one PATCH at the target", || async {
@@ -87,12 +76,7 @@ async fn seed_walkthrough_patches_ddot_events_and_skips_others() {
     let base = format!("http://{}", rt.http_addr());
     let ready = reqwest::get(format!("{base}/readyz")).await.unwrap();
     assert_eq!(ready.status(), 200);
-    let metrics = reqwest::get(format!("{base}/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = get_text(&format!("{base}/metrics")).await;
     assert!(
         metrics.contains(r#"sync_ok_total{connector="ddot.gis.outbound.v1"} 1"#),
         "{metrics}"
@@ -102,15 +86,8 @@ async fn seed_walkthrough_patches_ddot_events_and_skips_others() {
         "{metrics}"
     );
     assert!(!metrics.contains("arc-secret-token"));
-    let api: serde_json::Value = serde_json::from_str(
-        &reqwest::get(format!("{base}/api/connectors"))
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap(),
-    )
-    .unwrap();
+    let api: serde_json::Value =
+        serde_json::from_str(&get_text(&format!("{base}/api/connectors")).await).unwrap();
     assert_eq!(api[0]["id"], "ddot.gis.outbound.v1");
     assert_eq!(api[0]["state"], "running");
     assert_eq!(api[0]["delivered"], 1);
@@ -126,9 +103,7 @@ async fn seed_walkthrough_patches_ddot_events_and_skips_others() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hostile_values_stay_data_end_to_end() {
-    init_logs();
-    let nats = Nats::start().await;
-    let target = Target::start().await;
+    let (nats, target) = nats_and_target().await;
     let (_setup, rt, js) = start_simple(&nats, &target, "hostile.v1", "hostile.in", "", "").await;
     let values = [
         r#""}, "x": {""#,
@@ -165,9 +140,7 @@ async fn hostile_values_stay_data_end_to_end() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_connector_actor_is_restarted_and_loses_nothing() {
-    init_logs();
-    let nats = Nats::start().await;
-    let target = Target::start().await;
+    let (nats, target) = nats_and_target().await;
     // Slow answers so that events are in flight when the actor dies.
     target.respond(|_, _| {
         std::thread::sleep(Duration::from_millis(5));

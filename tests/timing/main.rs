@@ -7,34 +7,10 @@ mod harness;
 
 use std::time::{Duration, Instant};
 
-use serde_json::json;
-
 use harness::*;
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn rate_limit_holds_in_every_one_second_window() {
-    init_logs();
-    let nats = Nats::start().await;
-    let target = Target::start().await;
-    let limited = simple_connector(
-        "limited.v1",
-        "limited.in",
-        &target,
-        "rateLimit: { perSecond: 20, burst: 5 }\n",
-    );
-    let (_setup, rt, js) = start_with(&nats, &[("c.yaml", limited)], "").await;
-    publish_many(
-        &js,
-        "limited.in",
-        (0..300).map(|i| json!({"id": format!("e{i}"), "n": i})),
-    )
-    .await;
-    eventually(Duration::from_secs(40), "all 300 delivered", || async {
-        target.count() == 300
-    })
-    .await;
-    let times: Vec<Instant> = target.requests().iter().map(|r| r.at).collect();
-    // Every window of one second starting at any arrival holds at most 20 (+1 for timer jitter).
+/// The most of `times` (in order) within one second of any one of them.
+fn most_in_one_second(times: &[Instant]) -> usize {
     let mut worst = 0;
     for (i, start) in times.iter().enumerate() {
         let n = times[i..]
@@ -43,6 +19,27 @@ async fn rate_limit_holds_in_every_one_second_window() {
             .count();
         worst = worst.max(n);
     }
+    worst
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rate_limit_holds_in_every_one_second_window() {
+    let (nats, target) = nats_and_target().await;
+    let limited = simple_connector(
+        "limited.v1",
+        "limited.in",
+        &target,
+        "rateLimit: { perSecond: 20, burst: 5 }\n",
+    );
+    let (_setup, rt, js) = start_with(&nats, &[("c.yaml", limited)], "").await;
+    publish_many(&js, "limited.in", numbered("e", 0..300)).await;
+    eventually(Duration::from_secs(40), "all 300 delivered", || async {
+        target.count() == 300
+    })
+    .await;
+    let times: Vec<Instant> = target.requests().iter().map(|r| r.at).collect();
+    // Every window of one second starting at any arrival holds at most 20 (+1 for timer jitter).
+    let worst = most_in_one_second(&times);
     assert!(worst <= 21, "{worst} requests within one second");
     let span = times[299].duration_since(times[0]);
     assert!(
@@ -57,9 +54,7 @@ mod fleet;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_rate_budget_for_three_instances() {
-    init_logs();
-    let nats = Nats::start().await;
-    let target = Target::start().await;
+    let (nats, target) = nats_and_target().await;
     let limited = simple_connector(
         "shared.budget.v1",
         "shared.budget.in",
@@ -78,26 +73,14 @@ async fn one_rate_budget_for_three_instances() {
         eventually(Duration::from_secs(30), "instance ready", || i.ready()).await;
     }
     let js = async_nats::jetstream::new(nats.client().await);
-    publish_many(
-        &js,
-        "shared.budget.in",
-        (0..300).map(|i| json!({"id": format!("e{i}"), "n": i})),
-    )
-    .await;
+    publish_many(&js, "shared.budget.in", numbered("e", 0..300)).await;
     eventually(Duration::from_secs(60), "all 300 delivered", || async {
         target.count() >= 300
     })
     .await;
     let mut times: Vec<Instant> = target.requests().iter().map(|r| r.at).collect();
     times.sort();
-    let mut worst = 0;
-    for (i, start) in times.iter().enumerate() {
-        let n = times[i..]
-            .iter()
-            .take_while(|t| t.duration_since(*start) < Duration::from_secs(1))
-            .count();
-        worst = worst.max(n);
-    }
+    let worst = most_in_one_second(&times);
     assert!(
         worst <= 12,
         "{worst} requests within one second, all instances together"
