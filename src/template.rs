@@ -414,10 +414,28 @@ fn has_dot_segment(url: &str) -> bool {
     let rest = url.split_once("://").map_or(url, |(_, r)| r);
     let path = rest.find('/').map_or("", |i| &rest[i..]);
     let path = path.split(['?', '#']).next().unwrap_or_default();
-    path.split('/').any(|seg| {
-        let seg = seg.to_ascii_lowercase().replace("%2e", ".");
-        seg == "." || seg == ".."
-    })
+    path.split('/').any(is_dot_segment)
+}
+
+/// `.` or `..`, each dot also as `%2e`/`%2E` (checked without allocating: every URL a
+/// connector renders passes here).
+fn is_dot_segment(seg: &str) -> bool {
+    let b = seg.as_bytes();
+    let (mut i, mut dots) = (0, 0);
+    while i < b.len() {
+        if b[i] == b'.' {
+            i += 1;
+        } else if b[i] == b'%'
+            && b.get(i + 1) == Some(&b'2')
+            && b.get(i + 2).is_some_and(|c| c | 0x20 == b'e')
+        {
+            i += 3;
+        } else {
+            return false;
+        }
+        dots += 1;
+    }
+    dots == 1 || dots == 2
 }
 
 /// Best-effort list of plain variable paths inside `{{ ... }}` expressions (for schemas).
@@ -601,6 +619,28 @@ impl BodyTemplate {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn dot_segments_are_found_in_the_path_only() {
+        for (url, dot) in [
+            ("https://gis.example/a/b", false),
+            ("https://gis.example/a/./b", true),
+            ("https://gis.example/a/../b", true),
+            ("https://gis.example/a/%2e%2E/b", true),
+            ("https://gis.example/a/.%2e", true),
+            ("https://gis.example/a/%2e", true),
+            ("https://gis.example/a/...", false),
+            ("https://gis.example/a/.b/c.d", false),
+            ("https://gis.example/a/%2f", false),
+            ("https://gis.example/a/%2", false),
+            ("https://gis.example/a/b?x=..", false),
+            ("https://gis.example/a/b#..", false),
+            ("https://my.gis.example:8443/", false),
+            ("https://gis.example/..", true),
+        ] {
+            assert_eq!(has_dot_segment(url), dot, "{url}");
+        }
+    }
     use serde_json::json;
 
     fn text(src: &str, ev: &Json) -> Result<String, RenderError> {

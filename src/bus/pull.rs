@@ -149,6 +149,9 @@ pub struct Puller {
     pin: Option<String>,
     /// When something last came from the server (events, heartbeats, statuses).
     last_heard: Instant,
+    /// Fires at the latest moment the server may stay silent; moved on only when it fires
+    /// (not per event: a timer registered and cancelled per event costs more than the check).
+    watchdog: std::pin::Pin<Box<tokio::time::Sleep>>,
     /// The subscription ended (consumer deleted, connection closed for good).
     ended: bool,
     /// Free delivery slots at the last [`Puller::want`], less the events received since (what
@@ -213,6 +216,7 @@ impl Puller {
             pinned: spec.pinned,
             pin: None,
             last_heard: Instant::now(),
+            watchdog: Box::pin(tokio::time::sleep(spec.heartbeat * 2)),
             ended: false,
             free_hint: 0,
             slots: 1,
@@ -272,19 +276,25 @@ impl Puller {
             if self.ended {
                 return None;
             }
-            let silent_until = self.last_heard + self.heartbeat * 2;
             let watching = self.credit.outstanding() > 0;
             let held = self.credit.hold_until.filter(|_| !watching);
             let msg = tokio::select! {
                 m = self.sub.next() => m,
-                _ = tokio::time::sleep_until(held.unwrap_or_else(Instant::now)), if held.is_some() => {
+                _ = async { tokio::time::sleep_until(held.unwrap_or_else(Instant::now)).await }, if held.is_some() => {
                     if let Err(e) = self.want(self.free_hint, self.slots).await {
                         return Some(Err(e));
                     }
                     continue;
                 }
-                _ = tokio::time::sleep_until(silent_until), if watching => {
-                    self.last_heard = Instant::now();
+                _ = &mut self.watchdog, if watching => {
+                    let silent_until = self.last_heard + self.heartbeat * 2;
+                    let now = Instant::now();
+                    if now < silent_until {
+                        self.watchdog.as_mut().reset(silent_until);
+                        continue;
+                    }
+                    self.last_heard = now;
+                    self.watchdog.as_mut().reset(now + self.heartbeat * 2);
                     return Some(Err(BusError {
                         kind: BusErrorKind::MissedHeartbeat,
                         context: "pull".into(),
