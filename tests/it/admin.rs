@@ -179,6 +179,19 @@ async fn by_default_one_address_no_token_and_no_review_actions() {
         403,
         "review actions need http.adminToken"
     );
+    let r = reqwest::Client::new()
+        .post(format!("{base}/api/parked/1/discard"))
+        .header("X-Hms-Operator", "rosa")
+        .header("Content-Type", "application/json")
+        .body(r#"{"reason": "no token"}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        r.status().as_u16(),
+        403,
+        "discarding needs http.adminToken too"
+    );
     rt.shutdown().await;
 }
 

@@ -7,6 +7,7 @@ mod cli;
 mod cluster;
 mod crash;
 mod delivery;
+mod discard;
 mod embedded;
 mod example_cluster;
 mod faults;

@@ -2,7 +2,8 @@
 //! under chromedriver: the page asks for the admin token once and keeps it in the tab, lists
 //! parked jobs per connector, shows one in full (original event, attempts, the request with
 //! secrets masked), and its Replay button makes the target receive the job with its original
-//! Idempotency-Key; the action is audited with who and when. Charts and the event search too.
+//! Idempotency-Key, its Discard button drops one for good (with a reason); each action is
+//! audited with who and when. Charts and the event search too.
 
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -36,6 +37,9 @@ async fn review_in_headless_chromium_replay_reaches_the_target_with_the_original
     target.respond(move |r, _| {
         if r.path.contains("RW-9") && !f.load(Ordering::SeqCst) {
             (503, vec![])
+        } else if r.path.contains("RW-7") {
+            // Refused for good: parked at once, then discarded from the page.
+            (422, vec![])
         } else {
             (200, vec![])
         }
@@ -253,6 +257,87 @@ async fn review_in_headless_chromium_replay_reaches_the_target_with_the_original
         .await,
         "none"
     );
+
+    // Discard: a job the target refuses for good (422) is dropped from the page, with a
+    // reason; it leaves the list, is never sent again, and is audited with who and why.
+    publish(&js, "review.permit", json!({"id": "RW-7", "note": "refused"})).await;
+    let discard_id = eventually_some(T, "RW-7 parked", || async {
+        stream_raw(&js, "HMS_SYNC_PARKED")
+            .await
+            .into_iter()
+            .find(|m| {
+                m.subject.starts_with("sync.parked.")
+                    && String::from_utf8_lossy(&m.payload).contains("/items/RW-7")
+            })
+            .map(|m| m.sequence)
+    })
+    .await;
+    b.goto(&url).await;
+    b.wait_until(
+        "rendered with the new job",
+        "return document.body.getAttribute('data-rendered') === '1';",
+        T,
+    )
+    .await;
+    let row = format!(
+        "#parked-jobs [data-connector=\"{ID}\"] tr[data-parked-id=\"{discard_id}\"]"
+    );
+    b.wait_for(&row, T).await;
+    let text = b.text(&row).await;
+    assert!(text.contains("HTTP 422"), "{text}");
+    b.click(&format!(
+        "button[data-action=\"show\"][data-parked-id=\"{discard_id}\"]"
+    ))
+    .await;
+    b.wait_for(&format!("#parked-job[data-parked-id=\"{discard_id}\"]"), T)
+        .await;
+    b.type_into("#discard-reason", "the target refuses it for good").await;
+    b.click(&format!(
+        "button[data-action=\"discard\"][data-parked-id=\"{discard_id}\"]"
+    ))
+    .await;
+    b.wait_until(
+        "the discard done",
+        "return document.body.getAttribute('data-last-action') === 'discarded';",
+        T,
+    )
+    .await;
+    let result = b.text("#action-result").await;
+    assert!(result.contains("Discarded by Rosa Ramírez"), "{result}");
+    b.wait_for("#parked-none", T).await;
+    let review = eventually_some(T, "the discard's review record", || async {
+        audit_records(&js)
+            .await
+            .into_iter()
+            .find(|r| r["kind"] == "review" && r["action"] == "discarded")
+    })
+    .await;
+    assert_eq!(review["parkedId"], discard_id, "{review:#}");
+    assert_eq!(review["reason"], "the target refuses it for good");
+    assert_eq!(review["by"], "Rosa Ramírez");
+    assert_eq!(review["via"], "status page");
+    assert_eq!(review["from"], "127.0.0.1");
+    assert!(
+        review["at"].is_string() && review["hash"].is_string(),
+        "{review:#}"
+    );
+    // Never sent again: an event published after it is delivered, RW-7 stays at one request.
+    publish(&js, "review.permit", json!({"id": "RW-8", "note": "ok"})).await;
+    eventually(T, "RW-8 delivered", || async {
+        target
+            .requests()
+            .iter()
+            .any(|r| r.path == "/items/RW-8" && r.status == 200)
+    })
+    .await;
+    assert_eq!(
+        target
+            .requests()
+            .iter()
+            .filter(|r| r.path == "/items/RW-7")
+            .count(),
+        1
+    );
     b.quit().await;
     rt.shutdown().await;
 }
@@ -283,6 +368,8 @@ async fn without_an_admin_token_the_page_shows_jobs_but_offers_no_actions() {
     b.click("#parked-jobs button[data-action=\"show\"]").await;
     b.wait_for("#parked-job", T).await;
     assert!(b.find("button[data-action=\"replay\"]").await.is_none());
+    assert!(b.find("button[data-action=\"discard\"]").await.is_none());
+    assert!(b.find("#discard-reason").await.is_none());
     let note = b.text("#parked-job").await;
     assert!(note.contains("need http.adminToken"), "{note}");
     let v: Value = b

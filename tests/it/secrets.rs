@@ -1,6 +1,8 @@
 //! Secrets (issue 15, point 5): hms-sync runs with known secret values in every place one can
 //! live, against targets and token endpoints that echo what they were sent; every output is
-//! then searched for each secret, raw, URL-encoded, base64 and hex.
+//! then searched for each secret, raw, URL-encoded, base64 and hex: logs, streams, the tools,
+//! and every answer of the HTTP side (the review API's too: parked jobs listed and in full,
+//! traces, a replay and a discard, behind an admin token that is itself one of the secrets).
 
 use std::collections::BTreeMap;
 use std::process::Command;
@@ -23,6 +25,9 @@ const OAUTH_SECRET: &str = "oauth-Cl1ent-S3cret-zz9";
 const ISSUED_TOKEN: &str = "at-Issued-Acc3ss-Tok3n-77";
 const PROXY_PW: &str = "proxy-Pw-55aa66bb";
 const GOOGLE_KEY_ID: &str = "gkey-id-Secr3t-4412";
+const ADMIN_TOKEN: &str = "adm-T0ken-Secr3t-8c7b6a5d";
+/// The reviewer named in `X-Hms-Operator` for the review actions.
+const REVIEWER: &str = "sec-reviewer";
 
 /// Every form of `secret` that would give it away: itself, URL- and form-encoded, base64
 /// (standard and URL-safe, at the three alignments it can take inside a longer text) and hex.
@@ -93,10 +98,40 @@ impl Outputs {
     }
 }
 
+/// `GET url` with the admin token: its status (0: no answer) and body.
+async fn get_answer(url: &str) -> (u16, String) {
+    match reqwest::Client::new()
+        .get(url)
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+    {
+        Ok(r) => (r.status().as_u16(), r.text().await.unwrap_or_default()),
+        Err(e) => (0, format!("error {e}")),
+    }
+}
+
+/// `GET url` with the admin token: status and body as one text.
 async fn get(url: &str) -> String {
-    match reqwest::get(url).await {
-        Ok(r) => format!("{} {}", r.status(), r.text().await.unwrap_or_default()),
-        Err(e) => format!("error {e}"),
+    let (status, body) = get_answer(url).await;
+    format!("{status} {body}")
+}
+
+/// `POST url` with the admin token, a reviewer's name and `body` (a review action): its
+/// status and body.
+async fn post_review(url: &str, body: &str) -> (u16, String) {
+    let mut req = reqwest::Client::new()
+        .post(url)
+        .bearer_auth(ADMIN_TOKEN)
+        .header("X-Hms-Operator", REVIEWER);
+    if !body.is_empty() {
+        req = req
+            .header("Content-Type", "application/json")
+            .body(body.to_string());
+    }
+    match req.send().await {
+        Ok(r) => (r.status().as_u16(), r.text().await.unwrap_or_default()),
+        Err(e) => (0, format!("error {e}")),
     }
 }
 
@@ -142,12 +177,60 @@ async fn http_outputs(out: &mut Outputs, up: &Up, tag: &str) {
         "/api/connectors",
         "/api/overview",
         "/api/webhooks",
+        "/api/session",
+        "/api/history",
     ] {
         out.add(
             format!("{tag} GET {path}"),
             get(&format!("{}{path}", up.http)).await,
         );
     }
+}
+
+/// The review side of an instance: `/api/parked`, each job in full (`/api/parked/{id}`) and
+/// traced by its idempotency key (`/api/trace?key=`), and the events of `rounds` traced by
+/// their id (`/api/trace?where=`). Returns each listed job in full.
+async fn review_outputs(
+    out: &mut Outputs,
+    up: &Up,
+    tag: &str,
+    rounds: &[&str],
+) -> Vec<serde_json::Value> {
+    let (status, text) = get_answer(&format!("{}/api/parked", up.http)).await;
+    out.add(format!("{tag} GET /api/parked"), format!("{status} {text}"));
+    assert_eq!(status, 200, "/api/parked: {text}");
+    let list: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let mut jobs = Vec::new();
+    for j in list["jobs"].as_array().cloned().unwrap_or_default() {
+        let id = j["id"].as_u64().expect("a job id");
+        let path = format!("/api/parked/{id}");
+        let (status, text) = get_answer(&format!("{}{path}", up.http)).await;
+        out.add(format!("{tag} GET {path}"), format!("{status} {text}"));
+        assert_eq!(status, 200, "{path}: {text}");
+        jobs.push(serde_json::from_str(&text).unwrap());
+        if let Some(key) = j["idempotencyKey"].as_str() {
+            let path = format!("/api/trace?key={key}&since=1h");
+            out.add(
+                format!("{tag} GET {path}"),
+                get(&format!("{}{path}", up.http)).await,
+            );
+        }
+    }
+    for round in rounds {
+        for topic in ["sec.token", "sec.oauth.good", "sec.google"] {
+            let path = format!("/api/trace?where=id%3D{round}-{topic}&since=1h");
+            out.add(
+                format!("{tag} GET {path}"),
+                get(&format!("{}{path}", up.http)).await,
+            );
+        }
+    }
+    jobs
+}
+
+/// The jobs of connector `id` among `jobs` (as `/api/parked/{id}` shows them).
+fn jobs_of<'a>(jobs: &'a [serde_json::Value], id: &str) -> Vec<&'a serde_json::Value> {
+    jobs.iter().filter(|j| j["connector"] == id).collect()
 }
 
 /// A target answering 500 with everything it was sent (headers, path, body), like a debug
@@ -324,6 +407,7 @@ async fn known_secrets_appear_in_no_output_in_any_encoding() {
         ("S_OAUTH_SECRET", OAUTH_SECRET.into()),
         ("S_PROXY_PW", PROXY_PW.into()),
         ("S_GOOGLE_KEY", google_key.clone()),
+        ("S_ADMIN_TOKEN", ADMIN_TOKEN.into()),
     ];
     for (k, v) in &env {
         std::env::set_var(k, v);
@@ -344,6 +428,8 @@ async fn known_secrets_appear_in_no_output_in_any_encoding() {
             "  embedded: false\n  user: ${S_NATS_USER}\n  password: ${S_NATS_PW}\n",
         );
     std::fs::write(setup.config_path(), cfg).unwrap();
+    // The admin side behind a token (from the environment): review actions are allowed.
+    setup.set_http("adminToken: ${S_ADMIN_TOKEN}");
     let cfg_path = setup.config_path().display().to_string();
     let mut out = Outputs::default();
 
@@ -369,6 +455,20 @@ async fn known_secrets_appear_in_no_output_in_any_encoding() {
     )
     .await;
     http_outputs(&mut out, &up, "text").await;
+    let jobs = review_outputs(&mut out, &up, "text", &["r1"]).await;
+    // A job whose target echoed the request it got (its secrets): shown in full.
+    let echoed = jobs_of(&jobs, "sec.token.v1");
+    assert!(!echoed.is_empty(), "a parked job of sec.token.v1: {jobs:#?}");
+    let j = echoed[0];
+    assert!(j["request"]["text"].is_string(), "the request it would send: {j:#}");
+    let bodies: Vec<&str> = j["attempts"]
+        .as_array()
+        .map(|a| a.iter().filter_map(|a| a["body"].as_str()).collect())
+        .unwrap_or_default();
+    assert!(
+        bodies.iter().any(|b| b.contains("error for")),
+        "the echoed answer is kept with the attempts: {j:#}"
+    );
     // The tools, with the same environment and config.
     let event = setup.dir.path().join("event.json");
     std::fs::write(&event, r#"{"id":"t1"}"#).unwrap();
@@ -411,6 +511,12 @@ async fn known_secrets_appear_in_no_output_in_any_encoding() {
             format!("hms-sync parked show {id}"),
             cli(&["parked", "show", &id, "--config", &cfg_path], &env),
         );
+        if job.job.as_ref().is_some_and(|p| p.connector == "sec.oauth.bad.v1") {
+            let args: [&str; 6] = ["parked", "discard", &id, "--json", "--config", &cfg_path];
+            let answer = cli(&args, &env);
+            assert!(answer.contains("\"discarded\""), "{answer}");
+            out.add(format!("hms-sync {}", args.join(" ")), answer);
+        }
     }
     // A password in the URL, and a wrong one: never shown either.
     let in_url = format!(
@@ -436,6 +542,53 @@ async fn known_secrets_appear_in_no_output_in_any_encoding() {
     traffic(&js, &up, "r2").await;
     eventually(Duration::from_secs(60), "round 2 settled", || settled(8)).await;
     http_outputs(&mut out, &up, "json").await;
+    let jobs = review_outputs(&mut out, &up, "json", &["r1", "r2"]).await;
+    // Review actions from the API on the jobs whose target echoed their secrets: one
+    // discarded, one replayed (it fails again at the echoing target and is parked again).
+    let echoed = jobs_of(&jobs, "sec.token.v1");
+    assert!(echoed.len() >= 2, "two parked jobs of sec.token.v1: {jobs:#?}");
+    let (discarded, replayed) = (
+        echoed[0]["id"].as_u64().unwrap(),
+        echoed[1]["id"].as_u64().unwrap(),
+    );
+    let path = format!("/api/parked/{discarded}/discard");
+    let (status, text) = post_review(
+        &format!("{}{path}", up.http),
+        r#"{"reason": "the secrets test discards it"}"#,
+    )
+    .await;
+    out.add(format!("POST {path}"), format!("{status} {text}"));
+    assert_eq!(status, 200, "{path}: {text}");
+    assert!(text.contains("\"discarded\""), "{text}");
+    let path = format!("/api/parked/{replayed}/replay");
+    let (status, text) = post_review(&format!("{}{path}", up.http), "").await;
+    out.add(format!("POST {path}"), format!("{status} {text}"));
+    assert_eq!(status, 200, "{path}: {text}");
+    let replay_seq = serde_json::from_str::<serde_json::Value>(&text).unwrap()["replaySequence"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("a replay sequence: {text}"));
+    eventually(
+        Duration::from_secs(60),
+        "the replayed job parked again",
+        || async {
+            stream_messages(&js, "HMS_SYNC_PARKED")
+                .await
+                .iter()
+                .any(|j| j["event"]["streamSequence"] == replay_seq)
+        },
+    )
+    .await;
+    // The answers once more: the job parked again, the resolved ones traced.
+    review_outputs(&mut out, &up, "json after review", &["r2"]).await;
+    for path in [
+        format!("/api/parked/{discarded}"),
+        format!("/api/parked/{replayed}"),
+    ] {
+        out.add(
+            format!("after review GET {path}"),
+            get(&format!("{}{path}", up.http)).await,
+        );
+    }
     let (status, _) = up.terminate().await;
     assert!(status.success());
     let console = up.console();
@@ -481,6 +634,7 @@ async fn known_secrets_appear_in_no_output_in_any_encoding() {
         ("issued access token", ISSUED_TOKEN.into()),
         ("proxy password", PROXY_PW.into()),
         ("Google key id", GOOGLE_KEY_ID.into()),
+        ("admin token", ADMIN_TOKEN.into()),
     ];
     for line in key_pem
         .lines()
