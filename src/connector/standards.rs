@@ -384,4 +384,95 @@ mod tests {
         assert_eq!(got.1.to_str().unwrap(), want);
         std::env::remove_var("HMS_TEST_HMAC");
     }
+
+    /// The `hmac-sha256` signature, checked without the project's own helpers: RFC 4231's
+    /// test case 2 through [`crate::signature::sign`], then the connector's request against
+    /// the `hmac` and `sha2` crates called directly over the exact body bytes. Only the body
+    /// is signed: the message id and the timestamp change nothing.
+    #[test]
+    fn an_hmac_signature_matches_an_independent_computation() {
+        use base64::Engine as _;
+        use hmac::{Hmac, Mac};
+
+        use crate::signature::{self, HmacSpec, Scheme, SigEncoding};
+
+        // RFC 4231, test case 2: HMAC-SHA-256 of "what do ya want for nothing?" under "Jefe".
+        const KEY: &[u8] = b"Jefe";
+        const RFC_DATA: &[u8] = b"what do ya want for nothing?";
+        const RFC_HEX: &str = "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843";
+        const RFC_B64: &str = "W9zBRr9gdU5qBCQmCJV1x1oAPwidJzmDnexYuWTsOEM=";
+        let spec = |encoding: SigEncoding, prefix: &str| {
+            Scheme::HmacSha256(HmacSpec {
+                header: "x-partner-signature".into(),
+                encoding,
+                prefix: prefix.into(),
+            })
+        };
+        let header = |value: String| vec![("x-partner-signature".to_string(), value)];
+        for (id, t) in [("k1", 0), ("another id", 1_700_000_000)] {
+            let hex_spec = spec(SigEncoding::Hex, "sha256=");
+            assert_eq!(
+                signature::sign(&hex_spec, &[KEY], id, t, RFC_DATA),
+                Ok(header(format!("sha256={RFC_HEX}"))),
+                "hex, id {id}, t {t}"
+            );
+            let b64_spec = spec(SigEncoding::Base64, "");
+            assert_eq!(
+                signature::sign(&b64_spec, &[KEY], id, t, RFC_DATA),
+                Ok(header(RFC_B64.to_string())),
+                "base64, id {id}, t {t}"
+            );
+        }
+
+        // The connector's request, its secret `Jefe`: the header carries the HMAC of the body
+        // exactly as sent.
+        const BODY: &[u8] = br#"{"permitId":"RW-481"}"#;
+        let independent = {
+            let mut mac = Hmac::<sha2::Sha256>::new_from_slice(KEY).unwrap();
+            mac.update(BODY);
+            mac.finalize().into_bytes().to_vec()
+        };
+        // Python's hmac module gives the same.
+        assert_eq!(
+            hex::encode(&independent),
+            "31538ceb9ac630832329a23c521fe301611192dd15695541e0e906cc17d2c85f"
+        );
+        let cases = [
+            (
+                "header: X-Partner-Signature, prefix: \"sha256=\"",
+                format!("sha256={}", hex::encode(&independent)),
+            ),
+            (
+                "header: X-Partner-Signature, encoding: base64",
+                base64::engine::general_purpose::STANDARD.encode(&independent),
+            ),
+        ];
+        std::env::set_var("HMS_TEST_HMAC_INDEPENDENT", "Jefe");
+        for (keys, want) in cases {
+            let c = outbound(&yaml(&format!(
+                "    sign: {{ scheme: hmac-sha256, secret: \"${{HMS_TEST_HMAC_INDEPENDENT}}\", {keys} }}\n"
+            )));
+            let event = json!({"permitId": "RW-481"});
+            let r = request::build(&c, &event, Some("k1"), Secrets::Env).unwrap();
+            assert_eq!(r.body.as_deref(), Some(BODY), "{keys}");
+            let sign = c.target.sign.as_ref().unwrap();
+            for (id, t) in [("k1", 0), ("k2", 1_700_000_000)] {
+                let mut signed = r.clone();
+                request::sign(sign, &mut signed, id, t).unwrap();
+                let values: Vec<&str> = signed
+                    .headers
+                    .iter()
+                    .filter(|(k, _)| k == "x-partner-signature")
+                    .map(|(_, v)| v.to_str().unwrap())
+                    .collect();
+                assert_eq!(values, vec![want.as_str()], "{keys}, id {id}, t {t}");
+                assert_eq!(
+                    signed.headers.len(),
+                    r.headers.len() + 1,
+                    "{keys}: the signature is the one header added"
+                );
+            }
+        }
+        std::env::remove_var("HMS_TEST_HMAC_INDEPENDENT");
+    }
 }

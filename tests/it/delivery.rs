@@ -454,6 +454,111 @@ async fn per_key_ordering_survives_random_503s() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_parked_keyed_event_frees_its_key() {
+    // One event of key k0 (n = 3) is refused for good: 400 is permanent, so it is parked at
+    // its first attempt. Its turn ends like a delivery's: the later events of k0 still go out,
+    // in publish order, and the other keys never notice.
+    let (nats, target) = nats_and_target().await;
+    let refused = |j: &serde_json::Value| j["key"] == "k0" && j["n"].as_i64() == Some(3);
+    target.respond(move |r, _| {
+        if refused(&r.json()) {
+            (400, vec![])
+        } else {
+            (200, vec![])
+        }
+    });
+    let yaml = format!(
+        "id: ordered.park.v1\ntype: outbound\ntrigger:\n  topic: ordered.park.in\n  orderingKey: \"{{{{ key }}}}\"\nmap:\n  to:\n    url: \"{}/items/{{key}}\"\n    method: PUT\n    body:\n      key: \"{{{{ key }}}}\"\n      n: \"{{{{ n }}}}\"\nretry:\n  max: 20\n  backoffMs: 5\n  maxBackoffMs: 50\n",
+        target.url()
+    );
+    let (_setup, rt, js) =
+        start_with(&nats, &[("c.yaml", yaml)], "delivery:\n  ackWaitMs: 3000\n").await;
+    let events = |ns: std::ops::Range<i64>| {
+        ns.flat_map(|n| (0..3).map(move |k| json!({"key": format!("k{k}"), "n": n})))
+    };
+    let ok_per_key = || {
+        let mut m: std::collections::BTreeMap<String, Vec<i64>> = Default::default();
+        for r in target.requests().iter().filter(|r| r.status == 200) {
+            let j = r.json();
+            m.entry(j["key"].as_str().unwrap().to_string())
+                .or_default()
+                .push(j["n"].as_i64().unwrap());
+        }
+        m
+    };
+    let count = |m: &std::collections::BTreeMap<String, Vec<i64>>, key: &str| {
+        m.get(key).map_or(0, Vec::len)
+    };
+    let all = |upto: i64| (0..upto).collect::<Vec<i64>>();
+    let without_3 = |upto: i64| (0..upto).filter(|n| *n != 3).collect::<Vec<i64>>();
+    let parked_jobs = || async {
+        stream_messages(&js, "HMS_SYNC_PARKED")
+            .await
+            .into_iter()
+            .filter(|p| p.get("event").is_some())
+            .collect::<Vec<_>>()
+    };
+
+    // First 0..5 of every key: k0's n = 3 is parked, k0's n = 4 is delivered after it.
+    publish_many(&js, "ordered.park.in", events(0..5)).await;
+    eventually(T, "k0's n = 3 parked", || async {
+        parked_jobs().await.len() == 1
+    })
+    .await;
+    eventually(T, "the first five of every key settled", || async {
+        let m = ok_per_key();
+        count(&m, "k0") >= 4 && count(&m, "k1") >= 5 && count(&m, "k2") >= 5
+    })
+    .await;
+    let m = ok_per_key();
+    assert_eq!(m["k0"], without_3(5), "k0 before the second batch");
+    // Then more of every key, k0 included, published after the park: its lane is free.
+    publish_many(&js, "ordered.park.in", events(5..10)).await;
+    eventually(T, "every later event of every key delivered", || async {
+        let m = ok_per_key();
+        count(&m, "k0") >= 9 && count(&m, "k1") >= 10 && count(&m, "k2") >= 10
+    })
+    .await;
+    let m = ok_per_key();
+    assert_eq!(m.len(), 3, "{m:?}");
+    assert_eq!(m["k0"], without_3(10), "k0: delivered out of order or twice");
+    assert_eq!(m["k1"], all(10), "k1");
+    assert_eq!(m["k2"], all(10), "k2");
+
+    // The refused event was tried once (a permanent error is not retried) and is the one job
+    // on HMS_SYNC_PARKED.
+    let tries = target
+        .requests()
+        .iter()
+        .filter(|r| refused(&r.json()))
+        .count();
+    assert_eq!(tries, 1, "k0's n = 3 attempted once");
+    let parked = parked_jobs().await;
+    assert_eq!(parked.len(), 1, "{parked:#?}");
+    let job = &parked[0];
+    assert_eq!(job["connector"], "ordered.park.v1");
+    let event: serde_json::Value =
+        serde_json::from_str(job["event"]["payload"].as_str().unwrap()).unwrap();
+    assert_eq!(event, json!({"key": "k0", "n": 3}), "{job:#}");
+    assert_eq!(job["attempts"].as_array().unwrap().len(), 1, "{job:#}");
+    assert_eq!(job["attempts"][0]["status"], 400, "{job:#}");
+
+    // Attempts of one key never go back in publish order: n = 4 of k0 started after n = 3
+    // was refused.
+    let mut last: std::collections::HashMap<String, i64> = Default::default();
+    for r in target.requests() {
+        let j = r.json();
+        let (k, n) = (
+            j["key"].as_str().unwrap().to_string(),
+            j["n"].as_i64().unwrap(),
+        );
+        let prev = last.insert(k.clone(), n).unwrap_or(-1);
+        assert!(n >= prev, "{k}: attempt of n={n} after n={prev}");
+    }
+    rt.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pull_that_receives_nothing_while_work_waits_is_reopened() {
     // Events held unacknowledged elsewhere look, to the connector, like a stalled pull: its
     // consumer holds work, nothing arrives, nothing is in process. The stall check re-opens the

@@ -187,6 +187,18 @@ impl Target {
     pub fn count(&self) -> usize {
         self.sink.count()
     }
+
+    /// The distinct event ids (the body's `id`, as [`simple_connector`] sends it) of the
+    /// requests answered 2xx: each event delivered at least once counts once, however many
+    /// retries or redeliveries it took (a duplicate cannot hide a loss, as it can in
+    /// [`Target::count`]).
+    pub fn delivered_ids(&self) -> std::collections::BTreeSet<String> {
+        self.requests()
+            .iter()
+            .filter(|r| (200..300).contains(&r.status))
+            .filter_map(|r| r.json()["id"].as_str().map(str::to_string))
+            .collect()
+    }
 }
 
 /// A folder with a config file and a connectors/ folder, for one runtime.

@@ -255,10 +255,13 @@ async fn one_breaker_for_every_instance_one_probe_at_a_time_one_alert() {
         );
     }
     down.store(false, std::sync::atomic::Ordering::SeqCst);
+    // Distinct events, not successful requests: a duplicate must not stand in for a lost event.
     eventually(Duration::from_secs(60), "all delivered", || async {
-        target.requests().iter().filter(|r| r.status == 200).count() >= 60
+        target.delivered_ids().len() == 60
     })
     .await;
+    let want: std::collections::BTreeSet<String> = (0..60).map(|i| format!("e{i}")).collect();
+    assert_eq!(target.delivered_ids(), want);
     assert_eq!(kinds("endpoint.paused").len(), 1, "paused once for all");
     assert_eq!(kinds("endpoint.resumed").len(), 1, "resumed once for all");
     let mut delivering = 0;

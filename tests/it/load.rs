@@ -138,6 +138,14 @@ async fn ten_thousand_events_at_2000_per_s_arrive_once_each_with_a_latency_summa
     let report: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(report["published"], 10000);
     assert_eq!(report["errors"], 0);
+    // The flood honoured --rate: event i is not published before i / rate, so 10000 at
+    // 2000/s take at least ~5 s. Lower bounds only (a loaded machine can only make it
+    // slower), with 10 % to spare.
+    assert_eq!(report["rate"], 2000.0, "{report}");
+    let seconds = report["seconds"].as_f64().unwrap();
+    let per_s = report["published_per_s"].as_f64().unwrap();
+    assert!(seconds >= 0.9 * 10000.0 / 2000.0, "faster than --rate 2000: {report}");
+    assert!(per_s <= 1.1 * 2000.0, "faster than --rate 2000: {report}");
     assert!(report["ack_p99_ms"].as_f64().unwrap() >= report["ack_p50_ms"].as_f64().unwrap());
     let js = async_nats::jetstream::new(nats.client().await);
     wait_idle(&js, "load_sink_v1", T).await;

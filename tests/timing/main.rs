@@ -74,10 +74,13 @@ async fn one_rate_budget_for_three_instances() {
     }
     let js = async_nats::jetstream::new(nats.client().await);
     publish_many(&js, "shared.budget.in", numbered("e", 0..300)).await;
+    // Distinct events, not requests: a duplicate must not stand in for a lost event.
     eventually(Duration::from_secs(60), "all 300 delivered", || async {
-        target.count() >= 300
+        target.delivered_ids().len() == 300
     })
     .await;
+    let want: std::collections::BTreeSet<String> = (0..300).map(|i| format!("e{i}")).collect();
+    assert_eq!(target.delivered_ids(), want);
     let mut times: Vec<Instant> = target.requests().iter().map(|r| r.at).collect();
     times.sort();
     let worst = most_in_one_second(&times);
