@@ -521,7 +521,11 @@ async fn a_parked_keyed_event_frees_its_key() {
     .await;
     let m = ok_per_key();
     assert_eq!(m.len(), 3, "{m:?}");
-    assert_eq!(m["k0"], without_3(10), "k0: delivered out of order or twice");
+    assert_eq!(
+        m["k0"],
+        without_3(10),
+        "k0: delivered out of order or twice"
+    );
     assert_eq!(m["k1"], all(10), "k1");
     assert_eq!(m["k2"], all(10), "k2");
 

@@ -38,7 +38,10 @@ async fn discard(
     let r = req.send().await.unwrap();
     let status = r.status().as_u16();
     let bytes = r.bytes().await.unwrap();
-    (status, serde_json::from_slice(&bytes).unwrap_or(Value::Null))
+    (
+        status,
+        serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+    )
 }
 
 /// `GET url` with the admin token: the status and the answer as JSON.
@@ -51,7 +54,10 @@ async fn get_json(url: &str) -> (u16, Value) {
         .unwrap();
     let status = r.status().as_u16();
     let bytes = r.bytes().await.unwrap();
-    (status, serde_json::from_slice(&bytes).unwrap_or(Value::Null))
+    (
+        status,
+        serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+    )
 }
 
 /// The jobs waiting on `HMS_SYNC_PARKED`: (id, the URL their request went to).
@@ -62,7 +68,10 @@ async fn waiting(js: &async_nats::jetstream::Context) -> Vec<(u64, String)> {
         .filter(|m| m.subject.starts_with("sync.parked."))
         .map(|m| {
             let job: Value = serde_json::from_slice(&m.payload).unwrap_or(Value::Null);
-            (m.sequence, job["url"].as_str().unwrap_or_default().to_string())
+            (
+                m.sequence,
+                job["url"].as_str().unwrap_or_default().to_string(),
+            )
         })
         .collect()
 }
@@ -80,12 +89,16 @@ async fn resolved(js: &async_nats::jetstream::Context, consumer: &str) -> Vec<Va
 
 /// The audit record (`kind: review`) of the action on parked job `id`.
 async fn review_record(js: &async_nats::jetstream::Context, id: u64) -> Value {
-    eventually_some(T, &format!("the audit record of parked job {id}"), || async {
-        audit_records(js)
-            .await
-            .into_iter()
-            .find(|r| r["kind"] == "review" && r["parkedId"] == id)
-    })
+    eventually_some(
+        T,
+        &format!("the audit record of parked job {id}"),
+        || async {
+            audit_records(js)
+                .await
+                .into_iter()
+                .find(|r| r["kind"] == "review" && r["parkedId"] == id)
+        },
+    )
     .await
 }
 
@@ -319,7 +332,10 @@ async fn discard_drops_a_parked_job_for_good_and_records_who_when_and_why() {
     assert_eq!(review["reason"], "test data", "{review:#}");
     assert_eq!(review["by"], "rosa", "{review:#}");
     assert_eq!(review["via"], "cli", "{review:#}");
-    assert!(review["at"].is_string() && review["hash"].is_string(), "{review:#}");
+    assert!(
+        review["at"].is_string() && review["hash"].is_string(),
+        "{review:#}"
+    );
     assert_eq!(resolved(&js, &consumer).await.len(), 2);
     assert_eq!(requests_for(&target, "D-2"), 1, "D-2 was sent again");
     // Both actions are on a trail that verifies.

@@ -144,7 +144,10 @@ async fn ten_thousand_events_at_2000_per_s_arrive_once_each_with_a_latency_summa
     assert_eq!(report["rate"], 2000.0, "{report}");
     let seconds = report["seconds"].as_f64().unwrap();
     let per_s = report["published_per_s"].as_f64().unwrap();
-    assert!(seconds >= 0.9 * 10000.0 / 2000.0, "faster than --rate 2000: {report}");
+    assert!(
+        seconds >= 0.9 * 10000.0 / 2000.0,
+        "faster than --rate 2000: {report}"
+    );
     assert!(per_s <= 1.1 * 2000.0, "faster than --rate 2000: {report}");
     assert!(report["ack_p99_ms"].as_f64().unwrap() >= report["ack_p50_ms"].as_f64().unwrap());
     let js = async_nats::jetstream::new(nats.client().await);

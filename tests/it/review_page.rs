@@ -260,7 +260,12 @@ async fn review_in_headless_chromium_replay_reaches_the_target_with_the_original
 
     // Discard: a job the target refuses for good (422) is dropped from the page, with a
     // reason; it leaves the list, is never sent again, and is audited with who and why.
-    publish(&js, "review.permit", json!({"id": "RW-7", "note": "refused"})).await;
+    publish(
+        &js,
+        "review.permit",
+        json!({"id": "RW-7", "note": "refused"}),
+    )
+    .await;
     let discard_id = eventually_some(T, "RW-7 parked", || async {
         stream_raw(&js, "HMS_SYNC_PARKED")
             .await
@@ -279,9 +284,7 @@ async fn review_in_headless_chromium_replay_reaches_the_target_with_the_original
         T,
     )
     .await;
-    let row = format!(
-        "#parked-jobs [data-connector=\"{ID}\"] tr[data-parked-id=\"{discard_id}\"]"
-    );
+    let row = format!("#parked-jobs [data-connector=\"{ID}\"] tr[data-parked-id=\"{discard_id}\"]");
     b.wait_for(&row, T).await;
     let text = b.text(&row).await;
     assert!(text.contains("HTTP 422"), "{text}");
@@ -291,7 +294,8 @@ async fn review_in_headless_chromium_replay_reaches_the_target_with_the_original
     .await;
     b.wait_for(&format!("#parked-job[data-parked-id=\"{discard_id}\"]"), T)
         .await;
-    b.type_into("#discard-reason", "the target refuses it for good").await;
+    b.type_into("#discard-reason", "the target refuses it for good")
+        .await;
     b.click(&format!(
         "button[data-action=\"discard\"][data-parked-id=\"{discard_id}\"]"
     ))

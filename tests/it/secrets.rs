@@ -458,9 +458,15 @@ async fn known_secrets_appear_in_no_output_in_any_encoding() {
     let jobs = review_outputs(&mut out, &up, "text", &["r1"]).await;
     // A job whose target echoed the request it got (its secrets): shown in full.
     let echoed = jobs_of(&jobs, "sec.token.v1");
-    assert!(!echoed.is_empty(), "a parked job of sec.token.v1: {jobs:#?}");
+    assert!(
+        !echoed.is_empty(),
+        "a parked job of sec.token.v1: {jobs:#?}"
+    );
     let j = echoed[0];
-    assert!(j["request"]["text"].is_string(), "the request it would send: {j:#}");
+    assert!(
+        j["request"]["text"].is_string(),
+        "the request it would send: {j:#}"
+    );
     let bodies: Vec<&str> = j["attempts"]
         .as_array()
         .map(|a| a.iter().filter_map(|a| a["body"].as_str()).collect())
@@ -511,7 +517,11 @@ async fn known_secrets_appear_in_no_output_in_any_encoding() {
             format!("hms-sync parked show {id}"),
             cli(&["parked", "show", &id, "--config", &cfg_path], &env),
         );
-        if job.job.as_ref().is_some_and(|p| p.connector == "sec.oauth.bad.v1") {
+        if job
+            .job
+            .as_ref()
+            .is_some_and(|p| p.connector == "sec.oauth.bad.v1")
+        {
             let args: [&str; 6] = ["parked", "discard", &id, "--json", "--config", &cfg_path];
             let answer = cli(&args, &env);
             assert!(answer.contains("\"discarded\""), "{answer}");
@@ -546,7 +556,10 @@ async fn known_secrets_appear_in_no_output_in_any_encoding() {
     // Review actions from the API on the jobs whose target echoed their secrets: one
     // discarded, one replayed (it fails again at the echoing target and is parked again).
     let echoed = jobs_of(&jobs, "sec.token.v1");
-    assert!(echoed.len() >= 2, "two parked jobs of sec.token.v1: {jobs:#?}");
+    assert!(
+        echoed.len() >= 2,
+        "two parked jobs of sec.token.v1: {jobs:#?}"
+    );
     let (discarded, replayed) = (
         echoed[0]["id"].as_u64().unwrap(),
         echoed[1]["id"].as_u64().unwrap(),
