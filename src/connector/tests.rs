@@ -366,3 +366,28 @@ publish:
         );
     }
 }
+
+#[test]
+fn a_lookup_url_never_takes_its_host_from_the_event() {
+    let text = "\
+id: s
+type: outbound
+trigger: { topic: fee.created }
+lookup:
+  url: \"http://{{ host }}:8080/q\"
+map:
+  to: { url: \"https://x.example/{id}\", method: POST }
+";
+    let p = problems(text);
+    assert!(
+        p.iter().any(
+            |m| m.starts_with("c.yaml:5:8: url `http://{{ host }}:8080/q`")
+                && m.contains("must be written out")
+                && m.contains("lookup.allowHosts")
+        ),
+        "{p:#?}"
+    );
+    // Listing the hosts the template may produce makes it valid (checked again per request).
+    let allowed = text.replace("  url:", "  allowHosts: [\"gis.example:8080\"]\n  url:");
+    assert!(problems(&allowed).is_empty(), "{:#?}", problems(&allowed));
+}
