@@ -412,7 +412,13 @@ mod tests {
         assert_eq!(c.want(40, 64, t0), Some(16));
         assert_eq!(c.asks_at(64), 56);
         // Table: (slots, outstanding after receiving all but n) -> asks_at.
-        for (slots, keep, want) in [(1, 1, 1), (4, 2, 3), (256, 100, 132), (256, 120, 152), (64, 60, 64)] {
+        for (slots, keep, want) in [
+            (1, 1, 1),
+            (4, 2, 3),
+            (256, 100, 132),
+            (256, 120, 152),
+            (64, 60, 64),
+        ] {
             let mut c = Credit::new(128, Duration::from_secs(30), false);
             let asked = c.want(slots, slots, t0).unwrap_or(0);
             for _ in 0..asked.saturating_sub(keep) {

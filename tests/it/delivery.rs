@@ -439,16 +439,7 @@ async fn per_key_ordering_survives_random_503s() {
         );
     }
     // Attempts of one key (failed ones included) never go back in publish order.
-    let mut last: std::collections::HashMap<String, i64> = Default::default();
-    for r in target.requests() {
-        let j = r.json();
-        let (k, n) = (
-            j["key"].as_str().unwrap().to_string(),
-            j["n"].as_i64().unwrap(),
-        );
-        let prev = last.insert(k.clone(), n).unwrap_or(-1);
-        assert!(n >= prev, "{k}: attempt of n={n} after n={prev}");
-    }
+    attempts_keep_publish_order_per_key(&target);
     assert!(target.requests().iter().any(|r| r.status == 503));
     rt.shutdown().await;
 }
@@ -549,16 +540,7 @@ async fn a_parked_keyed_event_frees_its_key() {
 
     // Attempts of one key never go back in publish order: n = 4 of k0 started after n = 3
     // was refused.
-    let mut last: std::collections::HashMap<String, i64> = Default::default();
-    for r in target.requests() {
-        let j = r.json();
-        let (k, n) = (
-            j["key"].as_str().unwrap().to_string(),
-            j["n"].as_i64().unwrap(),
-        );
-        let prev = last.insert(k.clone(), n).unwrap_or(-1);
-        assert!(n >= prev, "{k}: attempt of n={n} after n={prev}");
-    }
+    attempts_keep_publish_order_per_key(&target);
     rt.shutdown().await;
 }
 
@@ -632,4 +614,18 @@ async fn a_pull_that_receives_nothing_while_work_waits_is_reopened() {
     )
     .await;
     rt.shutdown().await;
+}
+
+/// Attempts of one key (failed ones included) never go back in publish order (`n`).
+fn attempts_keep_publish_order_per_key(target: &Target) {
+    let mut last: std::collections::HashMap<String, i64> = Default::default();
+    for r in target.requests() {
+        let j = r.json();
+        let (k, n) = (
+            j["key"].as_str().unwrap().to_string(),
+            j["n"].as_i64().unwrap(),
+        );
+        let prev = last.insert(k.clone(), n).unwrap_or(-1);
+        assert!(n >= prev, "{k}: attempt of n={n} after n={prev}");
+    }
 }
