@@ -102,7 +102,7 @@ impl Actor for ConnectorActor {
             ConnectorMsg::PumpEnded(why) => Err(why.into()),
             ConnectorMsg::Drain(reply) => {
                 if let Some(p) = state.pump.take() {
-                    let _ = p.stop.send(true);
+                    p.close();
                     let _ = p.task.await;
                 }
                 let _ = reply.send(());
@@ -135,7 +135,7 @@ async fn apply(
 ) -> Result<(), BusError> {
     let source: Option<EventSource> = match state.pump.take() {
         Some(p) => {
-            let _ = p.stop.send(true);
+            p.swap();
             p.task.await.ok().flatten()
         }
         None => None,

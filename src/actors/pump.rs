@@ -36,13 +36,41 @@ const NOT_MINE_DELAY: Duration = Duration::from_millis(500);
 /// offers it again.
 const HELD_BACK_DELAY: Duration = Duration::from_secs(1);
 
+/// Stopping for good: how long to wait for the server to confirm the subscription's close.
+const CLOSE_WAIT: Duration = Duration::from_secs(2);
+
 /// Told why the pump stopped on its own (the subscription ended, or a delivery panicked).
 pub type OnEnd = Box<dyn Fn(String) + Send + Sync>;
 
-/// A running pump: stop it with `stop`; its task gives the subscription back.
+/// A running pump: stop it with [`Pump::swap`] or [`Pump::close`]; its task gives the
+/// subscription back.
 pub struct Pump {
-    pub stop: watch::Sender<bool>,
+    stop: watch::Sender<Stop>,
     pub task: tokio::task::JoinHandle<Option<EventSource>>,
+}
+
+/// Why the pump is asked to stop.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Stop {
+    Running,
+    /// For a changed definition: the subscription (and what it pulled) may be used again.
+    Swap,
+    /// For good (shutdown, undeploy): the subscription is closed first, so that nothing asked
+    /// for earlier is left on its way when the process goes; everything that still arrives
+    /// is handed back.
+    Close,
+}
+
+impl Pump {
+    /// Stops pulling and finishes what is in flight, keeping the subscription for a swap.
+    pub fn swap(&self) {
+        let _ = self.stop.send(Stop::Swap);
+    }
+
+    /// Stops pulling for good: unsubscribes, finishes what is in flight, hands back the rest.
+    pub fn close(&self) {
+        let _ = self.stop.send(Stop::Close);
+    }
 }
 
 /// Starts the pump of `pipeline` on `source`.
@@ -53,7 +81,7 @@ pub fn start(
     spec: &ConsumerSpec,
     on_end: OnEnd,
 ) -> Pump {
-    let (stop, stop_rx) = watch::channel(false);
+    let (stop, stop_rx) = watch::channel(Stop::Running);
     let watch = StallWatch::new(pipeline.clone(), spec.clone(), delivery.clone());
     let task = tokio::spawn(run(
         source,
@@ -84,7 +112,7 @@ async fn run(
     mut source: EventSource,
     pipeline: Arc<Pipeline>,
     limits: Limits,
-    mut stop: watch::Receiver<bool>,
+    mut stop: watch::Receiver<Stop>,
     on_end: OnEnd,
     mut watch: StallWatch,
 ) -> Option<EventSource> {
@@ -242,9 +270,25 @@ async fn run(
         }
     };
     // Drain: let what is in flight finish; what still arrives for requests made earlier is
-    // handed back at once (it would otherwise wait unacked, past its ack wait).
+    // handed back at once (it would otherwise wait unacked, past its ack wait). Stopping for
+    // good, the subscription is closed first: the server then sends nothing more to it (also
+    // not the events handed back), and what it sent before arrives until the close is
+    // confirmed.
+    let closing = *stop.borrow() == Stop::Close;
+    if closing {
+        source.close().await;
+    }
     finish_all(&mut tasks, &mut source, &id).await;
-    super::stall::release_buffered(&mut source).await;
+    if closing {
+        let until = tokio::time::Instant::now() + CLOSE_WAIT;
+        while let Ok(Some(next)) = tokio::time::timeout_at(until, source.next()).await {
+            if let Ok(d) = next {
+                let _ = d.retry_after(Duration::ZERO).await;
+            }
+        }
+    } else {
+        super::stall::release_buffered(&mut source).await;
+    }
     // Held events were never attempted: hand them back so JetStream offers them again at once.
     for d in lanes.drain().into_iter().chain(takeover.held) {
         let _ = d.retry_after(Duration::ZERO).await;

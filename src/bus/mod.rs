@@ -733,6 +733,12 @@ impl EventSource {
         self.puller.outstanding()
     }
 
+    /// Closes the subscription: the server sends nothing more to it; what it sent before
+    /// still arrives, then [`EventSource::next`] says `None`.
+    pub async fn close(&mut self) {
+        self.puller.close().await
+    }
+
     /// The fewest free slots at which [`EventSource::want`] may ask for more.
     pub fn asks_at(&self, slots: usize) -> usize {
         self.puller.asks_at(slots)

@@ -240,6 +240,16 @@ impl Puller {
         self.credit.outstanding()
     }
 
+    /// Unsubscribes, draining: what the server sent before it heard of it still arrives,
+    /// then the subscription ends. No request is made any more.
+    pub async fn close(&mut self) {
+        self.credit.hold_until = None;
+        self.free_hint = 0;
+        if self.sub.drain().await.is_err() {
+            self.ended = true;
+        }
+    }
+
     /// See [`Credit::asks_at`].
     pub fn asks_at(&self, slots: usize) -> usize {
         self.credit.asks_at(slots)

@@ -412,26 +412,16 @@ async fn per_key_ordering_survives_random_503s() {
     let events =
         (0..50).flat_map(|n| (0..10).map(move |k| json!({"key": format!("k{k}"), "n": n})));
     publish_many(&js, "ordered.in", events).await;
-    let ok_per_key = || {
-        let mut m: std::collections::BTreeMap<String, Vec<i64>> = Default::default();
-        for r in target.requests().iter().filter(|r| r.status == 200) {
-            let j = r.json();
-            m.entry(j["key"].as_str().unwrap().to_string())
-                .or_default()
-                .push(j["n"].as_i64().unwrap());
-        }
-        m
-    };
     eventually(
         Duration::from_secs(60),
         "every update of every key delivered",
         || async {
-            let m = ok_per_key();
+            let m = ok_per_key(&target);
             m.len() == 10 && m.values().all(|v| v.len() >= 50)
         },
     )
     .await;
-    for (key, ns) in ok_per_key() {
+    for (key, ns) in ok_per_key(&target) {
         assert_eq!(
             ns,
             (0..50).collect::<Vec<i64>>(),
@@ -467,16 +457,6 @@ async fn a_parked_keyed_event_frees_its_key() {
     let events = |ns: std::ops::Range<i64>| {
         ns.flat_map(|n| (0..3).map(move |k| json!({"key": format!("k{k}"), "n": n})))
     };
-    let ok_per_key = || {
-        let mut m: std::collections::BTreeMap<String, Vec<i64>> = Default::default();
-        for r in target.requests().iter().filter(|r| r.status == 200) {
-            let j = r.json();
-            m.entry(j["key"].as_str().unwrap().to_string())
-                .or_default()
-                .push(j["n"].as_i64().unwrap());
-        }
-        m
-    };
     let count = |m: &std::collections::BTreeMap<String, Vec<i64>>, key: &str| {
         m.get(key).map_or(0, Vec::len)
     };
@@ -497,20 +477,20 @@ async fn a_parked_keyed_event_frees_its_key() {
     })
     .await;
     eventually(T, "the first five of every key settled", || async {
-        let m = ok_per_key();
+        let m = ok_per_key(&target);
         count(&m, "k0") >= 4 && count(&m, "k1") >= 5 && count(&m, "k2") >= 5
     })
     .await;
-    let m = ok_per_key();
+    let m = ok_per_key(&target);
     assert_eq!(m["k0"], without_3(5), "k0 before the second batch");
     // Then more of every key, k0 included, published after the park: its lane is free.
     publish_many(&js, "ordered.park.in", events(5..10)).await;
     eventually(T, "every later event of every key delivered", || async {
-        let m = ok_per_key();
+        let m = ok_per_key(&target);
         count(&m, "k0") >= 9 && count(&m, "k1") >= 10 && count(&m, "k2") >= 10
     })
     .await;
-    let m = ok_per_key();
+    let m = ok_per_key(&target);
     assert_eq!(m.len(), 3, "{m:?}");
     assert_eq!(
         m["k0"],
@@ -628,4 +608,16 @@ fn attempts_keep_publish_order_per_key(target: &Target) {
         let prev = last.insert(k.clone(), n).unwrap_or(-1);
         assert!(n >= prev, "{k}: attempt of n={n} after n={prev}");
     }
+}
+
+/// The `n`s each key's successful (200) deliveries carried, in arrival order.
+fn ok_per_key(target: &Target) -> std::collections::BTreeMap<String, Vec<i64>> {
+    let mut m: std::collections::BTreeMap<String, Vec<i64>> = Default::default();
+    for r in target.requests().iter().filter(|r| r.status == 200) {
+        let j = r.json();
+        m.entry(j["key"].as_str().unwrap().to_string())
+            .or_default()
+            .push(j["n"].as_i64().unwrap());
+    }
+    m
 }
