@@ -12,7 +12,6 @@
 //! Stopped, it lets what is in flight finish, hands back what arrives meanwhile, and gives the
 //! subscription back.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -129,7 +128,6 @@ async fn run(
         pipeline: pipeline.clone(),
         permits: Arc::new(Semaphore::new(limit)),
         freed: Arc::new(Notify::new()),
-        wake_at: Arc::new(AtomicUsize::new(1)),
         done: mpsc::unbounded_channel(),
         heartbeat: keep_alive(ack_wait),
     };
@@ -159,9 +157,6 @@ async fn run(
         if let Err(e) = source.want(free, limit).await {
             tracing::warn!("[{id}] {e}");
         }
-        spawner
-            .wake_at
-            .store(source.asks_at(limit), Ordering::Relaxed);
         tokio::select! {
             Ok(()) = audit_hold.changed() => {}
             _ = stop.changed() => break None,
@@ -415,12 +410,8 @@ type KeyDone = (String, Finished);
 struct Spawner {
     pipeline: Arc<Pipeline>,
     permits: Arc<Semaphore>,
-    /// Told when a delivery gives its slot back and the free slots reach `wake_at`.
+    /// Told whenever a delivery gives its slot back.
     freed: Arc<Notify>,
-    /// Free slots from which the pump may ask for more ([`EventSource::asks_at`], set by the
-    /// pump after each ask): below it, a freed slot changes nothing the pump would do, so the
-    /// delivery does not wake it.
-    wake_at: Arc<AtomicUsize>,
     /// Keyed deliveries report their end here (their key's next event may run).
     done: (
         mpsc::UnboundedSender<KeyDone>,
@@ -429,32 +420,7 @@ struct Spawner {
     heartbeat: Duration,
 }
 
-/// What a delivery task tells the pump when it gives its slot back.
-struct Freed {
-    notify: Arc<Notify>,
-    permits: Arc<Semaphore>,
-    wake_at: Arc<AtomicUsize>,
-}
-
-impl Freed {
-    /// Wakes the pump when the free slots reached the point where it may ask for more (a
-    /// slot given back below it would change nothing the pump does).
-    fn tell(&self) {
-        if self.permits.available_permits() >= self.wake_at.load(Ordering::Relaxed) {
-            self.notify.notify_one();
-        }
-    }
-}
-
 impl Spawner {
-    fn freed(&self) -> Freed {
-        Freed {
-            notify: self.freed.clone(),
-            permits: self.permits.clone(),
-            wake_at: self.wake_at.clone(),
-        }
-    }
-
     /// Runs `d` on a free slot, or once one is free (kept alive meanwhile).
     fn start(&self, tasks: &mut JoinSet<()>, key: Option<String>, d: Delivery) {
         match self.permits.clone().try_acquire_owned() {
@@ -471,12 +437,16 @@ impl Spawner {
         key: Option<String>,
         d: Delivery,
     ) {
-        let (p, done, freed) = (self.pipeline.clone(), self.done.0.clone(), self.freed());
+        let (p, done, freed) = (
+            self.pipeline.clone(),
+            self.done.0.clone(),
+            self.freed.clone(),
+        );
         let counted = InProcess::new(p.stats());
         tasks.spawn(async move {
             let finished = p.handle(d).await;
             drop((slot, counted));
-            freed.tell();
+            freed.notify_one();
             if let Some(key) = key {
                 let _ = done.send((key, finished));
             }
@@ -489,7 +459,7 @@ impl Spawner {
             self.pipeline.clone(),
             self.done.0.clone(),
             self.permits.clone(),
-            self.freed(),
+            self.freed.clone(),
         );
         let counted = InProcess::new(p.stats());
         let every = self.heartbeat;
@@ -500,7 +470,7 @@ impl Spawner {
             };
             let finished = p.handle(d).await;
             drop(slot);
-            freed.tell();
+            freed.notify_one();
             if let Some(key) = key {
                 let _ = done.send((key, finished));
             }

@@ -739,11 +739,6 @@ impl EventSource {
         self.puller.close().await
     }
 
-    /// The fewest free slots at which [`EventSource::want`] may ask for more.
-    pub fn asks_at(&self, slots: usize) -> usize {
-        self.puller.asks_at(slots)
-    }
-
     /// The next delivery; `None` when the subscription ended. Errors are worth logging; the
     /// subscription keeps going after transient ones (missed heartbeats: the pump re-creates
     /// it). Cancel-safe.

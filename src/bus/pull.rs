@@ -86,18 +86,6 @@ impl Credit {
         Some(n)
     }
 
-    /// The fewest free slots (of `slots`) at which [`Credit::want`] may ask for more, with what
-    /// is outstanding now: a delivery that gives its slot back wakes the pump only from there
-    /// on. 1 when nothing is outstanding or a hold is on (any slot may matter), never more
-    /// than `slots` (all slots free always wakes it, so that expired requests are noticed).
-    pub fn asks_at(&self, slots: usize) -> usize {
-        if self.outstanding == 0 || self.hold_until.is_some() {
-            return 1;
-        }
-        let chunk = (slots.min(self.max_batch) / 4).max(1);
-        (self.outstanding + chunk).min(slots).max(1)
-    }
-
     /// An event arrived (it counts against the oldest request).
     pub fn received(&mut self) {
         self.outstanding = self.outstanding.saturating_sub(1);
@@ -250,11 +238,6 @@ impl Puller {
         }
     }
 
-    /// See [`Credit::asks_at`].
-    pub fn asks_at(&self, slots: usize) -> usize {
-        self.credit.asks_at(slots)
-    }
-
     /// Asks the server for more events when `free` of `slots` delivery slots are not covered
     /// by what is outstanding (see [`Credit::want`]).
     pub async fn want(&mut self, free: usize, slots: usize) -> Result<(), BusError> {
@@ -403,51 +386,6 @@ fn header(h: &Option<HeaderMap>, name: &str) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn a_freed_slot_matters_from_the_point_where_more_would_be_asked_for() {
-        let t0 = Instant::now();
-        let mut c = Credit::new(128, Duration::from_secs(30), false);
-        // Nothing outstanding: any free slot matters.
-        assert_eq!(c.asks_at(64), 1);
-        assert_eq!(c.want(64, 64, t0), Some(64));
-        // 64 outstanding, chunks of 16: capped at all slots free.
-        assert_eq!(c.asks_at(64), 64);
-        for _ in 0..40 {
-            c.received();
-        }
-        // 24 outstanding: more is asked for from 24 + 16 free slots on, not before.
-        assert_eq!(c.asks_at(64), 40);
-        assert_eq!(c.want(39, 64, t0), None);
-        assert_eq!(c.want(40, 64, t0), Some(16));
-        assert_eq!(c.asks_at(64), 56);
-        // Table: (slots, outstanding after receiving all but n) -> asks_at.
-        for (slots, keep, want) in [
-            (1, 1, 1),
-            (4, 2, 3),
-            (256, 100, 132),
-            (256, 120, 152),
-            (64, 60, 64),
-        ] {
-            let mut c = Credit::new(128, Duration::from_secs(30), false);
-            let asked = c.want(slots, slots, t0).unwrap_or(0);
-            for _ in 0..asked.saturating_sub(keep) {
-                c.received();
-            }
-            assert_eq!(c.asks_at(slots), want, "slots {slots}, outstanding {keep}");
-            // Wherever asks_at points, want asks there and not one slot earlier.
-            let at = c.asks_at(slots);
-            let mut probe = Credit::new(128, Duration::from_secs(30), false);
-            probe.want(slots, slots, t0);
-            for _ in 0..asked.saturating_sub(keep) {
-                probe.received();
-            }
-            if at > 1 && at < slots {
-                assert_eq!(probe.want(at - 1, slots, t0), None, "slots {slots}");
-                assert!(probe.want(at, slots, t0).is_some(), "slots {slots}");
-            }
-        }
-    }
 
     #[test]
     fn never_more_is_asked_for_than_the_free_slots() {
