@@ -111,7 +111,7 @@ async fn run(
     mut source: EventSource,
     pipeline: Arc<Pipeline>,
     limits: Limits,
-    mut stop: watch::Receiver<Stop>,
+    stop: watch::Receiver<Stop>,
     on_end: OnEnd,
     mut watch: StallWatch,
 ) -> Option<EventSource> {
@@ -138,12 +138,18 @@ async fn run(
     let mut pin_check = tokio::time::interval(pin_check_every);
     let mut reconnects = pipeline.bus.reconnects();
     reconnects.mark_unchanged();
+    // The rare wake-ups wait across the loop's turns (a waiter made anew each turn would be
+    // registered and dropped again for every event).
+    let mut reconnected = Changes::new(reconnects);
+    let mut stopped = Changes::new(stop.clone());
     let mut heartbeat = tokio::time::interval(keep_alive(ack_wait));
     let mut health = PullHealth::default();
     let freed = spawner.freed.clone();
+    let mut freed_wait = std::pin::pin!(freed.notified());
     // While the audit trail refuses records, no new delivery starts (its events stay on
     // JetStream): see `services::audit::HoldBack`.
-    let mut audit_hold = pipeline.services.audit.hold_back();
+    let audit_hold = pipeline.services.audit.hold_back();
+    let mut audit_changed = Changes::new(audit_hold.clone());
     let ended = loop {
         if let Some(why) = reap(&mut tasks) {
             break Some(why);
@@ -158,8 +164,9 @@ async fn run(
             tracing::warn!("[{id}] {e}");
         }
         tokio::select! {
-            Ok(()) = audit_hold.changed() => {}
-            _ = stop.changed() => break None,
+            _ = audit_changed.next() => {}
+            // Told to stop, or the pump's owner is gone.
+            _ = stopped.next() => break None,
             Some((key, finished)) = spawner.done.1.recv() => {
                 let retry = match finished { Finished::Retry(d) => Some(d), Finished::Done => None };
                 let now = Instant::now();
@@ -214,7 +221,7 @@ async fn run(
                     }
                 }
             }
-            Ok(()) = reconnects.changed() => {
+            true = reconnected.next() => {
                 // The server may have dropped the pull requests while we were away.
                 watch.reopen(&mut source, "NATS reconnected").await;
             }
@@ -226,7 +233,7 @@ async fn run(
                 }
             }
             // A delivery ended and freed its slot: ask for more at the top of the loop.
-            _ = freed.notified() => {}
+            () = freed_wait.as_mut() => freed_wait.set(freed.notified()),
             next = source.next() => {
                 watch.received = true;
                 match health.take(next, &id) {
@@ -443,8 +450,10 @@ impl Spawner {
             self.freed.clone(),
         );
         let counted = InProcess::new(p.stats());
+        // The delivery's future is boxed: the task stays small, so that spawning it, ending
+        // it and reading its end do not copy the whole delivery's state each time.
         tasks.spawn(async move {
-            let finished = p.handle(d).await;
+            let finished = Box::pin(p.handle(d)).await;
             drop((slot, counted));
             freed.notify_one();
             if let Some(key) = key {
@@ -468,7 +477,7 @@ impl Spawner {
             let Some(slot) = slot_for(&permits, &d, every).await else {
                 return;
             };
-            let finished = p.handle(d).await;
+            let finished = Box::pin(p.handle(d)).await;
             drop(slot);
             freed.notify_one();
             if let Some(key) = key {
@@ -586,5 +595,38 @@ async fn finish_all(tasks: &mut JoinSet<()>, source: &mut EventSource, id: &str)
                 let _ = d.retry_after(Duration::ZERO).await;
             }
         }
+    }
+}
+
+/// A watch receiver's changes, waited for across the pump's turns: the waiter stays
+/// registered until the value changes (a `changed()` made anew each turn registers and drops
+/// its waiter every time).
+struct Changes<T> {
+    next: Option<ChangeWait<T>>,
+}
+
+type ChangeWait<T> =
+    std::pin::Pin<Box<dyn std::future::Future<Output = (bool, watch::Receiver<T>)> + Send>>;
+
+impl<T: Send + Sync + 'static> Changes<T> {
+    fn new(rx: watch::Receiver<T>) -> Self {
+        Changes {
+            next: Some(Self::wait(rx)),
+        }
+    }
+
+    fn wait(mut rx: watch::Receiver<T>) -> ChangeWait<T> {
+        Box::pin(async move { (rx.changed().await.is_ok(), rx) })
+    }
+
+    /// Resolves at the next change (`true`), or once when the sender is gone (`false`; never
+    /// again after that). Cancel-safe: dropped, it keeps waiting inside.
+    async fn next(&mut self) -> bool {
+        let Some(wait) = self.next.as_mut() else {
+            return std::future::pending().await;
+        };
+        let (changed, rx) = wait.await;
+        self.next = changed.then(|| Self::wait(rx));
+        changed
     }
 }

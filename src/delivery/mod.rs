@@ -37,7 +37,7 @@ impl Pipeline {
             attempt = d.delivered,
             endpoint = tracing::field::Empty,
         );
-        let work = self.stages(&d).instrument(span);
+        let work = std::pin::pin!(self.stages(&d).instrument(span));
         keep_alive(&d, self.heartbeat, work).await
     }
 
@@ -101,19 +101,22 @@ async fn hand_back(p: &Pipeline, d: &Delivery) -> Finished {
 /// Runs `work` (the whole delivery of `d`), telling JetStream every `every` that `d` is still
 /// being worked on, so that no wait inside a delivery (a token, a permit, a slow answer, a
 /// park) outlasts the ack wait and has the event redelivered to another worker meanwhile.
-async fn keep_alive(
+///
+/// `work` is pinned by the caller, so that this future stays small (a delivery's future is
+/// moved into its task and box: every byte of it is copied there).
+async fn keep_alive<F: std::future::Future<Output = Finished>>(
     d: &Delivery,
     every: std::time::Duration,
-    work: impl std::future::Future<Output = Finished>,
+    mut work: std::pin::Pin<&mut F>,
 ) -> Finished {
-    tokio::pin!(work);
     let mut beat = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
     loop {
         tokio::select! {
             biased;
-            finished = &mut work => return finished,
+            finished = work.as_mut() => return finished,
             _ = beat.tick() => {
-                if let Err(e) = d.in_progress().await {
+                // Boxed: rare, and large (it would make every delivery's future larger).
+                if let Err(e) = Box::pin(d.in_progress()).await {
                     tracing::debug!("in-progress ack: {e}");
                 }
             }

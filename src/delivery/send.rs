@@ -34,7 +34,7 @@ pub async fn send(p: &Pipeline, ready: Ready, d: &Delivery, key: &str) -> Attemp
     let rendered = match (request, &c.lookup) {
         (Some(r), _) => r,
         (None, Some(l)) => {
-            let answer = match lookup(p, l, &event, d, started).await {
+            let answer = match Box::pin(lookup(p, l, &event, d, started)).await {
                 Ok(a) => a,
                 Err(failed) => return *failed,
             };
@@ -167,7 +167,7 @@ async fn permit(p: &Pipeline, endpoint: &str, d: &Delivery) -> Option<Permit> {
                     waiting = true;
                     metrics.waiting.increment(1.0);
                 }
-                if let Err(e) = d.in_progress().await {
+                if let Err(e) = Box::pin(d.in_progress()).await {
                     tracing::warn!(connector = %p.connector.id, "{e}");
                 }
             }
@@ -194,7 +194,7 @@ async fn call(
 ) -> Result<Exchange, Outcome> {
     let c = &*p.connector;
     let mut current = match auth {
-        Some(a) => Some(token(p, a).await?),
+        Some(a) => Some(Box::pin(token(p, a)).await?),
         None => None,
     };
     let mut refreshed = false;
@@ -258,7 +258,7 @@ async fn call(
                         a.kind()
                     );
                     p.services.tokens.rejected(a, t.generation);
-                    current = Some(token(p, a).await?);
+                    current = Some(Box::pin(token(p, a)).await?);
                     refreshed = true;
                     continue;
                 }

@@ -118,7 +118,8 @@ pub async fn settle(
             if !matches!(a.outcome, Outcome::Invalid(_)) || attempts.is_empty() {
                 attempts.push(Attempt::new(d.delivered, &a.outcome, &error, &a.body));
             }
-            park_or_retry(p, d, key, &error, &a.url, attempts).await
+            // Boxed: parking is rare and its future large.
+            Box::pin(park_or_retry(p, d, key, &error, &a.url, attempts)).await
         }
     }
 }

@@ -812,7 +812,9 @@ impl Endpoints {
         }
         let shared = self.shared(endpoint);
         let args = Arc::new(self.args(endpoint, shared));
-        if let Err(e) = self.spawn(&args).await {
+        // Once per endpoint: boxed, so that the spawn's large future is not part of every
+        // permit's.
+        if let Err(e) = Box::pin(self.spawn(&args)).await {
             tracing::error!("endpoint {endpoint}: cannot start its actor: {e}");
             return None;
         }
@@ -829,6 +831,16 @@ impl Endpoints {
         if hint.is_none() && args.lane.try_take() {
             return Some(Permit::new(args.slot.clone(), args.lane.clone()));
         }
+        // Boxed: the actor's call is the slow lane; the fast lane's future stays small.
+        Box::pin(self.acquire_from_actor(&args, hint)).await
+    }
+
+    /// A permit from the endpoint's actor (rate limit, breaker, a full fast lane).
+    async fn acquire_from_actor(
+        &self,
+        args: &EndpointArgs,
+        hint: Option<RateLimit>,
+    ) -> Option<Permit> {
         loop {
             if let Some(actor) = args.slot.get() {
                 if let Ok(ractor::rpc::CallResult::Success(p)) = actor
