@@ -450,16 +450,7 @@ impl Spawner {
             self.freed.clone(),
         );
         let counted = InProcess::new(p.stats());
-        // The delivery's future is boxed: the task stays small, so that spawning it, ending
-        // it and reading its end do not copy the whole delivery's state each time.
-        tasks.spawn(async move {
-            let finished = Box::pin(p.handle(d)).await;
-            drop((slot, counted));
-            freed.notify_one();
-            if let Some(key) = key {
-                let _ = done.send((key, finished));
-            }
-        });
+        tasks.spawn(deliver(p, d, (slot, counted), freed, key, done));
     }
 
     /// Runs `d` (the next of its key) once a slot is free, keeping it alive meanwhile.
@@ -484,6 +475,25 @@ impl Spawner {
                 let _ = done.send((key, finished));
             }
         });
+    }
+}
+
+/// One delivery on its slot, then the slot back and, keyed, its end told to the pump. The
+/// delivery's own future is boxed, so that this task stays small: spawning a task, ending it
+/// and reading its end each copy its whole future.
+async fn deliver(
+    p: Arc<Pipeline>,
+    d: Delivery,
+    slot: (OwnedSemaphorePermit, InProcess),
+    freed: Arc<Notify>,
+    key: Option<String>,
+    done: mpsc::UnboundedSender<KeyDone>,
+) {
+    let finished = Box::pin(p.handle(d)).await;
+    drop(slot);
+    freed.notify_one();
+    if let Some(key) = key {
+        let _ = done.send((key, finished));
     }
 }
 
@@ -628,5 +638,34 @@ impl<T: Send + Sync + 'static> Changes<T> {
         let (changed, rx) = wait.await;
         self.next = changed.then(|| Self::wait(rx));
         changed
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// The size of the future that `f` returns (`f` is never called).
+    fn future_size<F: std::future::Future>(_: impl FnOnce() -> F) -> usize {
+        std::mem::size_of::<F>()
+    }
+
+    /// A delivery task is copied whole when spawned, when it ends and when its end is read:
+    /// with the delivery inline it was 11 KB, copied four times per event.
+    #[test]
+    #[allow(unreachable_code, clippy::diverging_sub_expression)]
+    fn a_delivery_task_stays_small() {
+        let task = future_size(|| {
+            super::deliver(
+                unreachable!(),
+                unreachable!(),
+                unreachable!(),
+                unreachable!(),
+                unreachable!(),
+                unreachable!(),
+            )
+        });
+        assert!(
+            task <= 1024,
+            "a delivery task's future is {task} bytes (at most 1024)"
+        );
     }
 }
