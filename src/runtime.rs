@@ -402,7 +402,13 @@ impl Runtime {
             tracing::warn!("shutting down: the audit trail did not store everything in time");
         }
         self.server.stop();
-        let _ = tokio::time::timeout_at(deadline, self.bus.close()).await;
+        // The acks and NAKs sent so far may still sit in the client's buffer: they get a short
+        // while even past the deadline (an ack never written has its event delivered again).
+        let _ = tokio::time::timeout(
+            Duration::from_millis(left(tokio::time::Instant::now()).max(FLUSH_GRACE_MS)),
+            self.bus.close(),
+        )
+        .await;
         if let Some(s) = self.embedded {
             // nats-server gets its own short while after our deadline: its store must close.
             let _ = tokio::time::timeout(
@@ -493,6 +499,9 @@ fn merge(folder: Vec<Arc<crate::connector::Connector>>, registry: Vec<Change>) -
 
 /// How often `up` says it is still waiting for NATS.
 const NATS_WAIT_LINE: Duration = Duration::from_secs(5);
+
+/// At shutdown, how long the last flush of acks gets at least, even past the deadline.
+const FLUSH_GRACE_MS: u64 = 1000;
 
 /// Waits until something answers at `url` (`nats.embedded` is off, so nothing else will
 /// start it), saying so at once and every few seconds.
