@@ -124,14 +124,16 @@ async fn keep_alive<F: std::future::Future<Output = Finished>>(
     }
 }
 
+/// The size of the future that `f` returns (`f` is never called): for tests that hold the
+/// size of a future that is moved per event.
+#[cfg(test)]
+pub(crate) fn future_size<F: std::future::Future>(_: impl FnOnce() -> F) -> usize {
+    std::mem::size_of::<F>()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// The size of the future that `f` returns (`f` is never called).
-    fn future_size<F: std::future::Future>(_: impl FnOnce() -> F) -> usize {
-        std::mem::size_of::<F>()
-    }
 
     /// A delivery's future is moved into its box once per event, so every byte of it is
     /// copied each time: its rare, large paths (parking, tokens, lookups, the endpoint actor's
