@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, watch, Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
+use tokio_stream::{wrappers::WatchStream, StreamExt as _};
 
 use super::stall::StallWatch;
 use crate::bus::{
@@ -140,8 +141,8 @@ async fn run(
     reconnects.mark_unchanged();
     // The rare wake-ups wait across the loop's turns (a waiter made anew each turn would be
     // registered and dropped again for every event).
-    let mut reconnected = Changes::new(reconnects);
-    let mut stopped = Changes::new(stop.clone());
+    let mut reconnected = WatchStream::from_changes(reconnects);
+    let mut stopped = WatchStream::from_changes(stop.clone());
     let mut heartbeat = tokio::time::interval(keep_alive(ack_wait));
     let mut health = PullHealth::default();
     let freed = spawner.freed.clone();
@@ -149,7 +150,7 @@ async fn run(
     // While the audit trail refuses records, no new delivery starts (its events stay on
     // JetStream): see `services::audit::HoldBack`.
     let audit_hold = pipeline.services.audit.hold_back();
-    let mut audit_changed = Changes::new(audit_hold.clone());
+    let mut audit_changed = WatchStream::from_changes(audit_hold.clone());
     let ended = loop {
         if let Some(why) = reap(&mut tasks) {
             break Some(why);
@@ -164,7 +165,7 @@ async fn run(
             tracing::warn!("[{id}] {e}");
         }
         tokio::select! {
-            _ = audit_changed.next() => {}
+            Some(_) = audit_changed.next() => {}
             // Told to stop, or the pump's owner is gone.
             _ = stopped.next() => break None,
             Some((key, finished)) = spawner.done.1.recv() => {
@@ -221,7 +222,7 @@ async fn run(
                     }
                 }
             }
-            true = reconnected.next() => {
+            Some(_) = reconnected.next() => {
                 // The server may have dropped the pull requests while we were away.
                 watch.reopen(&mut source, "NATS reconnected").await;
             }
@@ -605,39 +606,6 @@ async fn finish_all(tasks: &mut JoinSet<()>, source: &mut EventSource, id: &str)
                 let _ = d.retry_after(Duration::ZERO).await;
             }
         }
-    }
-}
-
-/// A watch receiver's changes, waited for across the pump's turns: the waiter stays
-/// registered until the value changes (a `changed()` made anew each turn registers and drops
-/// its waiter every time).
-struct Changes<T> {
-    next: Option<ChangeWait<T>>,
-}
-
-type ChangeWait<T> =
-    std::pin::Pin<Box<dyn std::future::Future<Output = (bool, watch::Receiver<T>)> + Send>>;
-
-impl<T: Send + Sync + 'static> Changes<T> {
-    fn new(rx: watch::Receiver<T>) -> Self {
-        Changes {
-            next: Some(Self::wait(rx)),
-        }
-    }
-
-    fn wait(mut rx: watch::Receiver<T>) -> ChangeWait<T> {
-        Box::pin(async move { (rx.changed().await.is_ok(), rx) })
-    }
-
-    /// Resolves at the next change (`true`), or once when the sender is gone (`false`; never
-    /// again after that). Cancel-safe: dropped, it keeps waiting inside.
-    async fn next(&mut self) -> bool {
-        let Some(wait) = self.next.as_mut() else {
-            return std::future::pending().await;
-        };
-        let (changed, rx) = wait.await;
-        self.next = changed.then(|| Self::wait(rx));
-        changed
     }
 }
 
